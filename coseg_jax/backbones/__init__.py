@@ -1,0 +1,42 @@
+"""Backbones: ResNet, VGG, EfficientNet-Lite and a tiny test CNN.
+
+``get_backbone(name, **kwargs)`` is the one entry point; see ``base`` for the
+output type and the feature naming scheme shared by every family.
+"""
+
+from typing import Callable, Dict
+
+import flax.linen as nn
+
+from coseg_jax.backbones import base
+from coseg_jax.backbones import tiny
+from coseg_jax.backbones.base import BackboneOutput, FEATURE_LEVELS
+
+_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
+    "tiny": tiny.TinyCNN,
+}
+
+
+def register_backbone(name: str, constructor: Callable[..., nn.Module]):
+  """Adds a backbone constructor under ``name`` (used by the family modules)."""
+  _REGISTRY[name] = constructor
+
+
+def available_backbones():
+  return sorted(_REGISTRY)
+
+
+def get_backbone(name: str, **kwargs) -> nn.Module:
+  """Returns the backbone module registered under ``name``.
+
+  Args:
+    name: one of ``available_backbones()``.
+    **kwargs: module attributes (``dtype``, ``truncate_at``, ...).
+
+  Raises:
+    ValueError: for an unknown name, listing the known ones.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(
+        f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+  return _REGISTRY[name](**kwargs)

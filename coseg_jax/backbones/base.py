@@ -1,0 +1,45 @@
+"""Common types for backbones.
+
+Every backbone is a Flax Linen module called as
+``module.apply(variables, images, train=False)`` on images float in [0, 1] of
+shape [N, H, W, 3] (channels-last). It applies its own input normalisation and
+returns a :class:`BackboneOutput`.
+
+Feature naming (one scheme for every family): ``features['strideS']`` is the
+deepest feature map whose spatial size is ceil(H / S) x ceil(W / S), for S in
+``FEATURE_LEVELS`` = (2, 4, 8, 16, 32). With an output stride below 32
+(dilation), the levels past it keep their names but stay at the output stride.
+"""
+
+from typing import Dict, Optional
+
+import flax
+import jax
+
+FEATURE_LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
+
+
+@flax.struct.dataclass
+class BackboneOutput:
+  """What every backbone returns.
+
+  Attributes:
+    features: dict level name -> feature map [N, h, w, C_level] (see module
+      docstring for the naming scheme). Only levels up to ``truncate_at``.
+    pooled: [N, C] global average of the deepest returned feature map (for a
+      classifier backbone: the vector its last fully connected layer reads;
+      2048-d for ResNet-50, 1280-d for EfficientNet-Lite0, 4096-d fc7 for VGG
+      when ``with_head``).
+    logits: [N, 1000] ImageNet logits when the backbone was built with
+      ``with_head=True``, else None.
+  """
+  features: Dict[str, jax.Array]
+  pooled: Optional[jax.Array] = None
+  logits: Optional[jax.Array] = None
+
+
+def check_level(name: str) -> str:
+  if name not in FEATURE_LEVELS:
+    raise ValueError(
+        f"unknown feature level {name!r}; expected one of {FEATURE_LEVELS}")
+  return name
