@@ -1,0 +1,267 @@
+"""Procedural co-segmentation groups: shape categories on cluttered scenes.
+
+Each image shows ONE instance of its category (the common object of its group)
+plus 1-3 distractor objects drawn from OTHER categories, on a cluttered
+background. The mask marks only the instance of the image's own category, so a
+co-segmentation model must learn which shape family the images of a group
+share: colour and texture are drawn independently of the category and carry no
+information, and the distractors look exactly like common objects of other
+groups.
+
+Categories are shape families defined in a unit frame ([-1, 1]^2) by outer
+polygons and holes (``_SHAPES``); each instance gets a random rotation, scale,
+aspect jitter and position. Objects are painted with a random colour and one of
+four textures (solid, stripes, checker, noise); backgrounds mix a colour
+gradient, smoothed noise texture, stripes and random blobs.
+
+Choices the project leaves open:
+  * Masks are rasterised with ``cv2.fillPoly`` without anti-aliasing, so they
+    are exactly {0, 1}; the image is composited with the same raster, so the
+    mask is pixel-exact (no ignore band).
+  * The common object is drawn last (on top), so it is never occluded and its
+    mask is its full silhouette; distractors are placed by rejection sampling
+    so they overlap the object by at most ``_MAX_OVERLAP`` of their own area
+    (an occluded distractor keeps its visible part only).
+  * Everything is a pure function of ``(seed, category, index)``: one
+    ``np.random.SeedSequence`` per image, so a record does not depend on how
+    many other records were generated or in which order (train and test use
+    different seeds and are therefore disjoint draws).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+# Fraction of a distractor's area allowed under the common object.
+_MAX_OVERLAP = 0.3
+
+
+def _regular_polygon(n: int, radius: float = 1.0, phase: float = 0.0):
+  t = phase + 2 * np.pi * np.arange(n) / n
+  return np.stack([radius * np.cos(t), radius * np.sin(t)], -1)
+
+
+def _star(n_points=5, inner=0.42):
+  t = -np.pi / 2 + np.pi * np.arange(2 * n_points) / n_points
+  r = np.where(np.arange(2 * n_points) % 2 == 0, 1.0, inner)
+  return np.stack([r * np.cos(t), r * np.sin(t)], -1)
+
+
+def _circle(radius=1.0, cx=0.0, cy=0.0, n=48):
+  p = _regular_polygon(n, radius)
+  return p + np.array([cx, cy])
+
+
+def _heart(n=64):
+  t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+  x = 16 * np.sin(t) ** 3
+  y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+  p = np.stack([x, y], -1)
+  p -= p.mean(0)
+  return p / np.abs(p).max()
+
+
+def _crescent(n=48):
+  # Outer arc of the unit circle, inner arc of an offset circle: a lune.
+  t_out = np.linspace(-0.75 * np.pi, 0.75 * np.pi, n)
+  outer = np.stack([np.cos(t_out), np.sin(t_out)], -1)
+  t_in = np.linspace(0.62 * np.pi, -0.62 * np.pi, n)
+  inner = np.stack([0.45 + 0.8 * np.cos(t_in), 0.95 * np.sin(t_in)], -1)
+  inner[:, 0] -= 0.55
+  return np.concatenate([outer, inner], 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """A shape family: outer polygons and holes in the unit frame."""
+  name: str
+  outer: Callable[[], Sequence[np.ndarray]]
+  holes: Callable[[], Sequence[np.ndarray]] = lambda: ()
+
+
+_SHAPES = (
+    Shape("arrow", lambda: [np.array(
+        [[-1, -0.3], [0.2, -0.3], [0.2, -0.8], [1, 0], [0.2, 0.8],
+         [0.2, 0.3], [-1, 0.3]], float)]),
+    Shape("crescent", lambda: [_crescent()]),
+    Shape("cross", lambda: [np.array(
+        [[-0.3, -1], [0.3, -1], [0.3, -0.3], [1, -0.3], [1, 0.3], [0.3, 0.3],
+         [0.3, 1], [-0.3, 1], [-0.3, 0.3], [-1, 0.3], [-1, -0.3],
+         [-0.3, -0.3]], float)]),
+    Shape("diamond_hole", lambda: [np.array(
+        [[0, -1], [0.75, 0], [0, 1], [-0.75, 0]], float)],
+          lambda: [np.array([[-0.3, -0.3], [0.3, -0.3], [0.3, 0.3],
+                             [-0.3, 0.3]], float)]),
+    Shape("heart", lambda: [_heart()]),
+    Shape("hexagon_hole", lambda: [_regular_polygon(6)],
+          lambda: [_circle(0.45)]),
+    Shape("ring", lambda: [_circle(1.0)], lambda: [_circle(0.55)]),
+    Shape("star", lambda: [_star()]),
+    Shape("tshape", lambda: [np.array(
+        [[-1, -1], [1, -1], [1, -0.45], [0.28, -0.45], [0.28, 1],
+         [-0.28, 1], [-0.28, -0.45], [-1, -0.45]], float)]),
+    Shape("triangle_hole", lambda: [_regular_polygon(3, 1.0, -np.pi / 2)],
+          lambda: [_regular_polygon(3, 0.4, np.pi / 2)]),
+    Shape("bowtie", lambda: [np.array(
+        [[-1, -0.8], [0, -0.15], [1, -0.8], [1, 0.8], [0, 0.15],
+         [-1, 0.8]], float)]),
+    Shape("semicircle", lambda: [np.concatenate(
+        [_circle(1.0, n=48)[:25], np.array([[-1.0, 0.0]])], 0)]),
+)
+
+CATEGORY_NAMES = tuple(s.name for s in _SHAPES)
+
+
+def category_names(num_classes: int) -> tuple[str, ...]:
+  """Names of the first ``num_classes`` categories (sorted, as ClassLabel)."""
+  if not 2 <= num_classes <= len(_SHAPES):
+    raise ValueError(f"synthetic: num_classes must be in [2, {len(_SHAPES)}],"
+                     f" got {num_classes}")
+  return tuple(sorted(CATEGORY_NAMES[:num_classes]))
+
+
+def _rasterise(shape: Shape, size: int, *, centre, radius, angle, aspect):
+  """Binary uint8 [size, size] mask of one placed instance."""
+  c, s = np.cos(angle), np.sin(angle)
+  rot = np.array([[c, -s], [s, c]])
+  scale = np.array([radius * aspect, radius / aspect])
+
+  def place(poly):
+    pts = (np.asarray(poly) * scale) @ rot.T + np.asarray(centre)
+    # fillPoly takes fixed-point coordinates: 4 fractional bits keep small
+    # shapes smooth at 32-64 px.
+    return np.round(pts * 16).astype(np.int32)
+
+  mask = np.zeros((size, size), np.uint8)
+  cv2.fillPoly(mask, [place(p) for p in shape.outer()], 1, cv2.LINE_8, 4)
+  holes = list(shape.holes())
+  if holes:
+    cv2.fillPoly(mask, [place(p) for p in holes], 0, cv2.LINE_8, 4)
+  return mask
+
+
+def _random_colour(rng):
+  hsv = np.uint8([[[rng.integers(0, 180), rng.integers(90, 256),
+                    rng.integers(90, 256)]]])
+  return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _smooth_noise(rng, size, cells):
+  small = rng.random((cells, cells)).astype(np.float32)
+  return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _texture(rng, size):
+  """A float32 [size, size, 3] texture in [0, 255] for an object."""
+  base = _random_colour(rng)
+  kind = rng.integers(0, 4)
+  if kind == 0:  # solid
+    return np.broadcast_to(base, (size, size, 3)).copy()
+  yy, xx = np.mgrid[:size, :size].astype(np.float32)
+  period = rng.uniform(0.06, 0.18) * size
+  if kind == 1:  # stripes at a random angle
+    t = rng.uniform(0, np.pi)
+    pattern = (np.sin(2 * np.pi * (xx * np.cos(t) + yy * np.sin(t)) / period)
+               > 0).astype(np.float32)
+  elif kind == 2:  # checker
+    pattern = ((np.floor(xx / period) + np.floor(yy / period)) % 2)
+  else:  # smooth noise
+    pattern = _smooth_noise(rng, size, int(rng.integers(4, 10)))
+  other = _random_colour(rng)
+  p = pattern[..., None].astype(np.float32)
+  return base * p + other * (1 - p)
+
+
+def _background(rng, size):
+  """Cluttered float32 [size, size, 3] background in [0, 255]."""
+  yy, xx = np.mgrid[:size, :size].astype(np.float32) / max(size - 1, 1)
+  t = rng.uniform(0, 2 * np.pi)
+  ramp = (xx * np.cos(t) + yy * np.sin(t))
+  ramp = (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
+  a, b = _random_colour(rng) * 0.8, _random_colour(rng) * 0.8
+  img = a * ramp[..., None] + b * (1 - ramp[..., None])
+  # Low-contrast smooth noise and a faint texture over the whole scene.
+  noise = _smooth_noise(rng, size, int(rng.integers(3, 12)))
+  img += (noise[..., None] - 0.5) * rng.uniform(40, 110) * rng.choice(
+      [-1, 1], 3)
+  if rng.random() < 0.5:
+    img = 0.7 * img + 0.3 * _texture(rng, size)
+  # Blobs: ellipses of random colours (clutter that is not any category).
+  for _ in range(int(rng.integers(2, 7))):
+    blob = np.zeros((size, size), np.uint8)
+    cv2.ellipse(blob, (int(rng.integers(0, size)), int(rng.integers(0, size))),
+                (int(rng.integers(2, max(3, size // 5))),
+                 int(rng.integers(2, max(3, size // 5)))),
+                float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    alpha = rng.uniform(0.4, 0.9)
+    sel = blob.astype(bool)
+    img[sel] = alpha * _random_colour(rng) + (1 - alpha) * img[sel]
+  return img
+
+
+def _placement(rng, size, lo, hi):
+  radius = rng.uniform(lo, hi) * size / 2
+  margin = radius * 0.8
+  centre = rng.uniform(margin, size - margin, 2)
+  return dict(centre=centre, radius=radius,
+              angle=rng.uniform(0, 2 * np.pi), aspect=rng.uniform(0.8, 1.25))
+
+
+def render(category: int, *, num_classes: int, image_size: int,
+           seed: int, index: int):
+  """Renders one record of category ``category`` (index into sorted names).
+
+  Args:
+    category: label, an index into ``category_names(num_classes)``.
+    num_classes: number of categories in use.
+    image_size: side length in pixels.
+    seed: data-set seed (train and test use different seeds).
+    index: image index within the category.
+
+  Returns:
+    ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
+    [S, S] mask in {0, 1} of the common object, uint8 [S, S] {0, 1} visible
+    pixels of the distractors (for tests; not part of the record).
+  """
+  names = category_names(num_classes)
+  by_name = {s.name: s for s in _SHAPES}
+  rng = np.random.default_rng(
+      np.random.SeedSequence([seed, num_classes, image_size, category, index]))
+  size = image_size
+  img = _background(rng, size)
+  others = [i for i in range(num_classes) if i != category]
+  obj_place = _placement(rng, size, 0.5, 0.85)
+  obj_mask = _rasterise(by_name[names[category]], size, **obj_place)
+  distractors = np.zeros((size, size), np.uint8)
+  for _ in range(int(rng.integers(1, 4))):
+    cat = int(rng.choice(others))
+    for _ in range(20):  # rejection sampling against heavy occlusion
+      d = _rasterise(by_name[names[cat]], size,
+                     **_placement(rng, size, 0.3, 0.55))
+      area = d.sum()
+      if area > 0 and (d & obj_mask).sum() <= _MAX_OVERLAP * area:
+        break
+    sel = d.astype(bool)
+    img[sel] = _texture(rng, size)[sel]
+    distractors |= d
+  sel = obj_mask.astype(bool)
+  img[sel] = _texture(rng, size)[sel]
+  distractors &= 1 - obj_mask
+  # Mild sensor noise so flat regions are not perfectly uniform.
+  img += rng.normal(0, 4, img.shape)
+  image = np.clip(np.round(img), 0, 255).astype(np.uint8)
+  return image, obj_mask, distractors
+
+
+def encode_png(array: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 HxW, HxWx1 or HxWx3 RGB array."""
+  if array.ndim == 3 and array.shape[-1] == 3:
+    array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+  ok, buf = cv2.imencode(".png", array)
+  if not ok:
+    raise RuntimeError("synthetic: PNG encoding failed")
+  return buf.tobytes()
