@@ -1,0 +1,375 @@
+"""Dataset evaluation: co-segment evaluation groups and score P and J.
+
+``evaluate_dataset`` enumerates the evaluation groups of a split (all pairs of
+each class, or CycleSegNet's group strategies a-d, through the pipeline's
+``eval_groups``), runs the model on each group at the model's input size,
+resizes the predicted foreground probabilities back to every image's original
+size and scores them there against the original-resolution ground truth.
+
+Figures (every one labelled in the returned dict and the printed table):
+- ``P``: fraction of correctly labelled pixels (foreground and background),
+  over the pixels that are not marked ignore (mask value 255).
+- ``J``: |pred n gt| / |pred u gt| of the foreground over non-ignored pixels.
+  When both prediction and ground truth are empty, J = 1 (nothing to find and
+  nothing found).
+- ``avg_J_over_classes`` (the papers' "Avg. J", the primary figure): per-image
+  J averaged within each class, then averaged over classes. ``avg_P_over_classes``
+  likewise.
+- ``mean_J_per_image`` / ``mean_P_per_image``: plain means over all images.
+- ``pooled_J``: sum of intersections / sum of unions over the whole split.
+- ``per_class``: per-class mean J, mean P and image count.
+
+Choices the papers leave open:
+- Threshold: foreground = probability >= ``config.eval.threshold`` (0.5),
+  applied after resizing the probabilities (bilinear) back to the original
+  size, so the score never depends on the network's input size.
+  A method's ``predict_fn`` may post-process the probabilities first.
+- An image that occurs in several groups (all pairs, strategies a-d) gets the
+  mean of its probability maps over those groups, then one threshold, then one
+  score: each image counts once in every figure. Datasets whose target depends
+  on the group (``voc2012_coseg``: the union of the classes the group shares)
+  are scored once per (group, image) occurrence instead, with the occurrence's
+  class being the smallest shared class index.
+- Preprocessing at inference is the pipeline's: stretch or keep-aspect-and-pad
+  to ``data.image_size`` (see ``preprocess_image``/``restore_size``).
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+IGNORE = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeInfo:
+  """How an image was mapped to the model input, to undo it on predictions.
+
+  Attributes:
+    original_hw: (H, W) of the original image.
+    content_box: (top, left, height, width) of the image content inside the
+      model input (the whole input for 'stretch', the unpadded part for 'pad').
+  """
+  original_hw: Tuple[int, int]
+  content_box: Tuple[int, int, int, int]
+
+
+def _size_hw(image_size) -> Tuple[int, int]:
+  if isinstance(image_size, (int, np.integer)):
+    return int(image_size), int(image_size)
+  h, w = image_size
+  return int(h), int(w)
+
+
+def as_float_image(image: np.ndarray) -> np.ndarray:
+  """uint8 / float image [H, W, C] -> float32 RGB [H, W, 3] in [0, 1]."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  image = image[..., :3]
+  if image.dtype == np.uint8:
+    return image.astype(np.float32) / 255.0
+  return np.asarray(image, np.float32)
+
+
+def preprocess_image(image: np.ndarray, *, image_size, resize: str = "stretch"
+                     ) -> Tuple[np.ndarray, ResizeInfo]:
+  """Maps an image to the model input (the inference-time preprocessing).
+
+  Args:
+    image: [H, W, 3] uint8 or float in [0, 1].
+    image_size: int or (height, width) of the model input.
+    resize: 'stretch' (bilinear to the input size, aspect not kept) or 'pad'
+      (keep aspect, scale the longer side to fit, content at the top-left,
+      zeros elsewhere -- the pipeline's convention).
+
+  Returns:
+    (float32 [h, w, 3] in [0, 1], ResizeInfo).
+  """
+  image = as_float_image(image)
+  height, width = image.shape[:2]
+  out_h, out_w = _size_hw(image_size)
+  if resize == "stretch":
+    resized = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    return resized, ResizeInfo((height, width), (0, 0, out_h, out_w))
+  if resize == "pad":
+    scale = min(out_h / height, out_w / width)
+    new_h = min(out_h, max(1, int(round(height * scale))))
+    new_w = min(out_w, max(1, int(round(width * scale))))
+    canvas = np.zeros((out_h, out_w, 3), np.float32)
+    canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h),
+                                        interpolation=cv2.INTER_LINEAR)
+    return canvas, ResizeInfo((height, width), (0, 0, new_h, new_w))
+  raise ValueError(f"data.resize must be 'stretch' or 'pad', got {resize!r}")
+
+
+def restore_size(prob: np.ndarray, info: ResizeInfo) -> np.ndarray:
+  """Resizes a probability map [h, w] or [h, w, 1] back to [H, W] (bilinear)."""
+  prob = np.asarray(prob, np.float32)
+  if prob.ndim == 3:
+    prob = prob[..., 0]
+  top, left, h, w = info.content_box
+  prob = prob[top:top + h, left:left + w]
+  height, width = info.original_hw
+  return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def score_image(*, pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
+  """Counts for one image at original resolution.
+
+  Args:
+    pred: bool [H, W] predicted foreground.
+    gt: uint8 [H, W] with 0 background, 1 foreground, 255 ignore.
+
+  Returns:
+    dict with 'intersection', 'union', 'correct', 'valid' pixel counts and
+    the image's 'P' and 'J' (J = 1 for an empty union).
+  """
+  valid = gt != IGNORE
+  fg = gt == 1
+  pred = np.asarray(pred, bool) & valid
+  inter = float(np.sum(pred & fg))
+  union = float(np.sum(pred | fg))
+  correct = float(np.sum((pred == fg) & valid))
+  n_valid = float(np.sum(valid))
+  return dict(intersection=inter, union=union, correct=correct, valid=n_valid,
+              P=correct / n_valid if n_valid else 1.0,
+              J=inter / union if union else 1.0)
+
+
+def summarise(scores: Sequence[Dict[str, float]], class_ids: Sequence[int],
+              class_names: Sequence[str]) -> Dict[str, Any]:
+  """Turns per-image scores into the labelled figures (see module docstring)."""
+  if not scores:
+    raise ValueError("no images were evaluated (empty split or max_groups=0)")
+  j = np.array([s["J"] for s in scores], np.float64)
+  p = np.array([s["P"] for s in scores], np.float64)
+  cls = np.asarray(class_ids)
+  per_class = {}
+  for c in np.unique(cls):
+    name = class_names[c] if 0 <= c < len(class_names) else str(int(c))
+    sel = cls == c
+    per_class[name] = dict(J=float(j[sel].mean()), P=float(p[sel].mean()),
+                           images=int(sel.sum()))
+  inter = sum(s["intersection"] for s in scores)
+  union = sum(s["union"] for s in scores)
+  return {
+      "avg_J_over_classes": float(np.mean([v["J"] for v in per_class.values()])),
+      "avg_P_over_classes": float(np.mean([v["P"] for v in per_class.values()])),
+      "mean_J_per_image": float(j.mean()),
+      "mean_P_per_image": float(p.mean()),
+      "pooled_J": inter / union if union else 1.0,
+      "num_images": len(scores),
+      "num_classes": len(per_class),
+      "per_class": per_class,
+  }
+
+
+def _record_target(record, group_records) -> np.ndarray:
+  """Ground truth uint8 [H, W] (0/1/255) of one record within its group."""
+  if "mask" in record:
+    mask = np.asarray(record["mask"])
+    return mask[..., 0] if mask.ndim == 3 else mask
+  if "class_mask" in record:
+    shared = set(np.asarray(group_records[0]["labels"]).tolist())
+    for other in group_records[1:]:
+      shared &= set(np.asarray(other["labels"]).tolist())
+    cm = np.asarray(record["class_mask"])
+    cm = cm[..., 0] if cm.ndim == 3 else cm
+    # VOC index 0 is background, so object class l is index l + 1.
+    target = np.isin(cm, [l + 1 for l in shared]).astype(np.uint8)
+    target[cm == IGNORE] = IGNORE
+    return target
+  raise ValueError("evaluation records need a 'mask' or 'class_mask' feature; "
+                   f"got {sorted(record)}")
+
+
+def _record_class(record, group_records) -> int:
+  if "label" in record:
+    return int(record["label"])
+  shared = set(np.asarray(group_records[0]["labels"]).tolist())
+  for other in group_records[1:]:
+    shared &= set(np.asarray(other["labels"]).tolist())
+  return min(shared) if shared else -1
+
+
+def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
+                    source, groups: Sequence[Sequence[int]], image_size,
+                    resize: str = "stretch", threshold: float = 0.5,
+                    batch_size: int = 8,
+                    class_names: Sequence[str] = ()) -> Dict[str, Any]:
+  """Scores a model on explicit groups of records (the testable core).
+
+  Args:
+    predict_batch: images float32 [B, K, h, w, 3] -> foreground probabilities
+      [B, K, h, w, 1] (numpy). Always called with ``batch_size`` groups (the
+      last batch is padded by repeating its first group; padding is dropped).
+    source: random-access records (``source[i]`` -> dict with 'image' and
+      'mask' or 'class_mask'/'labels', and 'label').
+    groups: record indices, every group of the same size K.
+    image_size, resize: the model input (see ``preprocess_image``).
+    threshold: foreground threshold on the restored probabilities.
+    batch_size: groups per model call.
+    class_names: names for the class ids (for the per-class table).
+
+  Returns:
+    the labelled figures of ``summarise`` plus 'threshold', 'num_groups'.
+  """
+  groups = [tuple(int(i) for i in g) for g in groups]
+  if not groups:
+    raise ValueError("no evaluation groups (empty split or max_groups=0)")
+  if len({len(g) for g in groups}) != 1:
+    raise ValueError("evaluation groups must all have the same size")
+  first = source[groups[0][0]]
+  per_group_target = "mask" not in first
+  cache: Dict[int, Any] = {}
+
+  def load(i):
+    if i not in cache:
+      rec = source[i]
+      x, info = preprocess_image(rec["image"], image_size=image_size,
+                                 resize=resize)
+      cache[i] = (rec, x, info)
+    return cache[i]
+
+  sums: Dict[int, np.ndarray] = {}
+  counts: Dict[int, int] = {}
+  occurrences: List[Tuple[Dict[str, float], int]] = []
+  for start in range(0, len(groups), batch_size):
+    chunk = groups[start:start + batch_size]
+    padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+    images = np.stack([np.stack([load(i)[1] for i in g]) for g in padded])
+    probs = np.asarray(predict_batch(images), np.float32)[:len(chunk)]
+    for g, group_probs in zip(chunk, probs):
+      recs = [load(i)[0] for i in g]
+      for k, i in enumerate(g):
+        prob = restore_size(group_probs[k], load(i)[2])
+        if per_group_target:
+          score = score_image(pred=prob >= threshold,
+                              gt=_record_target(recs[k], recs))
+          occurrences.append((score, _record_class(recs[k], recs)))
+        else:
+          sums[i] = sums.get(i, 0.0) + prob
+          counts[i] = counts.get(i, 0) + 1
+  if not per_group_target:
+    for i in sorted(sums):
+      rec = load(i)[0]
+      mean_prob = sums[i] / counts[i]
+      occurrences.append((score_image(pred=mean_prob >= threshold,
+                                      gt=_record_target(rec, [rec])),
+                          _record_class(rec, [rec])))
+  results = summarise([s for s, _ in occurrences],
+                      [c for _, c in occurrences], class_names)
+  results.update(threshold=float(threshold), num_groups=len(groups),
+                 combine=("per (group, image) occurrence" if per_group_target
+                          else "mean of probabilities over an image's groups"))
+  return results
+
+
+def format_results(results: Dict[str, Any]) -> str:
+  """A plain-text table of the figures (per-class rows, then the summary)."""
+  lines = [f"{'class':<24}{'images':>8}{'P':>9}{'J':>9}"]
+  for name, row in sorted(results["per_class"].items()):
+    lines.append(f"{name:<24}{row['images']:>8d}{row['P']:>9.4f}"
+                 f"{row['J']:>9.4f}")
+  lines.append("-" * 50)
+  for key in ("avg_J_over_classes", "avg_P_over_classes", "mean_J_per_image",
+              "mean_P_per_image", "pooled_J"):
+    lines.append(f"{key:<32}{results[key]:>10.4f}")
+  lines.append(f"{results['num_images']} images, {results['num_classes']} "
+               f"classes, {results['num_groups']} groups; foreground = "
+               f"probability >= {results['threshold']:g} at original size; "
+               f"{results['combine']}")
+  return "\n".join(lines)
+
+
+def make_predict_batch(*, config, model, variables, mesh=None
+                       ) -> Callable[[np.ndarray], np.ndarray]:
+  """A jitted ``images [B,K,h,w,3] -> probabilities [B,K,h,w,1]`` (numpy).
+
+  Uses the method's ``predict_fn`` when it has one, else
+  ``sigmoid(mask_logits)``. With a ``mesh``, the batch is sharded on its
+  'data' axis (the batch size must divide by that axis).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from coseg_jax import models  # pylint: disable=g-import-not-at-top
+
+  spec = models.get_method(config.method)
+
+  @jax.jit
+  def run(variables, images):
+    outputs = model.apply(variables, images, train=False)
+    if spec.predict_fn is not None:
+      return spec.predict_fn(outputs=outputs, batch={"images": images},
+                             config=config)
+    return jax.nn.sigmoid(outputs.mask_logits.astype(np.float32))
+
+  sharding = None
+  if mesh is not None:
+    sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("data"))
+
+  def predict_batch(images):
+    images = np.asarray(images, np.float32)
+    if sharding is not None:
+      images = jax.device_put(images, sharding)
+    return np.asarray(jax.device_get(run(variables, images)))
+
+  return predict_batch
+
+
+def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
+                     max_groups: Optional[int] = None, mesh=None,
+                     verbose: bool = True) -> Dict[str, Any]:
+  """Evaluates ``model`` on a dataset split; returns the labelled figures.
+
+  Args:
+    config: the experiment config (``data``, ``eval``, ``method`` sections).
+    model: the Flax module of ``config.method``.
+    variables: its variables ({'params', 'batch_stats', ...}).
+    split: defaults to ``config.eval.split``.
+    max_groups: defaults to ``config.eval.max_groups`` (-1 = all).
+    mesh: optional ``jax.sharding.Mesh`` with a 'data' axis.
+    verbose: print the table.
+
+  Returns:
+    dict (see ``summarise``) plus 'split', 'strategy', 'threshold',
+    'num_groups', 'seconds'.
+  """
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+  from data_pipelines import registry  # pylint: disable=g-import-not-at-top
+
+  start = time.time()
+  data = config.data
+  split = split or config.eval.split
+  if max_groups is None:
+    max_groups = config.eval.get("max_groups", -1)
+  source, groups, class_names = pipeline.eval_groups(
+      data, split=split, strategy=config.eval.strategy,
+      group_size=config.eval.group_size)
+  if max_groups is not None and max_groups >= 0:
+    groups = groups[:max_groups]
+  del registry
+  batch_size = int(config.eval.get("batch_size", 8))
+  if mesh is not None:
+    n = mesh.shape["data"]
+    batch_size = max(n, (batch_size + n - 1) // n * n)
+  results = evaluate_groups(
+      predict_batch=make_predict_batch(config=config, model=model,
+                                       variables=variables, mesh=mesh),
+      source=source, groups=groups, image_size=data.image_size,
+      resize=data.get("resize", "stretch"), threshold=config.eval.threshold,
+      batch_size=batch_size, class_names=class_names)
+  results.update(split=split, strategy=config.eval.strategy,
+                 seconds=time.time() - start)
+  if verbose:
+    print(f"Evaluation of {config.method} on {data.name}/{split} "
+          f"(strategy {config.eval.strategy}, group size "
+          f"{len(groups[0])}):")
+    print(format_results(results))
+  return results

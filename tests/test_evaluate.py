@@ -1,0 +1,140 @@
+"""Evaluation figures on a constructed case equal hand-computed values.
+
+The fake model predicts, for image k of a group, its own red channel times
+the largest green value of the other image(s) of the group. Red channels are
+blocks whose edges survive the down- and up-sampling exactly (see the
+comments), so the thresholded, resized-back prediction is known by hand; the
+green values make an image's prediction depend on its group, which checks
+that an image seen in several groups is scored once on the mean of its
+probabilities.
+"""
+
+import numpy as np
+import pytest
+
+from coseg_jax import evaluate
+
+
+def _record(h, w, *, red, gt, green, label):
+  image = np.zeros((h, w, 3), np.uint8)
+  image[..., 0][red] = 255
+  image[..., 1] = int(round(green * 255))
+  mask = np.zeros((h, w, 1), np.uint8)
+  mask[..., 0] = gt
+  return dict(image=image, mask=mask, label=label, image_id=f"{h}x{w}")
+
+
+def _gt(h, w, fg, ignore=None):
+  m = np.zeros((h, w), np.uint8)
+  m[fg] = 1
+  if ignore is not None:
+    m[ignore] = 255
+  return m
+
+
+def _source():
+  s = np.s_
+  return [
+      # Class 0, three 8x8 images (the model input size: no resizing), all
+      # pairs. Partner greens: A sees B 0.3, C 0.5 -> mean 0.4 < 0.5, empty
+      # (max would give 0.5 and fg); B: 0.9, 0.5 -> 0.7; C: 0.9, 0.3 -> 0.6
+      # (min would give 0.3, empty).
+      _record(8, 8, red=s[0:4], gt=_gt(8, 8, s[0:6], s[7:8]), green=0.9,
+              label=0),
+      _record(8, 8, red=s[0:4], gt=_gt(8, 8, s[0:2]), green=0.3, label=0),
+      _record(8, 8, red=s[:, 0:4], gt=_gt(8, 8, s[:, 0:4]), green=0.5,
+              label=0),
+      # Class 1, one pair, greens 1: probabilities are the red blocks. Block
+      # edges at multiples of the scale factor (2 and 4) come back exactly
+      # after bilinear down/up-sampling and the 0.5 threshold.
+      _record(16, 16, red=s[0:8], gt=_gt(16, 16, s[0:12]), green=1.0,
+              label=1),
+      _record(16, 32, red=s[:, 0:8], gt=_gt(16, 32, s[:, 0:16]), green=1.0,
+              label=1),
+  ]
+
+
+GROUPS = [(0, 1), (0, 2), (1, 2), (3, 4)]
+
+
+def _fake_predict_batch(images):
+  red = images[..., 0:1]
+  green = images[..., 1].max(axis=(2, 3))  # [B, K]
+  k = images.shape[1]
+  partner = np.stack(
+      [np.delete(green, i, axis=1).max(axis=1) for i in range(k)], axis=1)
+  return red * partner[:, :, None, None, None]
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_figures_equal_hand_computed(resize):
+  calls = []
+
+  def predict(images):
+    calls.append(images.shape)
+    return _fake_predict_batch(images)
+
+  results = evaluate.evaluate_groups(
+      predict_batch=predict, source=_source(), groups=GROUPS, image_size=8,
+      resize=resize, threshold=0.5, batch_size=3, class_names=["cat", "dog"])
+  # Two calls of exactly batch_size groups (the last one padded).
+  assert calls == [(3, 2, 8, 8, 3), (3, 2, 8, 8, 3)]
+  # Per image (J, P, intersection, union):
+  #   A: empty prediction; gt rows 0:6, row 7 ignored -> J 0, P 8/56.
+  #   B: pred rows 0:4, gt rows 0:2 -> I 16, U 32, J 1/2, P 48/64.
+  #   C: pred = gt = cols 0:4 -> I = U = 32, J 1, P 1.
+  #   D: pred rows 0:8, gt rows 0:12 of 16x16 -> I 128, U 192, P 192/256.
+  #   E: pred cols 0:8, gt cols 0:16 of 16x32 -> I 128, U 256, P 384/512.
+  j = dict(A=0.0, B=0.5, C=1.0, D=2 / 3, E=0.5)
+  p = dict(A=1 / 7, B=0.75, C=1.0, D=0.75, E=0.75)
+  cat_j, dog_j = np.mean([j["A"], j["B"], j["C"]]), np.mean([j["D"], j["E"]])
+  cat_p, dog_p = np.mean([p["A"], p["B"], p["C"]]), np.mean([p["D"], p["E"]])
+  assert results["per_class"]["cat"] == pytest.approx(
+      dict(J=cat_j, P=cat_p, images=3))
+  assert results["per_class"]["dog"] == pytest.approx(
+      dict(J=dog_j, P=dog_p, images=2))
+  assert results["avg_J_over_classes"] == pytest.approx((cat_j + dog_j) / 2)
+  assert results["avg_P_over_classes"] == pytest.approx((cat_p + dog_p) / 2)
+  assert results["mean_J_per_image"] == pytest.approx(np.mean(list(j.values())))
+  assert results["mean_P_per_image"] == pytest.approx(np.mean(list(p.values())))
+  assert results["pooled_J"] == pytest.approx(
+      (0 + 16 + 32 + 128 + 128) / (48 + 32 + 32 + 192 + 256))
+  assert results["num_images"] == 5 and results["num_groups"] == 4
+  assert results["threshold"] == 0.5
+  table = evaluate.format_results(results)
+  assert "avg_J_over_classes" in table and "pooled_J" in table
+  assert "probability >= 0.5" in table
+
+
+def test_score_image_conventions():
+  gt = np.array([[1, 0], [255, 0]], np.uint8)
+  empty = evaluate.score_image(pred=np.zeros((2, 2), bool),
+                               gt=np.array([[0, 0], [255, 0]], np.uint8))
+  assert empty["J"] == 1.0 and empty["P"] == 1.0  # empty union convention
+  # A prediction on an ignored pixel counts nowhere.
+  s = evaluate.score_image(pred=np.array([[1, 0], [1, 0]], bool), gt=gt)
+  assert (s["intersection"], s["union"], s["correct"], s["valid"]) == (
+      1, 1, 3, 3)
+
+
+def test_preprocess_and_restore_roundtrip():
+  image = np.zeros((10, 20, 3), np.uint8)
+  x, info = evaluate.preprocess_image(image, image_size=8, resize="pad")
+  assert x.shape == (8, 8, 3) and info.content_box == (0, 0, 4, 8)
+  back = evaluate.restore_size(np.ones((8, 8, 1)), info)
+  assert back.shape == (10, 20)
+  x, info = evaluate.preprocess_image(image, image_size=(6, 4))
+  assert x.shape == (6, 4, 3) and x.dtype == np.float32
+  with pytest.raises(ValueError, match="data.resize"):
+    evaluate.preprocess_image(image, image_size=8, resize="crop")
+
+
+def test_group_target_for_class_masks():
+  # voc2012-style records: target = union of the classes the group shares.
+  cm1 = np.array([[0, 3, 5, 255]], np.uint8)
+  cm2 = np.array([[3, 3, 0, 0]], np.uint8)
+  r1 = dict(class_mask=cm1[..., None], labels=np.array([2, 4]))
+  r2 = dict(class_mask=cm2[..., None], labels=np.array([2]))
+  target = evaluate._record_target(r1, [r1, r2])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(target, [[0, 1, 0, 255]])
+  assert evaluate._record_class(r1, [r1, r2]) == 2  # pylint: disable=protected-access
