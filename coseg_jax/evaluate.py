@@ -34,34 +34,14 @@ Choices the papers leave open:
   to ``data.image_size`` (see ``preprocess_image``/``restore_size``).
 """
 
-import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 
+from data_pipelines import augment
+
 IGNORE = 255
-
-
-@dataclasses.dataclass(frozen=True)
-class ResizeInfo:
-  """How an image was mapped to the model input, to undo it on predictions.
-
-  Attributes:
-    original_hw: (H, W) of the original image.
-    content_box: (top, left, height, width) of the image content inside the
-      model input (the whole input for 'stretch', the unpadded part for 'pad').
-  """
-  original_hw: Tuple[int, int]
-  content_box: Tuple[int, int, int, int]
-
-
-def _size_hw(image_size) -> Tuple[int, int]:
-  if isinstance(image_size, (int, np.integer)):
-    return int(image_size), int(image_size)
-  h, w = image_size
-  return int(h), int(w)
 
 
 def as_float_image(image: np.ndarray) -> np.ndarray:
@@ -78,45 +58,36 @@ def as_float_image(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess_image(image: np.ndarray, *, image_size, resize: str = "stretch"
-                     ) -> Tuple[np.ndarray, ResizeInfo]:
-  """Maps an image to the model input (the inference-time preprocessing).
+                     ) -> Tuple[np.ndarray, "augment.ResizeInfo"]:
+  """Maps an image to the model input exactly as the data pipeline does.
 
   Args:
-    image: [H, W, 3] uint8 or float in [0, 1].
+    image: [H, W, 3] uint8 or float in [0, 1] (grayscale is repeated).
     image_size: int or (height, width) of the model input.
-    resize: 'stretch' (bilinear to the input size, aspect not kept) or 'pad'
-      (keep aspect, scale the longer side to fit, content at the top-left,
-      zeros elsewhere -- the pipeline's convention).
+    resize: 'stretch' (each axis scaled) or 'pad' (keep aspect, content at
+      the top-left, zeros elsewhere); see ``data_pipelines.augment``.
 
   Returns:
-    (float32 [h, w, 3] in [0, 1], ResizeInfo).
+    (float32 [h, w, 3] in [0, 1], ``data_pipelines.augment.ResizeInfo``).
   """
-  image = as_float_image(image)
-  height, width = image.shape[:2]
-  out_h, out_w = _size_hw(image_size)
-  if resize == "stretch":
-    resized = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
-    return resized, ResizeInfo((height, width), (0, 0, out_h, out_w))
-  if resize == "pad":
-    scale = min(out_h / height, out_w / width)
-    new_h = min(out_h, max(1, int(round(height * scale))))
-    new_w = min(out_w, max(1, int(round(width * scale))))
-    canvas = np.zeros((out_h, out_w, 3), np.float32)
-    canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h),
-                                        interpolation=cv2.INTER_LINEAR)
-    return canvas, ResizeInfo((height, width), (0, 0, new_h, new_w))
-  raise ValueError(f"data.resize must be 'stretch' or 'pad', got {resize!r}")
+  if resize not in augment.RESIZE_MODES:
+    raise ValueError(f"data.resize must be one of {augment.RESIZE_MODES}, "
+                     f"got {resize!r}")
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = np.clip(np.round(as_float_image(image) * 255.0), 0, 255)
+    image = image.astype(np.uint8)
+  out = augment.process_record(image, None, out_size=image_size,
+                               resize=resize)
+  return out["image"], out["info"]
 
 
-def restore_size(prob: np.ndarray, info: ResizeInfo) -> np.ndarray:
-  """Resizes a probability map [h, w] or [h, w, 1] back to [H, W] (bilinear)."""
+def restore_size(prob: np.ndarray, info) -> np.ndarray:
+  """Probability map [h, w] or [h, w, 1] at model input -> [H, W] original."""
   prob = np.asarray(prob, np.float32)
   if prob.ndim == 3:
     prob = prob[..., 0]
-  top, left, h, w = info.content_box
-  prob = prob[top:top + h, left:left + w]
-  height, width = info.original_hw
-  return cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+  return augment.restore_prediction(prob, info)
 
 
 def score_image(*, pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
@@ -199,7 +170,8 @@ def _record_class(record, group_records) -> int:
 
 
 def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
-                    source, groups: Sequence[Sequence[int]], image_size,
+                    source, groups: Sequence[Sequence[int]],
+                    score: Optional[np.ndarray] = None, image_size,
                     resize: str = "stretch", threshold: float = 0.5,
                     batch_size: int = 8,
                     class_names: Sequence[str] = ()) -> Dict[str, Any]:
@@ -212,6 +184,9 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
     source: random-access records (``source[i]`` -> dict with 'image' and
       'mask' or 'class_mask'/'labels', and 'label').
     groups: record indices, every group of the same size K.
+    score: optional bool [num_groups, K]: which members' predictions count
+      for their image (the pipeline's ``EvalTuples.score``; strategies a, b
+      and d score only the first member). Default: every member.
     image_size, resize: the model input (see ``preprocess_image``).
     threshold: foreground threshold on the restored probabilities.
     batch_size: groups per model call.
@@ -225,6 +200,12 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
     raise ValueError("no evaluation groups (empty split or max_groups=0)")
   if len({len(g) for g in groups}) != 1:
     raise ValueError("evaluation groups must all have the same size")
+  if score is None:
+    score = np.ones((len(groups), len(groups[0])), bool)
+  score = np.asarray(score, bool)
+  if score.shape != (len(groups), len(groups[0])):
+    raise ValueError(f"score mask shape {score.shape} != groups "
+                     f"{(len(groups), len(groups[0]))}")
   first = source[groups[0][0]]
   per_group_target = "mask" not in first
   cache: Dict[int, Any] = {}
@@ -245,9 +226,12 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
     padded = chunk + [chunk[0]] * (batch_size - len(chunk))
     images = np.stack([np.stack([load(i)[1] for i in g]) for g in padded])
     probs = np.asarray(predict_batch(images), np.float32)[:len(chunk)]
-    for g, group_probs in zip(chunk, probs):
+    for g, group_probs, g_score in zip(chunk, probs,
+                                       score[start:start + batch_size]):
       recs = [load(i)[0] for i in g]
       for k, i in enumerate(g):
+        if not g_score[k]:
+          continue
         prob = restore_size(group_probs[k], load(i)[2])
         if per_group_target:
           score = score_image(pred=prob >= threshold,

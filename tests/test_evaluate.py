@@ -120,12 +120,12 @@ def test_score_image_conventions():
 def test_preprocess_and_restore_roundtrip():
   image = np.zeros((10, 20, 3), np.uint8)
   x, info = evaluate.preprocess_image(image, image_size=8, resize="pad")
-  assert x.shape == (8, 8, 3) and info.content_box == (0, 0, 4, 8)
+  assert x.shape == (8, 8, 3) and tuple(info.content_size) == (4, 8)
   back = evaluate.restore_size(np.ones((8, 8, 1)), info)
   assert back.shape == (10, 20)
   x, info = evaluate.preprocess_image(image, image_size=(6, 4))
   assert x.shape == (6, 4, 3) and x.dtype == np.float32
-  with pytest.raises(ValueError, match="data.resize"):
+  with pytest.raises(ValueError, match="resize"):
     evaluate.preprocess_image(image, image_size=8, resize="crop")
 
 
@@ -138,3 +138,22 @@ def test_group_target_for_class_masks():
   target = evaluate._record_target(r1, [r1, r2])  # pylint: disable=protected-access
   np.testing.assert_array_equal(target, [[0, 1, 0, 255]])
   assert evaluate._record_class(r1, [r1, r2]) == 2  # pylint: disable=protected-access
+
+
+def test_score_mask_selects_the_predictions_that_count():
+  # Only the first member of each tuple is scored (strategies a, b, d): A is
+  # scored with partners B and C (mean 0.4: empty), B with C only (0.5: its
+  # red block), D with E; C and E are never scored and do not appear.
+  score = np.array([[True, False]] * 4)
+  results = evaluate.evaluate_groups(
+      predict_batch=_fake_predict_batch, source=_source(), groups=GROUPS,
+      score=score, image_size=8, batch_size=4, class_names=["cat", "dog"])
+  assert results["num_images"] == 3
+  assert results["per_class"]["cat"] == pytest.approx(
+      dict(J=(0.0 + 0.5) / 2, P=(1 / 7 + 0.75) / 2, images=2))
+  assert results["per_class"]["dog"] == pytest.approx(
+      dict(J=2 / 3, P=0.75, images=1))
+  with pytest.raises(ValueError, match="score mask shape"):
+    evaluate.evaluate_groups(predict_batch=_fake_predict_batch,
+                             source=_source(), groups=GROUPS,
+                             score=score[:2], image_size=8)
