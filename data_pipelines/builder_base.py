@@ -173,3 +173,36 @@ class ManualLayoutBuilder(tfds.core.GeneratorBasedBuilder):
 def relpath(path, root) -> str:
   """`path` relative to `root` with forward slashes (the stored image_id)."""
   return os.path.relpath(os.fspath(path), os.fspath(root)).replace(os.sep, "/")
+
+
+def pair_record_features(label_names=None, *, masks=False, flows=False,
+                         keypoints=False, flip=False
+                         ) -> tfds.features.FeaturesDict:
+  """Features of the pair-record datasets (tss, pf_pascal, pf_willow).
+
+  Flows are float32 [H, W, 2] (u, v) in pixels with NaN = unknown; keypoints
+  float32 [N, 2] (x, y) in pixels with NaN where a point is absent. Both are
+  stored zlib-compressed (flows are large and repetitive).
+  """
+  label = (tfds.features.ClassLabel(names=list(label_names))
+           if label_names is not None else tfds.features.ClassLabel())
+  feats = {
+      "image1": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+      "image2": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+      "label": label,
+      "pair_id": tfds.features.Text(),
+  }
+  if masks:
+    for k in ("mask1", "mask2"):
+      feats[k] = tfds.features.Image(shape=(None, None, 1), dtype=np.uint8)
+  if flows:
+    for k in ("flow12", "flow21"):
+      feats[k] = tfds.features.Tensor(shape=(None, None, 2), dtype=np.float32,
+                                      encoding=tfds.features.Encoding.ZLIB)
+  if keypoints:
+    for k in ("keypoints1", "keypoints2"):
+      feats[k] = tfds.features.Tensor(shape=(None, 2), dtype=np.float32,
+                                      encoding=tfds.features.Encoding.ZLIB)
+  if flip:
+    feats["flip"] = tfds.features.Scalar(dtype=np.int32)
+  return tfds.features.FeaturesDict(feats)
