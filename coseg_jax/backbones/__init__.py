@@ -9,12 +9,28 @@ from typing import Callable, Dict
 import flax.linen as nn
 
 from coseg_jax.backbones import base
+from coseg_jax.backbones import efficientnet_lite
+from coseg_jax.backbones import resnet
 from coseg_jax.backbones import tiny
+from coseg_jax.backbones import vgg
 from coseg_jax.backbones.base import BackboneOutput, FEATURE_LEVELS
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     "tiny": tiny.TinyCNN,
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101,
+    "vgg16": vgg.vgg16,
+    "vgg16_bn": vgg.vgg16_bn,
+    "efficientnet_lite0": efficientnet_lite.EfficientNetLite0,
 }
+
+
+def load_pretrained(*args, **kwargs):
+  """See :func:`coseg_jax.backbones.weights.load_pretrained`."""
+  from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
+  return weights.load_pretrained(*args, **kwargs)
 
 
 def register_backbone(name: str, constructor: Callable[..., nn.Module]):
