@@ -1,0 +1,138 @@
+"""predict: a folder of images of different sizes and formats -> masks at
+original resolution, overlays and a contact sheet.
+
+A test-only method whose "model" thresholds the red channel (logit =
+20 * (red - 0.5), no parameters) makes the expected masks known by hand.
+"""
+
+import os
+
+import flax
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from coseg_jax import models
+from coseg_jax import predict
+
+
+@flax.struct.dataclass
+class _Out:
+  mask_logits: jax.Array
+
+
+class _RedModel(nn.Module):
+  """logits [B, K, H, W, 1] = 20 * (red - 0.5)."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    return _Out(mask_logits=20.0 * (images[..., :1] - 0.5))
+
+
+def _register():
+  if "_test_red" not in models.available_methods():
+    models.register_method("_test_red", models.MethodSpec(
+        build_model=lambda cfg: _RedModel(),
+        loss_fn=lambda **kw: (0.0, {})))
+
+
+def _config(strategy):
+  c = ml_collections.ConfigDict()
+  c.method = "_test_red"
+  c.predict = dict(group_strategy=strategy, image_size=32)
+  c.data = dict(resize="stretch")
+  c.eval = dict(threshold=0.5, batch_size=2)
+  return c
+
+
+def _write_images(folder):
+  """Three images (RGB PNG, grayscale JPEG, RGBA PNG) and a text file."""
+  rgb = np.zeros((40, 60, 3), np.uint8)
+  rgb[8:32, 16:48, 0] = 255
+  Image.fromarray(rgb).save(folder / "b_rgb.png")
+  grey = np.zeros((48, 36), np.uint8)
+  grey[:24] = 255
+  Image.fromarray(grey, mode="L").save(folder / "a_grey.jpg", quality=100)
+  rgba = np.zeros((64, 64, 4), np.uint8)
+  rgba[:, 32:, 0] = 255
+  rgba[..., 3] = 10  # alpha is dropped, not composited
+  Image.fromarray(rgba, mode="RGBA").save(folder / "c_rgba.png")
+  (folder / "notes.txt").write_text("not an image")
+  return {"a_grey": grey > 127, "b_rgb": rgb[..., 0] > 127,
+          "c_rgba": rgba[..., 0] > 127}
+
+
+@pytest.mark.parametrize("strategy", ["all_pairs", "group"])
+def test_predict_folder_writes_masks_overlays_sheet(tmp_path, strategy):
+  _register()
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  expected = _write_images(folder)
+  out = tmp_path / "out"
+  written = predict.predict_folder(
+      config=_config(strategy), model=_RedModel(), variables={},
+      images=str(folder), out_dir=str(out))
+  names = sorted(expected)
+  assert sorted(os.path.relpath(w, out) for w in written) == sorted(
+      [f"masks/{n}.png" for n in names] + [f"overlays/{n}.png" for n in names]
+      + ["contact_sheet.png"])
+  for name, want in expected.items():
+    mask = np.asarray(Image.open(out / "masks" / f"{name}.png"))
+    assert mask.shape == want.shape  # original resolution
+    assert set(np.unique(mask).tolist()) <= {0, 255}
+    # Edges may move by a pixel through the 32x32 input; the rest is exact.
+    agree = np.mean((mask == 255) == want)
+    assert agree > 0.93, (name, agree)
+    overlay = np.asarray(Image.open(out / "overlays" / f"{name}.png"))
+    assert overlay.shape == want.shape + (3,)
+  sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+  # 3 images x (image, overlay) = 6 tiles in one row of 64x64 cells.
+  assert sheet.shape == (64 + 8, 6 * 68 + 4, 3)
+
+
+def test_glob_and_all_pairs_call_shapes(tmp_path):
+  _write_images(tmp_path)
+  files = predict.list_images(str(tmp_path / "*.png"))
+  assert [os.path.basename(f) for f in files] == ["b_rgb.png", "c_rgba.png"]
+  shapes = []
+
+  def fake(batch):
+    shapes.append(batch.shape)
+    return np.full(batch.shape[:-1] + (1,), 0.25, np.float32)
+
+  images = [np.zeros((10, 12, 3), np.uint8)] * 4
+  probs = predict.cosegment_images(predict_batch=fake, images=images,
+                                   strategy="all_pairs", image_size=8,
+                                   batch_size=4)
+  # 6 pairs in batches of 4 (the second padded).
+  assert shapes == [(4, 2, 8, 8, 3), (4, 2, 8, 8, 3)]
+  assert [p.shape for p in probs] == [(10, 12)] * 4
+  np.testing.assert_allclose(probs[0], 0.25)
+  shapes.clear()
+  predict.cosegment_images(predict_batch=fake, images=images,
+                           strategy="group", image_size=8)
+  assert shapes == [(1, 4, 8, 8, 3)]
+
+
+def test_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no image files"):
+    predict.list_images(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="no files match"):
+    predict.list_images(str(tmp_path / "*.jpg"))
+  with pytest.raises(FileNotFoundError, match="no such folder"):
+    predict.list_images(str(tmp_path / "missing"))
+  with pytest.raises(ValueError, match="at least 2 images"):
+    predict.make_groups(1, "all_pairs")
+  with pytest.raises(ValueError, match="group_strategy"):
+    predict.make_groups(3, "triples")
+  (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+  with pytest.raises(ValueError, match="bad.png"):
+    predict.read_image(str(tmp_path / "bad.png"))
+
+
+def test_duplicate_stems_do_not_overwrite(tmp_path):
+  names = predict._output_names(["x/a.jpg", "x/a.png", "x/b.png"])  # pylint: disable=protected-access
+  assert names == ["a_jpg", "a_png", "b"]
