@@ -1,0 +1,485 @@
+"""The grain input pipeline: sampled groups -> augmented, batched numpy dicts.
+
+``make_dataset`` builds, for one JAX process::
+
+  groups of record ids (samplers, a pure function of (seed, epoch))
+    -> this process's shard (every process_count-th group)
+    -> load the K records + augment/resize them (seeded by the group's index)
+    -> batch (drop_remainder in training) -> optional multiprocessing prefetch
+
+on top of ``registry.load_source`` (TFDS array_record data sources, random
+access). Because every step is a deterministic function of the element index,
+the iterator state is just a position: ``get_state()`` / ``set_state()``
+restore a run exactly, with or without workers.
+
+Batches (B = per-process batch, K = group size), see DESIGN.md:
+  images float32 [B, K, H, W, 3] in [0, 1]; masks float32 [B, K, H, W, 1] in
+  {0, 1}; valid float32 [B, K, H, W, 1]; has_common int32 [B]; class_ids int32
+  [B, K]; record_ids int32 [B, K]. Pair-record datasets (tss, pf_pascal,
+  pf_willow) yield each record as one K=2 group (record_ids = [i, i]) and add
+  ``keypoints`` float32 [B, 2, P, 2] (NaN padded to ``max_keypoints``, pf_*) or
+  ``flows`` float32 [B, 2, H, W, 2] (flow12, flow21 resized to the input and
+  rescaled to input pixels; tss). Their geometry is only resized, never
+  randomly augmented, so keypoints and flows stay exact; pf_* records have no
+  masks (``valid`` = 0 everywhere).
+
+Target masks: a member's mask is foreground on the classes in its sampled
+target (see ``samplers``); image-record datasets store a binary mask of their
+one class, so the target is that mask or (negatives, triplet negatives) empty.
+voc2012_coseg stores ``class_mask`` with VOC indices (0 = background, c + 1 =
+``labels`` class c, 255 void); the target is the union of the shared classes,
+255 stays ignore. ``class_ids`` is the member's class (for multi-label records
+the lowest target class, else the lowest class present).
+
+Epoch length: ``groups_per_epoch`` (default: records in the split); training
+is an endless stream of epochs, each a fresh draw. Evaluation (``train=False``)
+is one deterministic pass without augmentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Optional, Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines import augment as augment_lib
+from data_pipelines import samplers
+
+PAIR_RECORD_DATASETS = ("tss", "pf_pascal", "pf_willow")
+# Epochs in the virtual training index space: effectively endless.
+_MAX_EPOCHS = 1_000_000
+
+# Re-exported for evaluation and prediction.
+ResizeInfo = augment_lib.ResizeInfo
+restore_prediction = augment_lib.restore_prediction
+
+
+def _expand(path):
+  return None if path is None else os.path.expanduser(os.fspath(path))
+
+
+def builder_config_for(data_config) -> Any:
+  """The TFDS builder config to use (a name, a BuilderConfig or None)."""
+  if data_config.builder_config is not None:
+    return data_config.builder_config
+  if data_config.name == "synthetic":
+    from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
+    s = data_config.synthetic
+    return synthetic.SyntheticConfig(
+        name=(f"c{s.num_classes}_n{s.train_per_class}-{s.test_per_class}"
+              f"_px{s.image_size}_seed{s.seed}"),
+        description="built from data_config.synthetic",
+        num_classes=s.num_classes, train_per_class=s.train_per_class,
+        test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed)
+  return None
+
+
+def load_source(data_config, split: str):
+  """Prepares the dataset when needed and returns its data source."""
+  from data_pipelines import registry  # pylint: disable=g-import-not-at-top
+  cfg = builder_config_for(data_config)
+  data_dir = _expand(data_config.data_dir)
+  path = registry.dataset_path(data_config.name, data_dir=data_dir,
+                               builder_config=cfg)
+  if not (path / "dataset_info.json").exists():
+    registry.prepare(data_config.name, data_dir=data_dir,
+                     manual_dir=_expand(data_config.manual_dir),
+                     builder_config=cfg)
+  return registry.load_source(data_config.name, data_dir=data_dir,
+                              split=split, builder_config=cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordIndex:
+  """Class information of a split, read without decoding images.
+
+  Attributes:
+    membership: bool [N, C] class membership of every record.
+    class_names: the C class names.
+    multilabel: True for voc2012_coseg style records (``labels``).
+  """
+  membership: np.ndarray
+  class_names: tuple[str, ...]
+  multilabel: bool
+
+
+def _skip_image_decoders(features):
+  return {k: tfds.decode.SkipDecoding() for k, f in features.items()
+          if isinstance(f, tfds.features.Image)}
+
+
+def record_index(data_config, split: str) -> RecordIndex:
+  """Reads labels of a split (images are not decoded)."""
+  source = load_source(data_config, split)
+  return _record_index_from_source(source, data_config)
+
+
+def _record_index_from_source(source, data_config) -> RecordIndex:
+  info = source.dataset_info
+  features = info.features
+  builder = tfds.builder_from_directory(os.fspath(info.data_dir))
+  light = builder.as_data_source(
+      source.split, decoders=_skip_image_decoders(features))
+  n = len(light)
+  if "labels" in features:
+    names = tuple(features["labels"].feature.names)
+    sets = [np.asarray(light[i]["labels"]) for i in range(n)]
+    m = samplers.membership_from_label_sets(sets, len(names))
+    multilabel = True
+  elif "label" in features:
+    names = tuple(features["label"].names)
+    m = samplers.membership_from_labels([light[i]["label"] for i in range(n)],
+                                        len(names))
+    multilabel = False
+  else:
+    raise ValueError(f"dataset {data_config.name!r}: records have neither "
+                     "'label' nor 'labels'")
+  keep = np.ones(len(names), bool)
+  unknown = set(data_config.classes) | set(data_config.exclude_classes)
+  unknown -= set(names)
+  if unknown:
+    raise ValueError(f"data.classes/exclude_classes name unknown classes "
+                     f"{sorted(unknown)}; known: {list(names)}")
+  if data_config.classes:
+    keep &= np.isin(names, list(data_config.classes))
+  if data_config.exclude_classes:
+    keep &= ~np.isin(names, list(data_config.exclude_classes))
+  return RecordIndex(m & keep[None], names, multilabel)
+
+
+def _augment_params(data_config) -> Optional[augment_lib.AugmentParams]:
+  a = data_config.augment
+  if not a.enabled:
+    return None
+  return augment_lib.AugmentParams(
+      scale_range=(float(a.scale_min), float(a.scale_max)),
+      max_rotation_deg=float(a.max_rotation_deg),
+      flip_prob=float(a.flip_prob), crop=bool(a.crop))
+
+
+class _GroupSequence:
+  """Random-access sequence of sampled groups over many epochs.
+
+  Element ``i`` is group ``i % G`` of epoch ``i // G``; an epoch's groups are
+  drawn on first use (and cached) from ``(seed, epoch)``, so any element can
+  be produced in any process in any order.
+  """
+
+  def __init__(self, membership, *, sampler, group_size, negative_fraction,
+               groups_per_epoch, seed, num_epochs):
+    self._m = membership
+    self._kw = dict(sampler=sampler, group_size=group_size,
+                    negative_fraction=negative_fraction,
+                    num_groups=groups_per_epoch, seed=seed)
+    self._g = groups_per_epoch
+    self._n = groups_per_epoch * num_epochs
+    self._cache = {}
+
+  def __len__(self):
+    return self._n
+
+  def epoch(self, e) -> samplers.Groups:
+    if e not in self._cache:
+      if len(self._cache) > 2:
+        self._cache.pop(min(self._cache))
+      self._cache[e] = samplers.epoch_groups(self._m, epoch=e, **self._kw)
+    return self._cache[e]
+
+  def __getitem__(self, i):
+    i = int(i)
+    if not 0 <= i < self._n:
+      raise IndexError(i)
+    g = self.epoch(i // self._g)
+    j = i % self._g
+    return (g.indices[j], int(g.has_common[j]), g.targets[j])
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_cache"] = {}
+    return state
+
+
+def _target_label_map(record, target, multilabel, name):
+  """uint8 {0, 1, 255} map of one member's target."""
+  if multilabel:
+    cm = np.asarray(record["class_mask"])[..., 0]
+    fg = np.isin(cm, np.flatnonzero(target) + 1)
+    return np.where(cm == augment_lib.IGNORE, augment_lib.IGNORE,
+                    fg).astype(np.uint8)
+  mask = np.asarray(record["mask"])[..., 0]
+  bad = ~np.isin(mask, (0, 1, augment_lib.IGNORE))
+  if bad.any():
+    raise ValueError(f"{name}: record {record.get('image_id')!r} has mask "
+                     f"values {np.unique(mask[bad])[:5]} outside {{0,1,255}}")
+  if target[int(record["label"])]:
+    return mask
+  return np.where(mask == augment_lib.IGNORE, augment_lib.IGNORE,
+                  0).astype(np.uint8)
+
+
+class _LoadGroup(grain.transforms.MapWithIndex):
+  """Loads and augments the K records of one group (seeded by its index)."""
+
+  def __init__(self, source, *, multilabel, out_size, resize, params, seed,
+               name):
+    self._source = source
+    self._multilabel = multilabel
+    self._out_size = out_size
+    self._resize = resize
+    self._params = params
+    self._seed = seed
+    self._name = name
+
+  def map_with_index(self, index, element):
+    ids, has_common, targets = element
+    rng = None
+    if self._params is not None:
+      rng = np.random.default_rng(
+          np.random.SeedSequence([self._seed, 0x5EED, int(index)]))
+    out = {"images": [], "masks": [], "valid": [], "class_ids": []}
+    for rid, target in zip(ids, targets):
+      rec = self._source[int(rid)]
+      lab = _target_label_map(rec, target, self._multilabel, self._name)
+      p = augment_lib.process_record(rec["image"], lab,
+                                     out_size=self._out_size,
+                                     resize=self._resize, rng=rng,
+                                     params=self._params)
+      out["images"].append(p["image"])
+      out["masks"].append(p["mask"])
+      out["valid"].append(p["valid"])
+      if self._multilabel:
+        present = np.flatnonzero(np.asarray(target))
+        if present.size == 0:
+          present = np.sort(np.asarray(rec["labels"], np.int64))
+        out["class_ids"].append(int(present[0]) if present.size else -1)
+      else:
+        out["class_ids"].append(int(rec["label"]))
+    batch = {k: np.stack(v) for k, v in out.items()}
+    batch["class_ids"] = batch["class_ids"].astype(np.int32)
+    batch["has_common"] = np.int32(has_common)
+    batch["record_ids"] = np.asarray(ids, np.int32)
+    return batch
+
+
+class _LoadPairRecord(grain.transforms.Map):
+  """Turns one pair record (tss / pf_*) into a K=2 group (resize only)."""
+
+  def __init__(self, source, *, out_size, resize, max_keypoints, name):
+    self._source = source
+    self._out_size = out_size
+    self._resize = resize
+    self._max_kp = max_keypoints
+    self._name = name
+
+  def map(self, rid):
+    rec = self._source[int(rid)]
+    out = {"images": [], "masks": [], "valid": []}
+    kps, flows = [], []
+    for k in (1, 2):
+      has_mask = f"mask{k}" in rec
+      p = augment_lib.process_record(
+          rec[f"image{k}"], rec[f"mask{k}"] if has_mask else None,
+          out_size=self._out_size, resize=self._resize)
+      out["images"].append(p["image"])
+      out["masks"].append(p["mask"])
+      out["valid"].append(p["valid"] if has_mask else np.zeros_like(p["valid"]))
+      m = p["matrix"]
+      if f"keypoints{k}" in rec:
+        pts = augment_lib.transform_points(rec[f"keypoints{k}"], m)
+        if pts.shape[0] > self._max_kp:
+          raise ValueError(f"{self._name}: pair {rec.get('pair_id')!r} has "
+                           f"{pts.shape[0]} keypoints > data.max_keypoints="
+                           f"{self._max_kp}")
+        pad = np.full((self._max_kp, 2), np.nan, np.float32)
+        pad[:pts.shape[0]] = pts
+        kps.append(pad)
+      flow_key = "flow12" if k == 1 else "flow21"
+      if flow_key in rec:
+        flows.append(_resize_flow(np.asarray(rec[flow_key], np.float32), m,
+                                  p["info"]))
+    batch = {k: np.stack(v) for k, v in out.items()}
+    batch["has_common"] = np.int32(1)
+    batch["class_ids"] = np.full((2,), int(rec.get("label", -1)), np.int32)
+    batch["record_ids"] = np.full((2,), int(rid), np.int32)
+    if kps:
+      batch["keypoints"] = np.stack(kps)
+    if flows:
+      batch["flows"] = np.stack(flows)
+    return batch
+
+
+def _resize_flow(flow, matrix, info):
+  """Resizes a [H, W, 2] flow field and rescales it to input pixels.
+
+  Only axis scaling is involved (no augmentation), so flow vectors scale by
+  the per-axis factors of ``matrix``; unknown (NaN) entries stay NaN (nearest
+  sampling, so they do not bleed into their neighbours).
+  """
+  import cv2  # pylint: disable=g-import-not-at-top
+  oh, ow = info.input_size
+  out = cv2.warpAffine(flow, np.asarray(matrix, np.float64)[:2], (ow, oh),
+                       flags=cv2.INTER_NEAREST,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+  return out * np.array([matrix[0, 0], matrix[1, 1]], np.float32)
+
+
+def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
+                 seed: Optional[int] = None, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
+  """The batched grain dataset of one process (see the module docstring).
+
+  Args:
+    data_config: a ``default_data_config()``-shaped ConfigDict.
+    split: split name.
+    batch_size: per-process batch size B.
+    train: training (endless epochs of sampled groups, augmentation,
+      drop_remainder) or evaluation (one deterministic pass, no augmentation,
+      last partial batch kept).
+    seed: data seed (None = ``data_config.seed``).
+    process_index: this JAX process (``jax.process_index()``).
+    process_count: number of processes (``jax.process_count()``).
+
+  Returns:
+    A ``grain.IterDataset``; ``iter(ds)`` has ``get_state()``/``set_state()``.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in "
+                     f"[0, {process_count})")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  seed = int(data_config.seed if seed is None else seed)
+  source = load_source(data_config, split)
+  out_size = data_config.image_size
+  if not isinstance(out_size, int):
+    out_size = tuple(out_size)
+  name = data_config.name
+
+  if name in PAIR_RECORD_DATASETS:
+    n = len(source)
+    if train:
+      ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(None)
+    else:
+      ds = grain.MapDataset.range(n)
+    ds = ds[process_index::process_count]
+    ds = ds.map(_LoadPairRecord(source, out_size=out_size,
+                                resize=data_config.resize,
+                                max_keypoints=data_config.max_keypoints,
+                                name=name))
+  else:
+    index = _record_index_from_source(source, data_config)
+    n_records = int(index.membership.any(1).sum())
+    if train:
+      per_epoch = data_config.groups_per_epoch or n_records
+      epochs = _MAX_EPOCHS
+      params = _augment_params(data_config)
+    else:
+      per_epoch = data_config.eval_groups_per_split or n_records
+      epochs = 1
+      params = None
+    group_size = {"pairs": 2, "triplets": 3}.get(data_config.sampler,
+                                                 data_config.group_size)
+    groups = _GroupSequence(
+        index.membership, sampler=data_config.sampler, group_size=group_size,
+        negative_fraction=float(data_config.negative_fraction),
+        groups_per_epoch=int(per_epoch), seed=seed, num_epochs=epochs)
+    groups.epoch(0)  # Fail early on an impossible sampler / class filter.
+    ds = grain.MapDataset.source(groups)[process_index::process_count]
+    ds = ds.map_with_index(_LoadGroup(
+        source, multilabel=index.multilabel, out_size=out_size,
+        resize=data_config.resize, params=params, seed=seed, name=name))
+
+  it = ds.to_iter_dataset().batch(batch_size, drop_remainder=train)
+  if data_config.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(data_config.num_workers),
+        per_worker_buffer_size=int(data_config.prefetch_buffer_size)))
+  return it
+
+
+# ----------------------------------------------------------------------------
+# Evaluation helpers.
+
+
+def eval_groups(data_config, *, split: Optional[str] = None,
+                strategy: str = "pairs", k: int = 2, seed: int = 0,
+                max_tuples: int = 20) -> dict[str, samplers.EvalTuples]:
+  """Evaluation tuples per class: {class name: EvalTuples}.
+
+  Args:
+    data_config: the data config.
+    split: split name (None = ``data_config.eval_split``).
+    strategy: 'pairs' (every pair of the class's images, both scored) or a
+      CycleSegNet group strategy 'a'-'d' (see ``samplers``) with tuple size k.
+    k: tuple size for 'a'-'d'.
+    seed: seed of the strategies' random choices.
+    max_tuples: cap per image for strategy 'd'.
+  """
+  split = split or data_config.eval_split
+  index = record_index(data_config, split)
+  out = {}
+  for c, cname in enumerate(index.class_names):
+    members = np.flatnonzero(index.membership[:, c])
+    if members.size < 2:
+      continue
+    if strategy == "pairs":
+      out[cname] = samplers.all_pairs(members)
+    else:
+      out[cname] = samplers.group_strategy(
+          members, strategy=strategy, k=min(k, members.size),
+          seed=(seed, c), max_tuples=max_tuples)
+  return out
+
+
+def preprocess_for_eval(image: np.ndarray, *, image_size,
+                        resize: str = "stretch"):
+  """Resizes one original image to the model input.
+
+  Args:
+    image: uint8 [H, W, 3] (grayscale is repeated to RGB).
+    image_size: int or (H_out, W_out).
+    resize: 'stretch' or 'pad'.
+
+  Returns:
+    ``(image, valid, info)``: float32 [H_out, W_out, 3] in [0, 1], float32
+    [H_out, W_out, 1] validity (0 on padding) and the :class:`ResizeInfo` that
+    ``restore_prediction`` needs to map predictions back to [H, W].
+  """
+  p = augment_lib.process_record(image, None, out_size=image_size,
+                                 resize=resize)
+  return p["image"], p["valid"], p["info"]
+
+
+def eval_batches(data_config, *, source, tuples: samplers.EvalTuples,
+                 batch_size: int):
+  """Yields model-input batches for evaluation tuples (no augmentation).
+
+  Each yielded dict has ``images`` [b, k, H, W, 3], ``valid`` [b, k, H, W, 1],
+  ``record_ids`` int32 [b, k], ``score`` bool [b, k] and ``infos`` (a list of
+  b lists of k :class:`ResizeInfo`). The last batch may be smaller.
+  """
+  cache = {}
+
+  def prep(rid):
+    if rid not in cache:
+      rec = source[rid]
+      cache.clear() if len(cache) > 256 else None
+      cache[rid] = preprocess_for_eval(rec["image"],
+                                       image_size=data_config.image_size,
+                                       resize=data_config.resize)
+    return cache[rid]
+
+  for s in range(0, len(tuples), batch_size):
+    rows = tuples.indices[s:s + batch_size]
+    items = [[prep(int(r)) for r in row] for row in rows]
+    yield {
+        "images": np.stack([[it[0] for it in row] for row in items]),
+        "valid": np.stack([[it[1] for it in row] for row in items]),
+        "record_ids": rows.astype(np.int32),
+        "score": tuples.score[s:s + batch_size],
+        "infos": [[it[2] for it in row] for row in items],
+    }

@@ -1,0 +1,357 @@
+"""Seeded samplers of co-segmentation groups over image records (pure NumPy).
+
+All samplers work on a boolean class-membership matrix ``membership`` of shape
+[N, C]: ``membership[i, c]`` is True when record ``i`` contains class ``c``.
+Single-label sets (one class per image: pascal_voc_coseg, internet, icoseg,
+msrc, synthetic) use :func:`membership_from_labels`; VOC 2012 records (several
+classes per image) use :func:`membership_from_label_sets`. A group is a row of
+record indices; alongside it the samplers return ``targets`` [G, K, C]: the
+classes whose pixels are foreground in each member's target mask.
+
+Training samplers (each deterministic in ``seed``; a new ``seed`` per epoch
+gives a new draw, see :func:`epoch_groups`):
+  * positive pairs: two distinct images sharing at least one class; target of
+    both = the union of the classes they share (the DOCS / Chen et al. VOC
+    protocol; for single-label sets simply the common class).
+  * negative pairs: two images with no class in common; ``has_common = 0`` and
+    empty targets.
+  * triplets (anchor, positive, negative): (anchor, positive) a positive pair,
+    the negative shares no class with either; anchor and positive target their
+    shared classes, the negative an empty mask (``has_common`` describes the
+    anchor/positive pair and is always 1).
+  * groups: k distinct images that all contain one class c; target = the
+    classes all k share (c at least).
+  Anchors are drawn uniformly over the records that can form the requested
+  relation, and partners uniformly among the valid candidates, so every image
+  is equally likely to appear as the anchor whatever its class's size.
+
+Evaluation enumerations (deterministic; ``score`` marks the members whose
+prediction counts for that image; an evaluator averages an image's
+probabilities over every tuple that scores it):
+  * :func:`all_pairs`: each unordered pair of a group once, both scored, so
+    each image is predicted with every other image of its group.
+  * :func:`group_strategy` 'a'-'d' for tuple size k (CycleSegNet, Zhang et al.,
+    TIP 2021, Sec. 4.3). The paper's text of Sec. 4.3 could not be retrieved
+    while this module was written, so the four definitions below are OUR
+    ASSUMPTION of the natural ways to form k-tuples from a test group, to be
+    checked against the paper:
+      a. random companions: for every image, one tuple [image, k-1 others drawn
+         uniformly without replacement from its group], image scored.
+      b. sequential window: the group in its record order as a cycle; for
+         image i the tuple [i, i+1, ..., i+k-1] (mod n), image i scored.
+      c. disjoint partition: the group shuffled and cut into consecutive
+         k-tuples, every member scored; the last tuple is completed with the
+         first images of the shuffle (those are scored only in their first
+         tuple), so every image is predicted exactly once.
+      d. exhaustive: for every image, every (k-1)-subset of the others as
+         companions (at most ``max_tuples`` per image, drawn without
+         replacement when there are more), image scored; predictions averaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+
+SAMPLERS = ("pairs", "triplets", "groups")
+STRATEGIES = ("a", "b", "c", "d")
+
+
+def membership_from_labels(labels, num_classes: int | None = None):
+  """Boolean [N, C] membership of single-label records (labels int [N])."""
+  labels = np.asarray(labels, np.int64)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+  if num_classes is None:
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"labels must lie in [0, {num_classes}), got "
+                     f"[{labels.min()}, {labels.max()}]")
+  m = np.zeros((labels.size, num_classes), bool)
+  m[np.arange(labels.size), labels] = True
+  return m
+
+
+def membership_from_label_sets(label_sets: Sequence[Sequence[int]],
+                               num_classes: int):
+  """Boolean [N, C] membership of multi-label records (e.g. VOC 2012)."""
+  m = np.zeros((len(label_sets), num_classes), bool)
+  for i, s in enumerate(label_sets):
+    s = np.asarray(s, np.int64).reshape(-1)
+    if s.size and (s.min() < 0 or s.max() >= num_classes):
+      raise ValueError(f"record {i}: class ids {s.tolist()} outside "
+                       f"[0, {num_classes})")
+    m[i, s] = True
+  return m
+
+
+@dataclasses.dataclass(frozen=True)
+class Groups:
+  """Sampled training groups.
+
+  Attributes:
+    indices: int64 [G, K] record indices.
+    has_common: int32 [G], 1 when the group (for triplets: anchor/positive)
+      shares a class.
+    targets: bool [G, K, C], classes that are foreground in each member's
+      target mask.
+  """
+  indices: np.ndarray
+  has_common: np.ndarray
+  targets: np.ndarray
+
+  def __len__(self):
+    return self.indices.shape[0]
+
+
+def _rng(seed):
+  return np.random.default_rng(np.random.SeedSequence(seed))
+
+
+def _class_members(membership):
+  return [np.flatnonzero(membership[:, c]) for c in range(membership.shape[1])]
+
+
+def _positive_anchor_pool(membership, members):
+  big = np.array([len(m) >= 2 for m in members], bool)
+  pool = np.flatnonzero((membership & big[None]).any(1))
+  if pool.size == 0:
+    raise ValueError("no class has two images: cannot sample positive pairs")
+  return pool, big
+
+
+def _draw_positive(rng, membership, members, pool, big):
+  a = int(rng.choice(pool))
+  c = int(rng.choice(np.flatnonzero(membership[a] & big)))
+  others = members[c][members[c] != a]
+  return a, int(rng.choice(others))
+
+
+def _draw_disjoint(rng, membership, excluded_classes, exclude_ids):
+  """A record with no class in ``excluded_classes``, not in ``exclude_ids``."""
+  n = membership.shape[0]
+  for _ in range(64):  # Rejection is cheap when negatives are common.
+    j = int(rng.integers(n))
+    if j not in exclude_ids and not (membership[j] & excluded_classes).any():
+      return j
+  cands = np.flatnonzero(~(membership & excluded_classes[None]).any(1))
+  cands = np.setdiff1d(cands, np.asarray(list(exclude_ids), np.int64))
+  if cands.size == 0:
+    return None
+  return int(rng.choice(cands))
+
+
+def positive_pairs(membership, *, num_pairs: int, seed) -> Groups:
+  """``num_pairs`` pairs of distinct records sharing at least one class."""
+  membership = np.asarray(membership, bool)
+  members = _class_members(membership)
+  pool, big = _positive_anchor_pool(membership, members)
+  rng = _rng(seed)
+  idx = np.array([_draw_positive(rng, membership, members, pool, big)
+                  for _ in range(num_pairs)], np.int64).reshape(num_pairs, 2)
+  shared = membership[idx[:, 0]] & membership[idx[:, 1]]
+  return Groups(idx, np.ones(num_pairs, np.int32),
+                np.repeat(shared[:, None], 2, axis=1))
+
+
+def negative_pairs(membership, *, num_pairs: int, seed) -> Groups:
+  """``num_pairs`` pairs of records with no class in common (empty targets)."""
+  membership = np.asarray(membership, bool)
+  n, c = membership.shape
+  rng = _rng(seed)
+  idx = np.empty((num_pairs, 2), np.int64)
+  for t in range(num_pairs):
+    for _ in range(64):
+      a = int(rng.integers(n))
+      b = _draw_disjoint(rng, membership, membership[a], {a})
+      if b is not None:
+        break
+    else:
+      raise ValueError("could not find two records without a shared class")
+    idx[t] = a, b
+  return Groups(idx, np.zeros(num_pairs, np.int32),
+                np.zeros((num_pairs, 2, c), bool))
+
+
+def triplets(membership, *, num_triplets: int, seed) -> Groups:
+  """(anchor, positive, negative) triplets; see the module docstring."""
+  membership = np.asarray(membership, bool)
+  members = _class_members(membership)
+  pool, big = _positive_anchor_pool(membership, members)
+  rng = _rng(seed)
+  idx = np.empty((num_triplets, 3), np.int64)
+  for t in range(num_triplets):
+    for _ in range(64):
+      a, p = _draw_positive(rng, membership, members, pool, big)
+      neg = _draw_disjoint(rng, membership, membership[a] | membership[p],
+                           {a, p})
+      if neg is not None:
+        break
+    else:
+      raise ValueError("no record shares no class with a positive pair: "
+                       "cannot sample triplets")
+    idx[t] = a, p, neg
+  targets = np.zeros((num_triplets, 3, membership.shape[1]), bool)
+  shared = membership[idx[:, 0]] & membership[idx[:, 1]]
+  targets[:, 0] = targets[:, 1] = shared
+  return Groups(idx, np.ones(num_triplets, np.int32), targets)
+
+
+def class_groups(membership, *, group_size: int, num_groups: int,
+                 seed) -> Groups:
+  """Groups of ``group_size`` distinct records that all contain one class."""
+  membership = np.asarray(membership, bool)
+  if group_size < 1:
+    raise ValueError(f"group_size must be >= 1, got {group_size}")
+  members = _class_members(membership)
+  ok = np.array([len(m) >= group_size for m in members], bool)
+  pool = np.flatnonzero((membership & ok[None]).any(1))
+  if pool.size == 0:
+    raise ValueError(f"no class has {group_size} images: cannot form groups")
+  rng = _rng(seed)
+  idx = np.empty((num_groups, group_size), np.int64)
+  for t in range(num_groups):
+    a = int(rng.choice(pool))
+    c = int(rng.choice(np.flatnonzero(membership[a] & ok)))
+    others = members[c][members[c] != a]
+    idx[t, 0] = a
+    idx[t, 1:] = rng.choice(others, group_size - 1, replace=False)
+  shared = np.logical_and.reduce(membership[idx], axis=1)
+  return Groups(idx, np.ones(num_groups, np.int32),
+                np.repeat(shared[:, None], group_size, axis=1))
+
+
+def mixed_pairs(membership, *, num_pairs: int, negative_fraction: float,
+                seed) -> Groups:
+  """Positive and negative pairs, ``round(negative_fraction * num_pairs)``
+  negatives, shuffled together."""
+  if not 0.0 <= negative_fraction <= 1.0:
+    raise ValueError(f"negative_fraction must be in [0, 1], got "
+                     f"{negative_fraction}")
+  n_neg = int(round(negative_fraction * num_pairs))
+  rng = _rng(seed)
+  s_pos, s_neg, s_perm = rng.integers(0, 2**63 - 1, 3)
+  parts = []
+  if num_pairs - n_neg:
+    parts.append(positive_pairs(membership, num_pairs=num_pairs - n_neg,
+                                seed=int(s_pos)))
+  if n_neg:
+    parts.append(negative_pairs(membership, num_pairs=n_neg,
+                                seed=int(s_neg)))
+  perm = _rng(int(s_perm)).permutation(num_pairs)
+  return Groups(*(np.concatenate([getattr(p, f) for p in parts])[perm]
+                  for f in ("indices", "has_common", "targets")))
+
+
+def epoch_groups(membership, *, sampler: str, num_groups: int, seed: int,
+                 epoch: int, group_size: int = 2,
+                 negative_fraction: float = 0.0) -> Groups:
+  """The training groups of one epoch: a pure function of (seed, epoch).
+
+  Args:
+    membership: bool [N, C].
+    sampler: 'pairs' (positives and ``negative_fraction`` negatives),
+      'triplets' or 'groups' (``group_size`` images of one class).
+    num_groups: groups per epoch.
+    seed: data seed.
+    epoch: epoch number (a different draw for each).
+    group_size: K for 'groups'.
+    negative_fraction: share of negative pairs for 'pairs'.
+  """
+  s = (int(seed), int(epoch))
+  if sampler == "pairs":
+    return mixed_pairs(membership, num_pairs=num_groups,
+                       negative_fraction=negative_fraction, seed=s)
+  if sampler == "triplets":
+    return triplets(membership, num_triplets=num_groups, seed=s)
+  if sampler == "groups":
+    return class_groups(membership, group_size=group_size,
+                        num_groups=num_groups, seed=s)
+  raise ValueError(f"data.sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTuples:
+  """Tuples to run the model on for evaluation.
+
+  Attributes:
+    indices: int64 [T, k] record indices.
+    score: bool [T, k], True where that member's prediction is scored
+      (averaged with its other scored predictions).
+  """
+  indices: np.ndarray
+  score: np.ndarray
+
+  def __len__(self):
+    return self.indices.shape[0]
+
+
+def all_pairs(group) -> EvalTuples:
+  """Every unordered pair (i < j in the given order) of a group, both scored."""
+  group = np.asarray(group, np.int64).reshape(-1)
+  if group.size < 2:
+    raise ValueError("all_pairs needs a group of at least 2 images")
+  pairs = np.array(list(itertools.combinations(group.tolist(), 2)), np.int64)
+  return EvalTuples(pairs, np.ones(pairs.shape, bool))
+
+
+def group_strategy(group, *, strategy: str, k: int, seed=0,
+                   max_tuples: int = 20) -> EvalTuples:
+  """k-tuples of one test group by strategy 'a'-'d' (module docstring).
+
+  Args:
+    group: int [n] record indices of one group (one class), n >= k.
+    strategy: 'a', 'b', 'c' or 'd'.
+    k: tuple size (2 = pairs).
+    seed: for the random choices of 'a', 'c' and the subsampling of 'd'.
+    max_tuples: cap on tuples per image for 'd'.
+  """
+  group = np.asarray(group, np.int64).reshape(-1)
+  n = group.size
+  if not 1 <= k <= n:
+    raise ValueError(f"tuple size k={k} must be in [1, group size {n}]")
+  rng = _rng(seed)
+  if strategy == "a":
+    rows = []
+    for i in range(n):
+      others = np.delete(group, i)
+      rows.append(np.concatenate([[group[i]],
+                                  rng.choice(others, k - 1, replace=False)]))
+    idx = np.stack(rows)
+    score = np.zeros(idx.shape, bool)
+    score[:, 0] = True
+  elif strategy == "b":
+    idx = group[(np.arange(n)[:, None] + np.arange(k)[None]) % n]
+    score = np.zeros(idx.shape, bool)
+    score[:, 0] = True
+  elif strategy == "c":
+    order = group[rng.permutation(n)]
+    t = math.ceil(n / k)
+    flat = np.concatenate([order, order[:t * k - n]])
+    idx = flat.reshape(t, k)
+    score = (np.arange(t * k) < n).reshape(t, k)
+  elif strategy == "d":
+    rows = []
+    for i in range(n):
+      others = np.delete(group, i).tolist()
+      total = math.comb(n - 1, k - 1)
+      if total <= max_tuples:
+        combos = list(itertools.combinations(others, k - 1))
+      else:
+        seen = set()
+        while len(seen) < max_tuples:
+          seen.add(tuple(sorted(rng.choice(others, k - 1, replace=False)
+                                .tolist())))
+        combos = sorted(seen)
+      rows += [[int(group[i]), *c] for c in combos]
+    idx = np.array(rows, np.int64).reshape(-1, k)
+    score = np.zeros(idx.shape, bool)
+    score[:, 0] = True
+  else:
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got "
+                     f"{strategy!r}")
+  return EvalTuples(idx, score)
