@@ -1,0 +1,181 @@
+"""Region Correspondence Module (RCM), CycleSegNet eq. 9-14.
+
+The RCM lets every pixel of image A look at a few *regions* of image B and
+collect what it finds there. With C_A [H, W, C] and C_B [H', W', C]:
+
+1. Regions of B (eq. 9): adaptive average pooling and adaptive max pooling of
+   C_B to an Ĥ x Ŵ grid (2x2 in the paper; torch bin edges, see
+   ``roi_pool``), concatenated on channels and fused by a convolution into
+   R_B [Ĥ, Ŵ, C], i.e. N = ĤŴ region vectors.
+2. Projections (eq. 10): Q = ReLU(conv1x1(C_A)) [HW, d],
+   K = ReLU(conv1x1(R_B)) [N, d], V = ReLU(conv1x1(R_B)) [N, C].
+3. Attention (eq. 11): A = softmax over the regions of Q K^T, [HW, N]; every
+   row sums to 1. The local term is A V, reshaped to [H, W, C].
+4. Global term (eq. 12): the global average of C_B, [C], upsampled (broadcast)
+   to [H, W, C]. The output is the average of the two terms,
+   RCM(C_A, C_B) = (A V + up(GAP(C_B))) / 2, [H, W, C].
+
+Group form (eq. 13-14): for K images, image k attends to the regions of all
+other K-1 images concatenated ((K-1)N regions) and its global term averages the
+other images' global averages. We compute it for all k in one pass: the
+regions of all K images are concatenated once ([K N] keys and values) and an
+attention mask removes image k's own regions from its softmax, so there is no
+loop over images and K is free at apply time. For K = 2 it equals the pair form
+with the same parameters.
+
+Choices the paper leaves open, and what we do (all attributes):
+
+* ``fuse_kernel``: kernel of the region fusion conv (default 1: the 2x2 region
+  grid is so small that a 3x3 conv would mix regions through its padding). No
+  activation after the fusion conv.
+* ``key_features`` d: width of Q and K (default: C, the input width).
+* ``project_value``: V = ReLU(conv1x1(R_B)) with C output channels (default
+  True, eq. 10 as we read it); False uses the fused regions R_B directly.
+* ``scale``: multiply Q K^T by 1/sqrt(d) (default False; the paper's softmax
+  is unscaled).
+* ``regions='raw'``: no pooling, every pixel of the other image is a region
+  (N = H'W'); the same fusion conv is applied to concat[C_B, C_B] so the
+  parameters are identical to the pooled variant (the avg and max of one pixel
+  are the pixel itself).
+* The attention softmax is computed in float32 whatever ``dtype`` is.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from coseg_jax.nn import roi_pool
+
+
+class RegionCorrespondence(nn.Module):
+  """CycleSegNet's RCM; group form ``__call__`` and pair form ``pair``.
+
+  Both forms use the same parameters (fusion, query, key, value convs).
+
+  Attributes:
+    features: C, channels of the input features; the output has C channels.
+    key_features: d, width of queries and keys (None: C).
+    region_size: (Ĥ, Ŵ) grid of pooled regions (paper: 2x2).
+    regions: 'pooled' (eq. 9) or 'raw' (every pixel of the other image).
+    fuse_kernel: kernel of the conv fusing avg- and max-pooled regions.
+    project_value: project values with a 1x1 conv + ReLU (else use R).
+    scale: scale the attention logits by 1/sqrt(d).
+    dtype: computation dtype (params float32; softmax in float32).
+  """
+  features: int
+  key_features: Optional[int] = None
+  region_size: Tuple[int, int] = (2, 2)
+  regions: str = "pooled"
+  fuse_kernel: int = 1
+  project_value: bool = True
+  scale: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.regions not in ("pooled", "raw"):
+      raise ValueError(
+          f"RegionCorrespondence.regions must be 'pooled' or 'raw', got "
+          f"{self.regions!r}")
+    d = self.key_features or self.features
+    k = (self.fuse_kernel, self.fuse_kernel)
+    self.fuse = nn.Conv(self.features, k, padding="SAME", dtype=self.dtype)
+    self.query = nn.Conv(d, (1, 1), dtype=self.dtype)
+    self.key = nn.Conv(d, (1, 1), dtype=self.dtype)
+    if self.project_value:
+      self.value = nn.Conv(self.features, (1, 1), dtype=self.dtype)
+
+  def _check(self, x, name):
+    if x.shape[-1] != self.features:
+      raise ValueError(
+          f"RegionCorrespondence(features={self.features}): {name} has "
+          f"{x.shape[-1]} channels (shape {x.shape})")
+
+  def _regions(self, x):
+    """x [B, H, W, C] -> fused region features [B, N, C]."""
+    if self.regions == "raw":
+      pooled = jnp.concatenate([x, x], axis=-1)
+    else:
+      pooled = jnp.concatenate([roi_pool.adaptive_avg_pool(x, self.region_size),
+                                roi_pool.adaptive_max_pool(x, self.region_size)],
+                               axis=-1)
+    r = self.fuse(pooled)
+    return r.reshape(r.shape[0], -1, r.shape[-1])
+
+  def _keys_values(self, r):
+    """Regions [..., N, C] -> keys [..., N, d], values [..., N, C]."""
+    keys = nn.relu(self.key(r[..., None, :, :]))[..., 0, :, :]
+    if not self.project_value:
+      return keys, r
+    return keys, nn.relu(self.value(r[..., None, :, :]))[..., 0, :, :]
+
+  def _logits(self, q, keys, equation):
+    logits = jnp.einsum(equation, q, keys).astype(jnp.float32)
+    if self.scale:
+      logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
+    return logits
+
+  def pair(self, c_a: jnp.ndarray, c_b: jnp.ndarray, *,
+           return_attention: bool = False):
+    """RCM(C_A, C_B): image A attends to the regions of image B.
+
+    Args:
+      c_a: this image's features [B, H, W, C].
+      c_b: the other image's features [B, H', W', C].
+      return_attention: also return the attention maps.
+
+    Returns:
+      [B, H, W, C], and with ``return_attention`` the maps [B, H, W, N]
+      (N = ĤŴ, or H'W' for raw regions; each pixel's row sums to 1).
+    """
+    self._check(c_a, "c_a")
+    self._check(c_b, "c_b")
+    keys, values = self._keys_values(self._regions(c_b))
+    q = nn.relu(self.query(c_a))
+    attn = jax.nn.softmax(self._logits(q, keys, "bhwd,bnd->bhwn"), axis=-1)
+    local = jnp.einsum("bhwn,bnc->bhwc", attn.astype(values.dtype), values)
+    glob = jnp.mean(c_b, axis=(1, 2))[:, None, None, :]
+    out = 0.5 * (local + glob.astype(local.dtype))
+    return (out, attn) if return_attention else out
+
+  def __call__(self, features: jnp.ndarray, *, return_attention: bool = False):
+    """Group form: each of K images attends to the other K-1 images' regions.
+
+    Args:
+      features: [B, K, H, W, C], K >= 2 (free at apply time).
+      return_attention: also return the attention maps.
+
+    Returns:
+      [B, K, H, W, C], and with ``return_attention`` the maps
+      [B, K, H, W, K * N]; columns j*N .. (j+1)*N - 1 are the regions of
+      image j, and an image's own columns are exactly 0.
+    """
+    if features.ndim != 5:
+      raise ValueError(
+          f"RegionCorrespondence group form expects [B, K, H, W, C], got "
+          f"shape {features.shape}; use .pair(c_a, c_b) for two maps")
+    self._check(features, "features")
+    b, k, h, w, c = features.shape
+    if k < 2:
+      raise ValueError(f"group form needs K >= 2 images, got K={k}")
+    r = self._regions(features.reshape(b * k, h, w, c))  # [B*K, N, C]
+    n = r.shape[1]
+    keys, values = self._keys_values(r.reshape(b, k * n, c))
+    q = nn.relu(self.query(features))  # [B, K, H, W, d]
+    logits = self._logits(q, keys, "bkhwd,bmd->bkhwm")
+    # own[k, m]: region m belongs to image k; those never enter k's softmax.
+    own = (jnp.arange(k * n) // n)[None, :] == jnp.arange(k)[:, None]
+    logits = jnp.where(own[None, :, None, None, :], -jnp.inf, logits)
+    attn = jax.nn.softmax(logits, axis=-1)
+    local = jnp.einsum("bkhwm,bmc->bkhwc", attn.astype(values.dtype), values)
+    gap = jnp.mean(features, axis=(2, 3))  # [B, K, C]
+    others = (jnp.sum(gap, axis=1, keepdims=True) - gap) / (k - 1)
+    out = 0.5 * (local + others[:, :, None, None, :].astype(local.dtype))
+    return (out, attn) if return_attention else out
+
+
+def rcm_pair(module: RegionCorrespondence, variables, c_a, c_b, **kwargs):
+  """Functional pair form: ``module.apply(variables, c_a, c_b, method=pair)``."""
+  return module.apply(variables, c_a, c_b, method=RegionCorrespondence.pair,
+                      **kwargs)
