@@ -137,15 +137,23 @@ def warp_record(image: np.ndarray, label: Optional[np.ndarray],
 
   Returns:
     ``(image, label)``: image of the input dtype [H_out, W_out, 3] (bilinear,
-    zeros outside the source), label uint8 [H_out, W_out] (nearest, 255
+    zeros where the nearest source pixel is outside the source), label uint8 [H_out, W_out] (nearest, 255
     outside the source) or None.
   """
   oh, ow = out_hw
   m = np.asarray(matrix, np.float64)[:2]
+  # Replicated borders keep the half-pixel rim of a plain resize identical to
+  # cv2.resize; pixels whose nearest source pixel lies outside the image are
+  # then blacked out (the same rule that makes them ignore in the label).
   img = cv2.warpAffine(image, m, (ow, oh), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                       borderMode=cv2.BORDER_REPLICATE)
   if img.ndim == 2:
     img = img[..., None]
+  inside = cv2.warpAffine(np.ones(image.shape[:2], np.uint8), m, (ow, oh),
+                          flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+  if not inside.all():
+    img[inside == 0] = 0
   lab = None
   if label is not None:
     label = np.asarray(label)
