@@ -11,5 +11,6 @@ from coseg_jax.losses.registry import get_loss
 from coseg_jax.losses.registry import register_loss
 
 # Loss modules: imported for their registrations (explicit list, no try/except).
+from coseg_jax.losses import lovasz
 # --- MaCoSNet losses (matching, contrastive): their author adds the import here.
 from coseg_jax.losses import matching, contrastive

@@ -1,0 +1,258 @@
+"""Lovász hinge and Lovász-Softmax losses (Berman et al., CVPR 2018).
+
+The Lovász extension of the Jaccard loss is piecewise linear in the pixel
+errors: sort the errors in decreasing order, and weight the k-th largest by the
+increase of the Jaccard loss when the k-th pixel joins the mispredicted set
+(:func:`lovasz_grad`). We follow the semantics of the authors' public PyTorch
+code (bermanmaxim/LovaszSoftmax):
+
+* binary hinge: errors ``1 - logit * (2y - 1)``, loss
+  ``dot(relu(sorted errors), lovasz_grad(sorted labels))``; ``per_image=True``
+  by default (mean over images of each image's loss).
+* softmax: for class c, errors ``|fg_c - p_c|`` with ``fg_c = [label == c]``;
+  loss = mean over the classes that count of ``dot(sorted errors,
+  lovasz_grad(sorted fg_c))``. ``classes='present'`` counts the classes present
+  in the (valid) labels, ``'all'`` every class, a list exactly the listed ones.
+  ``per_image=False`` by default. No class counting gives loss 0 (the
+  reference's empty mean).
+* one-class (sigmoid) case: :func:`lovasz_softmax_binary` builds the two-class
+  probabilities ``[1 - sigmoid(x), sigmoid(x)]`` from one logit per pixel and
+  applies the softmax loss (what CycleSegNet trains with).
+
+Choices where the reference uses dynamic shapes or leaves a gap:
+
+* Ignored pixels (``labels == ignore``) cannot be removed under ``jit``.
+  Instead they get sort key ``-inf`` (so they sort after every valid pixel),
+  label 0 and error value 0. After the last valid pixel the intersection term
+  of :func:`lovasz_grad` is already 0, so every ignored position gets weight
+  exactly 0: the loss equals the reference that drops them (tested).
+* An image with no valid pixel contributes 0 and still counts in the mean over
+  images (the reference hinge does this; its softmax code breaks there).
+* The value is independent of how ties are ordered (a property of the Lovász
+  extension); the gradient is not, so gradients are only defined up to tie
+  order, as in the reference.
+* Cumulative label counts are int32, so ``lovasz_grad`` is exact for any image
+  size (float32 cumsums lose integers beyond 2**24 pixels).
+* Inputs are cast to float32: losses are always computed in float32.
+
+Layout: the leading axis indexes images; every other axis (except the trailing
+class axis of ``probs``) indexes pixels, so [B, H, W], [B, H, W, 1] logits and
+[B, K, H, W, 1] groups all work (for groups, ``per_image`` then means per
+group: reshape to [B * K, ...] for per-image).
+"""
+
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from coseg_jax.losses.registry import register_loss
+
+ClassSpec = Union[str, Sequence[int]]
+
+
+def lovasz_grad(gt_sorted: jax.Array) -> jax.Array:
+  """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors.
+
+  Args:
+    gt_sorted: [P] binary ground truth ({0, 1}, any numeric or bool dtype),
+      ordered by decreasing error.
+
+  Returns:
+    [P] float32 weights: ``J_k - J_{k-1}`` where ``J_k = 1 - |gt \\ top_k| /
+    |gt U top_k|`` is the Jaccard loss when the k largest errors are the
+    mispredicted pixels (and ``J_0 = 0``).
+  """
+  gt = gt_sorted.astype(jnp.int32)
+  gts = jnp.sum(gt)
+  intersection = gts - jnp.cumsum(gt)
+  union = gts + jnp.cumsum(1 - gt)  # >= 1 at every position.
+  jaccard = 1.0 - intersection.astype(jnp.float32) / union.astype(jnp.float32)
+  return jnp.concatenate([jaccard[:1], jnp.diff(jaccard)])
+
+
+def _lovasz_flat(errors, gt, valid, *, hinge):
+  """Lovász loss of one flat set of pixels, ignoring ``~valid`` ones.
+
+  Args:
+    errors: [P] float32 per-pixel errors.
+    gt: [P] binary ground truth.
+    valid: [P] bool.
+    hinge: apply relu to the sorted errors (the hinge variant).
+
+  Returns:
+    Scalar float32 loss; 0 when no pixel is valid.
+  """
+  key = jnp.where(valid, errors, -jnp.inf)
+  values = jnp.where(valid, errors, 0.0)
+  gt = jnp.where(valid, gt.astype(jnp.int32), 0)
+  # Ascending sort of -key == descending errors; ignored pixels (+inf) last.
+  _, values_sorted, gt_sorted = lax.sort(
+      (-lax.stop_gradient(key), values, gt), num_keys=1, is_stable=False)
+  if hinge:
+    values_sorted = jax.nn.relu(values_sorted)
+  return jnp.dot(values_sorted, lovasz_grad(gt_sorted))
+
+
+def _valid_mask(labels, ignore):
+  if ignore is None:
+    return jnp.ones(labels.shape, bool)
+  return labels != ignore
+
+
+def _check_same_shape(logits, labels, fn):
+  if logits.shape != labels.shape:
+    raise ValueError(
+        f"{fn}: labels shape {labels.shape} must equal logits shape "
+        f"{logits.shape}")
+  if logits.ndim < 1:
+    raise ValueError(f"{fn}: logits need a leading image axis, got a scalar")
+
+
+@register_loss("lovasz_hinge")
+def lovasz_hinge(
+    *,
+    logits: jax.Array,
+    labels: jax.Array,
+    per_image: bool = True,
+    ignore: Optional[int] = None,
+) -> jax.Array:
+  """Binary Lovász hinge loss.
+
+  Args:
+    logits: [B, ...] real-valued foreground scores (one per pixel).
+    labels: [B, ...] same shape, values in {0, 1} (or ``ignore``).
+    per_image: if True, the mean over images of each image's loss; if False,
+      one loss over all pixels of the batch.
+    ignore: label value of void pixels, which contribute nothing.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  _check_same_shape(logits, labels, "lovasz_hinge")
+  logits = logits.astype(jnp.float32)
+  valid = _valid_mask(labels, ignore)
+  gt = jnp.where(valid, labels, 0).astype(jnp.float32)
+  errors = 1.0 - logits * (2.0 * gt - 1.0)
+  flat = lambda e, g, v: _lovasz_flat(e, g, v, hinge=True)
+  if per_image:
+    b = logits.shape[0]
+    losses = jax.vmap(flat)(errors.reshape(b, -1), gt.reshape(b, -1),
+                            valid.reshape(b, -1))
+    return jnp.mean(losses)
+  return flat(errors.reshape(-1), gt.reshape(-1), valid.reshape(-1))
+
+
+def _class_weights(classes: ClassSpec, num_classes: int) -> Optional[jax.Array]:
+  """Static [C] indicator of the classes that count; None for 'present'."""
+  if isinstance(classes, str):
+    if classes == "present":
+      return None
+    if classes == "all":
+      return jnp.ones((num_classes,), jnp.float32)
+    raise ValueError(
+        f"lovasz_softmax: classes must be 'present', 'all' or a list of class "
+        f"indices, got {classes!r}")
+  classes = list(classes)
+  bad = [c for c in classes if not 0 <= int(c) < num_classes]
+  if bad:
+    raise ValueError(
+        f"lovasz_softmax: classes {bad} out of range for {num_classes} classes")
+  indicator = [0.0] * num_classes
+  for c in classes:
+    indicator[int(c)] = 1.0
+  return jnp.asarray(indicator, jnp.float32)
+
+
+def _lovasz_softmax_flat(probs, labels, valid, class_weights):
+  """probs [P, C], labels [P] int, valid [P] -> scalar (mean over classes)."""
+  num_classes = probs.shape[-1]
+  fg = labels[:, None] == jnp.arange(num_classes)[None, :]  # [P, C]
+  fg = fg & valid[:, None]
+  errors = jnp.abs(fg.astype(jnp.float32) - probs)
+  per_class = jax.vmap(
+      lambda e, g: _lovasz_flat(e, g, valid, hinge=False),
+      in_axes=(1, 1))(errors, fg)  # [C]
+  if class_weights is None:  # 'present': classes with a valid pixel.
+    counts = jnp.any(fg, axis=0).astype(jnp.float32)
+  else:
+    counts = class_weights
+  return jnp.sum(counts * per_class) / jnp.maximum(jnp.sum(counts), 1.0)
+
+
+@register_loss("lovasz_softmax")
+def lovasz_softmax(
+    *,
+    probs: jax.Array,
+    labels: jax.Array,
+    classes: ClassSpec = "present",
+    per_image: bool = False,
+    ignore: Optional[int] = None,
+) -> jax.Array:
+  """Multi-class Lovász-Softmax loss.
+
+  Args:
+    probs: [B, ..., C] class probabilities (softmax output), channels-last.
+    labels: [B, ...] integer labels in [0, C) (or ``ignore``).
+    classes: 'present' (classes present in the valid labels count), 'all', or
+      a list of class indices (exactly those count, present or not).
+    per_image: if True, mean over images of each image's loss (classes
+      'present' in that image); if False, one loss over the whole batch.
+    ignore: label value of void pixels, which contribute nothing.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  if probs.shape[:-1] != labels.shape:
+    raise ValueError(
+        f"lovasz_softmax: labels shape {labels.shape} must equal probs shape "
+        f"without the class axis {probs.shape[:-1]}")
+  if probs.ndim < 2:
+    raise ValueError(
+        f"lovasz_softmax: probs must be [B, ..., C], got shape {probs.shape}")
+  num_classes = probs.shape[-1]
+  class_weights = _class_weights(classes, num_classes)
+  probs = probs.astype(jnp.float32)
+  valid = _valid_mask(labels, ignore)
+  labels = jnp.where(valid, labels, 0).astype(jnp.int32)
+  flat = lambda p, l, v: _lovasz_softmax_flat(p, l, v, class_weights)
+  if per_image:
+    b = probs.shape[0]
+    losses = jax.vmap(flat)(probs.reshape(b, -1, num_classes),
+                            labels.reshape(b, -1), valid.reshape(b, -1))
+    return jnp.mean(losses)
+  return flat(probs.reshape(-1, num_classes), labels.reshape(-1),
+              valid.reshape(-1))
+
+
+@register_loss("lovasz_softmax_binary")
+def lovasz_softmax_binary(
+    *,
+    logits: jax.Array,
+    labels: jax.Array,
+    classes: ClassSpec = "present",
+    per_image: bool = False,
+    ignore: Optional[int] = None,
+) -> jax.Array:
+  """Lovász-Softmax on one foreground logit per pixel (the sigmoid case).
+
+  The two-class probabilities are ``[1 - sigmoid(x), sigmoid(x)]`` (background
+  is class 0, foreground class 1); ``1 - sigmoid(x)`` is computed as
+  ``sigmoid(-x)`` for precision.
+
+  Args:
+    logits: [B, ...] foreground logits (e.g. [B, H, W, 1] mask logits).
+    labels: [B, ...] same shape, values in {0, 1} (or ``ignore``).
+    classes: as in :func:`lovasz_softmax`, over the classes {0: bg, 1: fg}.
+    per_image: as in :func:`lovasz_softmax`.
+    ignore: label value of void pixels, which contribute nothing.
+
+  Returns:
+    Scalar float32 loss.
+  """
+  _check_same_shape(logits, labels, "lovasz_softmax_binary")
+  logits = logits.astype(jnp.float32)
+  probs = jnp.stack([jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits)], axis=-1)
+  return lovasz_softmax(probs=probs, labels=labels, classes=classes,
+                        per_image=per_image, ignore=ignore)

@@ -1,0 +1,316 @@
+"""Lovász losses against a float64 NumPy port of the reference semantics.
+
+The NumPy reference below removes ignored pixels with boolean indexing (dynamic
+shapes), exactly as bermanmaxim/LovaszSoftmax does, so agreement proves the
+static-shape masking in ``coseg_jax.losses.lovasz`` contributes nothing.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coseg_jax import losses
+from coseg_jax.losses import lovasz
+
+RTOL = 1e-5
+ATOL = 1e-6
+
+
+# ----------------------------------------------------------------------------
+# NumPy float64 reference.
+def np_lovasz_grad(gt):
+  gt = np.asarray(gt, np.float64)
+  gts = gt.sum()
+  inter = gts - np.cumsum(gt)
+  union = gts + np.cumsum(1.0 - gt)
+  jac = 1.0 - inter / union
+  if len(gt) > 1:
+    jac[1:] = jac[1:] - jac[:-1]
+  return jac
+
+
+def np_hinge_flat(logits, labels, order="stable"):
+  if len(labels) == 0:
+    return 0.0
+  errors = 1.0 - logits * (2.0 * labels - 1.0)
+  perm = _desc_perm(errors, order)
+  return float(np.dot(np.maximum(errors[perm], 0.0),
+                      np_lovasz_grad(labels[perm])))
+
+
+def _desc_perm(errors, order):
+  """Descending order; ties broken first-come ('stable') or last-come."""
+  if order == "stable":
+    return np.argsort(-errors, kind="stable")
+  rev = np.argsort(-errors[::-1], kind="stable")
+  return len(errors) - 1 - rev
+
+
+def np_lovasz_hinge(logits, labels, per_image=True, ignore=None,
+                    order="stable"):
+  logits = np.asarray(logits, np.float64)
+  labels = np.asarray(labels)
+  def flat(lg, lb):
+    lg, lb = lg.reshape(-1), lb.reshape(-1)
+    if ignore is not None:
+      keep = lb != ignore
+      lg, lb = lg[keep], lb[keep]
+    return np_hinge_flat(lg, lb.astype(np.float64), order)
+  if per_image:
+    return float(np.mean([flat(lg, lb) for lg, lb in zip(logits, labels)]))
+  return flat(logits, labels)
+
+
+def np_softmax_flat(probs, labels, classes, order="stable"):
+  if len(labels) == 0:
+    return 0.0
+  c_total = probs.shape[1]
+  todo = list(range(c_total)) if classes in ("all", "present") else classes
+  out = []
+  for c in todo:
+    fg = (labels == c).astype(np.float64)
+    if classes == "present" and fg.sum() == 0:
+      continue
+    errors = np.abs(fg - probs[:, c])
+    perm = _desc_perm(errors, order)
+    out.append(np.dot(errors[perm], np_lovasz_grad(fg[perm])))
+  return float(np.mean(out)) if out else 0.0
+
+
+def np_lovasz_softmax(probs, labels, classes="present", per_image=False,
+                      ignore=None, order="stable"):
+  probs = np.asarray(probs, np.float64)
+  labels = np.asarray(labels)
+  c = probs.shape[-1]
+  def flat(p, lb):
+    p, lb = p.reshape(-1, c), lb.reshape(-1)
+    if ignore is not None:
+      keep = lb != ignore
+      p, lb = p[keep], lb[keep]
+    return np_softmax_flat(p, lb, classes, order)
+  if per_image:
+    return float(np.mean([flat(p, lb) for p, lb in zip(probs, labels)]))
+  return flat(probs, labels)
+
+
+def np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def np_softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def fd_grad(f, x, h=1e-6):
+  """Central finite differences of a float64 NumPy function."""
+  x = np.asarray(x, np.float64)
+  g = np.zeros_like(x)
+  for idx in np.ndindex(x.shape):
+    xp, xm = x.copy(), x.copy()
+    xp[idx] += h
+    xm[idx] -= h
+    g[idx] = (f(xp) - f(xm)) / (2 * h)
+  return g
+
+
+# ----------------------------------------------------------------------------
+def _binary_inputs(seed, shape=(3, 5, 6), ignore=None):
+  rng = np.random.RandomState(seed)
+  logits = rng.randn(*shape).astype(np.float32) * 2.0
+  labels = (rng.rand(*shape) > 0.5).astype(np.int32)
+  if ignore is not None:
+    labels = np.where(rng.rand(*shape) < 0.25, ignore, labels)
+  return logits, labels
+
+
+def test_lovasz_grad_matches_reference():
+  rng = np.random.RandomState(0)
+  for p in (1, 2, 7, 50):
+    gt = (rng.rand(p) > 0.4).astype(np.int32)
+    np.testing.assert_allclose(lovasz.lovasz_grad(jnp.asarray(gt)),
+                               np_lovasz_grad(gt), rtol=RTOL, atol=ATOL)
+  # No foreground at all: weight 1 on the largest error, 0 elsewhere.
+  np.testing.assert_array_equal(lovasz.lovasz_grad(jnp.zeros(4, jnp.int32)),
+                                [1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_lovasz_hinge_matches_reference(per_image, ignore):
+  logits, labels = _binary_inputs(1, ignore=ignore)
+  fn = jax.jit(lambda lg, lb: lovasz.lovasz_hinge(
+      logits=lg, labels=lb, per_image=per_image, ignore=ignore))
+  got = fn(logits, labels)
+  want = np_lovasz_hinge(logits, labels, per_image=per_image, ignore=ignore)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  assert got.dtype == jnp.float32
+
+
+def test_lovasz_hinge_vmap_over_batches():
+  logits, labels = _binary_inputs(2, shape=(4, 2, 5, 5), ignore=255)
+  got = jax.vmap(lambda lg, lb: lovasz.lovasz_hinge(
+      logits=lg, labels=lb, per_image=True, ignore=255))(logits, labels)
+  want = [np_lovasz_hinge(lg, lb, True, 255) for lg, lb in zip(logits, labels)]
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_lovasz_hinge_per_image_differs_from_batch():
+  logits, labels = _binary_inputs(3)
+  a = lovasz.lovasz_hinge(logits=logits, labels=labels, per_image=True)
+  b = lovasz.lovasz_hinge(logits=logits, labels=labels, per_image=False)
+  assert abs(float(a) - float(b)) > 1e-4
+
+
+def test_lovasz_hinge_with_ties_independent_of_tie_order():
+  rng = np.random.RandomState(4)
+  # Logits in {-1, 0, 1}: errors take 3 values, so almost everything ties.
+  logits = rng.randint(-1, 2, size=(2, 6, 6)).astype(np.float32)
+  labels = (rng.rand(2, 6, 6) > 0.5).astype(np.int32)
+  labels[0, 0, :3] = 255
+  for per_image in (True, False):
+    want_a = np_lovasz_hinge(logits, labels, per_image, 255, order="stable")
+    want_b = np_lovasz_hinge(logits, labels, per_image, 255, order="reverse")
+    np.testing.assert_allclose(want_a, want_b, rtol=1e-12)
+    got = jax.jit(lambda lg, lb, p=per_image: lovasz.lovasz_hinge(
+        logits=lg, labels=lb, per_image=p, ignore=255))(logits, labels)
+    np.testing.assert_allclose(got, want_a, rtol=RTOL, atol=ATOL)
+
+
+def test_lovasz_hinge_ignored_pixels_get_zero_gradient_and_empty_image():
+  logits, labels = _binary_inputs(5, shape=(2, 4, 4))
+  labels[1] = 255  # Second image entirely void.
+  labels[0, 0, 0] = 255
+  f = lambda lg: lovasz.lovasz_hinge(logits=lg, labels=labels, ignore=255)
+  g = np.asarray(jax.grad(f)(jnp.asarray(logits)))
+  assert np.all(g[1] == 0) and g[0, 0, 0] == 0
+  # The empty image contributes 0 but counts in the mean over images.
+  want = np_lovasz_hinge(logits[:1], labels[:1], True, 255) / 2
+  np.testing.assert_allclose(f(logits), want, rtol=RTOL, atol=ATOL)
+  np.testing.assert_array_equal(
+      lovasz.lovasz_hinge(logits=logits[1:], labels=labels[1:], ignore=255), 0)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_lovasz_hinge_gradient_vs_finite_differences(per_image):
+  rng = np.random.RandomState(6)
+  shape = (2, 3, 4)
+  # Distinct, well-separated errors: no ties, no kink within the FD step.
+  logits = (rng.permutation(np.prod(shape)).reshape(shape) * 0.1 - 1.2
+            + 0.013).astype(np.float64)
+  labels = (rng.rand(*shape) > 0.5).astype(np.int32)
+  labels[0, 0, 0] = 255
+  g = jax.grad(lambda lg: lovasz.lovasz_hinge(
+      logits=lg, labels=labels, per_image=per_image, ignore=255))(
+          jnp.asarray(logits, jnp.float32))
+  want = fd_grad(lambda lg: np_lovasz_hinge(lg, labels, per_image, 255), logits)
+  np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-6)
+  assert np.abs(want).sum() > 0
+
+
+def _multiclass_inputs(seed, shape=(3, 4, 5), c=4, ignore=None):
+  rng = np.random.RandomState(seed)
+  probs = np_softmax(rng.randn(*shape, c)).astype(np.float32)
+  # Class 3 never appears: 'present' and 'all' then differ.
+  labels = rng.randint(0, c - 1, size=shape).astype(np.int32)
+  if ignore is not None:
+    labels = np.where(rng.rand(*shape) < 0.25, ignore, labels)
+  return probs, labels
+
+
+@pytest.mark.parametrize("classes", ["present", "all", [0, 3], [2]])
+@pytest.mark.parametrize("per_image", [True, False])
+def test_lovasz_softmax_matches_reference(classes, per_image):
+  probs, labels = _multiclass_inputs(7, ignore=255)
+  got = jax.jit(lambda p, lb: lovasz.lovasz_softmax(
+      probs=p, labels=lb, classes=classes, per_image=per_image, ignore=255))(
+          probs, labels)
+  want = np_lovasz_softmax(probs, labels, classes, per_image, 255)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+def test_lovasz_softmax_present_vs_all_differ():
+  probs, labels = _multiclass_inputs(8)
+  a = lovasz.lovasz_softmax(probs=probs, labels=labels, classes="present")
+  b = lovasz.lovasz_softmax(probs=probs, labels=labels, classes="all")
+  assert abs(float(a) - float(b)) > 1e-4
+
+
+def test_lovasz_softmax_vmap_and_ties():
+  rng = np.random.RandomState(9)
+  # Probabilities on a coarse grid: many tied errors.
+  raw = rng.randint(1, 4, size=(3, 2, 4, 4, 3)).astype(np.float64)
+  probs = (raw / raw.sum(-1, keepdims=True)).astype(np.float32)
+  labels = rng.randint(0, 3, size=(3, 2, 4, 4)).astype(np.int32)
+  got = jax.vmap(lambda p, lb: lovasz.lovasz_softmax(
+      probs=p, labels=lb, per_image=True))(probs, labels)
+  for i in range(3):
+    want_a = np_lovasz_softmax(probs[i], labels[i], per_image=True)
+    want_b = np_lovasz_softmax(probs[i], labels[i], per_image=True,
+                               order="reverse")
+    np.testing.assert_allclose(want_a, want_b, rtol=1e-12)
+    np.testing.assert_allclose(got[i], want_a, rtol=RTOL, atol=ATOL)
+
+
+def test_lovasz_softmax_empty_image_contributes_zero():
+  probs, labels = _multiclass_inputs(10, shape=(2, 3, 3))
+  labels[0] = 255
+  got = lovasz.lovasz_softmax(probs=probs, labels=labels, per_image=True,
+                              ignore=255)
+  want = np_lovasz_softmax(probs[1:], labels[1:], per_image=True,
+                           ignore=255) / 2
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  g = jax.grad(lambda p: lovasz.lovasz_softmax(
+      probs=p, labels=labels, classes="all", per_image=True, ignore=255))(
+          jnp.asarray(probs))
+  assert np.all(np.asarray(g[0]) == 0)
+
+
+def test_lovasz_softmax_gradient_vs_finite_differences():
+  rng = np.random.RandomState(11)
+  logits = rng.randn(2, 3, 3, 3)
+  labels = rng.randint(0, 3, size=(2, 3, 3)).astype(np.int32)
+  labels[1, 0, 0] = 255
+  f = lambda lg: lovasz.lovasz_softmax(
+      probs=jax.nn.softmax(lg, axis=-1), labels=labels, ignore=255)
+  g = jax.grad(f)(jnp.asarray(logits, jnp.float32))
+  want = fd_grad(lambda lg: np_lovasz_softmax(np_softmax(lg), labels,
+                                              ignore=255), logits)
+  np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_lovasz_softmax_binary_matches_reference(per_image):
+  logits, labels = _binary_inputs(12, shape=(2, 3, 3, 1), ignore=255)
+  got = jax.jit(lambda lg, lb: lovasz.lovasz_softmax_binary(
+      logits=lg, labels=lb, per_image=per_image, ignore=255))(logits, labels)
+  p = np_sigmoid(logits.astype(np.float64))
+  probs = np.concatenate([1 - p, p], axis=-1)
+  want = np_lovasz_softmax(probs, labels[..., 0], per_image=per_image,
+                           ignore=255)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  g = jax.jit(jax.grad(lambda lg: lovasz.lovasz_softmax_binary(
+      logits=lg, labels=labels, per_image=per_image, ignore=255)))(
+          jnp.asarray(logits))
+  want_g = fd_grad(lambda lg: np_lovasz_softmax(
+      np.concatenate([1 - np_sigmoid(lg), np_sigmoid(lg)], -1),
+      labels[..., 0], per_image=per_image, ignore=255), logits)
+  np.testing.assert_allclose(g, want_g, rtol=1e-3, atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match="labels shape"):
+    lovasz.lovasz_hinge(logits=jnp.zeros((2, 3)), labels=jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match="classes"):
+    lovasz.lovasz_softmax(probs=jnp.zeros((1, 2, 3)),
+                          labels=jnp.zeros((1, 2), jnp.int32), classes="some")
+  with pytest.raises(ValueError, match="out of range"):
+    lovasz.lovasz_softmax(probs=jnp.zeros((1, 2, 3)),
+                          labels=jnp.zeros((1, 2), jnp.int32), classes=[3])
+
+
+def test_registered_names():
+  assert losses.get_loss("lovasz_hinge") is lovasz.lovasz_hinge
+  assert losses.get_loss("lovasz_softmax") is lovasz.lovasz_softmax
+  assert losses.get_loss("lovasz_softmax_binary") is lovasz.lovasz_softmax_binary
