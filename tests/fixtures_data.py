@@ -351,7 +351,7 @@ def write_pf_pascal(root, *, seed=6):
       keypoints1=np.zeros((0, 2), np.float32),
       keypoints2=np.zeros((0, 2), np.float32), flip=1, label="aeroplane")
   split_of["trn_pairs.csv:0"] = "train"
-  counts = {"test": {"cat": 1, "person": 1}, "train": {"aeroplane": 1}}
+  counts = {"test": {"car": 1, "person": 1}, "train": {"aeroplane": 1}}
   return dict(records=records, counts=counts, split_of=split_of)
 
 
