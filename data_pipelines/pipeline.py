@@ -395,6 +395,11 @@ def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
 
   it = ds.to_iter_dataset().batch(batch_size, drop_remainder=train)
   if data_config.num_workers > 0:
+    # grain's worker start-up reads absl flags; outside an absl app (tests,
+    # notebooks, scripts) they are unparsed, so accept their defaults.
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_config.num_workers),
         per_worker_buffer_size=int(data_config.prefetch_buffer_size)))

@@ -1,0 +1,237 @@
+"""Tests of data_pipelines.pipeline on the tiny synthetic set."""
+
+import numpy as np
+import pytest
+
+from data_pipelines import augment
+from data_pipelines import config as config_lib
+from data_pipelines import pipeline
+from data_pipelines import samplers
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+  c = config_lib.default_data_config()
+  c.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  c.builder_config = "tiny"
+  c.image_size = 24
+  c.seed = 3
+  return c
+
+
+@pytest.fixture(scope="module")
+def train_source(cfg):
+  return pipeline.load_source(cfg, "train")
+
+
+def _labels(source):
+  return np.array([source[i]["label"] for i in range(len(source))])
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_default_config_fields():
+  c = config_lib.default_data_config()
+  for field in ("name", "data_dir", "manual_dir", "builder_config",
+                "train_split", "eval_split", "image_size", "group_size",
+                "sampler", "negative_fraction", "classes", "exclude_classes",
+                "resize", "num_workers", "seed"):
+    assert field in c, field
+  assert c.augment.enabled and c.synthetic.image_size == 96
+
+
+def test_pair_batches_follow_the_contract(cfg, train_source):
+  ds = pipeline.make_dataset(cfg, split="train", batch_size=5, train=True,
+                             seed=0)
+  labels = _labels(train_source)
+  for b in _take(iter(ds), 3):
+    assert b["images"].shape == (5, 2, 24, 24, 3)
+    assert b["images"].dtype == np.float32
+    assert 0.0 <= b["images"].min() and b["images"].max() <= 1.0
+    for k in ("masks", "valid"):
+      assert b[k].shape == (5, 2, 24, 24, 1) and b[k].dtype == np.float32
+      assert set(np.unique(b[k]).tolist()) <= {0.0, 1.0}
+    assert b["has_common"].shape == (5,) and b["has_common"].dtype == np.int32
+    assert b["class_ids"].shape == (5, 2) and b["class_ids"].dtype == np.int32
+    assert b["record_ids"].dtype == np.int32
+    np.testing.assert_array_equal(b["class_ids"], labels[b["record_ids"]])
+    # Positive pairs: same class, distinct images, non-empty masks.
+    assert np.all(b["has_common"] == 1)
+    assert np.all(b["class_ids"][:, 0] == b["class_ids"][:, 1])
+    assert np.all(b["record_ids"][:, 0] != b["record_ids"][:, 1])
+    assert np.all(b["masks"].sum(axis=(2, 3, 4)) > 0)
+    # No mask outside the valid region.
+    assert not (b["masks"] * (1 - b["valid"])).any()
+
+
+def test_unaugmented_member_equals_the_record(cfg, train_source):
+  c = cfg.copy_and_resolve_references()
+  c.augment.enabled = False
+  c.image_size = 32  # the tiny records' own size: an identity resize
+  b = next(iter(pipeline.make_dataset(c, split="train", batch_size=2,
+                                      train=True, seed=1)))
+  for i in range(2):
+    for k in range(2):
+      rec = train_source[int(b["record_ids"][i, k])]
+      np.testing.assert_allclose(b["images"][i, k], rec["image"] / 255.0,
+                                 atol=1e-6)
+      np.testing.assert_array_equal(b["masks"][i, k], rec["mask"])
+      assert b["valid"][i, k].all()
+
+
+def test_negative_pairs_have_empty_targets(cfg):
+  c = cfg.copy_and_resolve_references()
+  c.negative_fraction = 1.0
+  b = next(iter(pipeline.make_dataset(c, split="train", batch_size=6,
+                                      train=True, seed=0)))
+  assert np.all(b["has_common"] == 0)
+  assert np.all(b["class_ids"][:, 0] != b["class_ids"][:, 1])
+  assert not b["masks"].any()
+
+
+def test_triplets_and_groups(cfg):
+  c = cfg.copy_and_resolve_references()
+  c.sampler = "triplets"
+  b = next(iter(pipeline.make_dataset(c, split="train", batch_size=3,
+                                      train=True, seed=0)))
+  assert b["images"].shape == (3, 3, 24, 24, 3)
+  cls = b["class_ids"]
+  assert np.all(cls[:, 0] == cls[:, 1]) and np.all(cls[:, 0] != cls[:, 2])
+  assert np.all(b["masks"][:, :2].sum(axis=(2, 3, 4)) > 0)
+  assert not b["masks"][:, 2].any()
+  c.sampler = "groups"
+  c.group_size = 4
+  b = next(iter(pipeline.make_dataset(c, split="train", batch_size=2,
+                                      train=True, seed=0)))
+  assert b["images"].shape == (2, 4, 24, 24, 3)
+  for row, ids in zip(b["class_ids"], b["record_ids"]):
+    assert len(set(row.tolist())) == 1 and len(set(ids.tolist())) == 4
+
+
+def test_same_seed_same_batches_other_seed_differs(cfg):
+  def first(seed):
+    return next(iter(pipeline.make_dataset(cfg, split="train", batch_size=3,
+                                           train=True, seed=seed)))
+  a, b, c = first(5), first(5), first(6)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["images"], c["images"])
+
+
+def test_restored_iterator_continues_exactly(cfg):
+  ds = pipeline.make_dataset(cfg, split="train", batch_size=4, train=True,
+                             seed=2)
+  it = iter(ds)
+  # Cross an epoch boundary (18 groups per epoch, batch 4).
+  _take(it, 3)
+  state = it.get_state()
+  expected = _take(it, 4)
+  it2 = iter(pipeline.make_dataset(cfg, split="train", batch_size=4,
+                                   train=True, seed=2))
+  it2.set_state(state)
+  for want, got in zip(expected, _take(it2, 4)):
+    for k in want:
+      np.testing.assert_array_equal(want[k], got[k])
+
+
+def test_process_shards_are_disjoint_and_cover(cfg):
+  def groups(index, count):
+    ds = pipeline.make_dataset(cfg, split="train", batch_size=4, train=False,
+                               seed=0, process_index=index,
+                               process_count=count)
+    return [tuple(r) for b in ds for r in b["record_ids"].tolist()]
+  whole = groups(0, 1)
+  assert len(whole) == 18  # one pass, last partial batch kept
+  shards = [groups(i, 3) for i in range(3)]
+  assert sum(len(s) for s in shards) == len(whole)
+  # Shard p holds exactly the global groups p, p + 3, ...
+  for p, s in enumerate(shards):
+    assert s == whole[p::3]
+  with pytest.raises(ValueError, match="process_index"):
+    pipeline.make_dataset(cfg, split="train", batch_size=2, train=True,
+                          process_index=2, process_count=2)
+
+
+def test_class_filter(cfg, train_source):
+  c = cfg.copy_and_resolve_references()
+  c.exclude_classes = ("cross",)
+  ds = pipeline.make_dataset(c, split="train", batch_size=4, train=True,
+                             seed=0)
+  names = ("arrow", "crescent", "cross")
+  for b in _take(iter(ds), 4):
+    assert names.index("cross") not in b["class_ids"]
+  c.exclude_classes = ("dragon",)
+  with pytest.raises(ValueError, match="dragon"):
+    pipeline.make_dataset(c, split="train", batch_size=4, train=True)
+
+
+def test_worker_process_yields_the_same_batches(cfg):
+  c = cfg.copy_and_resolve_references()
+  ref = _take(iter(pipeline.make_dataset(c, split="train", batch_size=3,
+                                         train=True, seed=4)), 2)
+  c.num_workers = 1
+  it = iter(pipeline.make_dataset(c, split="train", batch_size=3, train=True,
+                                  seed=4))
+  for want, got in zip(ref, _take(it, 2)):
+    for k in want:
+      np.testing.assert_array_equal(want[k], got[k])
+
+
+def test_multilabel_target_is_the_union_of_shared_classes():
+  # A VOC-style record: class_mask indices 0 = background, c + 1 = class c.
+  cm = np.array([[0, 1, 1], [3, 3, 255], [5, 0, 1]], np.uint8)[..., None]
+  rec = {"class_mask": cm, "labels": np.array([0, 2, 4])}
+  target = np.zeros(20, bool)
+  target[[0, 4]] = True
+  lab = pipeline._target_label_map(rec, target, True, "voc")  # pylint: disable=protected-access
+  np.testing.assert_array_equal(lab, [[0, 1, 1], [0, 0, 255], [1, 0, 1]])
+  none = pipeline._target_label_map(rec, np.zeros(20, bool), True, "voc")  # pylint: disable=protected-access
+  np.testing.assert_array_equal(none, [[0, 0, 0], [0, 0, 255], [0, 0, 0]])
+
+
+def test_bad_mask_values_are_refused():
+  rec = {"mask": np.array([[0, 2]], np.uint8)[..., None], "label": 0,
+         "image_id": b"x/y.png"}
+  with pytest.raises(ValueError, match="x/y.png"):
+    pipeline._target_label_map(rec, np.array([True]), False, "d")  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("strategy", ["pairs", "a", "c"])
+def test_eval_groups_and_batches_restore_to_original_size(cfg, train_source,
+                                                          strategy):
+  groups = pipeline.eval_groups(cfg, split="train", strategy=strategy, k=3)
+  labels = _labels(train_source)
+  names = ("arrow", "crescent", "cross")
+  assert set(groups) == set(names)
+  for name, t in groups.items():
+    assert np.all(labels[t.indices] == names.index(name))
+    scored = np.unique(t.indices[t.score])
+    np.testing.assert_array_equal(scored,
+                                  np.flatnonzero(labels == names.index(name)))
+  t = groups["cross"]
+  batches = list(pipeline.eval_batches(cfg, source=train_source, tuples=t,
+                                       batch_size=4))
+  assert sum(b["images"].shape[0] for b in batches) == len(t)
+  b = batches[0]
+  k = t.indices.shape[1]
+  assert b["images"].shape[1:] == (k, 24, 24, 3)
+  # Using the resized ground truth as the "prediction" and mapping it back
+  # gives the original mask almost everywhere.
+  rec = train_source[int(b["record_ids"][0, 0])]
+  p = augment.process_record(rec["image"], rec["mask"], out_size=24)
+  back = pipeline.restore_prediction(p["mask"][..., 0], b["infos"][0][0])
+  assert back.shape == (32, 32)
+  assert np.mean((back > 0.5) == (rec["mask"][..., 0] == 1)) > 0.95
+
+
+def test_preprocess_for_eval_pad():
+  img = np.full((20, 40, 3), 200, np.uint8)
+  x, valid, info = pipeline.preprocess_for_eval(img, image_size=16,
+                                                resize="pad")
+  assert x.shape == (16, 16, 3) and info.content_size == (8, 16)
+  assert valid[:8].all() and not valid[8:].any()
+  assert isinstance(samplers.EvalTuples(np.zeros((1, 2), int),
+                                        np.ones((1, 2), bool)),
+                    samplers.EvalTuples)
