@@ -122,8 +122,10 @@ class ManualLayoutBuilder(tfds.core.GeneratorBasedBuilder):
     path = epath.Path(path) if path is not None else None
     if path is None or not path.is_dir() or not any(path.iterdir()):
       raise FileNotFoundError(
-          f"{self.name}: manual_dir {path} is missing or empty. Put the "
-          f"original distribution there, in this layout:\n{self.LAYOUT}")
+          f"{self.name}: manual_dir {path} is missing or empty (pass "
+          f"manual_dir= to registry.prepare, or data_config.manual_dir). "
+          f"Put the original distribution there, in this layout:\n"
+          f"{self.LAYOUT}")
     return path
 
   def set_class_names(self, names) -> None:
