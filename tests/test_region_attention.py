@@ -181,11 +181,12 @@ def test_self_mask_ignores_own_regions():
 
 def test_grad_finite_and_bf16():
   module, variables, feats = _setup(k=3)
-  g = jax.grad(lambda v: jnp.sum(module.apply(v, feats) ** 2))(variables)
+  g = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, feats) ** 2)))(
+      variables)
   assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(g))
   bf16 = region_attention.RegionCorrespondence(C, key_features=D,
                                                dtype=jnp.bfloat16)
-  out = bf16.apply(variables, feats)
+  out = jax.jit(bf16.apply)(variables, feats)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out, np.float32),
                              module.apply(variables, feats), rtol=0.1,
