@@ -12,14 +12,18 @@ Images (`read_image`, `image_feature_bytes`):
     stored colour is kept, not composited on any background. This is what
     OpenCV/PIL `convert('RGB')` based reference loaders do, so pixels match
     published pipelines; none of the benchmarks uses alpha for the object.
-  * 16-bit grayscale ('I;16*', 'I' holding 16-bit values) is reduced to 8 bits
-    by v8 = round(v16 / 257) (full range maps to full range), then replicated.
-    (PIL itself reduces 16-bit RGB PNGs to 8-bit RGB when opening them.)
+  * 16-bit files are reduced to 8 bits by keeping the high byte,
+    v8 = v16 >> 8: PIL does exactly this itself when it opens a 16-bit RGB
+    PNG, and OpenCV's 16->8-bit colour conversion does the same, so 16-bit
+    grayscale ('I;16*', 'I' holding 16-bit values) follows the same rule
+    before being replicated to 3 channels.
   * CMYK / YCbCr / LAB are converted to RGB by PIL; float images ('F') and
     anything else are refused.
   * For a TFDS `Image` feature the original file bytes are stored when the
     file is already an 8-bit RGB JPEG or PNG (no re-encoding, no size blow-up);
-    otherwise the converted pixels are stored as lossless PNG bytes.
+    otherwise (16-bit PNG, grayscale, palette, alpha, BMP...) the converted
+    pixels are stored as lossless PNG bytes. EXIF orientation is ignored
+    (pixels are stored as encoded), as by the reference loaders.
 
 Masks (`read_mask`), converted to uint8 {0 = background, 1 = foreground} plus
 255 = ignore where the dataset has an ignore label:
@@ -85,7 +89,7 @@ def _to_uint8_from_16bit(arr: np.ndarray, path) -> np.ndarray:
   if arr.size and (arr.min() < 0 or arr.max() > 65535):
     raise BadInputError(f"Unsupported integer range [{arr.min()}, "
                         f"{arr.max()}] in {path} (expected 16-bit)")
-  return np.round(arr.astype(np.float64) / 257.0).astype(np.uint8)
+  return (arr >> 8).astype(np.uint8)
 
 
 def _image_to_rgb_array(img: Image.Image, path) -> np.ndarray:
@@ -131,10 +135,13 @@ def image_feature_bytes(path) -> tuple[bytes, tuple[int, int]]:
   """
   img = _open(path)
   arr = _image_to_rgb_array(img, path)
-  if img.mode == "RGB" and img.format in ("JPEG", "PNG"):
-    with open(os.fspath(path), "rb") as f:
-      data = f.read()
-  else:
+  with open(os.fspath(path), "rb") as f:
+    data = f.read()
+  keep = img.mode == "RGB" and (
+      img.format == "JPEG" or
+      # PNG IHDR: bit depth at byte 24, colour type at 25 (2 = truecolour).
+      (img.format == "PNG" and data[24] == 8 and data[25] == 2))
+  if not keep:
     data = encode_png(arr)
   return data, arr.shape[:2]
 

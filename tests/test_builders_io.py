@@ -2,6 +2,7 @@
 
 import io as pyio
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,9 +78,21 @@ def test_16bit_image_scaled(tmp_path):
                np.uint16).repeat(8, 0).repeat(4, 1)
   Image.fromarray(v).save(tmp_path / "d.png")
   img = dio.read_image(tmp_path / "d.png")
-  want = np.round(v.astype(np.float64) / 257).astype(np.uint8)
+  want = (v // 256).astype(np.uint8)  # high byte
   np.testing.assert_array_equal(img[..., 0], want)
   assert img[0, 0, 0] == 0 and img[0, 8, 0] == 255 and img[0, 4, 0] == 1
+  assert img[0, 12, 0] == 128 and img[8, 0, 0] == 3
+
+
+def test_16bit_rgb_png_reencoded_as_8bit(tmp_path):
+  v = np.random.default_rng(7).integers(0, 65536, (16, 16, 3),
+                                        dtype=np.uint16)
+  cv2.imwrite(str(tmp_path / "c.png"), v[..., ::-1])  # cv2 writes BGR
+  data, _ = dio.image_feature_bytes(tmp_path / "c.png")
+  assert data != (tmp_path / "c.png").read_bytes()
+  decoded = _decode(data)
+  assert decoded.dtype == np.uint8
+  np.testing.assert_array_equal(decoded, (v >> 8).astype(np.uint8))
 
 
 def test_rgb_jpeg_stored_as_original_bytes(tmp_path):
