@@ -183,7 +183,7 @@ def test_lovasz_hinge_ignored_pixels_get_zero_gradient_and_empty_image():
   labels[1] = 255  # Second image entirely void.
   labels[0, 0, 0] = 255
   f = lambda lg: lovasz.lovasz_hinge(logits=lg, labels=labels, ignore=255)
-  g = np.asarray(jax.grad(f)(jnp.asarray(logits)))
+  g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(logits)))
   assert np.all(g[1] == 0) and g[0, 0, 0] == 0
   # The empty image contributes 0 but counts in the mean over images.
   want = np_lovasz_hinge(logits[:1], labels[:1], True, 255) / 2
@@ -201,8 +201,8 @@ def test_lovasz_hinge_gradient_vs_finite_differences(per_image):
             + 0.013).astype(np.float64)
   labels = (rng.rand(*shape) > 0.5).astype(np.int32)
   labels[0, 0, 0] = 255
-  g = jax.grad(lambda lg: lovasz.lovasz_hinge(
-      logits=lg, labels=labels, per_image=per_image, ignore=255))(
+  g = jax.jit(jax.grad(lambda lg: lovasz.lovasz_hinge(
+      logits=lg, labels=labels, per_image=per_image, ignore=255)))(
           jnp.asarray(logits, jnp.float32))
   want = fd_grad(lambda lg: np_lovasz_hinge(lg, labels, per_image, 255), logits)
   np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-6)
@@ -261,8 +261,8 @@ def test_lovasz_softmax_empty_image_contributes_zero():
   want = np_lovasz_softmax(probs[1:], labels[1:], per_image=True,
                            ignore=255) / 2
   np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
-  g = jax.grad(lambda p: lovasz.lovasz_softmax(
-      probs=p, labels=labels, classes="all", per_image=True, ignore=255))(
+  g = jax.jit(jax.grad(lambda p: lovasz.lovasz_softmax(
+      probs=p, labels=labels, classes="all", per_image=True, ignore=255)))(
           jnp.asarray(probs))
   assert np.all(np.asarray(g[0]) == 0)
 
@@ -274,7 +274,7 @@ def test_lovasz_softmax_gradient_vs_finite_differences():
   labels[1, 0, 0] = 255
   f = lambda lg: lovasz.lovasz_softmax(
       probs=jax.nn.softmax(lg, axis=-1), labels=labels, ignore=255)
-  g = jax.grad(f)(jnp.asarray(logits, jnp.float32))
+  g = jax.jit(jax.grad(f))(jnp.asarray(logits, jnp.float32))
   want = fd_grad(lambda lg: np_lovasz_softmax(np_softmax(lg), labels,
                                               ignore=255), logits)
   np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-5)

@@ -11,6 +11,20 @@ from coseg_jax.losses.registry import get_loss
 from coseg_jax.losses.registry import register_loss
 
 # Loss modules: imported for their registrations (explicit list, no try/except).
+from coseg_jax.losses import classification
+from coseg_jax.losses import coattention
 from coseg_jax.losses import lovasz
+from coseg_jax.losses import metric_learning
 # --- MaCoSNet losses (matching, contrastive): their author adds the import here.
-from coseg_jax.losses import matching, contrastive
+
+# Convenience re-exports of the functions defined above.
+from coseg_jax.losses.classification import decision_bce
+from coseg_jax.losses.classification import sigmoid_bce
+from coseg_jax.losses.coattention import coattention_loss
+from coseg_jax.losses.coattention import coattention_pair_losses
+from coseg_jax.losses.coattention import mask_loss
+from coseg_jax.losses.lovasz import lovasz_grad
+from coseg_jax.losses.lovasz import lovasz_hinge
+from coseg_jax.losses.lovasz import lovasz_softmax
+from coseg_jax.losses.lovasz import lovasz_softmax_binary
+from coseg_jax.losses.metric_learning import triplet_loss
