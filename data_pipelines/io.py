@@ -30,7 +30,9 @@ Masks (`read_mask`), converted to uint8 {0 = background, 1 = foreground} plus
   * Palette ('P') masks are read as palette INDICES, never through the
     palette colours (VOC SegmentationClass, TSS/JODS).
   * RGB / RGBA masks must have identical R, G, B channels (alpha ignored);
-    otherwise refused. 16-bit masks are reduced to 8 bits as images are.
+    otherwise refused. A 16-bit mask whose values all fit in 0..255 (e.g.
+    {0,1} or {0,255} in a 16-bit file) keeps its values; otherwise it is
+    reduced to 8 bits by the high byte (so {0,65535} -> {0,255}).
   * `mode='binary'` (default): values {0,1} are kept, {0,255} map 255 -> 1
     (an all-zero mask is a valid empty mask, an all-255 one a full mask);
     any other value set is refused naming the file and the values found.
@@ -155,7 +157,10 @@ def _mask_values(img: Image.Image, path) -> np.ndarray:
   if mode == "1":
     return np.asarray(img, dtype=np.uint8)  # bool -> {0, 1}
   if mode.startswith("I"):
-    return _to_uint8_from_16bit(np.asarray(img).astype(np.int64), path)
+    arr = np.asarray(img).astype(np.int64)
+    if arr.size and arr.min() >= 0 and arr.max() <= 255:
+      return arr.astype(np.uint8)  # small labels in a 16-bit container
+    return _to_uint8_from_16bit(arr, path)
   if mode in ("RGB", "RGBA", "LA"):
     arr = np.asarray(img, dtype=np.uint8)
     if mode == "LA":

@@ -109,6 +109,13 @@ def test_binary_masks_to_01(tmp_path, scale):
   np.testing.assert_array_equal(dio.read_mask(tmp_path / "m.png"), m)
 
 
+@pytest.mark.parametrize("fg", [1, 255, 65535])
+def test_16bit_masks(tmp_path, fg):
+  m = fx.random_mask(np.random.default_rng(8), 16, 20)
+  Image.fromarray((m * fg).astype(np.uint16)).save(tmp_path / "m16.png")
+  np.testing.assert_array_equal(dio.read_mask(tmp_path / "m16.png"), m)
+
+
 def test_rgb_identical_channel_mask(tmp_path):
   m = fx.random_mask(np.random.default_rng(3), 16, 20)
   fx.save_rgb_mask_png(tmp_path / "m.png", m)
