@@ -112,7 +112,8 @@ def test_binary_masks_to_01(tmp_path, scale):
 @pytest.mark.parametrize("fg", [1, 255, 65535])
 def test_16bit_masks(tmp_path, fg):
   m = fx.random_mask(np.random.default_rng(8), 16, 20)
-  Image.fromarray((m * fg).astype(np.uint16)).save(tmp_path / "m16.png")
+  Image.fromarray((m.astype(np.uint32) * fg).astype(np.uint16)).save(
+      tmp_path / "m16.png")
   np.testing.assert_array_equal(dio.read_mask(tmp_path / "m16.png"), m)
 
 
