@@ -32,6 +32,10 @@ Choices the papers leave open:
   class being the smallest shared class index.
 - Preprocessing at inference is the pipeline's: stretch or keep-aspect-and-pad
   to ``data.image_size`` (see ``preprocess_image``/``restore_size``).
+- An image's class is the class its tuples were enumerated for
+  (``data_pipelines.pipeline.eval_groups`` gives tuples per class).
+- ``eval.max_groups`` >= 0 caps the tuples, taken round-robin over the
+  classes so that a quick evaluation still covers every class.
 """
 
 import time
@@ -171,41 +175,46 @@ def _record_class(record, group_records) -> int:
 
 def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
                     source, groups: Sequence[Sequence[int]],
-                    score: Optional[np.ndarray] = None, image_size,
-                    resize: str = "stretch", threshold: float = 0.5,
-                    batch_size: int = 8,
+                    score: Optional[Sequence[Sequence[bool]]] = None,
+                    group_classes: Optional[Sequence[int]] = None,
+                    image_size, resize: str = "stretch",
+                    threshold: float = 0.5, batch_size: int = 8,
                     class_names: Sequence[str] = ()) -> Dict[str, Any]:
   """Scores a model on explicit groups of records (the testable core).
 
   Args:
     predict_batch: images float32 [B, K, h, w, 3] -> foreground probabilities
-      [B, K, h, w, 1] (numpy). Always called with ``batch_size`` groups (the
-      last batch is padded by repeating its first group; padding is dropped).
+      [B, K, h, w, 1] (numpy). Always called with ``batch_size`` groups of one
+      size K (the last batch of a size is padded by repeating its first
+      group; padding is dropped).
     source: random-access records (``source[i]`` -> dict with 'image' and
       'mask' or 'class_mask'/'labels', and 'label').
-    groups: record indices, every group of the same size K.
-    score: optional bool [num_groups, K]: which members' predictions count
-      for their image (the pipeline's ``EvalTuples.score``; strategies a, b
-      and d score only the first member). Default: every member.
+    groups: record indices per group; groups may have different sizes K
+      (they are batched by size).
+    score: optional bool per member of each group: which members'
+      predictions count for their image (the pipeline's ``EvalTuples.score``;
+      strategies a, b and d score only the first member). Default: all.
+    group_classes: optional class index per group (the class the group was
+      enumerated for); default: the record's ``label`` (or the smallest class
+      the group shares, for multi-label records).
     image_size, resize: the model input (see ``preprocess_image``).
     threshold: foreground threshold on the restored probabilities.
     batch_size: groups per model call.
     class_names: names for the class ids (for the per-class table).
 
   Returns:
-    the labelled figures of ``summarise`` plus 'threshold', 'num_groups'.
+    the labelled figures of ``summarise`` plus 'threshold', 'num_groups'
+    and 'combine' (how repeated predictions of an image were combined).
   """
   groups = [tuple(int(i) for i in g) for g in groups]
   if not groups:
     raise ValueError("no evaluation groups (empty split or max_groups=0)")
-  if len({len(g) for g in groups}) != 1:
-    raise ValueError("evaluation groups must all have the same size")
   if score is None:
-    score = np.ones((len(groups), len(groups[0])), bool)
-  score = np.asarray(score, bool)
-  if score.shape != (len(groups), len(groups[0])):
-    raise ValueError(f"score mask shape {score.shape} != groups "
-                     f"{(len(groups), len(groups[0]))}")
+    score = [np.ones(len(g), bool) for g in groups]
+  score = [np.asarray(s, bool).reshape(-1) for s in score]
+  if len(score) != len(groups) or any(
+      s.shape[0] != len(g) for s, g in zip(score, groups)):
+    raise ValueError("score mask shape does not match the groups")
   first = source[groups[0][0]]
   per_group_target = "mask" not in first
   cache: Dict[int, Any] = {}
@@ -218,41 +227,80 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
       cache[i] = (rec, x, info)
     return cache[i]
 
+  def class_of(g_index, k, recs):
+    if group_classes is not None:
+      return int(group_classes[g_index])
+    return _record_class(recs[k], recs)
+
   sums: Dict[int, np.ndarray] = {}
   counts: Dict[int, int] = {}
+  image_class: Dict[int, int] = {}
   occurrences: List[Tuple[Dict[str, float], int]] = []
-  for start in range(0, len(groups), batch_size):
-    chunk = groups[start:start + batch_size]
-    padded = chunk + [chunk[0]] * (batch_size - len(chunk))
-    images = np.stack([np.stack([load(i)[1] for i in g]) for g in padded])
-    probs = np.asarray(predict_batch(images), np.float32)[:len(chunk)]
-    for g, group_probs, g_score in zip(chunk, probs,
-                                       score[start:start + batch_size]):
-      recs = [load(i)[0] for i in g]
-      for k, i in enumerate(g):
-        if not g_score[k]:
-          continue
-        prob = restore_size(group_probs[k], load(i)[2])
-        if per_group_target:
-          score = score_image(pred=prob >= threshold,
-                              gt=_record_target(recs[k], recs))
-          occurrences.append((score, _record_class(recs[k], recs)))
-        else:
-          sums[i] = sums.get(i, 0.0) + prob
-          counts[i] = counts.get(i, 0) + 1
+  by_size: Dict[int, List[int]] = {}
+  for gi, g in enumerate(groups):
+    by_size.setdefault(len(g), []).append(gi)
+  for members in by_size.values():
+    for start in range(0, len(members), batch_size):
+      chunk = members[start:start + batch_size]
+      padded = chunk + [chunk[0]] * (batch_size - len(chunk))
+      images = np.stack([np.stack([load(i)[1] for i in groups[gi]])
+                         for gi in padded])
+      probs = np.asarray(predict_batch(images), np.float32)[:len(chunk)]
+      for gi, group_probs in zip(chunk, probs):
+        g = groups[gi]
+        recs = [load(i)[0] for i in g]
+        for k, i in enumerate(g):
+          if not score[gi][k]:
+            continue
+          prob = restore_size(group_probs[k], load(i)[2])
+          if per_group_target:
+            s = score_image(pred=prob >= threshold,
+                            gt=_record_target(recs[k], recs))
+            occurrences.append((s, class_of(gi, k, recs)))
+          else:
+            sums[i] = sums.get(i, 0.0) + prob
+            counts[i] = counts.get(i, 0) + 1
+            image_class.setdefault(i, class_of(gi, k, recs))
   if not per_group_target:
     for i in sorted(sums):
       rec = load(i)[0]
       mean_prob = sums[i] / counts[i]
       occurrences.append((score_image(pred=mean_prob >= threshold,
                                       gt=_record_target(rec, [rec])),
-                          _record_class(rec, [rec])))
+                          image_class[i]))
   results = summarise([s for s, _ in occurrences],
                       [c for _, c in occurrences], class_names)
   results.update(threshold=float(threshold), num_groups=len(groups),
                  combine=("per (group, image) occurrence" if per_group_target
                           else "mean of probabilities over an image's groups"))
   return results
+
+
+def select_groups(tuples_by_class, max_groups: int = -1):
+  """Flattens ``{class: EvalTuples}`` into groups, scores and class indices.
+
+  ``max_groups`` >= 0 keeps that many groups taken round-robin over the
+  classes (one from each class in turn), so a capped evaluation still covers
+  every class instead of only the first ones.
+  """
+  names = list(tuples_by_class)
+  queues = [[(tuple(int(i) for i in idx), np.asarray(sc, bool), c)
+             for idx, sc in zip(tuples_by_class[n].indices,
+                                tuples_by_class[n].score)]
+            for c, n in enumerate(names)]
+  if max_groups is None or max_groups < 0:
+    flat = [item for q in queues for item in q]
+  else:
+    flat, depth = [], 0
+    while len(flat) < max_groups and any(depth < len(q) for q in queues):
+      for q in queues:
+        if depth < len(q) and len(flat) < max_groups:
+          flat.append(q[depth])
+      depth += 1
+  groups = [f[0] for f in flat]
+  score = [f[1] for f in flat]
+  classes = [f[2] for f in flat]
+  return groups, score, classes, names
 
 
 def format_results(results: Dict[str, Any]) -> str:
@@ -326,19 +374,17 @@ def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
     'num_groups', 'seconds'.
   """
   from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
-  from data_pipelines import registry  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   data = config.data
   split = split or config.eval.split
   if max_groups is None:
     max_groups = config.eval.get("max_groups", -1)
-  source, groups, class_names = pipeline.eval_groups(
+  tuples = pipeline.eval_groups(
       data, split=split, strategy=config.eval.strategy,
-      group_size=config.eval.group_size)
-  if max_groups is not None and max_groups >= 0:
-    groups = groups[:max_groups]
-  del registry
+      k=int(config.eval.group_size), seed=int(config.eval.get("seed", 0)))
+  groups, score, classes, class_names = select_groups(tuples, max_groups)
+  source = pipeline.load_source(data, split)
   batch_size = int(config.eval.get("batch_size", 8))
   if mesh is not None:
     n = mesh.shape["data"]
@@ -346,9 +392,10 @@ def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
   results = evaluate_groups(
       predict_batch=make_predict_batch(config=config, model=model,
                                        variables=variables, mesh=mesh),
-      source=source, groups=groups, image_size=data.image_size,
-      resize=data.get("resize", "stretch"), threshold=config.eval.threshold,
-      batch_size=batch_size, class_names=class_names)
+      source=source, groups=groups, score=score, group_classes=classes,
+      image_size=data.image_size, resize=data.get("resize", "stretch"),
+      threshold=config.eval.threshold, batch_size=batch_size,
+      class_names=class_names)
   results.update(split=split, strategy=config.eval.strategy,
                  seconds=time.time() - start)
   if verbose:
