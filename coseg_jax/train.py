@@ -30,7 +30,7 @@ Design points:
 
 import functools
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from absl import logging
 import flax
@@ -46,6 +46,7 @@ from coseg_jax import models
 from coseg_jax import sharding as sharding_lib
 
 EvalFn = Callable[[Dict[str, Any], int], Mapping[str, Any]]
+StepHook = Callable[[int, Any, Mapping[str, Any]], None]
 
 
 @flax.struct.dataclass
@@ -378,7 +379,8 @@ def _check_finite(pending) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        dataset_fn: Optional[Callable[..., Any]] = None,
-                       eval_fn: Optional[EvalFn] = None) -> TrainState:
+                       eval_fn: Optional[EvalFn] = None,
+                       step_hooks: Sequence[StepHook] = ()) -> TrainState:
   """Trains ``config.method`` per ``config``, checkpointing into ``workdir``.
 
   Resumes automatically from the latest checkpoint in ``workdir``.
@@ -393,6 +395,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     eval_fn: ``(variables, step) -> dict`` called every
       ``config.train.eval_every`` steps and at the end (default:
       ``coseg_jax.evaluate.evaluate_dataset``); scalar entries are logged.
+    step_hooks: callables ``(step, state, metrics)`` run after every step
+      (tests, custom monitoring); they must not keep the state (it is
+      donated to the next step).
 
   Returns:
     The final TrainState (on the mesh).
@@ -479,6 +484,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending.append((step, metrics["finite"]))
       metrics_acc.append(metrics)
       progress.update(step)
+      for hook in step_hooks:
+        hook(step, state, metrics)
 
       if step % log_every == 0 or step == num_steps:
         _check_finite(pending)

@@ -180,11 +180,11 @@ def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],
   if "lovasz" in loss_config:
     labels = jnp.where(flat_valid > 0, flat_masks, IGNORE_LABEL).astype(
         jnp.int32)
-    terms["lovasz"] = losses.lovasz_softmax_binary(
+    terms["lovasz"] = losses.get_loss("lovasz_softmax_binary")(
         logits=flat_logits, labels=labels, per_image=False,
         ignore=IGNORE_LABEL)
   if "bce" in loss_config:
-    terms["bce"] = losses.sigmoid_bce(
+    terms["bce"] = losses.get_loss("sigmoid_bce")(
         logits=flat_logits, labels=flat_masks, valid=flat_valid)
   return losses.compute_total_loss(terms, dict(loss_config))
 
