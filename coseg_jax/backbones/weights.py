@@ -473,7 +473,8 @@ def variables_to_state_dict(variables) -> Dict[str, np.ndarray]:
     flat = flax.traverse_util.flatten_dict(
         flax.core.unfreeze(variables.get(collection, {})))
     for path, leaf in flat.items():
-      out[torch_key(collection, path)] = _to_torch_layout(np.asarray(leaf))
+      out[torch_key(collection, path)] = np.ascontiguousarray(
+          _to_torch_layout(np.asarray(leaf)))
   return out
 
 

