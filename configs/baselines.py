@@ -86,6 +86,9 @@ def get_config(arg=None):
   config.predict.group_strategy = "all_pairs"
   config.predict.image_size = 96
 
+  # --mode benchmark: timed calls (median reported) after untimed warm-up.
+  config.benchmark = dict(steps=10, warmup=2)
+
   if runlocal:
     config.data.builder_config = "tiny"  # 3 classes x 6/3 images at 32 px
     config.data.image_size = 32
@@ -100,4 +103,6 @@ def get_config(arg=None):
     config.eval.max_groups = 4
     config.eval.batch_size = 2
     config.predict.image_size = 32
+    config.benchmark.steps = 3
+    config.benchmark.warmup = 1
   return config
