@@ -107,8 +107,10 @@ def cross_consistency_loss(*, mask_logits_a: jax.Array,
   if mask_logits_a.shape != mask_logits_b.shape or mask_logits_a.ndim != 4:
     raise ValueError(f"mask_logits_a {mask_logits_a.shape} and mask_logits_b "
                      f"{mask_logits_b.shape} must be equal [B, H, W, 1]")
-  logits_a = mask_logits_a.astype(jnp.float32)
-  logits_b = mask_logits_b.astype(jnp.float32)
+  # At least float32 (bf16 logits from a mixed-precision model are upcast).
+  dtype = jnp.promote_types(mask_logits_a.dtype, jnp.float32)
+  logits_a = mask_logits_a.astype(dtype)
+  logits_b = mask_logits_b.astype(dtype)
   a_in_b = geometry.warp(image=jax.nn.sigmoid(logits_a), theta=theta_ab,
                          kind=kind)
   b_in_a = geometry.warp(image=jax.nn.sigmoid(logits_b), theta=theta_ba,
