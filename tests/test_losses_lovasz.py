@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import optional_import
 from coseg_jax import losses
 from coseg_jax.losses import lovasz
 
@@ -314,3 +315,73 @@ def test_registered_names():
   assert losses.get_loss("lovasz_hinge") is lovasz.lovasz_hinge
   assert losses.get_loss("lovasz_softmax") is lovasz.lovasz_softmax
   assert losses.get_loss("lovasz_softmax_binary") is lovasz.lovasz_softmax_binary
+
+
+def test_lovasz_softmax_binary_vmap():
+  logits, labels = _binary_inputs(13, shape=(3, 2, 3, 3), ignore=255)
+  got = jax.vmap(lambda lg, lb: lovasz.lovasz_softmax_binary(
+      logits=lg, labels=lb, per_image=True, ignore=255))(logits, labels)
+  for i in range(3):
+    p = np_sigmoid(logits[i].astype(np.float64))[..., None]
+    want = np_lovasz_softmax(np.concatenate([1 - p, p], -1), labels[i],
+                             per_image=True, ignore=255)
+    np.testing.assert_allclose(got[i], want, rtol=RTOL, atol=ATOL)
+
+
+def _torch_lovasz(torch, errors, gt, hinge):
+  """Reference Lovász on one flat set, in torch (autograd through sort)."""
+  if errors.numel() == 0:
+    return errors.sum() * 0.0
+  errors_sorted, perm = torch.sort(errors, descending=True)
+  gt_sorted = gt[perm].double()
+  gts = gt_sorted.sum()
+  inter = gts - gt_sorted.cumsum(0)
+  union = gts + (1 - gt_sorted).cumsum(0)
+  jac = 1.0 - inter / union
+  jac = torch.cat([jac[:1], jac[1:] - jac[:-1]])
+  if hinge:
+    errors_sorted = torch.relu(errors_sorted)
+  return torch.dot(errors_sorted, jac)
+
+
+def test_gradients_match_torch_autograd_reference():
+  torch = optional_import("torch")
+  rng = np.random.RandomState(14)
+  shape = (2, 4, 4)
+  logits = rng.randn(*shape)
+  labels = (rng.rand(*shape) > 0.5).astype(np.int64)
+  labels[0, :2, :2] = 255
+  # Hinge, per image, through torch autograd with ignored pixels dropped.
+  t_logits = torch.tensor(logits, requires_grad=True)
+  t_labels = torch.tensor(labels)
+  per = []
+  for i in range(shape[0]):
+    keep = t_labels[i].reshape(-1) != 255
+    lg = t_logits[i].reshape(-1)[keep]
+    lb = t_labels[i].reshape(-1)[keep].double()
+    per.append(_torch_lovasz(torch, 1.0 - lg * (2 * lb - 1), lb, hinge=True))
+  torch.stack(per).mean().backward()
+  g = jax.jit(jax.grad(lambda lg: lovasz.lovasz_hinge(
+      logits=lg, labels=labels, ignore=255)))(jnp.asarray(logits, jnp.float32))
+  np.testing.assert_allclose(g, t_logits.grad.numpy(), rtol=1e-4, atol=1e-6)
+  # Softmax over logits, batch mode, 'present' classes.
+  c_logits = rng.randn(*shape, 3)
+  c_labels = rng.randint(0, 2, size=shape)  # Class 2 absent.
+  c_labels[1, 0] = 255
+  t_cl = torch.tensor(c_logits, requires_grad=True)
+  probs = torch.softmax(t_cl, -1).reshape(-1, 3)
+  lb = torch.tensor(c_labels).reshape(-1)
+  keep = lb != 255
+  probs, lb = probs[keep], lb[keep]
+  terms = []
+  for c in range(3):
+    fg = (lb == c).double()
+    if fg.sum() == 0:
+      continue
+    terms.append(_torch_lovasz(torch, (fg - probs[:, c]).abs(), fg,
+                               hinge=False))
+  torch.stack(terms).mean().backward()
+  g = jax.jit(jax.grad(lambda x: lovasz.lovasz_softmax(
+      probs=jax.nn.softmax(x, -1), labels=c_labels, ignore=255)))(
+          jnp.asarray(c_logits, jnp.float32))
+  np.testing.assert_allclose(g, t_cl.grad.numpy(), rtol=1e-4, atol=1e-6)
