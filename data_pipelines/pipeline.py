@@ -279,7 +279,7 @@ class _LoadPairRecord(grain.transforms.Map):
   def map(self, rid):
     rec = self._source[int(rid)]
     out = {"images": [], "masks": [], "valid": []}
-    kps, flows = [], []
+    kps, mats = [], []
     for k in (1, 2):
       has_mask = f"mask{k}" in rec
       p = augment_lib.process_record(
@@ -298,10 +298,11 @@ class _LoadPairRecord(grain.transforms.Map):
         pad = np.full((self._max_kp, 2), np.nan, np.float32)
         pad[:pts.shape[0]] = pts
         kps.append(pad)
-      flow_key = "flow12" if k == 1 else "flow21"
-      if flow_key in rec:
-        flows.append(_resize_flow(np.asarray(rec[flow_key], np.float32), m,
-                                  p["info"]))
+      mats.append(m)
+    out_hw = out["images"][0].shape[:2]
+    flows = [_resize_flow(rec[key], mats[a], mats[b], out_hw)
+             for key, a, b in (("flow12", 0, 1), ("flow21", 1, 0))
+             if key in rec]
     batch = {k: np.stack(v) for k, v in out.items()}
     batch["has_common"] = np.int32(1)
     batch["class_ids"] = np.full((2,), int(rec.get("label", -1)), np.int32)
@@ -313,19 +314,31 @@ class _LoadPairRecord(grain.transforms.Map):
     return batch
 
 
-def _resize_flow(flow, matrix, info):
-  """Resizes a [H, W, 2] flow field and rescales it to input pixels.
+def _resize_flow(flow, m_src, m_dst, out_hw):
+  """Resamples a [H, W, 2] flow to the input grid, in input pixels.
 
-  Only axis scaling is involved (no augmentation), so flow vectors scale by
-  the per-axis factors of ``matrix``; unknown (NaN) entries stay NaN (nearest
-  sampling, so they do not bleed into their neighbours).
+  ``flow`` maps pixel x of the source image to ``x + flow(x)`` in the
+  destination image; ``m_src`` / ``m_dst`` are the two images' forward resize
+  matrices (they differ when the images differ in size). At output pixel x'
+  the source point is ``x = m_src^-1 x'`` and the new flow is
+  ``m_dst (x + flow) - x'``. Flow values are sampled with nearest neighbour so
+  unknown (NaN) entries stay NaN and do not bleed into their neighbours.
   """
   import cv2  # pylint: disable=g-import-not-at-top
-  oh, ow = info.input_size
-  out = cv2.warpAffine(flow, np.asarray(matrix, np.float64)[:2], (ow, oh),
-                       flags=cv2.INTER_NEAREST,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
-  return out * np.array([matrix[0, 0], matrix[1, 1]], np.float32)
+  oh, ow = out_hw
+  u = cv2.warpAffine(np.ascontiguousarray(flow, np.float32),
+                     np.asarray(m_src, np.float64)[:2], (ow, oh),
+                     flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=np.nan)
+  yy, xx = np.mgrid[:oh, :ow].astype(np.float64)
+  inv = np.linalg.inv(m_src)
+  x = inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]
+  y = inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]
+  tx, ty = x + u[..., 0], y + u[..., 1]
+  md = np.asarray(m_dst, np.float64)
+  nx = md[0, 0] * tx + md[0, 1] * ty + md[0, 2] - xx
+  ny = md[1, 0] * tx + md[1, 1] * ty + md[1, 2] - yy
+  return np.stack([nx, ny], -1).astype(np.float32)
 
 
 def make_dataset(data_config, *, split: str, batch_size: int, train: bool,

@@ -235,3 +235,44 @@ def test_preprocess_for_eval_pad():
   assert isinstance(samplers.EvalTuples(np.zeros((1, 2), int),
                                         np.ones((1, 2), bool)),
                     samplers.EvalTuples)
+
+
+def test_flow_resize_between_images_of_different_sizes():
+  # flow12 is a pure translation by b from a 40x60 image to a 80x30 image;
+  # after stretching both to 24x24 the flow at output pixel x' must point to
+  # where x = (x' + .5) / s1 - .5 plus b lands: (x + b + .5) s2 - .5.
+  h1, w1, h2, w2 = 40, 60, 80, 30
+  b = np.array([3.0, -5.0])
+  flow = np.broadcast_to(b.astype(np.float32), (h1, w1, 2)).copy()
+  flow[:5, :5] = np.nan
+  m1, _ = augment.resize_matrix((h1, w1), (24, 24), "stretch")
+  m2, _ = augment.resize_matrix((h2, w2), (24, 24), "stretch")
+  out = pipeline._resize_flow(flow, m1, m2, (24, 24))  # pylint: disable=protected-access
+  s1 = np.array([24 / w1, 24 / h1])
+  s2 = np.array([24 / w2, 24 / h2])
+  yy, xx = np.mgrid[:24, :24]
+  xp = np.stack([xx, yy], -1).astype(np.float64)
+  x = (xp + 0.5) / s1 - 0.5
+  want = (x + b + 0.5) * s2 - 0.5 - xp
+  known = ~np.isnan(out[..., 0])
+  assert np.isnan(out[0, 0]).all() and known[12:, 12:].all()
+  np.testing.assert_allclose(out[known], want[known], atol=1e-4)
+
+
+@pytest.mark.data
+def test_tss_pairs_pass_through_as_k2_groups(shared_data, tmp_path):
+  c = config_lib.default_data_config()
+  c.name = "tss"
+  c.data_dir = str(tmp_path)
+  c.manual_dir = str(shared_data / "tss_sample")
+  c.image_size = 32
+  batches = list(pipeline.make_dataset(c, split="test", batch_size=4,
+                                       train=False, seed=0))
+  assert [b["images"].shape[0] for b in batches] == [4, 2]
+  b = batches[0]
+  assert b["images"].shape == (4, 2, 32, 32, 3)
+  assert b["flows"].shape == (4, 2, 32, 32, 2)
+  assert np.isfinite(b["flows"]).any()
+  np.testing.assert_array_equal(b["record_ids"][:, 0], b["record_ids"][:, 1])
+  assert np.all(b["has_common"] == 1)
+  assert b["masks"].any() and not (b["masks"] * (1 - b["valid"])).any()
