@@ -485,7 +485,8 @@ def eval_batches(data_config, *, source, tuples: samplers.EvalTuples,
   def prep(rid):
     if rid not in cache:
       rec = source[rid]
-      cache.clear() if len(cache) > 256 else None
+      if len(cache) > 256:  # Tuples of one group reuse few images: bound it.
+        cache.clear()
       cache[rid] = preprocess_for_eval(rec["image"],
                                        image_size=data_config.image_size,
                                        resize=data_config.resize)
