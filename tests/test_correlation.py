@@ -97,23 +97,27 @@ def _np_depthwise(features, kernels, normalize):
   return out / (kh * kw) if normalize else out
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_depthwise_xcorr_matches_loops(k):
+@pytest.mark.parametrize("method", ["shift", "conv"])
+@pytest.mark.parametrize("k,normalize", [(1, True), (2, True), (3, False)])
+def test_depthwise_xcorr_matches_loops(k, normalize, method):
   rng = np.random.default_rng(2)
   feats = rng.normal(size=(3, 5, 6, 4))
   kernels = rng.normal(size=(3, k, k, 4))
   out = correlation.depthwise_xcorr(features=jnp.asarray(feats, jnp.float32),
-                                    kernels=jnp.asarray(kernels, jnp.float32))
+                                    kernels=jnp.asarray(kernels, jnp.float32),
+                                    normalize=normalize, method=method)
   np.testing.assert_allclose(np.asarray(out), _np_depthwise(feats, kernels,
-                                                            True),
+                                                            normalize),
                              rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_xcorr_jit_vmap():
+@pytest.mark.parametrize("method", ["shift", "conv"])
+def test_depthwise_xcorr_jit_vmap(method):
   rng = np.random.default_rng(3)
   feats = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
   kernels = jnp.asarray(rng.normal(size=(2, 3, 3, 3)), jnp.float32)
-  f = lambda a, k: correlation.depthwise_xcorr(features=a, kernels=k)
+  f = lambda a, k: correlation.depthwise_xcorr(features=a, kernels=k,
+                                               method=method)
   direct = f(feats, kernels)
   np.testing.assert_allclose(np.asarray(jax.jit(f)(feats, kernels)),
                              np.asarray(direct), atol=1e-6)
@@ -193,6 +197,10 @@ def test_bad_shapes_raise():
   with pytest.raises(ValueError, match="share batch and channels"):
     correlation.feature_correlation(features_a=jnp.zeros((1, 2, 2, 3)),
                                     features_b=jnp.zeros((1, 2, 2, 4)))
+  with pytest.raises(ValueError, match="method"):
+    correlation.depthwise_xcorr(features=jnp.zeros((1, 4, 4, 3)),
+                                kernels=jnp.zeros((1, 3, 3, 3)),
+                                method="fft")
   with pytest.raises(ValueError, match="kernels"):
     correlation.depthwise_xcorr(features=jnp.zeros((2, 4, 4, 3)),
                                 kernels=jnp.zeros((1, 3, 3, 3)))
