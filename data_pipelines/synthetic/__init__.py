@@ -51,8 +51,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   name = "synthetic"
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Distractor sizes overlap the object's (size is no cue).",
+  }
   BUILDER_CONFIGS = [
       SyntheticConfig(name="default", description="10 x 40/10 at 96 px"),
       SyntheticConfig(name="tiny", description="3 x 6/3 at 32 px",

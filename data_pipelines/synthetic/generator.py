@@ -38,6 +38,11 @@ import numpy as np
 
 # Fraction of a distractor's area allowed under the common object.
 _MAX_OVERLAP = 0.3
+# Diameter ranges as fractions of the image side. They overlap so that size
+# alone does not say which object is the common one (a single-image model must
+# not solve the task by picking the largest shape).
+_OBJECT_SCALE = (0.45, 0.8)
+_DISTRACTOR_SCALE = (0.3, 0.65)
 
 
 def _regular_polygon(n: int, radius: float = 1.0, phase: float = 0.0):
@@ -234,14 +239,14 @@ def render(category: int, *, num_classes: int, image_size: int,
   size = image_size
   img = _background(rng, size)
   others = [i for i in range(num_classes) if i != category]
-  obj_place = _placement(rng, size, 0.5, 0.85)
+  obj_place = _placement(rng, size, *_OBJECT_SCALE)
   obj_mask = _rasterise(by_name[names[category]], size, **obj_place)
   distractors = np.zeros((size, size), np.uint8)
   for _ in range(int(rng.integers(1, 4))):
     cat = int(rng.choice(others))
     for _ in range(20):  # rejection sampling against heavy occlusion
       d = _rasterise(by_name[names[cat]], size,
-                     **_placement(rng, size, 0.3, 0.55))
+                     **_placement(rng, size, *_DISTRACTOR_SCALE))
       area = d.sum()
       if area > 0 and (d & obj_mask).sum() <= _MAX_OVERLAP * area:
         break
