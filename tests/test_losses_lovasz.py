@@ -385,3 +385,21 @@ def test_gradients_match_torch_autograd_reference():
       probs=jax.nn.softmax(x, -1), labels=c_labels, ignore=255)))(
           jnp.asarray(c_logits, jnp.float32))
   np.testing.assert_allclose(g, t_cl.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_lovasz_softmax_binary_classes_and_generic_path_agree():
+  logits, labels = _binary_inputs(15, shape=(2, 3, 4), ignore=255)
+  labels[0] = np.where(labels[0] == 255, 255, 1)  # Image 0: no background.
+  p = np_sigmoid(logits.astype(np.float64))[..., None]
+  probs = np.concatenate([1 - p, p], -1)
+  for classes in ("present", "all", [1], [0]):
+    for per_image in (True, False):
+      got = lovasz.lovasz_softmax_binary(logits=logits, labels=labels,
+                                         classes=classes, per_image=per_image,
+                                         ignore=255)
+      want = np_lovasz_softmax(probs, labels, classes, per_image, 255)
+      np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+      generic = lovasz.lovasz_softmax(probs=jnp.asarray(probs, jnp.float32),
+                                      labels=labels, classes=classes,
+                                      per_image=per_image, ignore=255)
+      np.testing.assert_allclose(got, generic, rtol=RTOL, atol=ATOL)

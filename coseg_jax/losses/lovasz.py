@@ -237,9 +237,11 @@ def lovasz_softmax_binary(
 ) -> jax.Array:
   """Lovász-Softmax on one foreground logit per pixel (the sigmoid case).
 
-  The two-class probabilities are ``[1 - sigmoid(x), sigmoid(x)]`` (background
-  is class 0, foreground class 1); ``1 - sigmoid(x)`` is computed as
-  ``sigmoid(-x)`` for precision.
+  Equals :func:`lovasz_softmax` on the two-class probabilities
+  ``[1 - sigmoid(x), sigmoid(x)]`` (background is class 0, foreground class 1).
+  Both classes have the same per-pixel errors (``sigmoid(-x)`` on foreground
+  pixels, ``sigmoid(x)`` on background ones, computed without cancellation),
+  so a single sort serves both classes: half the cost of the generic path.
 
   Args:
     logits: [B, ...] foreground logits (e.g. [B, H, W, 1] mask logits).
@@ -252,7 +254,30 @@ def lovasz_softmax_binary(
     Scalar float32 loss.
   """
   _check_same_shape(logits, labels, "lovasz_softmax_binary")
+  class_weights = _class_weights(classes, 2)
   logits = logits.astype(jnp.float32)
-  probs = jnp.stack([jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits)], axis=-1)
-  return lovasz_softmax(probs=probs, labels=labels, classes=classes,
-                        per_image=per_image, ignore=ignore)
+  valid = _valid_mask(labels, ignore)
+  fg = (labels == 1) & valid
+  # |fg - sigmoid(x)| for the foreground class; the background class has the
+  # same errors, |(1 - fg) - sigmoid(-x)|, so one sort serves both classes.
+  errors = jnp.where(fg, jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits))
+
+  def flat(e, f, v):
+    key = jnp.where(v, e, -jnp.inf)
+    values = jnp.where(v, e, 0.0)
+    _, values_sorted, fg_sorted, bg_sorted = lax.sort(
+        (-lax.stop_gradient(key), values, f.astype(jnp.int32),
+         (v & ~f).astype(jnp.int32)), num_keys=1, is_stable=False)
+    per_class = jnp.stack([jnp.dot(values_sorted, lovasz_grad(bg_sorted)),
+                           jnp.dot(values_sorted, lovasz_grad(fg_sorted))])
+    if class_weights is None:  # 'present'.
+      counts = jnp.stack([jnp.any(v & ~f), jnp.any(f)]).astype(jnp.float32)
+    else:
+      counts = class_weights
+    return jnp.sum(counts * per_class) / jnp.maximum(jnp.sum(counts), 1.0)
+
+  if per_image:
+    b = logits.shape[0]
+    return jnp.mean(jax.vmap(flat)(errors.reshape(b, -1), fg.reshape(b, -1),
+                                   valid.reshape(b, -1)))
+  return flat(errors.reshape(-1), fg.reshape(-1), valid.reshape(-1))
