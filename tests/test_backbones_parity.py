@@ -104,10 +104,10 @@ def _torch_outputs(torch, model, x):
 
 
 def _check_parity(module, variables, ref_feats, ref_logits, tol, dtype=None,
-                  ref_pooled=None):
+                  ref_pooled=None, image=IMAGE):
   if dtype is not None:
     module = module.clone(dtype=dtype)
-  out = jax.jit(module.apply)(variables, IMAGE)
+  out = jax.jit(module.apply)(variables, image)
   errors = {}
   assert set(out.features) == set(base.FEATURE_LEVELS)
   for level in base.FEATURE_LEVELS:
@@ -214,35 +214,41 @@ def test_efficientnet_lite0_parity_with_torch():
   torch.manual_seed(0)
   model = torch_refs.randomize_(torch_refs.EfficientNetLite0(), seed=4)
   # 67 (odd) exercises TF's asymmetric 'same' padding at every stride-2 conv.
-  global IMAGE  # pylint: disable=global-statement
-  saved = IMAGE
-  try:
-    # bfloat16 compute is checked on one model per block type (compile time on a
-# 2-core machine); all seven passed 2e-2 when measured (benchmarks/RESULTS.md).
-BF16_CHECKED = ("resnet18", "resnet50", "vgg16_bn", "efficientnet_lite0")
-IMAGE = np.random.RandomState(5).rand(2, 67, 67, 3).astype(np.float32)
-    feats, logits, _ = _torch_outputs(torch, model,
-                                      torch_refs.lite_input(IMAGE))
-    assert feats["stride32"].shape[1:3] == (3, 3)
-    module = backbones.get_backbone("efficientnet_lite0", with_head=True)
-    variables = weights.convert_state_dict(
-        _state_dict_numpy(model), weights._abstract_variables(module))  # pylint: disable=protected-access
-    _check_parity(module, variables, feats, logits, 1e-4)
-    _check_parity(module, variables, feats, logits, 2e-2, dtype=jnp.bfloat16)
-  finally:
-    IMAGE = saved
+  image = np.random.RandomState(5).rand(2, 67, 67, 3).astype(np.float32)
+  feats, logits, _ = _torch_outputs(torch, model, torch_refs.lite_input(image))
+  assert feats["stride32"].shape[1:3] == (3, 3)
+  module = backbones.get_backbone("efficientnet_lite0", with_head=True)
+  variables = weights.convert_state_dict(
+      _state_dict_numpy(model), weights._abstract_variables(module))  # pylint: disable=protected-access
+  _check_parity(module, variables, feats, logits, 1e-4, image=image)
+  _check_parity(module, variables, feats, logits, 2e-2, dtype=jnp.bfloat16,
+                image=image)
 
 
 def test_train_mode_uses_batch_statistics_and_drop_connect():
-  module = backbones.get_backbone("efficientnet_lite0", truncate_at="stride8")
-  x = jnp.asarray(IMAGE[:, :32, :32])
-  variables = module.init(jax.random.PRNGKey(0), x)
-  out, updates = module.apply(variables, x, train=True,
-                              rngs={"dropout": jax.random.PRNGKey(1)},
-                              mutable=["batch_stats"])
-  # Training updates the running statistics and changes the activations.
-  assert not jax.tree_util.tree_all(jax.tree_util.tree_map(
-      lambda a, b: bool(jnp.allclose(a, b)), updates["batch_stats"],
-      variables["batch_stats"]))
-  eval_out = module.apply(variables, x)
-  assert not np.allclose(out.features["stride8"], eval_out.features["stride8"])
+  # A large global rate (block 2 then drops its branch with p = 6 * 2 / 16)
+  # makes the rng dependence visible on a batch of 8.
+  module = backbones.get_backbone("efficientnet_lite0", truncate_at="stride4",
+                                  drop_connect_rate=6.0)
+  x = jnp.asarray(np.random.RandomState(7).rand(8, 16, 16, 3), jnp.float32)
+  variables = jax.jit(module.init)(jax.random.PRNGKey(0), x)
+
+  @jax.jit
+  def train_step(rng):
+    return module.apply(variables, x, train=True, rngs={"dropout": rng},
+                        mutable=["batch_stats"])
+
+  out1, updates = train_step(jax.random.PRNGKey(1))
+  out2, _ = train_step(jax.random.PRNGKey(2))
+  # Training moves the running statistics (momentum 0.99 towards the batch's).
+  mean0 = variables["batch_stats"]["_bn0"]["mean"]
+  mean1 = updates["batch_stats"]["_bn0"]["mean"]
+  stem = jax.lax.conv_general_dilated(
+      (x * 255 - 127) / 128, variables["params"]["_conv_stem"]["kernel"],
+      (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(mean1, 0.99 * mean0 + 0.01 * stem.mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+  # Drop-connect (block 2 has a skip) makes the output depend on the rng.
+  assert not np.allclose(out1.features["stride4"], out2.features["stride4"])
+  eval_out = jax.jit(module.apply)(variables, x)
+  assert not np.allclose(out1.features["stride4"], eval_out.features["stride4"])
