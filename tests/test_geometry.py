@@ -295,3 +295,21 @@ def test_bad_inputs_raise_clear_errors():
     geometry.grid_sample(image=jnp.zeros((1, 2, 2, 1)),
                          grid=jnp.zeros((1, 1, 1, 2)), align_corners=True,
                          padding="reflection")
+
+
+def test_bf16_images_sample_with_float32_coordinates():
+  rng = np.random.default_rng(10)
+  image = rng.uniform(size=(1, 40, 40, 2))
+  theta = jnp.asarray(_random_theta(rng, "affine", 1, 0.1), jnp.float32)
+  ref = geometry.warp(image=jnp.asarray(image, jnp.float32), theta=theta,
+                      kind="affine")
+  out = geometry.warp(image=jnp.asarray(image, jnp.bfloat16), theta=theta,
+                      kind="affine")
+  assert out.dtype == jnp.bfloat16
+  # Only the bf16 rounding of pixel values and of the result remains.
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref),
+                             atol=1.5e-2)
+  masks = geometry.warp(image=jnp.ones((1, 4, 4, 1), jnp.uint8),
+                        theta=geometry.identity_theta("affine"), kind="affine")
+  assert masks.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(masks), 1.0)

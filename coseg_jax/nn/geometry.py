@@ -250,7 +250,7 @@ def _sample_one(image, ix, iy, padding: str):
       valid = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
       vals = image[jnp.clip(yi, 0, height - 1), jnp.clip(xi, 0, width - 1)]
       weight = jnp.where(valid, wx * wy, 0.0)
-      out = out + vals * weight[..., None].astype(image.dtype)
+      out = out + vals.astype(weight.dtype) * weight[..., None]
   return out
 
 
@@ -268,7 +268,8 @@ def grid_sample(*, image: jax.Array, grid: jax.Array, align_corners: bool,
       (coordinates are clamped to the image, torch's rule).
 
   Returns:
-    [B, h, w, C] sampled values, in ``image.dtype``.
+    [B, h, w, C] sampled values, in ``image.dtype`` for floating images (the
+    interpolation itself runs in at least float32), float32 otherwise.
   """
   if image.ndim != 4:
     raise ValueError(f"image must be [B, H, W, C], got {image.shape}")
@@ -277,10 +278,16 @@ def grid_sample(*, image: jax.Array, grid: jax.Array, align_corners: bool,
                      f"{image.shape[0]}, got {grid.shape}")
   if padding not in ("zeros", "border"):
     raise ValueError(f"padding must be 'zeros' or 'border', got {padding!r}")
-  ix = _unnormalize(grid[..., 0], image.shape[2], align_corners)
-  iy = _unnormalize(grid[..., 1], image.shape[1], align_corners)
-  return jax.vmap(functools.partial(_sample_one, padding=padding))(
+  # Coordinates and weights in >= float32 even for bf16 images: a bf16
+  # coordinate is off by up to ~W/256 pixels.
+  compute = jnp.promote_types(grid.dtype, jnp.float32)
+  ix = _unnormalize(grid[..., 0].astype(compute), image.shape[2], align_corners)
+  iy = _unnormalize(grid[..., 1].astype(compute), image.shape[1], align_corners)
+  out = jax.vmap(functools.partial(_sample_one, padding=padding))(
       image, ix, iy)
+  out_dtype = (image.dtype if jnp.issubdtype(image.dtype, jnp.floating)
+               else compute)
+  return out.astype(out_dtype)
 
 
 def warp(*, image: jax.Array, theta: jax.Array, kind: str,
@@ -304,8 +311,8 @@ def warp(*, image: jax.Array, theta: jax.Array, kind: str,
   if out_size is None:
     out_size = image.shape[1:3]
   grid = sampling_grid(theta=theta, kind=kind, out_size=tuple(out_size))
-  return grid_sample(image=image, grid=grid.astype(image.dtype),
-                     align_corners=align_corners, padding=padding)
+  return grid_sample(image=image, grid=grid, align_corners=align_corners,
+                     padding=padding)
 
 
 def invert_affine(theta: jax.Array) -> jax.Array:
