@@ -96,14 +96,20 @@ def parse_flags(argv: List[str]) -> List[str]:
     _fail(text.splitlines()[0])
   except (AttributeError, KeyError) as e:
     # ml_collections refuses an override of a field the config does not
-    # have with AttributeError(KeyError('name')).
-    key = re.sub(r"[\"'()]|KeyError", "", str(e)).strip()
+    # have with AttributeError(KeyError("'name'[\nDid you mean ...?]")).
+    inner = e.args[0] if e.args else e
+    text = str(inner.args[0] if getattr(inner, "args", None) else inner)
+    text = text.replace("\\n", "\n").replace("\\", "")
+    match = re.match(r"\W*(\w+)", text)
+    key = match.group(1) if match else text
+    hint = re.search(r"Did you mean \w+ instead of \w+\?", text)
     bad = [a.split("=", 1)[0] for a in argv
            if a.startswith("--config.") and
            key in a.split("=", 1)[0].split(".")]
     where = bad[0].lstrip("-") if bad else key
     _fail(f"unknown config field {where!r} (the config has no field "
-          f"{key!r}; see configs/common.py for the fields)")
+          f"{key!r}{'; ' + hint.group(0) if hint else ''}; see "
+          f"configs/common.py for the fields)")
   except Exception as e:  # pylint: disable=broad-except
     _fail(f"could not parse the flags: {type(e).__name__}: {_last_line(e)}")
   return rest
@@ -214,8 +220,13 @@ def _restore(config, workdir):
 def run(config, *, mode, workdir, images=None, out=None):
   """Runs one mode (after ``validate``)."""
   if mode == "train":
+    from coseg_jax import models  # pylint: disable=g-import-not-at-top
     from coseg_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(config, workdir)
+    spec = models.get_method(config.method)
+    if spec.train_fn is not None:  # a method with its own schedule
+      spec.train_fn(config, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
   elif mode == "eval":
     from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
     model, variables, step = _restore(config, workdir)
