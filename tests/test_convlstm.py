@@ -148,3 +148,25 @@ def test_bad_carry_width():
   with pytest.raises(ValueError, match="features=3"):
     cell.init(jax.random.key(0), (jnp.zeros((1, 4, 4, 5)),) * 2,
               jnp.zeros((1, 4, 4, CIN)))
+
+
+def test_cycle_refinement_pattern_with_rcm():
+  """CRM: X_k = RCM of the branches' cell states, one shared ConvLSTM."""
+  from coseg_jax.nn import region_attention
+  rng = np.random.default_rng(6)
+  enc = jnp.asarray(rng.normal(size=(1, 2, 5, 5, F)), jnp.float32)
+  rcm = region_attention.RegionCorrespondence(F, key_features=2)
+  model = convlstm.FeedbackConvLSTM(F, input_module=rcm, num_steps=3)
+  params = model.init(jax.random.key(7), (enc, enc))["params"]
+  (c_t, _), hs = jax.jit(model.apply)({"params": params}, (enc, enc))
+  carry = (enc, enc)  # H_0 = C_0 = encoder features, as in the paper
+  cell = convlstm.ConvLSTMCell(F, KS)
+  for _ in range(3):
+    x_a = region_attention.rcm_pair(rcm, {"params": params["input_module"]},
+                                    carry[0][:, 0], carry[0][:, 1])
+    x_b = region_attention.rcm_pair(rcm, {"params": params["input_module"]},
+                                    carry[0][:, 1], carry[0][:, 0])
+    carry, h = cell.apply({"params": params["cell"]}, carry,
+                          jnp.stack([x_a, x_b], axis=1))
+  np.testing.assert_allclose(hs[-1], h, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(c_t, carry[0], rtol=1e-5, atol=1e-5)
