@@ -51,10 +51,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   name = "synthetic"
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Distractor sizes overlap the object's (size is no cue).",
+      "1.2.0": "Toned-down backgrounds: objects salient, category decides.",
   }
   BUILDER_CONFIGS = [
       SyntheticConfig(name="default", description="10 x 40/10 at 96 px"),

@@ -42,7 +42,7 @@ _MAX_OVERLAP = 0.3
 # alone does not say which object is the common one (a single-image model must
 # not solve the task by picking the largest shape).
 _OBJECT_SCALE = (0.45, 0.8)
-_DISTRACTOR_SCALE = (0.3, 0.65)
+_DISTRACTOR_SCALE = (0.3, 0.6)
 
 
 def _regular_polygon(n: int, radius: float = 1.0, phase: float = 0.0):
@@ -182,30 +182,38 @@ def _texture(rng, size):
 
 
 def _background(rng, size):
-  """Cluttered float32 [size, size, 3] background in [0, 255]."""
+  """Cluttered float32 [size, size, 3] background in [0, 255].
+
+  Backgrounds are toned down (darker, less saturated, semi-transparent
+  blobs) relative to the objects, so objects are salient and the remaining
+  difficulty is the one co-segmentation is about: choosing, among salient
+  objects, the one whose category the other images share.
+  """
   yy, xx = np.mgrid[:size, :size].astype(np.float32) / max(size - 1, 1)
   t = rng.uniform(0, 2 * np.pi)
   ramp = (xx * np.cos(t) + yy * np.sin(t))
   ramp = (ramp - ramp.min()) / max(np.ptp(ramp), 1e-6)
-  a, b = _random_colour(rng) * 0.8, _random_colour(rng) * 0.8
+  a, b = _random_colour(rng), _random_colour(rng)
   img = a * ramp[..., None] + b * (1 - ramp[..., None])
-  # Low-contrast smooth noise and a faint texture over the whole scene.
+  # Low-contrast smooth noise and, sometimes, a faint texture.
   noise = _smooth_noise(rng, size, int(rng.integers(3, 12)))
-  img += (noise[..., None] - 0.5) * rng.uniform(40, 110) * rng.choice(
+  img += (noise[..., None] - 0.5) * rng.uniform(30, 80) * rng.choice(
       [-1, 1], 3)
-  if rng.random() < 0.5:
-    img = 0.7 * img + 0.3 * _texture(rng, size)
+  if rng.random() < 0.3:
+    img = 0.8 * img + 0.2 * _texture(rng, size)
   # Blobs: ellipses of random colours (clutter that is not any category).
-  for _ in range(int(rng.integers(2, 7))):
+  for _ in range(int(rng.integers(1, 5))):
     blob = np.zeros((size, size), np.uint8)
     cv2.ellipse(blob, (int(rng.integers(0, size)), int(rng.integers(0, size))),
                 (int(rng.integers(2, max(3, size // 5))),
                  int(rng.integers(2, max(3, size // 5)))),
                 float(rng.uniform(0, 180)), 0, 360, 1, -1)
-    alpha = rng.uniform(0.4, 0.9)
+    alpha = rng.uniform(0.3, 0.6)
     sel = blob.astype(bool)
     img[sel] = alpha * _random_colour(rng) + (1 - alpha) * img[sel]
-  return img
+  # Toned down: mixed towards grey and darkened.
+  grey = img.mean(-1, keepdims=True)
+  return 0.75 * (0.6 * img + 0.4 * grey)
 
 
 def _placement(rng, size, lo, hi):
