@@ -333,8 +333,7 @@ def make_predict_batch(*, config, model, variables, mesh=None
 
   spec = models.get_method(config.method)
 
-  @jax.jit
-  def run(variables, images):
+  def forward(variables, images):
     outputs = model.apply(variables, images, train=False)
     if spec.predict_fn is not None:
       return spec.predict_fn(outputs=outputs, batch={"images": images},
@@ -342,9 +341,15 @@ def make_predict_batch(*, config, model, variables, mesh=None
     return jax.nn.sigmoid(outputs.mask_logits.astype(np.float32))
 
   sharding = None
-  if mesh is not None:
+  if mesh is None:
+    run = jax.jit(forward)
+  else:
     sharding = jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec("data"))
+    # Every process evaluates the same groups; a replicated output can be
+    # read back on each of them (also on a multi-host mesh).
+    run = jax.jit(forward, out_shardings=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
 
   def predict_batch(images):
     images = np.asarray(images, np.float32)

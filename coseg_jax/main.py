@@ -231,8 +231,13 @@ def run(config, *, mode, workdir, images=None, out=None):
     from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
     model, variables, step = _restore(config, workdir)
     print(f"checkpoint step {step} from {workdir}")
+    import jax  # pylint: disable=g-import-not-at-top
+    from coseg_jax import sharding  # pylint: disable=g-import-not-at-top
+    # Several devices: shard each evaluation batch over the 'data' axis.
+    mesh = (sharding.make_mesh(config.mesh.get("data", -1))
+            if jax.device_count() > 1 else None)
     results = evaluate.evaluate_dataset(config=config, model=model,
-                                        variables=variables)
+                                        variables=variables, mesh=mesh)
     path = os.path.join(workdir, f"eval_{results['split']}_step{step}.json")
     with open(path, "w") as f:
       json.dump(dict(results, step=step), f, indent=1)

@@ -224,3 +224,65 @@ def test_evaluate_dataset_on_synthetic(tmp_path):
   for key in ("avg_J_over_classes", "pooled_J", "mean_J_per_image",
               "mean_P_per_image"):
     assert 0.0 <= results[key] <= 1.0
+
+
+_MESH_SCRIPT = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+import flax, flax.linen as nn, jax, ml_collections, numpy as np
+from jax.sharding import Mesh
+from coseg_jax import evaluate, models
+import test_evaluate as te
+
+@flax.struct.dataclass
+class Out:
+  mask_logits: jax.Array
+
+class M(nn.Module):
+  """The fake model of this file as a Flax module (K = 2)."""
+  @nn.compact
+  def __call__(self, images, train=False):
+    green = images[..., 1].max(axis=(2, 3))
+    partner = green[:, ::-1]
+    p = images[..., :1] * partner[:, :, None, None, None]
+    p = jax.numpy.clip(p, 1e-6, 1 - 1e-6)
+    return Out(mask_logits=jax.numpy.log(p) - jax.numpy.log1p(-p))
+
+models.register_method("_mesh_test", models.MethodSpec(
+    build_model=lambda c: M(), loss_fn=None))
+mesh = Mesh(np.array(jax.devices()), ("data",))
+pb = evaluate.make_predict_batch(
+    config=ml_collections.ConfigDict({"method": "_mesh_test"}), model=M(),
+    variables={}, mesh=mesh)
+r = evaluate.evaluate_groups(predict_batch=pb, source=te._source(),
+                             groups=te.GROUPS, image_size=8, batch_size=4,
+                             class_names=["cat", "dog"])
+print("DEVICES", len(jax.devices()))
+print("FIGURES", r["avg_J_over_classes"], r["pooled_J"], r["mean_P_per_image"])
+'''
+
+
+def test_sharded_prediction_on_four_fake_devices(tmp_path):
+  """make_predict_batch with a 4-device mesh gives the hand-computed case."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = tmp_path / "mesh_eval.py"
+  script.write_text(_MESH_SCRIPT)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  proc = subprocess.run([sys.executable, str(script), tests_dir], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = dict(l.split(" ", 1) for l in proc.stdout.splitlines()
+               if l.startswith(("DEVICES", "FIGURES")))
+  assert lines["DEVICES"] == "4"
+  avg_j, pooled, mean_p = map(float, lines["FIGURES"].split())
+  ref = evaluate.evaluate_groups(
+      predict_batch=_fake_predict_batch, source=_source(), groups=GROUPS,
+      image_size=8, batch_size=4, class_names=["cat", "dog"])
+  assert avg_j == pytest.approx(ref["avg_J_over_classes"], abs=1e-9)
+  assert pooled == pytest.approx(ref["pooled_J"], abs=1e-9)
+  assert mean_p == pytest.approx(ref["mean_P_per_image"], abs=1e-9)
+  assert avg_j == pytest.approx(13 / 24)
