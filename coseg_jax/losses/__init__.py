@@ -15,7 +15,8 @@ from coseg_jax.losses import classification
 from coseg_jax.losses import coattention
 from coseg_jax.losses import lovasz
 from coseg_jax.losses import metric_learning
-# --- MaCoSNet losses (matching, contrastive): their author adds the import here.
+# --- MaCoSNet losses (matching, contrastive): their author's import line.
+from coseg_jax.losses import matching, contrastive
 
 # Convenience re-exports of the functions defined above.
 from coseg_jax.losses.classification import decision_bce
