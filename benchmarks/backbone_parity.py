@@ -65,7 +65,7 @@ def parity(name, size):
   module = backbones.get_backbone(name, with_head=True)
   sd = {k: v.numpy() for k, v in model.state_dict().items()}
   variables = weights.convert_state_dict(
-      sd, weights._abstract_variables(module))  # pylint: disable=protected-access
+      sd, weights.abstract_variables(module))
   n_params = sum(int(np.prod(x.shape))
                  for x in jax.tree_util.tree_leaves(variables["params"]))
   row = {"params": n_params}

@@ -49,7 +49,7 @@ def count(tree):
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_parameter_counts_equal_torchvision(name):
   module = backbones.get_backbone(name, with_head=True)
-  variables = weights._abstract_variables(module)  # pylint: disable=protected-access
+  variables = weights.abstract_variables(module)
   assert count(variables["params"]) == PARAM_COUNTS[name]
 
 
@@ -61,7 +61,7 @@ def test_parameter_counts_equal_torchvision(name):
 ])
 def test_feature_shapes_follow_naming_scheme(name, levels_c):
   module = backbones.get_backbone(name)
-  variables = weights._abstract_variables(module)  # pylint: disable=protected-access
+  variables = weights.abstract_variables(module)
   out = jax.eval_shape(module.apply, variables,
                        jax.ShapeDtypeStruct((1, 96, 64, 3), jnp.float32))
   assert set(out.features) == set(base.FEATURE_LEVELS)
@@ -76,24 +76,24 @@ def test_feature_shapes_follow_naming_scheme(name, levels_c):
 def test_truncation_and_output_stride(name):
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   module = backbones.get_backbone(name, truncate_at="stride8")
-  variables = weights._abstract_variables(module)  # pylint: disable=protected-access
+  variables = weights.abstract_variables(module)
   out = jax.eval_shape(module.apply, variables, x)
   assert set(out.features) == set(base.FEATURE_LEVELS[:3])
   assert out.pooled.shape[-1] == out.features["stride8"].shape[-1]
-  full = weights._abstract_variables(backbones.get_backbone(name))  # pylint: disable=protected-access
+  full = weights.abstract_variables(backbones.get_backbone(name))
   assert count(variables["params"]) < count(full["params"])
   for os_, sizes in ((16, (4, 4)), (8, (8, 8))):
     module = backbones.get_backbone(name, output_stride=os_)
-    variables = weights._abstract_variables(module)  # pylint: disable=protected-access
+    variables = weights.abstract_variables(module)
     assert count(variables["params"]) == count(full["params"])
     out = jax.eval_shape(module.apply, variables, x)
     assert out.features["stride32"].shape[1:3] == sizes
     assert out.features["stride8"].shape[1:3] == (8, 8)
   with pytest.raises(ValueError, match="with_head"):
     module = backbones.get_backbone(name, truncate_at="stride8", with_head=True)
-    weights._abstract_variables(module)  # pylint: disable=protected-access
+    weights.abstract_variables(module)
   with pytest.raises(ValueError, match="output_stride"):
-    weights._abstract_variables(backbones.get_backbone(name, output_stride=4))  # pylint: disable=protected-access
+    weights.abstract_variables(backbones.get_backbone(name, output_stride=4))
 
 
 def _torch_outputs(torch, model, x):
@@ -146,7 +146,7 @@ def test_resnet_parity_with_torch(name, tmp_path):
   else:
     variables = weights.convert_state_dict(
             _state_dict_numpy(model),
-            weights._abstract_variables(  # pylint: disable=protected-access
+            weights.abstract_variables(
                 backbones.get_backbone(name, with_head=True)))
   module = backbones.get_backbone(name, with_head=True)
   _check_parity(module, variables, feats, logits, 1e-4)
@@ -165,7 +165,7 @@ def test_resnet50_dilated_parity_with_torch():
   module = backbones.get_backbone("resnet50", output_stride=8, with_head=True)
   assert feats["stride32"].shape[1:3] == (8, 8)
   variables = weights.convert_state_dict(
-      _state_dict_numpy(model), weights._abstract_variables(module))  # pylint: disable=protected-access
+      _state_dict_numpy(model), weights.abstract_variables(module))
   _check_parity(module, variables, feats, logits, 1e-4)
 
 
@@ -181,7 +181,7 @@ def vgg_case(request):
                                       torch_refs.imagenet_input(IMAGE))
   module = backbones.get_backbone(request.param, with_head=True)
   variables = weights.convert_state_dict(
-      _state_dict_numpy(model), weights._abstract_variables(module))  # pylint: disable=protected-access
+      _state_dict_numpy(model), weights.abstract_variables(module))
   del model
   return request.param, variables, feats, logits, fc7
 
@@ -219,7 +219,7 @@ def test_efficientnet_lite0_parity_with_torch():
   assert feats["stride32"].shape[1:3] == (3, 3)
   module = backbones.get_backbone("efficientnet_lite0", with_head=True)
   variables = weights.convert_state_dict(
-      _state_dict_numpy(model), weights._abstract_variables(module))  # pylint: disable=protected-access
+      _state_dict_numpy(model), weights.abstract_variables(module))
   _check_parity(module, variables, feats, logits, 1e-4, image=image)
   _check_parity(module, variables, feats, logits, 2e-2, dtype=jnp.bfloat16,
                 image=image)

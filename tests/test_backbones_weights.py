@@ -22,7 +22,7 @@ from coseg_jax.backbones import weights
 
 
 def _abstract(name, **kwargs):
-  return weights._abstract_variables(  # pylint: disable=protected-access
+  return weights.abstract_variables(
       backbones.get_backbone(name, **kwargs))
 
 
@@ -160,6 +160,18 @@ def test_unexpected_global_is_refused(tmp_path):
   _write_torch_zip(path, pickle.dumps(collections.Counter(a=1), protocol=2))
   with pytest.raises(weights.WeightsError, match="collections.Counter"):
     weights.load_pretrained("resnet18", path)
+
+
+def test_unexpected_global_is_refused_in_legacy_format(tmp_path):
+  """torch's pre-1.6 stream: magic, version, sys info, then the state dict."""
+  path = tmp_path / "legacy_evil.pt"
+  with open(path, "wb") as f:
+    for header in (weights._LEGACY_MAGIC, 1001, {"little_endian": True}):  # pylint: disable=protected-access
+      pickle.dump(header, f, protocol=2)
+    f.write(bytes(_Asm().glob("builtins", "eval").str("1").op(b"\x85R.").out))
+  with pytest.raises(weights.WeightsError,
+                     match=r"legacy_evil\.pt.*'builtins\.eval'"):
+    weights.read_pth(path)
 
 
 def test_non_tensor_content_is_refused(tmp_path):

@@ -1,7 +1,9 @@
 """Backbones: ResNet, VGG, EfficientNet-Lite and a tiny test CNN.
 
 ``get_backbone(name, **kwargs)`` is the one entry point; see ``base`` for the
-output type and the feature naming scheme shared by every family.
+output type and the feature naming scheme shared by every family, and
+``weights`` for importing torchvision / efficientnet_pytorch checkpoints
+(``load_pretrained(name, path, **kwargs)``).
 """
 
 from typing import Callable, Dict
@@ -13,6 +15,10 @@ from coseg_jax.backbones import efficientnet_lite
 from coseg_jax.backbones import resnet
 from coseg_jax.backbones import tiny
 from coseg_jax.backbones import vgg
+from coseg_jax.backbones import weights
+from coseg_jax.backbones.weights import find_lite0_weights
+from coseg_jax.backbones.weights import load_pretrained
+from coseg_jax.backbones.weights import WeightsError
 from coseg_jax.backbones.base import BackboneOutput, FEATURE_LEVELS
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
@@ -25,12 +31,6 @@ _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     "vgg16_bn": vgg.vgg16_bn,
     "efficientnet_lite0": efficientnet_lite.EfficientNetLite0,
 }
-
-
-def load_pretrained(*args, **kwargs):
-  """See :func:`coseg_jax.backbones.weights.load_pretrained`."""
-  from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
-  return weights.load_pretrained(*args, **kwargs)
 
 
 def register_backbone(name: str, constructor: Callable[..., nn.Module]):

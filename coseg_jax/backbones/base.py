@@ -9,6 +9,21 @@ Feature naming (one scheme for every family): ``features['strideS']`` is the
 deepest feature map whose spatial size is ceil(H / S) x ceil(W / S), for S in
 ``FEATURE_LEVELS`` = (2, 4, 8, 16, 32). With an output stride below 32
 (dilation), the levels past it keep their names but stay at the output stride.
+
+Per family (details in each module's docstring):
+
+  level     ResNet (torchvision)   VGG16(-BN)            EfficientNet-Lite0
+  stride2   stem conv+BN+ReLU      relu2_2 (128)         block 0 (16)
+  stride4   layer1                 relu3_3 (256)         block 2 (24)
+  stride8   layer2                 relu4_3 (512)         block 4 (40)
+  stride16  layer3                 relu5_3 (512)         block 10 (112)
+  stride32  layer4                 pool5 (512)           head conv 1280
+
+VGG's max-pools floor like torch's, so its sizes are floor(H/S): equal to
+ceil(H/S) for sizes that are multiples of 32. Each backbone returns the
+levels up to ``truncate_at``; with ``with_head`` it also returns ImageNet
+logits (torchvision / efficientnet_pytorch heads), and ``pooled`` is the
+vector its classifier reads.
 """
 
 from typing import Dict, Optional

@@ -553,7 +553,8 @@ def find_lite0_weights() -> pathlib.Path:
                      "is missing from it")
 
 
-def _abstract_variables(module, image_size=64):
+def abstract_variables(module, image_size: int = 64):
+  """``jax.eval_shape`` of ``module.init``: the variable tree, no compute."""
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   return jax.eval_shape(lambda x: module.init(jax.random.PRNGKey(0), x), images)
 
@@ -595,14 +596,14 @@ def load_pretrained(name: str, path: Optional[PathLike] = None,
       raise WeightsError(f"no checkpoint path given for {name!r}; download the "
                          "torchvision weights yourself and pass their path")
     path = find_lite0_weights()
-  template = variables if variables is not None else _abstract_variables(module)
+  template = variables if variables is not None else abstract_variables(module)
   state_dict = read_state_dict(path)
   if pathlib.Path(path).suffix.lower() == ".npz" and _is_flax_npz(
       list(state_dict)):
     return _variables_from_arrays(state_dict, template, path)
   removable = ()
   if allow_removed_layers:
-    full = _expected_leaves(_abstract_variables(_full_module(module)))
+    full = _expected_leaves(abstract_variables(_full_module(module)))
     removable = set(full) - set(_expected_leaves(template))
   if not strict and variables is None:
     missing = set(_expected_leaves(template)) - set(state_dict)
