@@ -152,7 +152,7 @@ def write_outputs(*, paths: Sequence[str], images: Sequence[np.ndarray],
   for name, image, prob in zip(_output_names(paths), images, probabilities):
     mask = np.where(prob >= threshold, 255, 0).astype(np.uint8)
     mask_path = os.path.join(out_dir, "masks", f"{name}.png")
-    Image.fromarray(mask, mode="L").save(mask_path)
+    Image.fromarray(mask).save(mask_path)
     over = viz.overlay(image, mask)
     over_path = os.path.join(out_dir, "overlays", f"{name}.png")
     Image.fromarray(over).save(over_path)

@@ -55,11 +55,11 @@ def _write_images(folder):
   Image.fromarray(rgb).save(folder / "b_rgb.png")
   grey = np.zeros((48, 36), np.uint8)
   grey[:24] = 255
-  Image.fromarray(grey, mode="L").save(folder / "a_grey.jpg", quality=100)
+  Image.fromarray(grey).save(folder / "a_grey.jpg", quality=100)
   rgba = np.zeros((64, 64, 4), np.uint8)
   rgba[:, 32:, 0] = 255
   rgba[..., 3] = 10  # alpha is dropped, not composited
-  Image.fromarray(rgba, mode="RGBA").save(folder / "c_rgba.png")
+  Image.fromarray(rgba).save(folder / "c_rgba.png")
   (folder / "notes.txt").write_text("not an image")
   return {"a_grey": grey > 127, "b_rgb": rgb[..., 0] > 127,
           "c_rgba": rgba[..., 0] > 127}
