@@ -98,10 +98,10 @@ def test_scan_equals_unrolled_cell_and_shares_params():
   # One set of weights for all steps: no time axis on any parameter.
   assert params["cell"]["input_conv"]["kernel"].shape == (KS, KS, CIN, 4 * F)
   _, hs = model.apply({"params": params}, (c0, c0), xs)
-  cell = convlstm.ConvLSTMCell(F, KS)
+  cell_step = jax.jit(convlstm.ConvLSTMCell(F, KS).apply)
   carry = (c0, c0)
   for step in range(3):
-    carry, h = cell.apply({"params": params["cell"]}, carry, xs[:, step])
+    carry, h = cell_step({"params": params["cell"]}, carry, xs[:, step])
     np.testing.assert_allclose(hs[:, step], h, rtol=1e-6, atol=1e-6)
 
 
@@ -123,10 +123,12 @@ def test_feedback_scan_equals_python_loop():
   assert hs.shape == (5, 2, 3, 4, 4, F)
 
   mix, cell = _Mix(), convlstm.ConvLSTMCell(F, KS)
+  step_fn = jax.jit(lambda carry: cell.apply(
+      {"params": params["cell"]}, carry,
+      mix.apply({"params": params["input_module"]}, carry[0])))
   carry = (c0, h0)
   for step in range(5):
-    x = mix.apply({"params": params["input_module"]}, carry[0])
-    carry, h = cell.apply({"params": params["cell"]}, carry, x)
+    carry, h = step_fn(carry)
     np.testing.assert_allclose(hs[step], h, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(c_t, carry[0], rtol=1e-5, atol=1e-5)
 
@@ -136,10 +138,11 @@ def test_bf16_compute_keeps_carry_dtype_and_grad():
   xs = jnp.ones((1, 2, 4, 4, CIN))
   model = convlstm.ConvLSTM(F, KS, dtype=jnp.bfloat16)
   params = model.init(jax.random.key(0), (c0, c0), xs)
-  (c, h), hs = model.apply(params, (c0, c0), xs)
+  (c, h), hs = jax.jit(model.apply)(params, (c0, c0), xs)
   assert c.dtype == h.dtype == jnp.float32
   assert params["params"]["cell"]["input_conv"]["kernel"].dtype == jnp.float32
-  g = jax.grad(lambda p: jnp.sum(model.apply(p, (c0, c0), xs)[1]))(params)
+  g = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, (c0, c0), xs)[1])))(
+      params)
   assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(g))
 
 
@@ -159,14 +162,20 @@ def test_cycle_refinement_pattern_with_rcm():
   model = convlstm.FeedbackConvLSTM(F, input_module=rcm, num_steps=3)
   params = model.init(jax.random.key(7), (enc, enc))["params"]
   (c_t, _), hs = jax.jit(model.apply)({"params": params}, (enc, enc))
-  carry = (enc, enc)  # H_0 = C_0 = encoder features, as in the paper
   cell = convlstm.ConvLSTMCell(F, KS)
+
+  @jax.jit
+  def step(carry):
+    rcm_vars = {"params": params["input_module"]}
+    x_a = region_attention.rcm_pair(rcm, rcm_vars, carry[0][:, 0],
+                                    carry[0][:, 1])
+    x_b = region_attention.rcm_pair(rcm, rcm_vars, carry[0][:, 1],
+                                    carry[0][:, 0])
+    return cell.apply({"params": params["cell"]}, carry,
+                      jnp.stack([x_a, x_b], axis=1))
+
+  carry = (enc, enc)  # H_0 = C_0 = encoder features, as in the paper
   for _ in range(3):
-    x_a = region_attention.rcm_pair(rcm, {"params": params["input_module"]},
-                                    carry[0][:, 0], carry[0][:, 1])
-    x_b = region_attention.rcm_pair(rcm, {"params": params["input_module"]},
-                                    carry[0][:, 1], carry[0][:, 0])
-    carry, h = cell.apply({"params": params["cell"]}, carry,
-                          jnp.stack([x_a, x_b], axis=1))
+    carry, h = step(carry)
   np.testing.assert_allclose(hs[-1], h, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(c_t, carry[0], rtol=1e-5, atol=1e-5)

@@ -10,8 +10,10 @@ import pytest
 from conftest import optional_import
 from coseg_jax.nn import roi_pool
 
+# Non-dividing sizes (overlapping bins), a dividing one, output > input
+# along one axis, and the int form.
 SIZES = [((7, 5), (2, 2)), ((15, 15), (2, 3)), ((5, 9), (3, 4)),
-         ((4, 4), (2, 2)), ((3, 3), (3, 3)), ((6, 5), (4, 4)), ((5, 2), 1)]
+         ((4, 4), (2, 2)), ((3, 5), (4, 2)), ((5, 2), 1)]
 
 
 def _np_reference(x, out, mode):
