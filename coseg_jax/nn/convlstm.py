@@ -16,11 +16,13 @@ convolution and ``o`` the Hadamard product::
 Choices the paper leaves open, and what we do:
 
 * Peepholes. Shi et al.'s original cell adds Hadamard terms ``W_ci o C_{t-1}``
-  to (1), ``W_cf o C_{t-1}`` to (2) and ``W_co o C_t`` to (3). CycleSegNet's
-  equations as we read them are the peephole-free form above, which is the
-  default. ``peephole=True`` adds Shi's terms; because feature maps change size
-  across datasets we make the peephole weights per channel ([features],
-  broadcast over space) rather than per pixel as in Shi et al.
+  to (1), ``W_cf o C_{t-1}`` to (2) and ``W_co o C_t`` to (3). We could not
+  read CycleSegNet's typeset eq. 1-6 from the sources reachable while writing
+  this module, so we do not claim which form they use: the default is the
+  peephole-free form above (the form of most ConvLSTM code), and
+  ``peephole=True`` adds Shi's terms. Because feature maps change size across
+  datasets, our peephole weights are per channel ([features], broadcast over
+  space) rather than per pixel as in Shi et al.
 * Convolutions. Two convolutions, one over X (with the biases b) and one over H
   (no bias, the bias is already in the input convolution), each producing the
   four gate pre-activations stacked on the channel axis in the order

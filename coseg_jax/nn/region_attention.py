@@ -23,6 +23,11 @@ attention mask removes image k's own regions from its softmax, so there is no
 loop over images and K is free at apply time. For K = 2 it equals the pair form
 with the same parameters.
 
+The steps above follow the module as described in DESIGN.md (from the
+paper); the paper's typeset eq. 9-14 could not be re-read from the sources
+reachable while writing this, so every detail below is an attribute that a
+config can change if the paper says otherwise.
+
 Choices the paper leaves open, and what we do (all attributes):
 
 * ``fuse_kernel``: kernel of the region fusion conv (default 1: the 2x2 region
