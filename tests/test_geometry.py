@@ -204,9 +204,9 @@ def test_point_transform_agrees_with_warped_delta_image(kind):
   image = np.zeros((1, h, w, 1))
   image[0, src[1], src[0], 0] = 1.0
   out_size = (17, 19)
-  warped = geometry.warp(image=jnp.asarray(image, jnp.float32),
-                         theta=jnp.asarray(theta, jnp.float32), kind=kind,
-                         out_size=out_size)
+  warped = jax.jit(lambda im, th: geometry.warp(
+      image=im, theta=th, kind=kind, out_size=out_size))(
+          jnp.asarray(image, jnp.float32), jnp.asarray(theta, jnp.float32))
   base = _np_base_grid(*out_size).reshape(1, -1, 2)
   mapped = geometry.transform_points(
       points=jnp.asarray(base, jnp.float32),
@@ -248,17 +248,31 @@ def test_pixel_normalized_round_trip():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_warp_jit_vmap_and_theta_gradient(kind):
+def test_warp_jit_and_vmap(kind):
   rng = np.random.default_rng(9)
   image = jnp.asarray(rng.uniform(size=(2, 6, 6, 2)), jnp.float32)
   theta = jnp.asarray(_random_theta(rng, kind, 2, 0.05), jnp.float32)
   f = lambda im, th: geometry.warp(image=im, theta=th, kind=kind)
-  direct = f(image, theta)
   jitted = jax.jit(f)(image, theta)
-  mapped = jax.vmap(f)(image[:, None], theta[:, None])[:, 0]
-  np.testing.assert_allclose(np.asarray(jitted), np.asarray(direct), atol=1e-5)
-  np.testing.assert_allclose(np.asarray(mapped), np.asarray(direct), atol=1e-5)
-  # Gradient w.r.t. theta vs central differences in float64.
+  mapped = jax.jit(jax.vmap(f))(image[:, None], theta[:, None])[:, 0]
+  np.testing.assert_allclose(np.asarray(mapped), np.asarray(jitted), atol=1e-5)
+  grid = _np_base_grid(6, 6)
+  if kind == "affine":
+    ref = _np_bilinear(np.asarray(image, np.float64),
+                       _np_affine(np.asarray(theta, np.float64),
+                                  np.broadcast_to(grid, (2, 6, 6, 2))),
+                       True, "zeros")
+    np.testing.assert_allclose(np.asarray(jitted), ref, atol=1e-5)
+
+
+def test_warp_theta_gradient_vs_finite_differences():
+  """affine_tps exercises the affine, TPS and grid-composition gradients."""
+  kind = "affine_tps"
+  rng = np.random.default_rng(9)
+  image = jnp.asarray(rng.uniform(size=(2, 6, 6, 2)), jnp.float32)
+  theta = jnp.asarray(_random_theta(rng, kind, 2, 0.05), jnp.float32)
+  f = lambda im, th: geometry.warp(image=im, theta=th, kind=kind)
+  direct = jax.eval_shape(f, image, theta)
   with jax.enable_x64(True):
     im64 = jnp.asarray(np.asarray(image), jnp.float64)
     th64 = jnp.asarray(np.asarray(theta), jnp.float64)
@@ -266,7 +280,7 @@ def test_warp_jit_vmap_and_theta_gradient(kind):
     loss = jax.jit(lambda th: jnp.sum(f(im64, th) * wts))
     g = np.asarray(jax.jit(jax.grad(loss))(th64))
     eps = 1e-6
-    for idx in [(0, 0), (1, 2), (0, th64.shape[1] - 1)]:
+    for idx in [(0, 0), (1, 2), (0, 10), (1, th64.shape[1] - 1)]:
       e = np.zeros(th64.shape)
       e[idx] = eps
       fd = (loss(th64 + e) - loss(th64 - e)) / (2 * eps)
@@ -301,15 +315,15 @@ def test_bf16_images_sample_with_float32_coordinates():
   rng = np.random.default_rng(10)
   image = rng.uniform(size=(1, 40, 40, 2))
   theta = jnp.asarray(_random_theta(rng, "affine", 1, 0.1), jnp.float32)
-  ref = geometry.warp(image=jnp.asarray(image, jnp.float32), theta=theta,
-                      kind="affine")
-  out = geometry.warp(image=jnp.asarray(image, jnp.bfloat16), theta=theta,
-                      kind="affine")
+  warp = jax.jit(lambda im, th: geometry.warp(image=im, theta=th,
+                                              kind="affine"))
+  ref = warp(jnp.asarray(image, jnp.float32), theta)
+  out = warp(jnp.asarray(image, jnp.bfloat16), theta)
   assert out.dtype == jnp.bfloat16
   # Only the bf16 rounding of pixel values and of the result remains.
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref),
                              atol=1.5e-2)
-  masks = geometry.warp(image=jnp.ones((1, 4, 4, 1), jnp.uint8),
-                        theta=geometry.identity_theta("affine"), kind="affine")
+  masks = warp(jnp.ones((1, 4, 4, 1), jnp.uint8),
+               geometry.identity_theta("affine"))
   assert masks.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(masks), 1.0)

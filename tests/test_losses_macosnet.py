@@ -103,9 +103,9 @@ def test_matching_identity_with_phi_zero_scores_the_diagonal():
   h = w = 3
   corr = rng.uniform(size=(1, h, w, h * w))
   mask = rng.uniform(size=(1, h, w, 1))
-  out = matching.matching_loss(
-      correlation=_f32(corr), theta=geometry.identity_theta("affine"),
-      kind="affine", mask_a=_f32(mask), mask_b=_f32(mask), phi=0.0)
+  out = jax.jit(lambda c, m: matching.matching_loss(
+      correlation=c, theta=geometry.identity_theta("affine"),
+      kind="affine", mask_a=m, mask_b=m, phi=0.0))(_f32(corr), _f32(mask))
   # Known value: only q == k pairs count, k = x * h + y.
   diag = sum(mask[0, y, x, 0] ** 2 * corr[0, y, x, x * h + y]
              for y in range(h) for x in range(w))
@@ -141,7 +141,7 @@ def test_matching_gradient_vs_finite_differences():
         correlation=jnp.asarray(corr), theta=t, kind="affine",
         mask_a=jnp.asarray(mask), mask_b=jnp.asarray(mask)))
     t64 = jnp.asarray(theta)
-    g = np.asarray(jax.grad(f)(t64))
+    g = np.asarray(jax.jit(jax.grad(f))(t64))
     assert np.any(np.abs(g) > 1e-4)
     for idx in [(0, 0), (0, 2), (1, 4), (1, 5)]:
       e = np.zeros(theta.shape)
@@ -194,9 +194,9 @@ def test_cycle_loss_zero_for_inverse_pair_and_gradient():
   rng = np.random.default_rng(4)
   t_ab = _f32(_theta(rng, "affine", 2, 0.2))
   pts = matching.sample_points(jax.random.PRNGKey(3), batch=2)
-  zero = matching.cycle_consistency_loss(
-      points=pts, theta_ab=t_ab, theta_ba=geometry.invert_affine(t_ab),
-      kind="affine")
+  zero = jax.jit(lambda p, t: matching.cycle_consistency_loss(
+      points=p, theta_ab=t, theta_ba=geometry.invert_affine(t),
+      kind="affine"))(pts, t_ab)
   assert float(zero) < 1e-10
   with jax.enable_x64(True):
     p64 = jnp.asarray(rng.uniform(-1, 1, (2, 5, 2)))
@@ -204,7 +204,7 @@ def test_cycle_loss_zero_for_inverse_pair_and_gradient():
     a64 = jnp.asarray(_theta(rng, "affine_tps", 2, 0.1))
     f = jax.jit(lambda a: matching.cycle_consistency_loss(
         points=p64, theta_ab=a, theta_ba=b64, kind="affine_tps"))
-    g = np.asarray(jax.grad(f)(a64))
+    g = np.asarray(jax.jit(jax.grad(f))(a64))
     for idx in [(0, 0), (1, 3), (0, 10), (1, 23)]:
       e = np.zeros(a64.shape)
       e[idx] = 1e-6
@@ -277,7 +277,7 @@ def test_contrastive_gradient_vs_finite_differences():
     d_neg = (np.sum((np.asarray(feats[0]) - np.asarray(feats[2])) ** 2, -1) +
              np.sum((np.asarray(feats[1]) - np.asarray(feats[3])) ** 2, -1)) / 5
     assert np.all(np.abs(d_neg - 2.0) > 1e-3)  # away from the hinge kink
-    g = np.asarray(jax.grad(f)(feats[0]))
+    g = np.asarray(jax.jit(jax.grad(f))(feats[0]))
     for idx in [(0, 0), (1, 3), (2, 4)]:
       e = np.zeros((3, 5))
       e[idx] = 1e-6
@@ -338,7 +338,7 @@ def test_cross_consistency_gradient_and_stop_gradient():
     f = jax.jit(lambda a: contrastive.cross_consistency_loss(
         mask_logits_a=a, mask_logits_b=lb, theta_ab=t, theta_ba=t,
         kind="affine"))
-    g = np.asarray(jax.grad(f)(la))
+    g = np.asarray(jax.jit(jax.grad(f))(la))
     for idx in [(0, 0, 0, 0), (0, 2, 1, 0), (0, 3, 3, 0)]:
       e = np.zeros(la.shape)
       e[idx] = 1e-6
@@ -348,8 +348,9 @@ def test_cross_consistency_gradient_and_stop_gradient():
     fs = lambda a: contrastive.cross_consistency_loss(
         mask_logits_a=a, mask_logits_b=lb, theta_ab=t, theta_ba=t,
         kind="affine", stop_gradient_targets=True)
-    gs = np.asarray(jax.grad(fs)(la))
-    b_in_a = geometry.warp(image=jax.nn.sigmoid(lb), theta=t, kind="affine")
+    gs = np.asarray(jax.jit(jax.grad(fs))(la))
+    b_in_a = jax.jit(lambda m: geometry.warp(
+        image=jax.nn.sigmoid(m), theta=t, kind="affine"))(lb)
     expected = 0.5 * (jax.nn.sigmoid(la) - b_in_a) / la.size
     np.testing.assert_allclose(gs, np.asarray(expected), rtol=1e-9, atol=1e-12)
 
@@ -361,9 +362,9 @@ def test_cross_consistency_identity_equal_masks_is_entropy():
   # Identity on a 2x2 grid samples pixel centres exactly.
   ent = np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
   ident = geometry.identity_theta("affine")
-  out = contrastive.cross_consistency_loss(
-      mask_logits_a=_f32(logits), mask_logits_b=_f32(logits), theta_ab=ident,
-      theta_ba=ident, kind="affine")
+  out = jax.jit(lambda l: contrastive.cross_consistency_loss(
+      mask_logits_a=l, mask_logits_b=l, theta_ab=ident, theta_ba=ident,
+      kind="affine"))(_f32(logits))
   np.testing.assert_allclose(float(out), ent, rtol=RTOL)
 
 
