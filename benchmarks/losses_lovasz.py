@@ -50,7 +50,8 @@ def main():
   args = parser.parse_args()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}")
-  print("| loss | B x H x W | fwd+bwd median (ms) | min (ms) | XLA temp (MiB) |")
+  print("| loss | B x H x W | fwd+bwd median (ms) | min (ms) "
+        "| XLA temp (MiB) |")
   print("|---|---|---|---|---|")
   rng = np.random.RandomState(0)
   for spec in args.sizes.split(","):

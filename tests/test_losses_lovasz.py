@@ -314,7 +314,8 @@ def test_bad_inputs_raise_clear_errors():
 def test_registered_names():
   assert losses.get_loss("lovasz_hinge") is lovasz.lovasz_hinge
   assert losses.get_loss("lovasz_softmax") is lovasz.lovasz_softmax
-  assert losses.get_loss("lovasz_softmax_binary") is lovasz.lovasz_softmax_binary
+  assert (losses.get_loss("lovasz_softmax_binary")
+          is lovasz.lovasz_softmax_binary)
 
 
 def test_lovasz_softmax_binary_vmap():
