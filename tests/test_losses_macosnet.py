@@ -155,6 +155,11 @@ def test_matching_rejects_non_square_without_mask():
     matching.matching_loss(correlation=jnp.zeros((1, 2, 2, 6)),
                            theta=geometry.identity_theta("affine"),
                            kind="affine")
+  with pytest.raises(ValueError, match="mask_b"):
+    matching.matching_loss(correlation=jnp.zeros((1, 2, 2, 6)),
+                           theta=geometry.identity_theta("affine"),
+                           kind="affine", source_size=(2, 3),
+                           mask_b=jnp.ones((1, 3, 3, 1)))
   with pytest.raises(ValueError, match="distance"):
     matching.matching_loss(correlation=jnp.zeros((1, 2, 2, 4)),
                            theta=geometry.identity_theta("affine"),

@@ -116,7 +116,8 @@ def _flatten_column_major(mask: jax.Array) -> jax.Array:
 def matching_loss(*, correlation: jax.Array, theta: jax.Array, kind: str,
                   mask_a: Optional[jax.Array] = None,
                   mask_b: Optional[jax.Array] = None, phi: float = 1.0,
-                  distance: str = "chebyshev") -> jax.Array:
+                  distance: str = "chebyshev",
+                  source_size: Optional[Sequence[int]] = None) -> jax.Array:
   """Foreground-guided matching loss (eq. 2-4), one direction A -> B.
 
   Args:
@@ -129,6 +130,8 @@ def matching_loss(*, correlation: jax.Array, theta: jax.Array, kind: str,
     mask_b: [B, h_b, w_b, 1] foreground of B (None: all ones).
     phi: inlier threshold in A's feature-grid cells.
     distance: 'chebyshev' or 'euclidean'.
+    source_size: (h_a, w_a); taken from ``mask_a`` when given, else assumed
+      square.
 
   Returns:
     Scalar loss -mean_n s_AB (lower is better).
@@ -137,13 +140,21 @@ def matching_loss(*, correlation: jax.Array, theta: jax.Array, kind: str,
     raise ValueError(f"correlation must be [B, h_b, w_b, h_a*w_a], got "
                      f"{correlation.shape}")
   batch, h_b, w_b, n_a = correlation.shape
-  if mask_a is not None:
+  if source_size is not None:
+    h_a, w_a = source_size
+  elif mask_a is not None:
     h_a, w_a = mask_a.shape[1:3]
   else:
     h_a = w_a = int(round(np.sqrt(n_a)))
   if h_a * w_a != n_a:
     raise ValueError(f"correlation has {n_a} channels, which is not h_a*w_a "
-                     f"= {h_a}*{w_a}; pass mask_a to give A's grid size")
+                     f"= {h_a}*{w_a}; pass source_size (or mask_a)")
+  if mask_a is not None and tuple(mask_a.shape[1:3]) != (h_a, w_a):
+    raise ValueError(f"mask_a {mask_a.shape} does not match A's grid "
+                     f"{(h_a, w_a)}")
+  if mask_b is not None and tuple(mask_b.shape[1:3]) != (h_b, w_b):
+    raise ValueError(f"mask_b {mask_b.shape} does not match the correlation's "
+                     f"spatial grid {(h_b, w_b)}")
   m = correspondence_mask(theta=theta, kind=kind, target_size=(h_b, w_b),
                           source_size=(h_a, w_a), phi=phi, distance=distance)
   weight = m * correlation
