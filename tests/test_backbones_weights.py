@@ -195,7 +195,8 @@ def test_npz_state_dict_and_strict_errors(tmp_path):
   assert "missing keys" in str(e.value)
   assert "layer1.2.conv1.weight" in str(e.value)
   # Without the head the fc tensors are unexpected...
-  with pytest.raises(weights.WeightsError, match=r"unexpected keys.*fc\.weight"):
+  with pytest.raises(weights.WeightsError,
+                     match=r"unexpected keys.*fc\.weight.*allow_removed_layers"):
     weights.load_pretrained("resnet18", path)
   # ...unless removed layers are explicitly allowed.
   headless = weights.load_pretrained("resnet18", path,

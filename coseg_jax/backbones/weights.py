@@ -398,7 +398,8 @@ def _is_ignored(key):
 def convert_state_dict(state_dict: Mapping[str, Any], template, *,
                        strict: bool = True,
                        removable_keys=(),
-                       source: str = "<state dict>"):
+                       source: str = "<state dict>",
+                       removed_layer_keys=()):
   """Maps a torch-named state dict onto a Flax variable template.
 
   Args:
@@ -409,6 +410,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], template, *,
     removable_keys: keys that may be present unused even when strict (tensors
       of layers the module does not build, see ``allow_removed_layers``).
     source: file name for error messages.
+    removed_layer_keys: keys of layers the module omits (truncation, no
+      head); only used to suggest ``allow_removed_layers`` in the error.
 
   Returns:
     ``{'params': ..., 'batch_stats': ...}`` of float32 jnp arrays. In
@@ -444,8 +447,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], template, *,
   if strict and missing:
     problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
   if strict and unexpected:
+    hint = ""
+    if set(unexpected) <= set(removed_layer_keys):
+      hint = (" (all belong to layers this truncated/headless module does not "
+              "build: pass allow_removed_layers=True to accept them)")
     problems.append(f"unexpected keys ({len(unexpected)}): " +
-                    ", ".join(unexpected))
+                    ", ".join(unexpected) + hint)
   if not strict and missing and any(
       isinstance(expected[k][2], jax.ShapeDtypeStruct) for k in missing):
     problems.append("missing keys with no initial value to keep: " +
@@ -601,15 +608,15 @@ def load_pretrained(name: str, path: Optional[PathLike] = None,
   if pathlib.Path(path).suffix.lower() == ".npz" and _is_flax_npz(
       list(state_dict)):
     return _variables_from_arrays(state_dict, template, path)
-  removable = ()
-  if allow_removed_layers:
-    full = _expected_leaves(abstract_variables(_full_module(module)))
-    removable = set(full) - set(_expected_leaves(template))
+  full = _expected_leaves(abstract_variables(_full_module(module)))
+  removed = set(full) - set(_expected_leaves(template))
+  removable = removed if allow_removed_layers else ()
   if not strict and variables is None:
     missing = set(_expected_leaves(template)) - set(state_dict)
     if missing:  # keep fresh initial values for those leaves
       template = module.init(jax.random.PRNGKey(0),
                              jnp.zeros((1, 64, 64, 3), jnp.float32))
   return convert_state_dict(state_dict, template, strict=strict,
-                            removable_keys=removable, source=str(path))
+                            removable_keys=removable, source=str(path),
+                            removed_layer_keys=removed)
 
