@@ -237,6 +237,20 @@ def test_truncated_backbone_loading(tmp_path):
   assert "layer4_0" not in variables["params"]
 
 
+def test_dense_vgg_loads_the_plain_vgg_tensors(tmp_path):
+  sd = _random_state_dict("vgg16_bn", seed=5, truncate_at="stride4")
+  np.savez(tmp_path / "vgg_s4.npz", **sd)
+  dense = weights.load_pretrained("vgg16_bn", tmp_path / "vgg_s4.npz",
+                                  truncate_at="stride4", output_stride=8)
+  plain = weights.load_pretrained("vgg16_bn", tmp_path / "vgg_s4.npz",
+                                  truncate_at="stride4")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, dense, plain)
+  with pytest.raises(weights.WeightsError,
+                     match=r"missing keys.*features\.24\.bias"):
+    weights.load_pretrained("vgg16_bn", tmp_path / "vgg_s4.npz",
+                            truncate_at="stride8", output_stride=8)
+
+
 def test_non_strict_keeps_initial_values_for_missing(tmp_path):
   sd = _random_state_dict("resnet18", truncate_at="stride4")
   del sd["layer1.1.conv2.weight"]

@@ -569,7 +569,9 @@ def abstract_variables(module, image_size: int = 64):
 def _full_module(module):
   """Same family, untruncated, with its classifier head (for removable keys)."""
   changes = {}
-  for field, value in (("truncate_at", None), ("with_head", True)):
+  # Parameter shapes do not depend on the output stride; the head needs 32.
+  for field, value in (("truncate_at", None), ("with_head", True),
+                       ("output_stride", 32)):
     if hasattr(module, field):
       changes[field] = value
   return module.clone(**changes) if changes else module
@@ -583,7 +585,8 @@ def load_pretrained(name: str, path: Optional[PathLike] = None,
   Args:
     name: registered backbone name (``resnet50``, ``vgg16_bn``, ...).
     path: ``.pth``/``.pt``/``.safetensors``/``.npz`` file; a torch-named state
-      dict, or an ``.npz`` from :func:`save_variables`. For
+      dict, or an ``.npz`` from :func:`save_variables` (which must then match
+      the module exactly, whatever ``strict`` says). For
       ``efficientnet_lite0`` it defaults to :func:`find_lite0_weights`.
     variables: optional existing variables of that module; their leaves are
       kept where non-strict loading finds no tensor.
