@@ -52,7 +52,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     synthetic.*: generator settings when ``name == 'synthetic'`` and
       ``builder_config`` is None: num_classes, train_per_class,
       test_per_class, image_size (rendered side, independent of the model's
-      ``image_size``), seed.
+      ``image_size``), seed, min_distractors, max_distractors.
   """
   c = ml_collections.ConfigDict()
   c.name = "synthetic"
@@ -90,4 +90,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.synthetic.test_per_class = 10
   c.synthetic.image_size = 96
   c.synthetic.seed = 0
+  c.synthetic.min_distractors = 1
+  c.synthetic.max_distractors = 3
   return c

@@ -72,10 +72,12 @@ def builder_config_for(data_config) -> Any:
     s = data_config.synthetic
     return synthetic.SyntheticConfig(
         name=(f"c{s.num_classes}_n{s.train_per_class}-{s.test_per_class}"
-              f"_px{s.image_size}_seed{s.seed}"),
+              f"_px{s.image_size}_seed{s.seed}"
+              f"_d{s.min_distractors}-{s.max_distractors}"),
         description="built from data_config.synthetic",
         num_classes=s.num_classes, train_per_class=s.train_per_class,
-        test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed)
+        test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed,
+        min_distractors=s.min_distractors, max_distractors=s.max_distractors)
   return None
 
 

@@ -130,3 +130,18 @@ def test_builder_configs_and_custom_config(tmp_path):
                           verbose=False)
   src = tfds.builder_from_directory(str(path)).as_data_source("train")
   assert len(src) == 4 and src[0]["image"].shape == (24, 24, 3)
+
+
+def test_distractor_count_range():
+  for index in range(4):
+    _, _, none = generator.render(1, num_classes=5, image_size=48, seed=0,
+                                  index=index, distractors=(0, 0))
+    assert not none.any()
+    _, mask, one = generator.render(1, num_classes=5, image_size=48, seed=0,
+                                    index=index, distractors=(1, 1))
+    assert one.any() and not (one & mask).any()
+  with pytest.raises(ValueError, match="distractor"):
+    generator.render(0, num_classes=3, image_size=16, seed=0, index=0,
+                     distractors=(2, 1))
+  easy = synthetic.Builder.builder_configs["easy64"]
+  assert (easy.min_distractors, easy.max_distractors) == (1, 1)

@@ -13,6 +13,7 @@ Configs (``name``: classes x train/test images per class, side in px):
   * ``default``: 10 x 40/10 at 96 px (the offline demo; builds in seconds).
   * ``tiny``: 3 x 6/3 at 32 px (unit tests).
   * ``small64``: 10 x 40/10 at 64 px.
+  * ``easy64``: as ``small64`` with exactly one distractor per image.
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
@@ -38,12 +39,16 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     test_per_class: test images per category.
     image_size: side length in pixels (square images).
     seed: train seed; test uses ``seed + 1``.
+    min_distractors / max_distractors: distractor objects per image
+      (inclusive range); fewer distractors make an easier task.
   """
   num_classes: int = 10
   train_per_class: int = 40
   test_per_class: int = 10
   image_size: int = 96
   seed: int = 0
+  min_distractors: int = 1
+  max_distractors: int = 3
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -64,6 +69,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       image_size=32),
       SyntheticConfig(name="small64", description="10 x 40/10 at 64 px",
                       image_size=64),
+      SyntheticConfig(name="easy64",
+                      description="10 x 40/10 at 64 px, one distractor each",
+                      image_size=64, min_distractors=1, max_distractors=1),
       SyntheticConfig(name="bench512", description="4 x 16/4 at 512 px",
                       num_classes=4, train_per_class=16, test_per_class=4,
                       image_size=512),
@@ -112,7 +120,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       for index in range(per_class):
         image, mask, _ = generator.render(
             label, num_classes=cfg.num_classes, image_size=cfg.image_size,
-            seed=seed, index=index)
+            seed=seed, index=index,
+            distractors=(cfg.min_distractors, cfg.max_distractors))
         image_id = f"{split}/{name}/{index:04d}.png"
         yield image_id, {
             "image": generator.encode_png(image),

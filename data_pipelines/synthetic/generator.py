@@ -225,7 +225,7 @@ def _placement(rng, size, lo, hi):
 
 
 def render(category: int, *, num_classes: int, image_size: int,
-           seed: int, index: int):
+           seed: int, index: int, distractors: tuple[int, int] = (1, 3)):
   """Renders one record of category ``category`` (index into sorted names).
 
   Args:
@@ -234,6 +234,7 @@ def render(category: int, *, num_classes: int, image_size: int,
     image_size: side length in pixels.
     seed: data-set seed (train and test use different seeds).
     index: image index within the category.
+    distractors: (min, max) number of distractor objects (inclusive).
 
   Returns:
     ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
@@ -249,8 +250,11 @@ def render(category: int, *, num_classes: int, image_size: int,
   others = [i for i in range(num_classes) if i != category]
   obj_place = _placement(rng, size, *_OBJECT_SCALE)
   obj_mask = _rasterise(by_name[names[category]], size, **obj_place)
-  distractors = np.zeros((size, size), np.uint8)
-  for _ in range(int(rng.integers(1, 4))):
+  distractor_mask = np.zeros((size, size), np.uint8)
+  lo, hi = distractors
+  if not 0 <= lo <= hi:
+    raise ValueError(f"synthetic: bad distractor range {distractors}")
+  for _ in range(int(rng.integers(lo, hi + 1))):
     cat = int(rng.choice(others))
     for _ in range(20):  # rejection sampling against heavy occlusion
       d = _rasterise(by_name[names[cat]], size,
@@ -260,14 +264,14 @@ def render(category: int, *, num_classes: int, image_size: int,
         break
     sel = d.astype(bool)
     img[sel] = _texture(rng, size)[sel]
-    distractors |= d
+    distractor_mask |= d
   sel = obj_mask.astype(bool)
   img[sel] = _texture(rng, size)[sel]
-  distractors &= 1 - obj_mask
+  distractor_mask &= 1 - obj_mask
   # Mild sensor noise so flat regions are not perfectly uniform.
   img += rng.normal(0, 4, img.shape)
   image = np.clip(np.round(img), 0, 255).astype(np.uint8)
-  return image, obj_mask, distractors
+  return image, obj_mask, distractor_mask
 
 
 def encode_png(array: np.ndarray) -> bytes:
