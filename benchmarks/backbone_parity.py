@@ -61,7 +61,8 @@ def parity(name, size):
     out = model(to_input(image))
   feats = {k: v.permute(0, 2, 3, 1).numpy() for k, v in out[0].items()}
   ref_logits = out[1].numpy()
-  ref_pooled = out[2].numpy() if len(out) > 2 else feats["stride32"].mean((1, 2))
+  ref_pooled = (out[2].numpy() if len(out) > 2
+                else feats["stride32"].mean((1, 2)))
   module = backbones.get_backbone(name, with_head=True)
   sd = {k: v.numpy() for k, v in model.state_dict().items()}
   variables = weights.convert_state_dict(

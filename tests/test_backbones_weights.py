@@ -6,7 +6,6 @@ installed, on files ``torch.save`` wrote (zip and legacy formats).
 """
 
 import collections
-import io
 import pickle
 import struct
 import zipfile
@@ -166,7 +165,8 @@ def test_unexpected_global_is_refused_in_legacy_format(tmp_path):
   """torch's pre-1.6 stream: magic, version, sys info, then the state dict."""
   path = tmp_path / "legacy_evil.pt"
   with open(path, "wb") as f:
-    for header in (weights._LEGACY_MAGIC, 1001, {"little_endian": True}):  # pylint: disable=protected-access
+    magic = weights._LEGACY_MAGIC  # pylint: disable=protected-access
+    for header in (magic, 1001, {"little_endian": True}):
       pickle.dump(header, f, protocol=2)
     f.write(bytes(_Asm().glob("builtins", "eval").str("1").op(b"\x85R.").out))
   with pytest.raises(weights.WeightsError,
@@ -195,8 +195,9 @@ def test_npz_state_dict_and_strict_errors(tmp_path):
   assert "missing keys" in str(e.value)
   assert "layer1.2.conv1.weight" in str(e.value)
   # Without the head the fc tensors are unexpected...
-  with pytest.raises(weights.WeightsError,
-                     match=r"unexpected keys.*fc\.weight.*allow_removed_layers"):
+  with pytest.raises(
+      weights.WeightsError,
+      match=r"unexpected keys.*fc\.weight.*allow_removed_layers"):
     weights.load_pretrained("resnet18", path)
   # ...unless removed layers are explicitly allowed.
   headless = weights.load_pretrained("resnet18", path,

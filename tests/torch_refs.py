@@ -3,9 +3,10 @@
 Written independently of the Flax code, after torchvision's ``resnet.py`` and
 ``vgg.py`` and efficientnet_pytorch's ``model.py``, with exactly their
 ``state_dict()`` key names (``layer1.0.downsample.0.weight``,
-``features.0.weight``, ``classifier.6.bias``, ``_blocks.3._depthwise_conv.weight``
-...). Each ``forward`` returns (dict level -> NCHW feature map, logits or None)
-using the level definitions of the Flax backbones' docstrings.
+``features.0.weight``, ``classifier.6.bias``,
+``_blocks.3._depthwise_conv.weight`` ...). Each ``forward`` returns
+(dict level -> NCHW feature map, logits), plus fc7 for VGG, with the level
+definitions of the Flax backbones' docstrings.
 
 Import this only after ``optional_import('torch')``.
 """
@@ -199,8 +200,9 @@ class SameConv2d(nn.Conv2d):
     ih, iw = x.shape[-2:]
     kh, kw = self.weight.shape[-2:]
     sh, sw = self.stride
-    ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * self.dilation[0] + 1 - ih, 0)
-    pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+    dh, dw = self.dilation
+    ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
+    pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
     x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
     return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation,
                     self.groups)
@@ -268,7 +270,8 @@ class EfficientNetLite0(nn.Module):
         feats[self.LEVEL_BLOCKS[idx]] = x
     x = F.relu6(self._bn1(self._conv_head(x)))
     feats["stride32"] = x
-    return feats, self._fc(self._dropout(torch.flatten(self._avg_pooling(x), 1)))
+    pooled = torch.flatten(self._avg_pooling(x), 1)
+    return feats, self._fc(self._dropout(pooled))
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -173,7 +173,8 @@ class EfficientNetLite0(nn.Module):
           dilation=block_dilation,
           drop_connect_rate=self.drop_connect_rate * index / len(specs),
           dtype=self.dtype, name=f"_blocks_{index}")(x, train)
-      is_last_at_stride = index + 1 == len(specs) or specs[index + 1][4] != nominal
+      is_last_at_stride = (index + 1 == len(specs)
+                           or specs[index + 1][4] != nominal)
       level = f"stride{nominal}"
       if is_last_at_stride and level != "stride32":
         features[level] = x

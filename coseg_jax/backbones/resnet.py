@@ -76,7 +76,8 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     """[N, H, W, C_in] -> [N, H/stride, W/stride, planes]."""
-    y = _conv(self.planes, 3, self.stride, self.dilation, self.dtype, "conv1")(x)
+    y = _conv(self.planes, 3, self.stride, self.dilation, self.dtype,
+              "conv1")(x)
     y = nn.relu(_bn(train, self.dtype, "bn1")(y))
     y = _conv(self.planes, 3, 1, self.dilation, self.dtype, "conv2")(y)
     y = _bn(train, self.dtype, "bn2")(y)
@@ -109,7 +110,8 @@ class Bottleneck(nn.Module):
     out = self.planes * 4
     y = _conv(self.planes, 1, 1, 1, self.dtype, "conv1")(x)
     y = nn.relu(_bn(train, self.dtype, "bn1")(y))
-    y = _conv(self.planes, 3, self.stride, self.dilation, self.dtype, "conv2")(y)
+    y = _conv(self.planes, 3, self.stride, self.dilation, self.dtype,
+              "conv2")(y)
     y = nn.relu(_bn(train, self.dtype, "bn2")(y))
     y = _conv(out, 1, 1, 1, self.dtype, "conv3")(y)
     y = _bn(train, self.dtype, "bn3")(y)

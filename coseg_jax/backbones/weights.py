@@ -17,7 +17,8 @@ Readers (no PyTorch needed):
 Conversion. Every backbone names its Flax submodules after torch's state-dict
 prefixes with the dots before list indices turned into underscores
 (``layer1.0.downsample.0`` -> ``layer1_0/downsample_0``, ``features.10`` ->
-``features_10``, ``_blocks.3._depthwise_conv`` -> ``_blocks_3/_depthwise_conv``),
+``features_10``, ``_blocks.3._depthwise_conv`` ->
+``_blocks_3/_depthwise_conv``),
 so one generic rule maps every Flax leaf to its torch key:
 ``kernel``/``scale`` -> ``weight``, ``bias`` -> ``bias``, batch stats
 ``mean``/``var`` -> ``running_mean``/``running_var``; conv kernels are
@@ -120,7 +121,8 @@ class _LazyTensor:
     numel = int(np.prod(self.size)) if self.size else 1
     if numel == 0:
       return np.zeros(self.size, self.storage.dtype)
-    last = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride))
+    last = self.offset + sum(
+        (s - 1) * st for s, st in zip(self.size, self.stride))
     if self.offset < 0 or last >= data.size:
       raise WeightsError(
           f"{source}: tensor view exceeds its storage {self.storage.key!r} "
@@ -189,8 +191,8 @@ def _collect_tensors(obj, source):
       obj["state_dict"], Mapping):
     obj = obj["state_dict"]  # common training-checkpoint wrapper
   if not isinstance(obj, Mapping):
-    raise WeightsError(f"{source}: expected a state dict (a mapping of names to "
-                       f"tensors), found {type(obj).__name__}")
+    raise WeightsError(f"{source}: expected a state dict (a mapping of names "
+                       f"to tensors), found {type(obj).__name__}")
   for key, value in obj.items():
     if not isinstance(key, str) or not isinstance(value, _LazyTensor):
       raise WeightsError(f"{source}: entry {key!r} is not a tensor "
@@ -226,13 +228,16 @@ def _read_pth_zip(path, source):
 def _read_pth_legacy(path, source):
   try:
     with open(path, "rb") as f:
-      plain = lambda: _RestrictedUnpickler(f, source, allow_globals=False).load()
+      plain = lambda: _RestrictedUnpickler(  # pylint: disable=g-long-lambda
+          f, source, allow_globals=False).load()
       if plain() != _LEGACY_MAGIC:
-        raise WeightsError(f"{source}: not a torch checkpoint (bad magic number)")
+        raise WeightsError(
+            f"{source}: not a torch checkpoint (bad magic number)")
       plain()  # protocol version
       sys_info = plain()
       if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-        raise WeightsError(f"{source}: big-endian checkpoints are not supported")
+        raise WeightsError(
+            f"{source}: big-endian checkpoints are not supported")
       unpickler = _RestrictedUnpickler(f, source)
       obj = _collect_tensors(unpickler.load(), source)
       keys = plain()
@@ -309,7 +314,8 @@ def read_safetensors(path: PathLike) -> Dict[str, np.ndarray]:
                            f"{dtype}")
       begin, end = info["data_offsets"]
       shape = tuple(info["shape"])
-      if end > len(data) or end - begin != int(np.prod(shape)) * npdtype.itemsize:
+      nbytes = int(np.prod(shape)) * npdtype.itemsize
+      if end > len(data) or end - begin != nbytes:
         raise WeightsError(f"{source}: tensor {name!r} is truncated")
       out[name] = np.frombuffer(data[begin:end], npdtype).reshape(shape).copy()
     return out
@@ -489,7 +495,7 @@ def variables_to_state_dict(variables) -> Dict[str, np.ndarray]:
 # Saving converted variables.
 
 def save_variables(path: PathLike, variables) -> None:
-  """Writes Flax variables to an ``.npz`` (keys ``collection/module/.../leaf``)."""
+  """Writes Flax variables to ``.npz``, keys ``collection/module/.../leaf``."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
   np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
 
