@@ -78,16 +78,14 @@ def test_coattention_pair_matrix():
 def test_coattention_stable_for_large_distances():
   # d+ - d- of order 1e4: the naive exp(-d) form gives 0/0 here.
   fo, fb = _features(2, scale=300.0)
-  got = coattention.coattention_loss(object_features=fo,
-                                     background_features=fb)
+  got, g = jax.jit(jax.value_and_grad(lambda a: coattention.coattention_loss(
+      object_features=a, background_features=fb)))(jnp.asarray(fo))
   with np.errstate(all="ignore"):
     naive = np_coattention(fo, fb)
   assert not np.isfinite(naive)
   want = np_coattention(fo, fb, log_space=True)
   assert np.isfinite(float(got))
   np.testing.assert_allclose(got, want, rtol=RTOL)
-  g = jax.grad(lambda a: coattention.coattention_loss(
-      object_features=a, background_features=fb))(jnp.asarray(fo))
   assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -108,9 +106,9 @@ def test_coattention_vmap_and_order_invariance():
 @pytest.mark.parametrize("squared", [True, False])
 def test_coattention_gradient_vs_finite_differences(squared):
   fo, fb = _features(3, n=3, c=4)
-  ga, gb = jax.grad(lambda a, b: coattention.coattention_loss(
+  ga, gb = jax.jit(jax.grad(lambda a, b: coattention.coattention_loss(
       object_features=a, background_features=b, squared=squared),
-                    argnums=(0, 1))(fo, fb)
+                            argnums=(0, 1)))(fo, fb)
   np.testing.assert_allclose(
       ga, fd_grad(lambda x: np_coattention(x, fb, squared), fo), rtol=1e-4,
       atol=1e-6)
@@ -212,7 +210,7 @@ def test_mask_loss_vmap_empty_image_and_gradient():
   np.testing.assert_allclose(got, want, rtol=RTOL)
   f = lambda x: coattention.mask_loss(attention_logits=x, object_mask=mask[0],
                                       valid=valid[0])
-  g = np.asarray(jax.grad(f)(jnp.asarray(logits[0])))
+  g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(logits[0])))
   np.testing.assert_array_equal(g[1], 0.0)
   want_g = fd_grad(lambda x: np_mask_loss(x, mask[0], valid=valid[0],
                                           logits=True), logits[0])
