@@ -5,9 +5,9 @@ Usage (the tests build the command line):
   python tests/train_runner.py --workdir W --data_dir D --steps N \
       [--out params.npz] [--method baseline] [--batch 4] [--devices 1]
       [--coordinator 127.0.0.1:PORT --num_processes 2 --process_id I]
-      [--optimizer adam] [--lr 0.01] [--checkpoint_every 2]
+      [--optimizer adam] [--lr 0.01] [--checkpoint_every 2] [--loss lovasz]
 
-Prints ``STEP <n>`` (flushed) after every training step so the parent can
+Prints ``STEP <n> loss <x>`` (flushed) after every training step so the parent can
 kill it at a chosen step, and ``DONE <n>`` at the end. Writes the final
 params (flattened, float32) to ``--out`` on process 0. Fake CPU devices come
 from XLA_FLAGS, set by the parent before this process starts.
@@ -24,7 +24,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 
 def tiny_config(*, data_dir, steps, method="baseline", batch=4, devices=-1,
-                optimizer="adam", lr=0.01, checkpoint_every=2, seed=0):
+                optimizer="adam", lr=0.01, checkpoint_every=2, seed=0,
+                loss="lovasz"):
   """The smallest real configuration: tiny backbone, 32 px synthetic pairs."""
   from configs import common  # pylint: disable=g-import-not-at-top
   c = common.get_base_config()
@@ -35,7 +36,7 @@ def tiny_config(*, data_dir, steps, method="baseline", batch=4, devices=-1,
   c.data.builder_config = "tiny"
   c.data.image_size = 32
   c.data.augment.enabled = False
-  c.loss = {"lovasz": 1.0}
+  c.loss = {loss: 1.0}
   c.optimizer.name = optimizer
   c.optimizer.learning_rate = lr
   c.train.num_steps = steps
@@ -72,6 +73,7 @@ def main():
   p.add_argument("--optimizer", default="adam")
   p.add_argument("--lr", type=float, default=0.01)
   p.add_argument("--checkpoint_every", type=int, default=2)
+  p.add_argument("--loss", default="lovasz", choices=("lovasz", "bce"))
   p.add_argument("--coordinator", default=None)
   p.add_argument("--num_processes", type=int, default=None)
   p.add_argument("--process_id", type=int, default=None)
@@ -85,15 +87,16 @@ def main():
   config = tiny_config(data_dir=args.data_dir, steps=args.steps,
                        method=args.method, batch=args.batch,
                        devices=args.devices, optimizer=args.optimizer,
-                       lr=args.lr, checkpoint_every=args.checkpoint_every)
+                       lr=args.lr, checkpoint_every=args.checkpoint_every,
+                       loss=args.loss)
   if args.coordinator:
     config.mesh.coordinator_address = args.coordinator
     config.mesh.num_processes = args.num_processes
     config.mesh.process_id = args.process_id
 
   def report(step, state, metrics):
-    del state, metrics
-    print(f"STEP {step}", flush=True)
+    del state
+    print(f"STEP {step} loss {float(metrics['loss']):.8f}", flush=True)
 
   state = train.train_and_evaluate(config, args.workdir, step_hooks=[report])
   params = flat_params(state.params)

@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from absl import logging
 import flax.linen as nn
 import jax
 import ml_collections
@@ -48,6 +49,10 @@ class MethodSpec:
     default_loss: the ``loss`` weights the method expects when a config gives
       none (term name -> weight).
     description: one line for ``--help`` listings.
+    train_fn: optional ``(config, workdir) -> Any`` for a method that does not
+      train with the generic loop (e.g. unsupervised methods trained per
+      image collection); ``main --mode train`` calls it instead of
+      ``coseg_jax.train.train_and_evaluate``.
   """
   build_model: Callable[[ml_collections.ConfigDict], nn.Module]
   loss_fn: LossFn
@@ -55,6 +60,7 @@ class MethodSpec:
   param_sharding_rules: Optional[Callable[..., Any]] = None
   default_loss: Mapping[str, float] = dataclasses.field(default_factory=dict)
   description: str = ""
+  train_fn: Optional[Callable[..., Any]] = None
 
 
 _REGISTRY: Dict[str, MethodSpec] = {}
@@ -63,17 +69,37 @@ _REGISTRY: Dict[str, MethodSpec] = {}
 # here (one line each).
 _METHOD_MODULES = (
     "coseg_jax.models.baselines",
+    "coseg_jax.models.cosegnet",
+    "coseg_jax.models.dcc",
+    "coseg_jax.models.coattention",
+    "coseg_jax.models.cyclesegnet",
 )
 _loaded = False
 
 
+# module -> "ExceptionType: message" for method modules that failed to import.
+_IMPORT_ERRORS: Dict[str, str] = {}
+
+
 def _load_builtin_methods():
+  """Imports every method module once.
+
+  A module that fails to import (not written yet, or broken) does not take the
+  other methods down: its error is logged and kept in ``_IMPORT_ERRORS``, and
+  ``get_method`` repeats it in the unknown-method message, so nothing
+  disappears silently.
+  """
   global _loaded
   if _loaded:
     return
   _loaded = True
   for module in _METHOD_MODULES:
-    importlib.import_module(module)
+    try:
+      importlib.import_module(module)
+    except Exception as e:  # pylint: disable=broad-except
+      _IMPORT_ERRORS[module] = f"{type(e).__name__}: {e}"
+      logging.warning("method module %s failed to import: %s", module,
+                      _IMPORT_ERRORS[module])
 
 
 def register_method(name: str, spec: MethodSpec) -> MethodSpec:
@@ -102,6 +128,14 @@ def get_method(name: str) -> MethodSpec:
   """
   _load_builtin_methods()
   if name not in _REGISTRY:
+    failed = "".join(f"; {m} failed to import ({err})"
+                     for m, err in sorted(_IMPORT_ERRORS.items()))
     raise ValueError(f"unknown method {name!r}; available: "
-                     f"{', '.join(sorted(_REGISTRY))}")
+                     f"{', '.join(sorted(_REGISTRY))}{failed}")
   return _REGISTRY[name]
+
+
+def import_errors() -> Dict[str, str]:
+  """Method modules that failed to import: module -> error (a copy)."""
+  _load_builtin_methods()
+  return dict(_IMPORT_ERRORS)
