@@ -1,0 +1,1 @@
+"""Speed, memory and parity benchmarks (run as ``python -m benchmarks.<name>``)."""

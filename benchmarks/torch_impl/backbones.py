@@ -1,0 +1,306 @@
+"""Plain-torch backbones in torchvision / efficientnet_pytorch key layout.
+
+Shared by the parity tests (``tests/torch_refs.py`` re-exports this module)
+and the PyTorch benchmark implementations of ``benchmarks/torch_impl``.
+Written independently of the Flax code, after torchvision's ``resnet.py`` and
+``vgg.py`` and efficientnet_pytorch's ``model.py``, with exactly their
+``state_dict()`` key names (``layer1.0.downsample.0.weight``,
+``features.0.weight``, ``classifier.6.bias``,
+``_blocks.3._depthwise_conv.weight`` ...). Each ``forward`` returns
+(dict level -> NCHW feature map, logits), plus fc7 for VGG, with the level
+definitions of the Flax backbones' docstrings.
+
+``torch.nn`` only (no torchvision). ``with_head=False`` (ResNet, VGG) drops
+the classifier so that a headless backbone has exactly the parameters of the
+Flax backbone built without ``with_head`` (logits are then None); ResNet's
+``truncate_at`` stops after a level like the Flax ``truncate_at``.
+"""
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+  """Random BN affine params and running statistics (the default init has
+  weight 1, bias 0, mean 0, var 1, which would hide layout mistakes)."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        n = m.num_features
+        m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
+        m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+        m.running_var.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
+        m.num_batches_tracked.fill_(7)
+      elif isinstance(m, nn.Linear) and m.bias is not None:
+        m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+  return model.eval()
+
+
+# ----------------------------------------------------------------------------
+# ResNet (torchvision layout).
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, dilation, dilation,
+                           bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.relu = nn.ReLU(inplace=True)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, inplanes, planes, stride=1, downsample=None, dilation=1):
+    super().__init__()
+    self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation,
+                           bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.relu = nn.ReLU(inplace=True)
+    self.downsample = downsample
+
+  def forward(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+
+  def __init__(self, block, layers, replace_stride_with_dilation=(False,) * 3,
+               num_classes=1000, with_head=True, truncate_at=None):
+    super().__init__()
+    self.with_head = with_head
+    self.truncate_at = truncate_at
+    self.inplanes, self.dilation = 64, 1
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.relu = nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    names = ("stride4", "stride8", "stride16", "stride32")
+    self.num_stages = (names.index(truncate_at) + 1) if truncate_at else 4
+    dilate = (False,) + tuple(replace_stride_with_dilation)
+    for i in range(self.num_stages):
+      setattr(self, f"layer{i + 1}", self._make_layer(
+          block, 64 * 2 ** i, layers[i], 1 if i == 0 else 2, dilate[i]))
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    if with_head:
+      self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+  def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+    previous_dilation = self.dilation
+    if dilate:
+      self.dilation *= stride
+      stride = 1
+    downsample = None
+    if stride != 1 or self.inplanes != planes * block.expansion:
+      downsample = nn.Sequential(
+          nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride,
+                    bias=False),
+          nn.BatchNorm2d(planes * block.expansion))
+    layers = [block(self.inplanes, planes, stride, downsample,
+                    previous_dilation)]
+    self.inplanes = planes * block.expansion
+    for _ in range(1, blocks):
+      layers.append(block(self.inplanes, planes, dilation=self.dilation))
+    return nn.Sequential(*layers)
+
+  def forward(self, x):
+    feats = {}
+    x = self.relu(self.bn1(self.conv1(x)))
+    feats["stride2"] = x
+    x = self.maxpool(x)
+    for i, name in enumerate(("stride4", "stride8", "stride16",
+                              "stride32")[:self.num_stages]):
+      x = getattr(self, f"layer{i + 1}")(x)
+      feats[name] = x
+    if not self.with_head:
+      return feats, None
+    return feats, self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+RESNET_SPECS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+def resnet(name, replace_stride_with_dilation=(False,) * 3, with_head=True,
+           truncate_at=None):
+  block, layers = RESNET_SPECS[name]
+  return ResNet(block, layers, replace_stride_with_dilation,
+                with_head=with_head, truncate_at=truncate_at)
+
+
+# ----------------------------------------------------------------------------
+# VGG16 (torchvision layout).
+
+class VGG(nn.Module):
+  CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+         512, 512, 512, "M", 512, 512, 512, "M")
+
+  def __init__(self, batch_norm=False, num_classes=1000, with_head=True):
+    super().__init__()
+    self.with_head = with_head
+    layers, in_ch = [], 3
+    self.level_after = {}  # features index of each level's output
+    block = 0
+    for v in self.CFG:
+      if v == "M":
+        if block >= 1:
+          self.level_after[len(layers) - 1] = f"stride{2 ** block}"
+        layers.append(nn.MaxPool2d(2, 2))
+        block += 1
+        continue
+      layers.append(nn.Conv2d(in_ch, v, 3, padding=1))
+      if batch_norm:
+        layers.append(nn.BatchNorm2d(v))
+      layers.append(nn.ReLU(inplace=False))
+      in_ch = v
+    self.level_after[len(layers) - 1] = "stride32"
+    self.features = nn.Sequential(*layers)
+    self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    if not with_head:
+      return
+    self.classifier = nn.Sequential(
+        nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
+        nn.Linear(4096, num_classes))
+
+  def forward(self, x):
+    feats = {}
+    for i, layer in enumerate(self.features):
+      x = layer(x)
+      if i in self.level_after:
+        feats[self.level_after[i]] = x
+    if not self.with_head:
+      return feats, None, None
+    y = torch.flatten(self.avgpool(x), 1)
+    fc7 = self.classifier[:5](y)
+    return feats, self.classifier[5:](fc7), fc7
+
+
+# ----------------------------------------------------------------------------
+# EfficientNet-Lite0 (efficientnet_pytorch layout, TF "same" padding).
+
+class SameConv2d(nn.Conv2d):
+  """Conv2d with TF 'SAME' padding computed from the input size
+  (efficientnet_pytorch's Conv2dDynamicSamePadding)."""
+
+  def forward(self, x):
+    ih, iw = x.shape[-2:]
+    kh, kw = self.weight.shape[-2:]
+    sh, sw = self.stride
+    dh, dw = self.dilation
+    ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
+    pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
+    x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+    return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation,
+                    self.groups)
+
+
+def _bn(c):
+  return nn.BatchNorm2d(c, momentum=0.01, eps=1e-3)
+
+
+class MBConvBlock(nn.Module):
+
+  def __init__(self, in_ch, out_ch, kernel, stride, expand):
+    super().__init__()
+    mid = in_ch * expand
+    self.expand = expand
+    if expand != 1:
+      self._expand_conv = SameConv2d(in_ch, mid, 1, bias=False)
+      self._bn0 = _bn(mid)
+    self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid,
+                                      bias=False)
+    self._bn1 = _bn(mid)
+    self._project_conv = SameConv2d(mid, out_ch, 1, bias=False)
+    self._bn2 = _bn(out_ch)
+    self.skip = stride == 1 and in_ch == out_ch
+
+  def forward(self, x):
+    y = x
+    if self.expand != 1:
+      y = F.relu6(self._bn0(self._expand_conv(y)))
+    y = F.relu6(self._bn1(self._depthwise_conv(y)))
+    y = self._bn2(self._project_conv(y))
+    return y + x if self.skip else y
+
+
+class EfficientNetLite0(nn.Module):
+  BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+            (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112),
+            (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+  # index of the last block at strides 2, 4, 8, 16
+  LEVEL_BLOCKS = {0: "stride2", 2: "stride4", 4: "stride8", 10: "stride16"}
+
+  def __init__(self, num_classes=1000):
+    super().__init__()
+    self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
+    self._bn0 = _bn(32)
+    blocks = []
+    for repeats, k, s, e, i, o in self.BLOCKS:
+      for j in range(repeats):
+        blocks.append(MBConvBlock(i if j == 0 else o, o, k, s if j == 0 else 1,
+                                  e))
+    self._blocks = nn.ModuleList(blocks)
+    self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+    self._bn1 = _bn(1280)
+    self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+    self._dropout = nn.Dropout(0.2)
+    self._fc = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    """x: NCHW images already mapped to (255 x - 127) / 128."""
+    feats = {}
+    x = F.relu6(self._bn0(self._conv_stem(x)))
+    for idx, block in enumerate(self._blocks):
+      x = block(x)
+      if idx in self.LEVEL_BLOCKS:
+        feats[self.LEVEL_BLOCKS[idx]] = x
+    x = F.relu6(self._bn1(self._conv_head(x)))
+    feats["stride32"] = x
+    pooled = torch.flatten(self._avg_pooling(x), 1)
+    return feats, self._fc(self._dropout(pooled))
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_input(images_nhwc):
+  """NumPy [N, H, W, 3] in [0, 1] -> normalised NCHW torch tensor."""
+  x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float()
+  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+  return (x - mean) / std
+
+
+def lite_input(images_nhwc):
+  x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float()
+  return (x * 255.0 - 127.0) / 128.0
