@@ -1,0 +1,486 @@
+"""CycleSegNet: cycle refinement and region correspondence (Zhang et al., TIP 2021).
+
+Given a group of K >= 2 images, CycleSegNet segments the object they share:
+
+1. **Siamese encoder.** One backbone from ``coseg_jax.backbones`` (ResNet-34 in
+   the paper; any registered one by ``backbone``) encodes every image; the K
+   images of a group are folded into the batch axis, so the weights are shared.
+2. **Cycle Refinement Module (CRM, eq. 1-8).** A ConvLSTM per branch, with the
+   parameters shared between branches, whose hidden state H_0 and cell state
+   C_0 both start from the image's encoder features. At each of N steps
+   (default 7) the input of branch A is the Region Correspondence Module of
+   the cell states, X_A = RCM(C_A, C_B), and symmetrically X_B = RCM(C_B, C_A)
+   (eq. 7-8); the ConvLSTM then updates (C, H) (eq. 1-6). The last hidden
+   state H_N is decoded. The steps run under ``nn.scan`` (one copy of the step
+   in the graph, weights shared over steps): ``coseg_jax.nn.convlstm.
+   FeedbackConvLSTM`` with the group-form RCM as its input module.
+3. **Region Correspondence Module (RCM, eq. 9-12)**:
+   ``coseg_jax.nn.region_attention.RegionCorrespondence`` — the other image's
+   features ROI avg- and max-pooled to a 2x2 grid, fused by a conv; 1x1 conv +
+   ReLU projections; softmax attention of every pixel over the regions; plus
+   the other image's global average; the two terms averaged.
+4. **Group mode (eq. 13-14).** For K > 2 every image attends to the regions
+   of all other K-1 images at once, and its global term is the mean of theirs;
+   the same parameters serve every K, so K is free at test time. K = 2 is
+   exactly the pair form.
+5. **Decoder.** Single-level: the CRM refines the last encoder stage
+   (stride 32) and :class:`coseg_jax.nn.decoders.UpsampleDecoder` (five
+   bilinear-upsampling + conv blocks) brings it to full resolution.
+   Multi-level: three CRMs with separate parameters refine the last three
+   stages (res3/res4/res5 = strides 8/16/32 for ResNet) independently; while
+   decoding coarse to fine, the stride-16 and stride-8 blocks first fuse the
+   decoded coarse map into the refined finer level with
+   :class:`coseg_jax.nn.fusion.ChannelAttentionFusion`, then the remaining
+   blocks upsample to full resolution. A 1x1 conv gives one foreground logit.
+
+Ablations (``exchange``; the Table 1 baselines live in ``models/baselines.py``
+as methods ``baseline``, ``mcat``, ``mmul``):
+
+* ``'cycle'`` (Mcycle, the full model): the CRM above.
+* ``'cross'`` (Mcross): one RCM exchange of the encoder features, no ConvLSTM;
+  the decoder reads concat[x, RCM(x)] — Mcat's layout with the other image's
+  pooled vector replaced by the region correspondence output.
+
+Choices the paper leaves open (each is a field of :class:`CycleSegNet` and
+of ``config.model``):
+
+* ``crm_features``: None keeps the encoder width for the ConvLSTM states, as
+  the paper initialises H_0 = C_0 = encoder features. An integer inserts a
+  1x1 conv + BN + ReLU projecting the encoder features to that width first
+  (a deviation for small CPU models: a ConvLSTM on ResNet-34's 512 channels
+  costs 2 x 9 x 512 x 2048 weights per level).
+* ConvLSTM kernel (``lstm_kernel``, default 3), forget bias (0), peepholes
+  (off) and gate order: see ``coseg_jax.nn.convlstm``.
+* RCM details (``region_size`` 2x2, ``regions`` 'pooled'/'raw', key width,
+  fusion kernel, value projection, logit scaling): see
+  ``coseg_jax.nn.region_attention``.
+* ``decoder_widths`` / ``convs_per_block`` / ``use_skips``: the paper does not
+  list its decoder; the defaults are five blocks of one 3x3 conv + BN + ReLU
+  and no encoder skips (the paper decodes the refined features only).
+* ``fusion_features``: width of the channel-attention fusion outputs in the
+  multi-level decoder (default: the decoder width of that block).
+* ``decode_all_steps``: decode every step's hidden state (per-step logits
+  [T, B, K, H, W, 1], for the per-step figure and optional deep supervision,
+  loss term ``deep_lovasz``). The T steps are folded into the decoder's batch,
+  so in training mode BatchNorm statistics are taken over all steps; at
+  inference the last step's logits equal those of ``decode_all_steps=False``.
+
+Loss: Lovász-Softmax over {background, foreground} (Sec. 4.1; term
+``lovasz``), pixel BCE for comparison (``bce``), and ``deep_lovasz``: the mean
+Lovász loss over all decoded steps (needs ``decode_all_steps``).
+"""
+
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from coseg_jax import backbones
+from coseg_jax import models
+from coseg_jax.models import baselines
+from coseg_jax.nn import convlstm
+from coseg_jax.nn import decoders
+from coseg_jax.nn import fusion
+from coseg_jax.nn import region_attention
+
+EXCHANGES = ("cycle", "cross")
+SINGLE_LEVELS = ("stride32",)
+# res3, res4, res5 of ResNet (layer2..layer4); same names for every backbone.
+MULTI_LEVELS = ("stride8", "stride16", "stride32")
+LOSS_TERMS = ("lovasz", "bce", "deep_lovasz")
+
+
+@flax.struct.dataclass
+class CycleSegNetOutput:
+  """Output of :class:`CycleSegNet`.
+
+  Attributes:
+    mask_logits: [B, K, H, W, 1] float32 foreground logits (last step).
+    step_logits: [T, B, K, H, W, 1] float32 logits of every refinement step
+      (T = num_steps) when ``decode_all_steps``, else None.
+  """
+  mask_logits: jax.Array
+  step_logits: Optional[jax.Array] = None
+
+
+class CycleRefinement(nn.Module):
+  """Cycle Refinement Module (eq. 1-8) on one feature level, group form.
+
+  Call: ``h_last, hs = crm(x)`` with x [B, K, h, w, C] encoder features
+  (K >= 2); h_last [B, K, h, w, C] is H_N; hs [N, B, K, h, w, C] stacks every
+  step's hidden state (time first). With ``exchange='cross'`` there is one
+  RCM exchange and no ConvLSTM: h_last = concat[x, RCM(x)] [B, K, h, w, 2C],
+  hs = h_last[None].
+
+  Parameters (exchange 'cycle'): ``lstm/input_module`` (the RCM) and
+  ``lstm/cell`` (the ConvLSTM cell), shared by every step and every branch.
+
+  Attributes:
+    features: C, the width of the input features and of the states.
+    num_steps: N refinement steps.
+    exchange: 'cycle' or 'cross'.
+    lstm_kernel: ConvLSTM gate-convolution kernel.
+    forget_bias: constant added to the forget-gate pre-activation.
+    peephole: Shi et al.'s peephole terms.
+    region_size: RCM region grid (Ĥ, Ŵ).
+    regions: 'pooled' or 'raw'.
+    key_features: RCM query/key width (None: C).
+    fuse_kernel: RCM region-fusion conv kernel.
+    scale_attention: scale RCM logits by 1/sqrt(d).
+    dtype: computation dtype.
+  """
+  features: int
+  num_steps: int = 7
+  exchange: str = "cycle"
+  lstm_kernel: int = 3
+  forget_bias: float = 0.0
+  peephole: bool = False
+  region_size: Tuple[int, int] = (2, 2)
+  regions: str = "pooled"
+  key_features: Optional[int] = None
+  fuse_kernel: int = 1
+  scale_attention: bool = False
+  dtype: Any = jnp.float32
+
+  def make_rcm(self, name=None) -> region_attention.RegionCorrespondence:
+    """The RCM with this module's settings (unbound; ``name`` optional)."""
+    return region_attention.RegionCorrespondence(
+        self.features, key_features=self.key_features,
+        region_size=tuple(self.region_size), regions=self.regions,
+        fuse_kernel=self.fuse_kernel, scale=self.scale_attention,
+        dtype=self.dtype, name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    if self.exchange not in EXCHANGES:
+      raise ValueError(f"exchange must be one of {EXCHANGES}, got "
+                       f"{self.exchange!r}")
+    if x.ndim != 5:
+      raise ValueError(f"CycleRefinement expects [B, K, h, w, C], got "
+                       f"{x.shape}")
+    if self.exchange == "cross":
+      out = jnp.concatenate([x, self.make_rcm(name="rcm")(x)], axis=-1)
+      return out, out[None]
+    lstm = convlstm.FeedbackConvLSTM(
+        self.features, input_module=self.make_rcm(), num_steps=self.num_steps,
+        kernel_size=self.lstm_kernel, peephole=self.peephole,
+        forget_bias=self.forget_bias, feed="cell", dtype=self.dtype,
+        name="lstm")
+    # H_0 = C_0 = encoder features (the paper's initialisation).
+    (_, h_last), hs = lstm((x, x))
+    return h_last, hs
+
+
+class CycleSegNet(nn.Module):
+  """CycleSegNet for groups of K >= 2 images (pairs: K = 2).
+
+  ``apply(variables, images [B, K, H, W, 3] in [0, 1], train=bool)`` returns
+  :class:`CycleSegNetOutput`. Parameters: ``backbone``, ``proj_<level>``
+  (with ``crm_features``), ``crm_<level>`` (one CRM per refined level),
+  ``fuse_<level>`` (multi-level), ``decoder`` and ``head``.
+
+  Attributes:
+    backbone: name for ``coseg_jax.backbones.get_backbone``.
+    backbone_kwargs: extra backbone attributes.
+    multi_level: refine strides 8/16/32 and fuse them while decoding.
+    exchange: 'cycle' (Mcycle) or 'cross' (Mcross).
+    num_steps: N, ConvLSTM refinement steps (paper: 7).
+    crm_features: None (encoder width) or a projection width.
+    lstm_kernel, forget_bias, peephole: ConvLSTM settings.
+    region_size, regions, key_features, fuse_kernel, scale_attention: RCM
+      settings.
+    decoder_widths: channels of the five decoder blocks (strides 16..1).
+    convs_per_block: 3x3 conv layers per decoder block.
+    use_skips: concatenate encoder features at the decoder levels not fed
+      by a CRM.
+    fusion_features: width of the multi-level fusion outputs (None: the
+      decoder width of the block).
+    decode_all_steps: also decode every refinement step.
+    dtype: computation dtype (params float32; logits float32).
+  """
+  backbone: str = "resnet34"
+  backbone_kwargs: Optional[Mapping[str, Any]] = None
+  multi_level: bool = False
+  exchange: str = "cycle"
+  num_steps: int = 7
+  crm_features: Optional[int] = None
+  lstm_kernel: int = 3
+  forget_bias: float = 0.0
+  peephole: bool = False
+  region_size: Tuple[int, int] = (2, 2)
+  regions: str = "pooled"
+  key_features: Optional[int] = None
+  fuse_kernel: int = 1
+  scale_attention: bool = False
+  decoder_widths: Sequence[int] = (256, 128, 64, 32, 16)
+  convs_per_block: int = 1
+  use_skips: bool = False
+  fusion_features: Optional[int] = None
+  decode_all_steps: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def levels(self) -> Tuple[str, ...]:
+    return MULTI_LEVELS if self.multi_level else SINGLE_LEVELS
+
+  def crm(self, features: int, name: Optional[str] = None) -> CycleRefinement:
+    """The CRM of one level with this model's settings (unbound)."""
+    return CycleRefinement(
+        features, num_steps=self.num_steps, exchange=self.exchange,
+        lstm_kernel=self.lstm_kernel, forget_bias=self.forget_bias,
+        peephole=self.peephole, region_size=tuple(self.region_size),
+        regions=self.regions, key_features=self.key_features,
+        fuse_kernel=self.fuse_kernel, scale_attention=self.scale_attention,
+        dtype=self.dtype, name=name)
+
+  def encode(self, images: jax.Array, train: bool = False):
+    """Encoder + optional projection: {level: [B, K, h, w, C]} and skips.
+
+    Returns:
+      (levels dict of [B, K, h_l, w_l, C_l] CRM inputs, all backbone
+      features {level: [B*K, h, w, C]}).
+    """
+    b, k, h, w, _ = images.shape
+    encoder = backbones.get_backbone(
+        self.backbone, dtype=self.dtype,
+        **dict(self.backbone_kwargs or {})).clone(parent=self, name="backbone")
+    feats = encoder(images.reshape(b * k, h, w, 3), train=train).features
+    out = {}
+    for level in self.levels:
+      if level not in feats:
+        raise ValueError(f"backbone {self.backbone!r} returned no {level!r} "
+                         f"features (got {sorted(feats)})")
+      x = feats[level]
+      if self.crm_features:
+        x = nn.Conv(self.crm_features, (1, 1), use_bias=False,
+                    dtype=self.dtype, name=f"proj_{level}")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-5, dtype=self.dtype,
+                         name=f"proj_{level}_bn")(x)
+        x = nn.relu(x)
+      out[level] = x.reshape(b, k, *x.shape[1:])
+    return out, feats
+
+  def refine(self, levels: Mapping[str, jax.Array]):
+    """Runs the CRM of every level: {level: hs [T, B, K, h, w, C']}."""
+    return {level: self.crm(x.shape[-1], name=f"crm_{level}")(x)[1]
+            for level, x in levels.items()}
+
+  def decode(self, refined: Mapping[str, jax.Array], skips, *,
+             output_size: Tuple[int, int], train: bool = False) -> jax.Array:
+    """Decodes refined maps {level: [N, h, w, C]} to logits [N, H, W, 1]."""
+    h, w = output_size
+    if not self.multi_level:
+      y = decoders.UpsampleDecoder(
+          widths=tuple(self.decoder_widths),
+          convs_per_block=self.convs_per_block, use_skips=self.use_skips,
+          dtype=self.dtype, name="decoder")(
+              refined["stride32"], output_size=(h, w),
+              skips=skips if self.use_skips else None, train=train)
+    else:
+      if len(self.decoder_widths) != len(decoders.DECODER_LEVELS):
+        raise ValueError(f"decoder_widths needs {len(decoders.DECODER_LEVELS)}"
+                         f" entries, got {tuple(self.decoder_widths)}")
+      y = refined["stride32"]
+      for i, ((level, stride), width) in enumerate(
+          zip(decoders.DECODER_LEVELS, self.decoder_widths)):
+        size = (-(-h // stride), -(-w // stride))
+        if level in refined:
+          # The coarse decoded map is upsampled inside the fusion module and
+          # decides which channels of the refined finer level to keep.
+          y = fusion.ChannelAttentionFusion(
+              self.fusion_features or width, dtype=self.dtype,
+              name=f"fuse_{level}")(refined[level], y)
+        else:
+          y = decoders.bilinear_resize(y, size)
+          if self.use_skips and stride > 1:
+            y = jnp.concatenate([y, jnp.asarray(skips[level], y.dtype)], -1)
+        for j in range(self.convs_per_block):
+          y = decoders.ConvBNReLU(width, dtype=self.dtype,
+                                  name=f"decoder_block{i}_conv{j}")(
+                                      y, train=train)
+    return nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
+        y.astype(jnp.float32))
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False
+               ) -> CycleSegNetOutput:
+    if images.ndim != 5 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
+    b, k, h, w, _ = images.shape
+    if k < 2:
+      raise ValueError(f"CycleSegNet needs groups of K >= 2 images, got K={k}")
+    levels, feats = self.encode(images, train=train)
+    hs = self.refine(levels)
+    t = next(iter(hs.values())).shape[0]
+    if self.decode_all_steps:
+      refined = {l: v.reshape(t * b * k, *v.shape[3:]) for l, v in hs.items()}
+      skips = {l: jnp.concatenate([f] * t, axis=0) for l, f in feats.items()}
+      n = t
+    else:
+      refined = {l: v[-1].reshape(b * k, *v.shape[3:]) for l, v in hs.items()}
+      skips, n = feats, 1
+    logits = self.decode(refined, skips, output_size=(h, w), train=train)
+    logits = logits.reshape(n, b, k, h, w, 1)
+    return CycleSegNetOutput(
+        mask_logits=logits[-1],
+        step_logits=logits if self.decode_all_steps else None)
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
+  """Builds :class:`CycleSegNet` from ``config.model`` (same field names)."""
+  get = model_config.get
+  exchange = get("exchange", "cycle")
+  if exchange not in EXCHANGES:
+    raise ValueError(f"config.model.exchange must be one of {EXCHANGES} for "
+                     f"method 'cyclesegnet' (baseline/mcat/mmul are methods "
+                     f"of their own), got {exchange!r}")
+  key_features = get("key_features", None)
+  return CycleSegNet(
+      backbone=get("backbone", "resnet34"),
+      backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
+      multi_level=bool(get("multi_level", False)),
+      exchange=exchange,
+      num_steps=int(get("num_steps", 7)),
+      crm_features=get("crm_features", None),
+      lstm_kernel=int(get("lstm_kernel", 3)),
+      forget_bias=float(get("forget_bias", 0.0)),
+      peephole=bool(get("peephole", False)),
+      region_size=tuple(get("region_size", (2, 2))),
+      regions=get("regions", "pooled"),
+      key_features=None if key_features is None else int(key_features),
+      fuse_kernel=int(get("fuse_kernel", 1)),
+      scale_attention=bool(get("scale_attention", False)),
+      decoder_widths=tuple(get("decoder_widths", (256, 128, 64, 32, 16))),
+      convs_per_block=int(get("convs_per_block", 1)),
+      use_skips=bool(get("use_skips", False)),
+      fusion_features=get("fusion_features", None),
+      decode_all_steps=bool(get("decode_all_steps", False)),
+      dtype=baselines._dtype(get("dtype", "float32")))  # pylint: disable=protected-access
+
+
+def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
+            loss_config: Mapping[str, float]):
+  """Lovász-Softmax / BCE on the last step, optional per-step Lovász.
+
+  Args:
+    outputs: the model output.
+    batch: ``masks`` [B, K, H, W, 1] {0, 1}, optional ``valid`` (0 = ignore).
+    loss_config: term -> weight; terms 'lovasz', 'bce' (last step, as the
+      baselines compute them) and 'deep_lovasz' (mean over the T decoded
+      steps; needs ``decode_all_steps``).
+
+  Returns:
+    (total float32 scalar, weighted terms dict).
+  """
+  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
+  if unknown:
+    raise ValueError(f"config.loss: unknown term(s) {unknown} for "
+                     f"cyclesegnet; known: {list(LOSS_TERMS)}")
+  main = {n: wt for n, wt in loss_config.items() if n != "deep_lovasz"}
+  terms = {}
+  if main:
+    # Unit weights give the raw terms; the config's weights apply below.
+    terms.update(baselines.loss_fn(outputs=outputs, batch=batch,
+                                   loss_config={n: 1.0 for n in main})[1])
+  if "deep_lovasz" in loss_config:
+    if outputs.step_logits is None:
+      raise ValueError("loss term 'deep_lovasz' needs "
+                       "config.model.decode_all_steps=True")
+    per_step = jax.vmap(
+        lambda lg: baselines.loss_fn(
+            outputs=baselines.BaselineOutput(mask_logits=lg), batch=batch,
+            loss_config={"lovasz": 1.0})[0])(outputs.step_logits)
+    terms["deep_lovasz"] = jnp.mean(per_step)
+  return losses.compute_total_loss(terms, dict(loss_config))
+
+
+def train_fn(config: ml_collections.ConfigDict, workdir: str):
+  """``main --mode train``: the generic loop, then the optional demo figures.
+
+  Trains with ``coseg_jax.train.train_and_evaluate`` (which evaluates and
+  prints P and J at the end when ``config.train.eval_every`` > 0). When the
+  config has a ``visualise`` section with ``num_groups`` > 0 (the demo),
+  the trained model then co-segments that many held-out groups and writes
+  masks, overlays and per-refinement-step strips to
+  ``<workdir>/<visualise.subdir>`` (see :func:`write_figures`).
+  """
+  from coseg_jax import train  # pylint: disable=g-import-not-at-top
+  state = train.train_and_evaluate(config, workdir)
+  vis = config.get("visualise")
+  if vis is not None and int(vis.get("num_groups", 0)) > 0:
+    model = build_model(config.model)
+    write_figures(config=config, model=model,
+                  variables=jax.device_get(state.variables()),
+                  out_dir=f"{workdir}/{vis.get('subdir', 'figures')}",
+                  num_groups=int(vis.num_groups))
+  return state
+
+
+def write_figures(*, config, model: CycleSegNet, variables, out_dir: str,
+                  num_groups: int = 4, split: Optional[str] = None):
+  """Co-segments held-out groups; writes masks, overlays and step strips.
+
+  For each of ``num_groups`` evaluation groups of ``split`` (default
+  ``config.eval.split``; round-robin over the classes, ``config.eval``'s
+  strategy and group size), writes ``group<i>_<k>_mask.png`` (0/255),
+  ``group<i>_<k>_overlay.png``, ``group<i>_<k>_steps.png`` (the foreground
+  probability after every refinement step) and a ``contact_sheet.png`` at the
+  model's input resolution.
+
+  Returns:
+    list of written paths.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from coseg_jax import viz  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+
+  split = split or config.eval.split
+  tuples = pipeline.eval_groups(config.data, split=split,
+                                strategy=config.eval.strategy,
+                                k=int(config.eval.group_size), seed=0)
+  groups, _, _, _ = evaluate.select_groups(tuples, num_groups)
+  source = pipeline.load_source(config.data, split)
+  per_step = model.clone(decode_all_steps=True)
+  run = jax.jit(lambda v, x: per_step.apply(v, x, train=False).step_logits)
+  os.makedirs(out_dir, exist_ok=True)
+  written, sheet = [], []
+  for gi, group in enumerate(groups):
+    images = np.stack([evaluate.preprocess_image(
+        source[i]["image"], image_size=config.data.image_size,
+        resize=config.data.get("resize", "stretch"))[0] for i in group])
+    steps = np.asarray(run(variables, images[None]))[:, 0]  # [T, K, H, W, 1]
+    for k in range(len(group)):
+      prob = 1.0 / (1.0 + np.exp(-steps[-1, k, ..., 0]))
+      mask = prob >= float(config.eval.threshold)
+      base = os.path.join(out_dir, f"group{gi}_{k}")
+      over = viz.overlay(images[k], mask)
+      strip = viz.step_strip(steps[:, k], image=images[k])
+      for suffix, arr in (("mask", (mask * 255).astype(np.uint8)),
+                          ("overlay", over), ("steps", strip)):
+        Image.fromarray(arr).save(f"{base}_{suffix}.png")
+        written.append(f"{base}_{suffix}.png")
+      sheet += [viz.to_uint8_image(images[k]), over]
+  path = os.path.join(out_dir, "contact_sheet.png")
+  Image.fromarray(viz.contact_sheet(sheet, columns=2 * len(groups[0]))).save(
+      path)
+  written.append(path)
+  print(f"{len(groups)} groups: masks, overlays and per-step strips written "
+        f"to {out_dir}")
+  return written
+
+
+models.register_method("cyclesegnet", models.MethodSpec(
+    build_model=build_model,
+    loss_fn=loss_fn,
+    default_loss={"lovasz": 1.0},
+    description="CycleSegNet: cycle refinement (ConvLSTM) + region "
+                "correspondence, pairs and groups (Zhang et al. TIP 2021)",
+    train_fn=train_fn))
