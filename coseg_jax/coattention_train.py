@@ -1,0 +1,537 @@
+"""Per-collection, two-stage training of the co-attention CNN (Hsu et al. 2018).
+
+The method is unsupervised and transductive: a fresh generator is trained on
+each collection (the images of one class) and its co-attention maps on those
+same images are the result. ``train_collections(config, workdir)`` (what
+``python -m coseg_jax.main --mode train`` calls for ``method='coattention'``)
+runs, for one collection or for every class of a dataset in turn:
+
+1. the collection's images at the model input size (``config.data.
+   image_size``, ``config.data.resize``), as uint8 for the proposals;
+2. unsupervised object proposals (``coseg_jax.proposals``), computed once and
+   cached in ``<workdir>/proposals/<class>.npz``;
+3. stage 1: ``config.coattention.stage1_epochs`` epochs with the co-attention
+   loss only (paper: 20); stage 2: ``stage2_epochs`` epochs (paper: 40) with
+   the mask loss weighted by ``mask_weight`` (paper lambda = 9), the object
+   masks re-selected from the proposals with the current maps at the start of
+   every stage-2 epoch (paper Sec. 3.3; multi-object merge by default);
+4. the final maps S, restored to each image's original size, binarised by
+   every method of ``config.coattention.postprocess_eval`` (threshold / Otsu /
+   dense CRF / GrabCut, ``coseg_jax.postprocess``) and scored against the
+   ground truth when the records have masks (P and J per image, Avg. over the
+   class); the initial maps and the stage-1 maps are scored too (0.5
+   threshold), which gives the w/o-mask-loss ablation of the same run;
+5. masks of the primary ``config.coattention.postprocess`` method written to
+   ``<workdir>/masks/<class>/<image_id>.png`` (0/255, original size) and the
+   figures to ``<workdir>/results/<class>.json``; a class whose results file
+   exists is skipped, so an interrupted run resumes per collection. All
+   classes are summarised in ``<workdir>/results.json``.
+
+Mini-batches: an epoch visits the collection in a random order in
+mini-batches of ``batch_size`` images (every ordered pair inside a
+mini-batch enters the co-attention loss); the last mini-batch is topped up
+with images from the start of the epoch's order so that every step has the
+same shape (one compilation). With N <= batch_size, every step is the whole
+collection (exactly the paper's "all pairs").
+
+Optimiser: Adam (``config.optimizer``, via ``coseg_jax.train.make_optimizer``).
+The paper's 1e-6 was for MatConvNet losses summed over pairs and pixels. Adam
+normalises the gradient by its running RMS, so a constant rescaling of the
+loss (sum vs mean) leaves its steps unchanged (up to eps): the mean-reduced
+equivalent of 1e-6 is 1e-6 itself. What the reduction does change is the
+balance of the two terms; see the config for the value of lambda used and
+why, and for the learning rate actually used (a larger one, because our runs
+take far fewer steps than the paper's).
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from coseg_jax import checkpoint as ckpt_lib
+from coseg_jax import evaluate
+from coseg_jax import postprocess
+from coseg_jax import proposals as proposals_lib
+from coseg_jax import train as train_lib
+from coseg_jax.models import coattention as model_lib
+
+
+# ---------------------------------------------------------------------------
+# Collections.
+
+
+class Collection:
+  """The images of one class.
+
+  Attributes:
+    name: class name.
+    images: list of uint8 [H_i, W_i, 3] original images.
+    masks: list of uint8 [H_i, W_i] ground truth (0/1, 255 ignore) or None.
+    image_ids: list of str.
+  """
+
+  def __init__(self, name: str, images: List[np.ndarray],
+               masks: Optional[List[np.ndarray]], image_ids: List[str]):
+    if len(images) < 2:
+      raise ValueError(f"collection {name!r} needs at least 2 images, got "
+                       f"{len(images)}")
+    self.name, self.images, self.masks, self.image_ids = (name, images, masks,
+                                                          image_ids)
+
+  def __len__(self):
+    return len(self.images)
+
+
+def load_collections(config) -> List[Collection]:
+  """Collections (one per class) of ``config.data``'s training split.
+
+  ``config.data.classes`` / ``exclude_classes`` select classes and
+  ``config.coattention.max_images`` (> 0) caps the images per collection
+  (first ones by record order).
+  """
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+  split = config.data.get("train_split", "train")
+  source = pipeline.load_source(config.data, split)
+  index = pipeline._record_index_from_source(source, config.data)  # pylint: disable=protected-access
+  cap = int(config.coattention.get("max_images", -1) or -1)
+  out = []
+  for c, name in enumerate(index.class_names):
+    members = np.flatnonzero(index.membership[:, c])
+    if cap > 0:
+      members = members[:cap]
+    if members.size < 2:
+      continue
+    images, masks, ids = [], [], []
+    for r in members:
+      rec = source[int(r)]
+      images.append(np.asarray(rec["image"]))
+      if "mask" in rec:
+        m = np.asarray(rec["mask"])
+        masks.append(m[..., 0] if m.ndim == 3 else m)
+      raw_id = rec.get("image_id", str(int(r)))
+      ids.append(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
+    out.append(Collection(name, images, masks if masks else None, ids))
+  if not out:
+    raise ValueError(f"no class of {config.data.name!r} has 2 or more images "
+                     "after data.classes / exclude_classes")
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Model state.
+
+
+def _merge_backbone(state, path: Sequence[str], name: str, kwargs,
+                    weights_path: Optional[str]):
+  """Loads pretrained backbone variables into ``state`` at ``path``."""
+  from coseg_jax.backbones import weights as weights_lib  # pylint: disable=g-import-not-at-top
+
+  def get(tree):
+    for p in path:
+      tree = tree[p]
+    return tree
+
+  def put(tree, value, keys=tuple(path)):
+    if not keys:
+      return value
+    return dict(tree, **{keys[0]: put(tree[keys[0]], value, keys[1:])})
+
+  target_bs = get(state.batch_stats) if state.batch_stats else {}
+  loaded = weights_lib.load_pretrained(
+      name, weights_path, variables={"params": get(state.params),
+                                     "batch_stats": target_bs},
+      allow_removed_layers=True, **dict(kwargs or {}))
+  params = put(state.params, ckpt_lib.merge_params(
+      get(state.params), loaded["params"], path="/".join(path)))
+  batch_stats = state.batch_stats
+  if loaded.get("batch_stats") and target_bs:
+    batch_stats = put(state.batch_stats, ckpt_lib.merge_params(
+        target_bs, loaded["batch_stats"], path="/".join(path)))
+  return state.replace(
+      params=jax.tree.map(jnp.asarray, params),
+      batch_stats=jax.tree.map(jnp.asarray, batch_stats))
+
+
+def init_state(config, model, *, num_steps: int, group: int, size):
+  """Fresh train state with the pretrained generator encoder / extractor.
+
+  ``config.model.backbone_weights``: 'builtin' (the packaged Lite0 weights),
+  a path, or None (random). ``config.model.extractor_weights``: the same
+  for f ('builtin' by default; None only for tests: f must be a trained
+  classifier for the method to mean anything).
+  """
+  tx, _ = train_lib.make_optimizer(config.optimizer, num_steps)
+  state, _ = train_lib.create_train_state(
+      model=model, tx=tx, rng=jax.random.PRNGKey(int(config.train.seed)),
+      sample_shape=(1, group, size[0], size[1], 3))
+  mc = config.model
+  for attr, path, name, kwargs in (
+      ("backbone_weights", ("generator", "backbone"), mc.backbone,
+       mc.get("backbone_kwargs")),
+      ("extractor_weights", ("extractor_net",), mc.get(
+          "extractor", "efficientnet_lite0"), mc.get("extractor_kwargs"))):
+    value = mc.get(attr, None)
+    if value:
+      state = _merge_backbone(state, path, name, kwargs,
+                              None if value == "builtin" else value)
+  return state
+
+
+# ---------------------------------------------------------------------------
+# Training.
+
+
+def _batches(n: int, batch: int, rng: np.random.RandomState):
+  """Index arrays of one epoch: a permutation cut into equal-size batches."""
+  order = rng.permutation(n)
+  steps = -(-n // batch)
+  padded = np.concatenate([order, order[:steps * batch - n]])
+  return padded.reshape(steps, batch)
+
+
+def _staged_loss(*, outputs, batch, loss_config, beta, squared, reduction):
+  """The method's loss with the mask weight read from the batch.
+
+  One compiled step serves both stages: ``batch['mask_weight']`` (a float32
+  scalar; 0 in stage 1, lambda in stage 2) is a traced weight, which
+  ``compute_total_loss`` handles with ``jnp.where`` (the mask loss of logits
+  is finite, so no NaN can leak through a zero weight).
+  """
+  del loss_config
+  return model_lib.loss_fn(
+      outputs=outputs, batch=batch, beta=beta, squared=squared,
+      reduction=reduction,
+      loss_config={"coattention": 1.0,
+                   "coattention_mask": batch["mask_weight"]})
+
+
+class CollectionTrainer:
+  """Model, optimiser and compiled functions shared by all collections.
+
+  Compiling the step of a Lite0 generator + extractor takes minutes on a
+  small CPU, so the jitted step and map predictor are built once per
+  (group size, input size) and every collection starts from a copy of the
+  same initial (pretrained) variables.
+
+  Attributes:
+    config: the full config.
+    group: images per step.
+    size: (H, W) model input size.
+    steps_per_epoch: the optimiser schedule is defined over
+      ``(stage1 + stage2) * steps_per_epoch`` updates.
+  """
+
+  def __init__(self, config, *, group: int, size, steps_per_epoch: int):
+    self.config, self.group, self.size = config, int(group), tuple(size)
+    cfg = config.coattention
+    epochs = int(cfg.stage1_epochs) + int(cfg.stage2_epochs)
+    self.model = model_lib.build_model(config.model)
+    state = init_state(config, self.model,
+                       num_steps=max(epochs * steps_per_epoch, 1),
+                       group=self.group, size=self.size)
+    self.tx = state.tx
+    # Host copies: the step donates its state, these stay untouched.
+    self._init = jax.device_get((state.params, state.batch_stats, state.rng))
+    loss = functools.partial(_staged_loss, beta=float(cfg.beta),
+                             squared=bool(cfg.squared_distance),
+                             reduction=str(cfg.reduction))
+    self.step = train_lib.make_train_step(
+        model=self.model, loss_fn=loss,
+        loss_config={"coattention": 1.0, "coattention_mask": 0.0})
+    model = self.model
+
+    @jax.jit
+    def run(variables, images):
+      logits = model.apply(variables, images[None], train=False,
+                           method=model_lib.CoattentionNet.attention_logits)
+      return jax.nn.sigmoid(logits[0])
+
+    self._predict = run
+
+  def fresh_state(self) -> train_lib.TrainState:
+    """A new TrainState from the initial variables (new device buffers)."""
+    params, batch_stats, rng = jax.tree.map(jnp.array, self._init)
+    return train_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+        opt_state=self.tx.init(params), rng=rng, tx=self.tx)
+
+  def predict(self, variables, images: np.ndarray) -> np.ndarray:
+    """Maps S float32 [N, H, W] for images [N, H, W, 3], a group at a time."""
+    out = []
+    chunk = self.group
+    for s in range(0, len(images), chunk):
+      part = images[s:s + chunk]
+      pad = chunk - len(part)
+      if pad:
+        part = np.concatenate([part, np.repeat(part[-1:], pad, 0)])
+      out.append(np.asarray(self._predict(variables,
+                                          jnp.asarray(part)))[:chunk - pad])
+    return np.concatenate(out)[..., 0]
+
+
+_TRAINERS: Dict[Any, CollectionTrainer] = {}
+
+
+def get_trainer(config, *, group: int, size, steps_per_epoch: int
+                ) -> CollectionTrainer:
+  """A cached :class:`CollectionTrainer` for this config and shape."""
+  # A constant learning rate (the paper's) does not depend on the schedule
+  # length, so collections of any size share the compiled step; other
+  # schedules get one trainer per length.
+  constant = config.optimizer.get("schedule", "constant") == "constant"
+  key = (config.to_json(), int(group), tuple(size),
+         0 if constant else int(steps_per_epoch))
+  if key not in _TRAINERS:
+    _TRAINERS.clear()  # one at a time: each holds compiled executables
+    _TRAINERS[key] = CollectionTrainer(config, group=group, size=size,
+                                       steps_per_epoch=steps_per_epoch)
+  return _TRAINERS[key]
+
+
+def train_on_images(config, images: np.ndarray,
+                    proposals: Optional[Sequence[np.ndarray]] = None, *,
+                    log=None) -> Dict[str, Any]:
+  """Trains a fresh model on one collection of preprocessed images.
+
+  Args:
+    config: the full config (``model``, ``optimizer``, ``train.seed``,
+      ``coattention``).
+    images: float32 [N, H, W, 3] in [0, 1] at the model input size.
+    proposals: N bool arrays [P_i, H, W] (needed when stage 2 has epochs
+      and a non-zero mask weight).
+    log: optional callable(str).
+
+  Returns:
+    dict with 'initial', 'stage1', 'final' maps (float32 [N, H, W]), 'losses'
+    (list of per-step metric dicts), 'object_masks' (the last selection or
+    None), 'state' (the final TrainState) and timings.
+  """
+  cfg = config.coattention
+  n, h, w, _ = images.shape
+  group = min(int(cfg.batch_size), n)
+  stage1, stage2 = int(cfg.stage1_epochs), int(cfg.stage2_epochs)
+  mask_weight = float(cfg.mask_weight)
+  use_masks = stage2 > 0 and mask_weight > 0
+  if use_masks and proposals is None:
+    raise ValueError("stage 2 with a mask loss needs proposals")
+  # The schedule length is set by the configured batch size, so collections
+  # of different sizes share one compiled step when N >= batch_size.
+  trainer = get_trainer(config, group=group, size=(h, w),
+                        steps_per_epoch=-(-n // group))
+  state = trainer.fresh_state()
+  rng = np.random.RandomState(int(config.train.seed))
+  select_kw = dict(multi_object=bool(cfg.multi_object),
+                   max_objects=int(cfg.max_objects),
+                   overlap=float(cfg.overlap))
+  out = {"losses": [], "object_masks": None}
+  out["initial"] = trainer.predict(state.variables(), images)
+  out["stage1"] = out["initial"]
+  t0 = time.time()
+  select_time = 0.0
+  no_masks = np.zeros((n, h, w), bool)
+  for epoch in range(stage1 + stage2):
+    in_stage2 = epoch >= stage1
+    masks, weight = no_masks, 0.0
+    if in_stage2 and use_masks:
+      ts = time.time()
+      current = trainer.predict(state.variables(), images)
+      masks = proposals_lib.select_collection(current, proposals, **select_kw)
+      out["object_masks"] = masks
+      weight = mask_weight
+      select_time += time.time() - ts
+    for idx in _batches(n, group, rng):
+      batch = {"images": jnp.asarray(images[idx][None]),
+               "object_masks": jnp.asarray(
+                   masks[idx][None, ..., None].astype(np.float32)),
+               "mask_weight": jnp.float32(weight)}
+      state, metrics = trainer.step(state, batch)
+      out["losses"].append({k: float(v) for k, v in
+                            jax.device_get(metrics).items()})
+    last = out["losses"][-1]
+    if not last["finite"]:
+      raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}")
+    if log is not None:
+      log(f"epoch {epoch + 1}/{stage1 + stage2} "
+          f"{'stage2' if in_stage2 else 'stage1'} loss {last['loss']:.4f} "
+          + " ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in last.items()
+                     if k.startswith("loss_terms/")))
+    if epoch + 1 == stage1:
+      out["stage1"] = trainer.predict(state.variables(), images)
+  out["final"] = trainer.predict(state.variables(), images)
+  out["state"] = state
+  out["train_seconds"] = time.time() - t0
+  out["select_seconds"] = select_time
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Scoring and writing.
+
+
+def _score_maps(maps: np.ndarray, infos, collection: Collection,
+                method: str, at_input_size: bool, inputs_u8=None,
+                postprocess_kwargs=None) -> List[Dict[str, float]]:
+  """Per-image scores of maps [N, h, w] binarised by ``method``."""
+  scores = []
+  kw = dict(postprocess_kwargs or {}).get(method, {})
+  for i, prob in enumerate(maps):
+    original = collection.images[i]
+    if at_input_size:
+      small = postprocess.binarize(method, inputs_u8[i], prob, **kw)
+      pred = evaluate.restore_size(small.astype(np.float32), infos[i]) >= 0.5
+    else:
+      full = np.clip(evaluate.restore_size(prob, infos[i]), 0.0, 1.0)
+      pred = postprocess.binarize(method, original, full, **kw)
+    scores.append(evaluate.score_image(pred=pred, gt=collection.masks[i]))
+  return scores
+
+
+def binarize_maps(maps: np.ndarray, infos, collection: Collection, method: str,
+                  at_input_size: bool, inputs_u8, postprocess_kwargs=None
+                  ) -> List[np.ndarray]:
+  """Final bool masks at original size for every image."""
+  kw = dict(postprocess_kwargs or {}).get(method, {})
+  out = []
+  for i, prob in enumerate(maps):
+    if at_input_size:
+      small = postprocess.binarize(method, inputs_u8[i], prob, **kw)
+      out.append(evaluate.restore_size(small.astype(np.float32),
+                                       infos[i]) >= 0.5)
+    else:
+      full = np.clip(evaluate.restore_size(prob, infos[i]), 0.0, 1.0)
+      out.append(postprocess.binarize(method, collection.images[i], full,
+                                      **kw))
+  return out
+
+
+def _mean(scores, key):
+  return float(np.mean([s[key] for s in scores])) if scores else float("nan")
+
+
+def run_collection(config, collection: Collection, workdir: str,
+                   log=None) -> Dict[str, Any]:
+  """Proposals, training, scoring and mask writing for one collection."""
+  cfg = config.coattention
+  t_start = time.time()
+  size = config.data.image_size
+  prepped = [evaluate.preprocess_image(im, image_size=size,
+                                       resize=config.data.resize)
+             for im in collection.images]
+  images = np.stack([p[0] for p in prepped]).astype(np.float32)
+  infos = [p[1] for p in prepped]
+  images_u8 = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+  t0 = time.time()
+  props = None
+  if int(cfg.stage2_epochs) > 0 and float(cfg.mask_weight) > 0:
+    pcfg = proposals_lib.config_from_dict(cfg.proposals.to_dict())
+    props = proposals_lib.collection_proposals(
+        images_u8, pcfg,
+        cache_path=os.path.join(workdir, "proposals",
+                                f"{collection.name}.npz"))
+  proposal_seconds = time.time() - t0
+  result = train_on_images(config, images, props, log=log)
+  at_input = bool(cfg.postprocess_at_input_size)
+  pp_kwargs = cfg.get("postprocess_kwargs", None)
+  pp_kwargs = pp_kwargs.to_dict() if pp_kwargs is not None else {}
+  summary: Dict[str, Any] = {
+      "class": collection.name, "images": len(collection),
+      "image_size": size,
+      "proposals_per_image": (float(np.mean([len(p) for p in props]))
+                              if props is not None else 0.0),
+      "proposal_seconds": proposal_seconds,
+      "train_seconds": result["train_seconds"],
+      "select_seconds": result["select_seconds"],
+      "steps": len(result["losses"]),
+      "final_loss": result["losses"][-1] if result["losses"] else None,
+  }
+  t0 = time.time()
+  if collection.masks is not None:
+    scores = {}
+    for tag in ("initial", "stage1"):
+      s = _score_maps(result[tag], infos, collection, "threshold", at_input,
+                      images_u8)
+      scores[f"{tag}/threshold"] = {"J": _mean(s, "J"), "P": _mean(s, "P")}
+    for method in cfg.postprocess_eval:
+      s = _score_maps(result["final"], infos, collection, method, at_input,
+                      images_u8, pp_kwargs)
+      scores[f"final/{method}"] = {"J": _mean(s, "J"), "P": _mean(s, "P")}
+    if result["object_masks"] is not None:
+      s = _score_maps(result["object_masks"].astype(np.float32), infos,
+                      collection, "threshold", True, images_u8)
+      scores["object_masks/selected"] = {"J": _mean(s, "J"),
+                                         "P": _mean(s, "P")}
+    summary["scores"] = scores
+  summary["score_seconds"] = time.time() - t0
+  masks = binarize_maps(result["final"], infos, collection,
+                        str(cfg.postprocess), at_input, images_u8, pp_kwargs)
+  out_dir = os.path.join(workdir, "masks", collection.name)
+  os.makedirs(out_dir, exist_ok=True)
+  for image_id, m in zip(collection.image_ids, masks):
+    stem = os.path.splitext(os.path.basename(image_id))[0]
+    Image.fromarray((m * 255).astype(np.uint8)).save(
+        os.path.join(out_dir, f"{stem}.png"))
+  summary["total_seconds"] = time.time() - t_start
+  return summary
+
+
+def summarise(per_class: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+  """Avg. J / Avg. P over classes for every scored variant."""
+  variants = sorted({k for c in per_class for k in c.get("scores", {})})
+  out = {}
+  for v in variants:
+    have = [c["scores"][v] for c in per_class if v in c.get("scores", {})]
+    out[v] = {"avg_J": float(np.mean([s["J"] for s in have])),
+              "avg_P": float(np.mean([s["P"] for s in have])),
+              "classes": len(have)}
+  return out
+
+
+def train_collections(config: ml_collections.ConfigDict, workdir: str
+                      ) -> Dict[str, Any]:
+  """Trains on every collection of ``config.data`` (see module docstring).
+
+  Returns:
+    {'per_class': [...], 'summary': {...}} (also written to
+    ``<workdir>/results.json``).
+  """
+  os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
+
+  def log(msg):
+    logging.info(msg)
+    if config.coattention.get("verbose", True):
+      print(msg, flush=True)
+
+  collections = load_collections(config)
+  per_class = []
+  for collection in collections:
+    path = os.path.join(workdir, "results", f"{collection.name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        per_class.append(json.load(f))
+      log(f"{collection.name}: done before, skipped ({path})")
+      continue
+    log(f"{collection.name}: {len(collection)} images")
+    summary = run_collection(config, collection, workdir, log=log)
+    with open(path, "w") as f:
+      json.dump(summary, f, indent=1)
+    scores = summary.get("scores", {})
+    log(f"{collection.name}: " + ", ".join(
+        f"{k} J {v['J']:.3f}" for k, v in sorted(scores.items())) +
+        f" ({summary['total_seconds']:.0f} s)")
+    per_class.append(summary)
+  results = {"per_class": per_class, "summary": summarise(per_class)}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  for k, v in sorted(results["summary"].items()):
+    log(f"Avg over {v['classes']} classes, {k}: J {v['avg_J']:.3f} "
+        f"P {100 * v['avg_P']:.1f}")
+  return results

@@ -1,0 +1,212 @@
+"""Co-attention CNN (Hsu et al. 2018): model, frozen extractor, losses in the
+training step vs the NumPy references of eq. 3-7, and the two-stage runner."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from coseg_jax import backbones
+from coseg_jax import coattention_train
+from coseg_jax import models
+from coseg_jax import train as train_lib
+from coseg_jax.models import coattention
+from coseg_jax.nn import decoders
+from test_losses_coattention import np_coattention
+from test_losses_coattention import np_mask_loss
+
+TINY = {"widths": (4, 8, 8, 8, 8)}
+DEC = (8, 8, 8, 8, 8)
+
+
+def tiny_config(**coatt):
+  """Tiny generator and a random tiny extractor: seconds on a CPU."""
+  from configs import coattention_voc  # pylint: disable=g-import-not-at-top
+  c = coattention_voc.get_config("runlocal")
+  c.model.backbone = "tiny"
+  c.model.backbone_kwargs = TINY
+  c.model.backbone_weights = None
+  c.model.extractor = "tiny"
+  c.model.extractor_kwargs = TINY
+  c.model.extractor_weights = None
+  c.model.decoder_widths = DEC
+  c.optimizer.learning_rate = 1e-2
+  c.coattention.verbose = False
+  for k, v in coatt.items():
+    setattr(c.coattention, k, v)
+  return c
+
+
+def _model():
+  return coattention.CoattentionNet(
+      backbone="tiny", backbone_kwargs=TINY, decoder_widths=DEC,
+      extractor="tiny", extractor_kwargs=TINY)
+
+
+def _images(seed, shape=(1, 3, 32, 32, 3)):
+  return jnp.asarray(np.random.RandomState(seed).rand(*shape), jnp.float32)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def test_registered_with_its_own_train_fn():
+  spec = models.get_method("coattention")
+  assert spec.train_fn is not None
+  assert isinstance(spec.build_model(tiny_config().model),
+                    coattention.CoattentionNet)
+
+
+def test_output_shapes_and_exact_parameter_count():
+  model = _model()
+  x = _images(0)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  out = model.apply(variables, x)
+  assert out.mask_logits.shape == (1, 3, 32, 32, 1)
+  assert out.object_features.shape == (1, 3, 8)
+  assert out.background_features.shape == (1, 3, 8)
+  # Generator = backbone + decoder + 1x1 head (8 -> 1, with bias); extractor
+  # = the backbone alone. Count each part on its own.
+  one = jnp.zeros((1, 32, 32, 3))
+  bb = _count(backbones.get_backbone("tiny", **TINY).init(
+      jax.random.PRNGKey(0), one)["params"])
+  feats = backbones.get_backbone("tiny", **TINY).apply(
+      backbones.get_backbone("tiny", **TINY).init(jax.random.PRNGKey(0), one),
+      one).features
+  dec = _count(decoders.UpsampleDecoder(widths=DEC, use_skips=True).init(
+      jax.random.PRNGKey(0), feats["stride32"], output_size=(32, 32),
+      skips=feats)["params"])
+  params = variables["params"]
+  assert _count(params["generator"]) == bb + dec + 8 + 1
+  assert _count(params["extractor_net"]) == bb
+
+
+def test_extractor_frozen_and_features_are_f_of_masked_images():
+  model = _model()
+  x = _images(1)
+  variables = model.init(jax.random.PRNGKey(0), x)
+
+  def loss(params):
+    out = model.apply(dict(variables, params=params), x, train=True)
+    return coattention.loss_fn(
+        outputs=out, batch={"images": x},
+        loss_config={"coattention": 1.0, "coattention_mask": 0.0})[0]
+
+  grads = jax.grad(loss)(variables["params"])
+  assert all(float(jnp.abs(g).max()) == 0.0
+             for g in jax.tree.leaves(grads["extractor_net"]))
+  assert max(float(jnp.abs(g).max())
+             for g in jax.tree.leaves(grads["generator"])) > 0
+  # Features = the extractor applied to S*I and (1-S)*I (fill 0).
+  out = model.apply(variables, x)
+  s = jax.nn.sigmoid(out.mask_logits[0])
+  ext = backbones.get_backbone("tiny", **TINY)
+  ext_vars = {"params": variables["params"]["extractor_net"],
+              "batch_stats": variables["batch_stats"]["extractor_net"]}
+  fo = ext.apply(ext_vars, s * x[0]).pooled
+  fb = ext.apply(ext_vars, (1 - s) * x[0]).pooled
+  np.testing.assert_allclose(out.object_features[0], fo, rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(out.background_features[0], fb, rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_losses_inside_the_train_step_match_numpy(reduction):
+  """The step's logged terms equal eq. 3-6 and lambda * eq. 7 in NumPy."""
+  model = _model()
+  groups, k = 2, 3
+  x = _images(2, (groups, k, 32, 32, 3))
+  rng = np.random.RandomState(3)
+  masks = (rng.rand(groups, k, 32, 32, 1) > 0.5).astype(np.float32)
+  tx = train_lib.make_optimizer(ml_collections.ConfigDict(
+      {"name": "adam", "learning_rate": 1e-3}), 10)[0]
+  state, _ = train_lib.create_train_state(
+      model=model, tx=tx, rng=jax.random.PRNGKey(0),
+      sample_shape=(1, k, 32, 32, 3))
+  variables = state.variables()
+  out = model.apply(variables, x, train=True)  # before the update
+  lam, beta = 9.0, 0.95
+  loss = lambda **kw: coattention.loss_fn(**kw, beta=beta,
+                                          reduction=reduction)
+  step = train_lib.make_train_step(
+      model=model, loss_fn=loss,
+      loss_config={"coattention": 1.0, "coattention_mask": lam},
+      donate=False)
+  _, metrics = step(state, {"images": x, "object_masks": masks})
+  per_group = [np_coattention(np.asarray(out.object_features[g]),
+                              np.asarray(out.background_features[g]),
+                              reduction=reduction) for g in range(groups)]
+  want_c = np.sum(per_group) if reduction == "sum" else np.mean(per_group)
+  logits = np.asarray(out.mask_logits).reshape(groups * k, 32, 32, 1)
+  want_m = np_mask_loss(logits, masks.reshape(logits.shape), beta,
+                        reduction=reduction, logits=True)
+  np.testing.assert_allclose(metrics["loss_terms/coattention"], want_c,
+                             rtol=2e-5)
+  np.testing.assert_allclose(metrics["loss_terms/coattention_mask"],
+                             lam * want_m, rtol=2e-5)
+  np.testing.assert_allclose(metrics["loss"], want_c + lam * want_m,
+                             rtol=2e-5)
+
+
+def test_mask_term_needs_object_masks_unless_switched_off():
+  model = _model()
+  x = _images(4)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  out = model.apply(variables, x)
+  total, terms = coattention.loss_fn(
+      outputs=out, batch={"images": x},
+      loss_config={"coattention": 1.0, "coattention_mask": 0.0})
+  assert float(terms["coattention_mask"]) == 0.0 and np.isfinite(total)
+  with pytest.raises(ValueError, match="object_masks"):
+    coattention.loss_fn(outputs=out, batch={"images": x},
+                        loss_config={"coattention": 1.0,
+                                     "coattention_mask": 9.0})
+  with pytest.raises(ValueError, match="unknown term"):
+    coattention.loss_fn(outputs=out, batch={"images": x},
+                        loss_config={"lovasz": 1.0})
+
+
+def test_two_stage_runner_schedule_and_selection():
+  """Stage 1 has a zero mask term; stage 2 selects masks and trains on them."""
+  config = tiny_config(stage1_epochs=2, stage2_epochs=2, batch_size=3)
+  rng = np.random.RandomState(5)
+  n = 5
+  images = rng.rand(n, 32, 32, 3).astype(np.float32)
+  # Proposals: a square and its complement per image.
+  sq = np.zeros((32, 32), bool)
+  sq[8:24, 8:24] = True
+  props = [np.stack([sq, ~sq])] * n
+  out = coattention_train.train_on_images(config, images, props)
+  steps_per_epoch = 2  # ceil(5 / 3)
+  assert len(out["losses"]) == 4 * steps_per_epoch
+  stage1 = out["losses"][:2 * steps_per_epoch]
+  stage2 = out["losses"][2 * steps_per_epoch:]
+  assert all(l["loss_terms/coattention_mask"] == 0.0 for l in stage1)
+  assert all(l["loss_terms/coattention_mask"] > 0.0 for l in stage2)
+  assert all(l["finite"] == 1.0 for l in out["losses"])
+  sel = out["object_masks"]
+  assert sel.shape == (n, 32, 32)
+  # Each selected mask is one of the two proposals (they do not overlap
+  # partially, so the merge cannot combine them: picking one removes the
+  # other).
+  for m in sel:
+    assert (m == sq).all() or (m == ~sq).all()
+  assert out["final"].shape == (n, 32, 32)
+  assert not np.allclose(out["final"], out["initial"])
+
+
+def test_runner_reuses_compiled_trainer_across_collections():
+  config = tiny_config(stage1_epochs=1, stage2_epochs=0, batch_size=3)
+  images = np.random.RandomState(6).rand(4, 32, 32, 3).astype(np.float32)
+  coattention_train.train_on_images(config, images)
+  first = coattention_train._TRAINERS.copy()
+  coattention_train.train_on_images(config, images[:3])
+  assert list(coattention_train._TRAINERS.values()) == list(first.values())
+  # Same start for every collection: identical initial maps.
+  a = coattention_train.train_on_images(config, images)
+  b = coattention_train.train_on_images(config, images)
+  np.testing.assert_array_equal(a["initial"], b["initial"])
+  np.testing.assert_array_equal(a["final"], b["final"])
