@@ -1,0 +1,84 @@
+"""Shared helpers for the in-process runtime tests: a toy method and an
+in-memory checkpointable dataset (no TFDS, compiles in a second)."""
+
+import flax
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from coseg_jax import models
+
+
+@flax.struct.dataclass
+class ToyOutput:
+  mask_logits: jax.Array
+
+
+class ToyModel(nn.Module):
+  """A 1x1 conv on each image: no BatchNorm, so batches split exactly."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    del train
+    return ToyOutput(mask_logits=nn.Conv(1, (1, 1), name="conv")(images))
+
+
+def toy_loss(*, outputs, batch, loss_config):
+  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
+  terms = {"bce": losses.get_loss("sigmoid_bce")(
+      logits=outputs.mask_logits, labels=batch["masks"],
+      valid=batch["valid"])}
+  return losses.compute_total_loss(terms, dict(loss_config))
+
+
+def register_toy():
+  name = "toy_runtime_test"
+  if name not in models._REGISTRY:  # pylint: disable=protected-access
+    models.register_method(name, models.MethodSpec(
+        build_model=lambda cfg: ToyModel(), loss_fn=toy_loss,
+        default_loss={"bce": 1.0}))
+  return name
+
+
+def make_batches(n, batch=2, k=2, size=8, seed=0, nan_at=None):
+  """``n`` random batches of the data contract; images of ``nan_at`` NaN."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    images = rng.uniform(size=(batch, k, size, size, 3)).astype(np.float32)
+    masks = (images[..., :1] > 0.5).astype(np.float32)
+    if nan_at is not None and i == nan_at:
+      images[:] = np.nan
+    out.append({"images": images, "masks": masks,
+                "valid": np.ones_like(masks),
+                "has_common": np.ones((batch,), np.int32)})
+  return out
+
+
+def list_dataset_fn(batches):
+  """A dataset_fn for train_and_evaluate over fixed batches (checkpointable)."""
+  def fn(config, *, batch_size, process_index, process_count):
+    del config, batch_size, process_index, process_count
+    return grain.MapDataset.source(batches).to_iter_dataset()
+  return fn
+
+
+def toy_config(*, steps=4, size=8, batch=2):
+  from configs import common  # pylint: disable=g-import-not-at-top
+  c = common.get_base_config()
+  c.method = register_toy()
+  c.data.image_size = size
+  c.data.group_size = 2
+  c.loss = ml_collections.ConfigDict({"bce": 1.0})
+  c.optimizer.learning_rate = 0.1
+  c.train.num_steps = steps
+  c.train.global_batch_size = batch
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  c.train.eval_every = 0
+  c.train.progress_bar = False
+  c.mesh.data = 1
+  return c
