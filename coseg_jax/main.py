@@ -102,13 +102,13 @@ def parse_flags(argv: List[str]) -> List[str]:
     text = text.replace("\\n", "\n").replace("\\", "")
     match = re.match(r"\W*(\w+)", text)
     key = match.group(1) if match else text
-    hint = re.search(r"Did you mean \w+ instead of \w+\?", text)
+    hint = re.search(r"Did you mean \W*(\w+)", text)
     bad = [a.split("=", 1)[0] for a in argv
            if a.startswith("--config.") and
            key in a.split("=", 1)[0].split(".")]
     where = bad[0].lstrip("-") if bad else key
     _fail(f"unknown config field {where!r} (the config has no field "
-          f"{key!r}{'; ' + hint.group(0) if hint else ''}; see "
+          f"{key!r}{f'; did you mean {hint.group(1)!r}?' if hint else ''}; see "
           f"configs/common.py for the fields)")
   except Exception as e:  # pylint: disable=broad-except
     _fail(f"could not parse the flags: {type(e).__name__}: {_last_line(e)}")
