@@ -1,0 +1,252 @@
+"""DCC: image-pair co-segmentation by depth-wise cross-correlation.
+
+Registered method ``dcc``. A Siamese encoder (VGG16-BN, shared weights over
+the K images of a group) maps each image to a feature map F_k [h, w, C]. For
+each direction (A <- B and B <- A), the *other* image's map, subsampled to
+k x k for every scale k in ``kernel_sizes``, is used channel by channel as a
+depth-wise convolution kernel over this image's map
+(``coseg_jax.nn.correlation.depthwise_xcorr``):
+
+  R_k[y, x, c] = 1/(k*k) sum_{u,v} F_A[y+u-r, x+v-r, c] * K_B^k[u, v, c]
+
+There are no learned parameters in this matching and the C channels are kept:
+a channel responds where A has a pattern that B has too (at scale k = 1 the
+kernel is B's global average, so R_1 re-weights A's channels by B's channel
+means; larger k add B's spatial layout). The scales' responses are combined
+(``combine``), optionally concatenated with F_A itself, and decoded by
+bilinear-upsampling + conv blocks into one logit per pixel. The loss is
+CE_A + CE_B: the pixel BCE of each image's mask (void pixels ignored),
+summed over the images of the pair (term ``ce``).
+
+Choices no paper fixes, each a config field (``config.model``):
+
+* ``feature_level``: the encoder level matched, default 'stride16' (VGG's
+  relu5_3, 512 ch; pool5 is not computed). At 513x513 that is 32x32, so the
+  kernels cover a meaningful share of the other image.
+* ``kernel_sizes``: (1, 3, 5): the other map adaptively average-pooled to
+  1x1, 3x3 and 5x5 (torch bin edges, so any feature size works).
+* ``normalize_features``: L2-normalise every feature vector over channels
+  before matching (default True), so the responses measure agreement of
+  feature *patterns*, not feature magnitudes; each response is divided by
+  k*k so the scales are on one footing.
+* ``combine``: how the scales' responses are merged: 'concat' (default;
+  [h, w, C * S], the decoder's first conv learns the mix), 'sum', 'mean' or
+  'max' (all [h, w, C]).
+* ``include_features``: also give the decoder F_A (default True; it needs
+  A's own features to localise the object precisely; the responses say
+  *which* channels are common).
+* ``decoder_widths``, ``convs_per_block``, ``use_skips``: the
+  ``coseg_jax.nn.decoders.UpsampleDecoder`` (BN + ReLU convs, five bilinear
+  upsamplings to the input size) followed by a 1x1 conv to the logit. Skips
+  ('stride8', 'stride4', 'stride2' encoder maps) are resized to the decoder's
+  ceil(H / S) grid when VGG's floor(H / S) differs (odd sizes such as 513).
+* K > 2 images: image k's kernels are the mean of the other images' kernels
+  (equivalently, by linearity, the mean of the K - 1 responses).
+
+Works at any input size: nothing depends on H, W beyond the feature grid.
+"""
+
+from typing import Any, Mapping, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from coseg_jax import backbones
+from coseg_jax import models
+from coseg_jax.models.baselines import _dtype
+from coseg_jax.models.baselines import other_mean
+from coseg_jax.nn import correlation
+from coseg_jax.nn import decoders
+
+COMBINES = ("concat", "sum", "mean", "max")
+LOSS_TERMS = ("ce",)
+
+
+@flax.struct.dataclass
+class DCCOutput:
+  """Output of :class:`DCCNet`.
+
+  Attributes:
+    mask_logits: [B, K, H, W, 1] float32 foreground logits.
+  """
+  mask_logits: jax.Array
+
+
+def combine_responses(responses: Sequence[jax.Array], how: str) -> jax.Array:
+  """Merges per-scale [N, h, w, C] responses ('concat'|'sum'|'mean'|'max')."""
+  if how == "concat":
+    return jnp.concatenate(responses, axis=-1)
+  stacked = jnp.stack(responses, axis=0)
+  if how == "sum":
+    return jnp.sum(stacked, axis=0)
+  if how == "mean":
+    return jnp.mean(stacked, axis=0)
+  if how == "max":
+    return jnp.max(stacked, axis=0)
+  raise ValueError(f"combine must be one of {COMBINES}, got {how!r}")
+
+
+def match(*, features: jax.Array, kernel_sizes: Sequence[int] = (1, 3, 5),
+          combine: str = "concat", normalize_features: bool = True,
+          method: str = "shift") -> jax.Array:
+  """Parameter-free DCC matching of every image with its group's others.
+
+  Args:
+    features: [B, K, h, w, C] encoder maps of the K images of each group.
+    kernel_sizes: the scales k (kernels k x k).
+    combine: see :func:`combine_responses`.
+    normalize_features: L2-normalise feature vectors before matching.
+    method: ``depthwise_xcorr`` implementation ('shift' | 'conv').
+
+  Returns:
+    [B * K, h, w, C'] responses (C' = C * len(kernel_sizes) for 'concat',
+    else C), image k's map correlated with the kernels of the others.
+  """
+  b, k, h, w, c = features.shape
+  if k < 2:
+    raise ValueError(f"DCC needs groups of K >= 2 images, got K={k}")
+  f = features.astype(jnp.float32)
+  if normalize_features:
+    f = correlation.feature_l2_norm(f)
+  flat = f.reshape(b * k, h, w, c)
+  responses = []
+  for kern in correlation.multiscale_kernels(features=flat,
+                                             sizes=tuple(kernel_sizes)):
+    ks = kern.shape[1]
+    others = other_mean(kern.reshape(b, k, ks * ks * c)).reshape(kern.shape)
+    responses.append(correlation.depthwise_xcorr(
+        features=flat, kernels=others, normalize=True, method=method))
+  return combine_responses(responses, combine)
+
+
+class DCCNet(nn.Module):
+  """Siamese encoder, depth-wise cross-correlation matching, decoder.
+
+  Attributes:
+    backbone: encoder name ('vgg16_bn').
+    backbone_kwargs: extra backbone attributes.
+    feature_level: encoder level matched ('stride16').
+    kernel_sizes: matching scales.
+    combine: 'concat' | 'sum' | 'mean' | 'max'.
+    normalize_features: L2-normalise features before matching.
+    include_features: decoder input also has the image's own features.
+    decoder_widths: five UpsampleDecoder block widths.
+    convs_per_block: convs per decoder block.
+    use_skips: encoder skips into the decoder.
+    xcorr_method: 'shift' or 'conv' (equal results).
+    dtype: computation dtype (parameters float32; matching in float32).
+  """
+  backbone: str = "vgg16_bn"
+  backbone_kwargs: Optional[Mapping[str, Any]] = None
+  feature_level: str = "stride16"
+  kernel_sizes: Sequence[int] = (1, 3, 5)
+  combine: str = "concat"
+  normalize_features: bool = True
+  include_features: bool = True
+  decoder_widths: Sequence[int] = (256, 128, 64, 32, 16)
+  convs_per_block: int = 1
+  use_skips: bool = True
+  xcorr_method: str = "shift"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> DCCOutput:
+    """Args: images [B, K, H, W, 3] in [0, 1], K >= 2. Returns DCCOutput."""
+    if images.ndim != 5 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
+    if self.combine not in COMBINES:
+      raise ValueError(f"combine must be one of {COMBINES}, got "
+                       f"{self.combine!r}")
+    b, k, h, w, _ = images.shape
+    kwargs = dict(self.backbone_kwargs or {})
+    kwargs.setdefault("truncate_at", self.feature_level)
+    encoder = backbones.get_backbone(self.backbone, dtype=self.dtype,
+                                     **kwargs).clone(parent=self,
+                                                     name="backbone")
+    feats = encoder(images.reshape(b * k, h, w, 3), train=train).features
+    if self.feature_level not in feats:
+      raise ValueError(f"feature_level {self.feature_level!r} not produced by "
+                       f"the backbone; got {sorted(feats)}")
+    f = feats[self.feature_level]
+    fh, fw, fc = f.shape[1:]
+    x = match(features=f.reshape(b, k, fh, fw, fc),
+              kernel_sizes=self.kernel_sizes, combine=self.combine,
+              normalize_features=self.normalize_features,
+              method=self.xcorr_method).astype(self.dtype)
+    if self.include_features:
+      x = jnp.concatenate([f.astype(self.dtype), x], axis=-1)
+    skips = None
+    if self.use_skips:
+      skips = {}
+      for level, stride in decoders.DECODER_LEVELS[1:4]:
+        size = (-(-h // stride), -(-w // stride))
+        s = feats[level]
+        if s.shape[1:3] != size:  # VGG floors, the decoder ceils.
+          s = decoders.bilinear_resize(s, size)
+        skips[level] = s
+      # No stride-16 skip: the decoder's first block (stride 16) already
+      # reads the matched map; an empty (0-channel) skip keeps its interface.
+      skips["stride16"] = jnp.zeros(
+          (b * k, -(-h // 16), -(-w // 16), 0), self.dtype)
+    y = decoders.UpsampleDecoder(
+        widths=tuple(self.decoder_widths),
+        convs_per_block=self.convs_per_block, use_skips=self.use_skips,
+        dtype=self.dtype, name="decoder")(x, output_size=(h, w), skips=skips,
+                                          train=train)
+    logits = nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
+        y.astype(jnp.float32))
+    return DCCOutput(mask_logits=logits.reshape(b, k, h, w, 1))
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> DCCNet:
+  """Builds the model from ``config.model`` (fields as DCCNet's)."""
+  get = model_config.get
+  return DCCNet(
+      backbone=get("backbone", "vgg16_bn"),
+      backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
+      feature_level=get("feature_level", "stride16"),
+      kernel_sizes=tuple(get("kernel_sizes", (1, 3, 5))),
+      combine=get("combine", "concat"),
+      normalize_features=bool(get("normalize_features", True)),
+      include_features=bool(get("include_features", True)),
+      decoder_widths=tuple(get("decoder_widths", (256, 128, 64, 32, 16))),
+      convs_per_block=int(get("convs_per_block", 1)),
+      use_skips=bool(get("use_skips", True)),
+      xcorr_method=get("xcorr_method", "shift"),
+      dtype=_dtype(get("dtype", "float32")))
+
+
+def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
+            loss_config: Mapping[str, float]):
+  """CE_A + CE_B: per-image mean pixel BCE, summed over the K images.
+
+  Args:
+    outputs: ``mask_logits`` [B, K, H, W, 1].
+    batch: ``masks`` [B, K, H, W, 1] {0, 1}; optional ``valid`` (0 = void).
+    loss_config: {'ce': weight}.
+
+  Returns:
+    (total float32 scalar, weighted terms).
+  """
+  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
+  if unknown:
+    raise ValueError(f"config.loss: unknown term(s) {unknown} for dcc; "
+                     f"known: {list(LOSS_TERMS)}")
+  logits = outputs.mask_logits.astype(jnp.float32)
+  masks = batch["masks"].astype(jnp.float32)
+  valid = batch.get("valid")
+  valid = jnp.ones_like(masks) if valid is None else valid.astype(jnp.float32)
+  bce = losses.get_loss("sigmoid_bce")
+  ce = sum(bce(logits=logits[:, i], labels=masks[:, i], valid=valid[:, i])
+           for i in range(logits.shape[1]))
+  return losses.compute_total_loss({"ce": ce}, dict(loss_config))
+
+
+models.register_method("dcc", models.MethodSpec(
+    build_model=build_model, loss_fn=loss_fn, default_loss={"ce": 1.0},
+    description="Depth-wise cross-correlation pair network (VGG16-BN, "
+                "multi-scale kernels from the other image)"))

@@ -1,0 +1,299 @@
+"""Tests for CoSegNet and its concatenation baseline (coseg_jax.models.cosegnet)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coseg_jax import models
+from coseg_jax.models import cosegnet
+
+VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256),
+               (256, 256), (256, 256), (256, 512), (512, 512), (512, 512),
+               (512, 512), (512, 512), (512, 512))
+TINY = dict(backbone="tiny", backbone_kwargs={"widths": (4, 8, 8, 8, 16)},
+            width_multiplier=1 / 32)
+
+
+def _conv3(cin, cout):
+  return 9 * cin * cout + cout
+
+
+def _dense(cin, cout):
+  return cin * cout + cout
+
+
+def _count(tree):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _abstract(model, shape):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros(shape), train=False))
+
+
+def test_paper_size_parameter_counts_and_shapes():
+  model = cosegnet.CoSegNet()
+  shape = (1, 2, 224, 224, 3)
+  variables = _abstract(model, shape)
+  params = variables["params"]
+  vgg = sum(_conv3(a, b) for a, b in VGG16_CONVS)
+  widths = (512,) + cosegnet.DECODER_WIDTHS
+  decoder = sum(_conv3(a, b) for a, b in zip(widths[:-1], widths[1:]))
+  head = _dense(256, 128) + _dense(128, 64) + _dense(128, 32) + _dense(32, 1)
+  assert _count(params["backbone"]) == vgg == 14_714_688
+  assert _count(params["decoder"]) == decoder
+  assert _count(params) == vgg + decoder + head
+  assert set(params["decoder"]) == {f"cT{i}" for i in range(1, 14)}
+
+  def run(v, x):
+    return model.apply(v, x, capture_intermediates=lambda m, _: m.name in (
+        "cT9", "cT13"), mutable=["intermediates"])
+
+  out, inter = jax.eval_shape(run, variables, jnp.zeros(shape))
+  assert out.mask_logits.shape == (1, 2, 224, 224, 1)
+  assert out.embeddings.shape == (1, 2, 64)
+  assert out.decision_logits.shape == (1, 1)
+  dec = inter["intermediates"]["decoder"]
+  assert dec["cT9"]["__call__"][0].shape == (2, 56, 56, 256)
+  assert dec["cT13"]["__call__"][0].shape == (2, 224, 224, 1)
+
+
+@pytest.mark.parametrize("layer,channels", [("f", 512), ("cT3", 512),
+                                            ("cT6", 256), ("cT9", 256),
+                                            ("cT11", 128)])
+def test_metric_layer_choice_feeds_the_metric_net(layer, channels):
+  params = _abstract(cosegnet.CoSegNet(metric_layer=layer),
+                     (1, 2, 64, 64, 3))["params"]
+  assert params["metric_fc1"]["kernel"].shape == (channels, 128)
+
+
+def test_base_variant_parameter_count():
+  model = cosegnet.CoSegNet(variant="concat")
+  params = _abstract(model, (1, 2, 224, 224, 3))["params"]
+  widths = (1024,) + cosegnet.DECODER_WIDTHS  # both images' features
+  decoder = sum(_conv3(a, b) for a, b in zip(widths[:-1], widths[1:]))
+  assert set(params) == {"backbone", "decoder"}
+  assert _count(params["decoder"]) == decoder
+
+
+def np_init(model, images, seed=0):
+  """Variables without compiling ``init`` (slow on a busy CPU): the shapes
+  from ``eval_shape``, LeCun-normal kernels, zero biases, unit BN scales."""
+  abstract = _abstract(model, images.shape)
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    name = jax.tree_util.keystr(path[-1:])
+    if "kernel" in name:
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in),
+                         jnp.float32)
+    if "scale" in name or "var" in name:
+      return jnp.ones(leaf.shape, jnp.float32)
+    return jnp.zeros(leaf.shape, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(make, abstract)
+
+
+def _tiny_setup(metric_layer="cT9", k=3, hw=(32, 32), seed=0):
+  model = cosegnet.CoSegNet(metric_layer=metric_layer, **TINY)
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.uniform(size=(2, k, *hw, 3)), jnp.float32)
+  masks = np.zeros((2, k, *hw, 1), np.float32)
+  masks[:, :2, 8:20, 10:24] = 1.0  # anchor and positive; negative empty
+  variables = np_init(model, images, seed)
+  return model, variables, images, {"images": images,
+                                    "masks": jnp.asarray(masks)}
+
+
+def test_tiny_shapes_any_size_and_k():
+  model, variables, images, _ = _tiny_setup(hw=(40, 56))
+  out = jax.jit(functools.partial(model.apply, train=False))(variables,
+                                                            images)
+  assert out.mask_logits.shape == (2, 3, 40, 56, 1)
+  assert out.embeddings.shape == (2, 3, 64)
+  assert out.decision_logits.shape == (2, 2)
+  # Siamese: an image's mask and embedding do not depend on its partners.
+  out2 = jax.jit(functools.partial(model.apply, train=False))(
+      variables, images[:, ::-1])
+  np.testing.assert_allclose(out2.mask_logits[:, 0], out.mask_logits[:, 2],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out2.embeddings[:, 0], out.embeddings[:, 2],
+                             rtol=1e-5, atol=1e-6)
+
+
+_GRAD_FNS = {}
+
+
+def _grad_fn(model):
+  """One compiled gradient per model: the loss weights are traced arguments
+  (``compute_total_loss`` gives a zero traced weight an exact zero)."""
+  if model.metric_layer in _GRAD_FNS:
+    return _GRAD_FNS[model.metric_layer]
+
+  def loss(params, variables, batch, weights):
+    out = model.apply({**variables, "params": params}, batch["images"],
+                      train=False)
+    return cosegnet.loss_fn(outputs=out, batch=batch, loss_config=weights)
+  _GRAD_FNS[model.metric_layer] = jax.jit(jax.value_and_grad(loss,
+                                                             has_aux=True))
+  return _GRAD_FNS[model.metric_layer]
+
+
+def _grads(model, variables, batch, loss_config):
+  weights = {n: jnp.float32(loss_config.get(n, 0.0))
+             for n in cosegnet.LOSS_TERMS}
+  (_, terms), grads = _grad_fn(model)(variables["params"], variables, batch,
+                                      weights)
+  return terms, grads
+
+
+NEGATIVE_PAIR = {"mask_neg": 0.0, "triplet_neg": 0.5, "decision_neg": 0.5}
+POSITIVE_PAIR = {"mask_pos": 0.33, "triplet_pos": 0.33, "decision_pos": 0.33}
+
+
+def _leaf_norms(grads):
+  return {jax.tree_util.keystr(p): float(jnp.sum(jnp.abs(g)))
+          for p, g in jax.tree_util.tree_leaves_with_path(grads)}
+
+
+@pytest.mark.parametrize("metric_layer,first_free", [
+    ("cT9", 10), pytest.param("cT6", 7, marks=pytest.mark.slow)])
+def test_negative_pairs_do_not_reach_decoder_after_tap(metric_layer,
+                                                       first_free):
+  model, variables, _, batch = _tiny_setup(metric_layer=metric_layer)
+  terms, grads = _grads(model, variables, batch, NEGATIVE_PAIR)
+  assert float(terms["triplet_neg"]) > 0  # hinge active: a real gradient
+  later = {f"cT{i}" for i in range(first_free, 14)}
+  norms = _leaf_norms(grads)
+  for path, norm in norms.items():
+    layer = path.split("'")[3] if "'decoder'" in path else None
+    if layer in later:
+      assert norm == 0.0, path  # exactly zero, not merely small
+    else:
+      assert norm > 0.0, path  # encoder, decoder up to the tap, heads
+  # The positive pair's mask loss does train the later layers...
+  _, grads = _grads(model, variables, batch, POSITIVE_PAIR)
+  for i in range(first_free, 14):
+    assert float(jnp.sum(jnp.abs(grads["decoder"][f"cT{i}"]["kernel"]))) > 0
+  # ...and so would a non-zero w1 on negatives (what the routing prevents).
+  _, grads = _grads(model, variables, batch, dict(NEGATIVE_PAIR,
+                                                  mask_neg=0.5))
+  assert float(jnp.sum(jnp.abs(grads["decoder"]["cT13"]["kernel"]))) > 0
+
+
+def _np_bce(x, y):
+  return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
+def _fake_outputs(k=3, seed=3):
+  rng = np.random.default_rng(seed)
+  masks = np.zeros((2, k, 16, 16, 1), np.float32)
+  masks[:, :2, 4:10, 5:12] = 1.0
+  out = cosegnet.CoSegNetOutput(
+      mask_logits=jnp.asarray(rng.normal(size=masks.shape) * 2, jnp.float32),
+      embeddings=jnp.asarray(rng.normal(size=(2, k, 64)) * 0.1, jnp.float32),
+      decision_logits=jnp.asarray(rng.normal(size=(2, k - 1)), jnp.float32))
+  return out, {"masks": jnp.asarray(masks)}
+
+
+def test_loss_matches_numpy_reference():
+  out, batch = _fake_outputs()
+  valid = np.ones(batch["masks"].shape, np.float32)
+  valid[:, :, :3] = 0  # void rows are ignored
+  batch = dict(batch, valid=jnp.asarray(valid))
+  weights = dict(cosegnet.PAPER_LOSS, mask_neg=0.2)
+  total, terms = cosegnet.loss_fn(outputs=out, batch=batch,
+                                  loss_config=weights)
+  x = np.asarray(out.mask_logits, np.float64)
+  y = np.asarray(batch["masks"], np.float64)
+  e = np.asarray(out.embeddings, np.float64)
+  d = np.asarray(out.decision_logits, np.float64)
+  px = _np_bce(x, y) * valid
+  ref = {
+      "mask_pos": px[:, :2].sum() / valid[:, :2].sum(),
+      "mask_neg": px[:, 2].sum() / valid[:, 2].sum(),
+      "triplet_pos": np.mean(np.maximum(
+          ((e[:, 0] - e[:, 1])**2).sum(-1) - ((e[:, 0] - e[:, 2])**2).sum(-1)
+          + 1.0, 0)),
+      "decision_pos": np.mean(_np_bce(d[:, 0], 1.0)),
+      "decision_neg": np.mean(_np_bce(d[:, 1], 0.0)),
+  }
+  ref["triplet_neg"] = ref["triplet_pos"]
+  for name, value in ref.items():
+    np.testing.assert_allclose(float(terms[name]), weights[name] * value,
+                               rtol=1e-5, atol=1e-7, err_msg=name)
+  np.testing.assert_allclose(float(total), sum(
+      weights[n] * v for n, v in ref.items()), rtol=1e-5)
+
+
+def test_loss_needs_triplets_and_known_terms():
+  out, batch = _fake_outputs(k=2)
+  with pytest.raises(ValueError, match="triplets"):
+    cosegnet.loss_fn(outputs=out, batch=batch, loss_config=POSITIVE_PAIR)
+  with pytest.raises(ValueError, match="unknown term"):
+    cosegnet.loss_fn(outputs=out, batch=batch, loss_config={"lovasz": 1.0})
+
+
+def test_gate_numpy_reference():
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(size=(3, 3, 4, 5, 1)).astype(np.float32)
+  logits = np.array([[2.0, -1.0], [-3.0, -0.5], [-1.0, 0.1]], np.float32)
+  got = np.asarray(cosegnet.gate(mask_probs=jnp.asarray(probs),
+                                 decision_logits=jnp.asarray(logits)))
+  yes = 1 / (1 + np.exp(-logits)) > 0.5
+  keep = np.concatenate([yes.any(1, keepdims=True), yes], 1)
+  np.testing.assert_array_equal(got, probs * keep[:, :, None, None, None])
+  assert np.all(got[1] == 0) and np.all(got[0, 2] == 0)
+
+
+class _Cfg(dict):
+  """Minimal stand-in for config (``config.model.get``)."""
+  model = {"decision_threshold": 0.5}
+
+
+@pytest.mark.parametrize("bias,expect_zero", [(-100.0, True),
+                                              (100.0, False)])
+def test_predict_gate_zeroes_masks_on_negative_decision(bias, expect_zero):
+  model, variables, images, _ = _tiny_setup(k=2)
+  params = jax.tree.map(lambda x: x, variables["params"])
+  params["decision_fc2"]["bias"] = jnp.full((1,), bias)
+  out = model.apply({**variables, "params": params}, images, train=False)
+  probs = np.asarray(cosegnet.predict_fn(outputs=out, batch=None,
+                                         config=_Cfg()))
+  raw = np.asarray(jax.nn.sigmoid(out.mask_logits))
+  assert raw.min() > 0
+  if expect_zero:
+    assert np.all(probs == 0)
+  else:
+    np.testing.assert_array_equal(probs, raw)
+
+
+def test_base_variant_uses_the_partner_and_trains_negatives_to_null():
+  model = cosegnet.CoSegNet(variant="concat", **TINY)
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.uniform(size=(1, 2, 32, 32, 3)), jnp.float32)
+  variables = np_init(model, images)
+  out = model.apply(variables, images, train=False)
+  assert out.mask_logits.shape == (1, 2, 32, 32, 1)
+  assert out.embeddings is None and out.decision_logits is None
+  other = images.at[:, 1].set(1.0 - images[:, 1])
+  out2 = model.apply(variables, other, train=False)
+  # Image 0 is unchanged but its mask changes with its partner.
+  assert float(jnp.max(jnp.abs(out2.mask_logits[:, 0] -
+                               out.mask_logits[:, 0]))) > 0
+  masks = jnp.zeros((1, 2, 32, 32, 1))
+  total, terms = cosegnet.base_loss_fn(outputs=out, batch={"masks": masks},
+                                       loss_config={"bce": 1.0})
+  x = np.asarray(out.mask_logits, np.float64)
+  np.testing.assert_allclose(float(total), _np_bce(x, 0.0).mean(), rtol=1e-5)
+  assert set(terms) == {"bce"}
+
+
+def test_registered():
+  assert models.get_method("cosegnet").predict_fn is cosegnet.predict_fn
+  assert models.get_method("cosegnet").default_loss == cosegnet.PAPER_LOSS
+  assert "cosegnet_base" in models.available_methods()
