@@ -304,3 +304,39 @@ def imagenet_input(images_nhwc):
 def lite_input(images_nhwc):
   x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float()
   return (x * 255.0 - 127.0) / 128.0
+
+
+# ----------------------------------------------------------------------------
+# The tiny test CNN (coseg_jax.backbones.tiny.TinyCNN, Flax names).
+
+class TinyCNN(nn.Module):
+  """Five stages of (3x3 stride-2 conv + BN + ReLU, 3x3 conv + BN + ReLU).
+
+  TF/XLA 'SAME' padding (more padding after than before for stride 2), BN
+  eps 1e-5; input in [0, 1] standardised inside as (x - 0.5) / 0.25, like
+  the Flax module. Attribute names are the Flax ones (``stride2_conv1`` ...).
+  """
+  LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
+
+  def __init__(self, widths=(8, 16, 32, 64, 64)):
+    super().__init__()
+    self.widths = tuple(widths)
+    c = 3
+    for level, w in zip(self.LEVELS, self.widths):
+      setattr(self, f"{level}_conv1", SameConv2d(c, w, 3, 2, bias=False))
+      setattr(self, f"{level}_bn1", nn.BatchNorm2d(w))
+      setattr(self, f"{level}_conv2", SameConv2d(w, w, 3, 1, bias=False))
+      setattr(self, f"{level}_bn2", nn.BatchNorm2d(w))
+      c = w
+
+  def forward(self, x):
+    """x: NCHW images in [0, 1] (not standardised)."""
+    x = (x - 0.5) / 0.25
+    feats = {}
+    for level in self.LEVELS:
+      x = F.relu(getattr(self, f"{level}_bn1")(
+          getattr(self, f"{level}_conv1")(x)))
+      x = F.relu(getattr(self, f"{level}_bn2")(
+          getattr(self, f"{level}_conv2")(x)))
+      feats[level] = x
+    return feats, None
