@@ -15,7 +15,10 @@ measures, on the config's mesh:
   where the backend reports it (GPU, TPU); otherwise (CPU) XLA's static
   ``compiled.memory_analysis()`` of the train step, reported as
   arguments + outputs + temporaries - aliased (donated) bytes, and labelled
-  as an estimate.
+  as an estimate;
+- FLOPs: XLA's ``compiled.cost_analysis()['flops']`` of the train step and of
+  the inference program (per device: the SPMD-partitioned program), for the
+  fraction-of-peak figures of ``benchmarks/``.
 """
 
 import statistics
@@ -56,6 +59,19 @@ def _memory_estimate(compiled) -> Dict[str, Any]:
   return {"peak_memory_mib": total / _MIB,
           "peak_memory_source": "XLA memory_analysis estimate "
                                 "(args + outputs + temps - aliased)"}
+
+
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled program by XLA's cost analysis (nan if unknown)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return float("nan")
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return float("nan")
+  return float(cost["flops"])
 
 
 def _time_calls(fn, n: int):
@@ -150,6 +166,9 @@ def run_benchmark(config) -> Dict[str, Any]:
       "infer_step_ms": 1e3 * infer_step,
       "infer_groups_per_s": global_batch / infer_step,
       "infer_images_per_s": global_batch * k / infer_step,
+      "train_flops": xla_flops(compiled_step),
+      "infer_flops": xla_flops(compiled_infer),
+      "infer_memory_mib": _memory_estimate(compiled_infer)["peak_memory_mib"],
   }
   stats = None
   try:
