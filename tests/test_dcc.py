@@ -1,0 +1,206 @@
+"""Tests for the depth-wise cross-correlation network (coseg_jax.models.dcc)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coseg_jax import models
+from coseg_jax.models import dcc
+
+VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256),
+               (256, 256), (256, 256), (256, 512), (512, 512), (512, 512),
+               (512, 512), (512, 512), (512, 512))
+TINY = dict(backbone="tiny", backbone_kwargs={"widths": (4, 8, 8, 8, 8)},
+            decoder_widths=(8, 8, 8, 8, 8))
+
+
+def _count(tree):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _abstract(model, shape):
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros(shape), train=False))
+
+
+def np_init(model, shape, seed=0):
+  """Variables without compiling ``init``: LeCun-normal kernels, zero
+  biases, unit BN scales/variances."""
+  rng = np.random.default_rng(seed)
+
+  def make(path, leaf):
+    name = jax.tree_util.keystr(path[-1:])
+    if "kernel" in name:
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in),
+                         jnp.float32)
+    if "scale" in name or "var" in name:
+      return jnp.ones(leaf.shape, jnp.float32)
+    return jnp.zeros(leaf.shape, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(make, _abstract(model, shape))
+
+
+def test_paper_model_parameter_count_and_two_sizes():
+  model = dcc.DCCNet()
+  variables = _abstract(model, (1, 2, 513, 513, 3))
+  params = variables["params"]
+  # VGG16-BN through relu5_3 (pool5 not computed): convs + BN scale/bias.
+  vgg = sum(9 * a * b + b + 2 * b for a, b in VGG16_CONVS)
+  assert _count(params["backbone"]) == vgg == 14_723_136
+
+  def block(cin, cout):  # conv without bias + BN scale/bias
+    return 9 * cin * cout + 2 * cout
+  # Decoder input: own features (512) + 3 scales x 512 responses; skips
+  # relu4_3 (512), relu3_3 (256), relu2_2 (128).
+  decoder = (block(512 + 3 * 512, 256) + block(256 + 512, 128) +
+             block(128 + 256, 64) + block(64 + 128, 32) + block(32, 16))
+  assert _count(params["decoder"]) == decoder
+  assert _count(params) == vgg + decoder + 16 + 1
+  for shape in ((1, 2, 513, 513, 3), (2, 2, 321, 400, 3)):
+    out = jax.eval_shape(functools.partial(model.apply, train=False),
+                         variables, jnp.zeros(shape))
+    assert out.mask_logits.shape == shape[:-1] + (1,)
+
+
+def test_matching_has_no_parameters():
+  a = _abstract(dcc.DCCNet(kernel_sizes=(1,), combine="sum"),
+                (1, 2, 64, 64, 3))
+  b = _abstract(dcc.DCCNet(kernel_sizes=(1, 3, 5, 7), combine="sum"),
+                (1, 2, 64, 64, 3))
+  assert _count(a["params"]) == _count(b["params"])
+
+
+def _np_adaptive(x, k):
+  """torch AdaptiveAvgPool2d on [h, w, C] (explicit bin loops)."""
+  h, w, _ = x.shape
+  out = np.zeros((k, k, x.shape[-1]))
+  for i in range(k):
+    y0, y1 = (i * h) // k, -((-(i + 1) * h) // k)
+    for j in range(k):
+      x0, x1 = (j * w) // k, -((-(j + 1) * w) // k)
+      out[i, j] = x[y0:y1, x0:x1].mean(axis=(0, 1))
+  return out
+
+
+def _np_dwconv(f, kern):
+  """Naive per-channel 'SAME' cross-correlation of [h, w, C] with [k, k, C]."""
+  h, w, c = f.shape
+  k = kern.shape[0]
+  top = (k - 1) // 2
+  out = np.zeros((h, w, c))
+  for ch in range(c):
+    for y in range(h):
+      for x in range(w):
+        acc = 0.0
+        for u in range(k):
+          for v in range(k):
+            yy, xx = y + u - top, x + v - top
+            if 0 <= yy < h and 0 <= xx < w:
+              acc += f[yy, xx, ch] * kern[u, v, ch]
+        out[y, x, ch] = acc
+  return out
+
+
+def _np_match(feats, sizes, normalize):
+  """[B, K, h, w, C] -> [B, K, h, w, C * S] naive reference."""
+  f = np.asarray(feats, np.float64)
+  if normalize:
+    f = f / np.sqrt((f * f).sum(-1, keepdims=True) + 1e-6)
+  b, k = f.shape[:2]
+  out = []
+  for i in range(b):
+    row = []
+    for j in range(k):
+      resp = []
+      for s in sizes:
+        kern = np.mean([_np_adaptive(f[i, o], s) for o in range(k) if o != j],
+                       axis=0)
+        resp.append(_np_dwconv(f[i, j], kern) / (s * s))
+      row.append(np.concatenate(resp, -1))
+    out.append(row)
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize("k,normalize,method", [(2, True, "shift"),
+                                                (2, False, "conv"),
+                                                (3, True, "shift")])
+def test_matching_equals_naive_per_channel_convolution(k, normalize, method):
+  rng = np.random.default_rng(k)
+  feats = rng.normal(size=(2, k, 7, 6, 3)).astype(np.float32)
+  sizes = (1, 2, 3)
+  got = jax.jit(functools.partial(
+      dcc.match, kernel_sizes=sizes, combine="concat",
+      normalize_features=normalize, method=method))(features=jnp.asarray(
+          feats))
+  ref = _np_match(feats, sizes, normalize)
+  np.testing.assert_allclose(np.asarray(got).reshape(ref.shape), ref,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_combine_modes_numpy():
+  rng = np.random.default_rng(0)
+  rs = [jnp.asarray(rng.normal(size=(2, 3, 4, 5)), jnp.float32)
+        for _ in range(3)]
+  st = np.stack([np.asarray(r) for r in rs])
+  np.testing.assert_allclose(dcc.combine_responses(rs, "sum"), st.sum(0),
+                             rtol=1e-6)
+  np.testing.assert_allclose(dcc.combine_responses(rs, "mean"), st.mean(0),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(dcc.combine_responses(rs, "max"), st.max(0))
+  assert dcc.combine_responses(rs, "concat").shape == (2, 3, 4, 15)
+  with pytest.raises(ValueError, match="combine"):
+    dcc.combine_responses(rs, "prod")
+
+
+def test_tiny_model_two_sizes_in_one_process_and_pair_symmetry():
+  model = dcc.DCCNet(**TINY)
+  variables = np_init(model, (1, 2, 32, 32, 3))
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  rng = np.random.default_rng(0)
+  for hw in ((32, 32), (45, 60)):
+    images = jnp.asarray(rng.uniform(size=(1, 2, *hw, 3)), jnp.float32)
+    out = apply(variables, images)
+    assert out.mask_logits.shape == (1, 2, *hw, 1)
+    assert np.all(np.isfinite(np.asarray(out.mask_logits)))
+  # Siamese and direction-symmetric: swapping the pair swaps the masks.
+  swapped = apply(variables, images[:, ::-1])
+  np.testing.assert_allclose(swapped.mask_logits[:, ::-1], out.mask_logits,
+                             rtol=1e-4, atol=1e-5)
+  # The mask of image A depends on image B (through the matching only).
+  other = apply(variables, images.at[:, 1].set(images[:, 1][:, ::-1]))
+  assert float(jnp.max(jnp.abs(other.mask_logits[:, 0] -
+                               out.mask_logits[:, 0]))) > 1e-6
+
+
+def _np_bce(x, y):
+  return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
+def test_loss_is_ce_a_plus_ce_b():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 2, 8, 9, 1)).astype(np.float32)
+  masks = (rng.uniform(size=logits.shape) > 0.5).astype(np.float32)
+  valid = (rng.uniform(size=logits.shape) > 0.2).astype(np.float32)
+  total, terms = dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)),
+                             batch={"masks": jnp.asarray(masks),
+                                    "valid": jnp.asarray(valid)},
+                             loss_config={"ce": 2.0})
+  per = _np_bce(logits.astype(np.float64), masks) * valid
+  ref = sum(per[:, i].sum() / valid[:, i].sum() for i in range(2))
+  np.testing.assert_allclose(float(terms["ce"]), 2.0 * ref, rtol=1e-5)
+  np.testing.assert_allclose(float(total), 2.0 * ref, rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown term"):
+    dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)),
+                batch={"masks": jnp.asarray(masks)}, loss_config={"bce": 1.})
+
+
+def test_registered():
+  spec = models.get_method("dcc")
+  assert spec.default_loss == {"ce": 1.0}
+  assert isinstance(spec.build_model(
+      __import__("ml_collections").ConfigDict({"backbone": "tiny"})),
+                    dcc.DCCNet)
