@@ -17,10 +17,11 @@ Two regimes, for a reason:
   groups, then process 1's: the pipeline shards groups round-robin). The
   Lovász gradient depends on the order of tied errors, and this tiny network
   (BatchNorm over 1x1 stride-32 maps) amplifies 1e-7 differences
-  exponentially over steps. So those runs compare after 3 SGD (momentum 0.9)
-  steps of pixel BCE, where the legitimate differences stay ~1e-7 and a real
-  bug (a process using only its local batch, a missing all-reduce, a wrong
-  shard) shows as 1e-3 or more.
+  exponentially over steps (measured: 2e-7 after one SGD step at lr 0.1,
+  3e-4 after three). So those runs compare after 4 SGD (momentum 0.9, lr
+  0.01) steps of pixel BCE, where the legitimate differences stay ~1e-7 and
+  a real bug (a process using only its local batch, a missing all-reduce, a
+  wrong shard) shows as 1e-3 or more.
 """
 
 import os
@@ -41,8 +42,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 RUNNER = HERE / "train_runner.py"
 STEPS = 6
 BATCH = 4
-EQ_STEPS = 3
-EQ_ARGS = ("--optimizer", "sgd", "--lr", "0.1", "--loss", "bce",
+EQ_STEPS = 4
+EQ_ARGS = ("--optimizer", "sgd", "--lr", "0.01", "--loss", "bce",
            "--checkpoint_every", "2")
 TIMEOUT = 420
 
