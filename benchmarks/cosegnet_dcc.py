@@ -1,0 +1,235 @@
+"""CoSegNet / DCC training figures: synthetic sanity runs and the class-disjoint
+PASCAL-VOC run (benchmarks/RESULTS.md, sections "CoSegNet" and "DCC").
+
+Each run trains with the generic loop (``coseg_jax.train``), then reports:
+* J (per class then averaged, pooled, per-image mean) of the untrained model
+  (same initialisation: random heads, and the ImageNet encoder where the
+  config loads one) and of the trained model, via ``coseg_jax.evaluate``;
+* for CoSegNet, the decision accuracy on held-out positive and negative pairs
+  (``data.sampler='pairs'``, half negatives, drawn without augmentation from
+  the evaluation classes: for ``voc`` these are cross-class negatives among
+  the 10 unseen classes).
+
+Usage (what RESULTS.md records):
+
+  nice -n 10 python benchmarks/cosegnet_dcc.py synthetic --method cosegnet \\
+      --workdir /tmp/cds_cosegnet --steps 300
+  nice -n 10 python benchmarks/cosegnet_dcc.py voc --method cosegnet \\
+      --workdir /tmp/cdv_cosegnet --train_minutes 9
+
+``--json`` writes every figure to a file.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                ".."))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+
+def synthetic_config(method: str, *, steps: int, data_dir=None,
+                     builder_config="small64", image_size=64, batch=8):
+  """A small CPU config on the synthetic set for ``method``."""
+  from configs import cosegnet_voc  # pylint: disable=g-import-not-at-top
+  from configs import dcc_voc  # pylint: disable=g-import-not-at-top
+  if method == "dcc":
+    c = dcc_voc.get_config("runlocal")
+    c.model.decoder_widths = (32, 32, 16, 16, 8)
+  else:
+    c = cosegnet_voc.get_config(("base" if method == "base" else "cosegnet")
+                                + ",runlocal")
+    c.model.width_multiplier = 1 / 16
+  c.model.backbone_kwargs = {"widths": (16, 32, 32, 64, 64)}
+  if data_dir:
+    c.data.data_dir = data_dir
+  c.data.builder_config = builder_config
+  c.data.image_size = image_size
+  c.data.augment.enabled = True
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = min(50, steps // 10)
+  c.train.num_steps = steps
+  c.train.global_batch_size = batch
+  c.train.log_every = max(steps // 10, 1)
+  c.train.checkpoint_every = 0
+  c.train.eval_every = 0
+  c.eval.split = "test"
+  c.eval.max_groups = -1
+  c.eval.batch_size = 16
+  c.predict.image_size = image_size
+  return c
+
+
+def voc_config(method: str, classes: str, *, steps=None, image_size=None):
+  from configs import cosegnet_pascal_disjoint  # pylint: disable=g-import-not-at-top
+  c = cosegnet_pascal_disjoint.get_config(f"{method},{classes},cpu")
+  if steps:
+    c.train.num_steps = steps
+  if image_size:
+    c.data.image_size = image_size
+    c.predict.image_size = image_size
+  return c
+
+
+def initial_variables(config):
+  """The untrained model's variables (as training starts: same seed, same
+  pretrained encoder)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from coseg_jax import models  # pylint: disable=g-import-not-at-top
+  from coseg_jax import train  # pylint: disable=g-import-not-at-top
+  model = models.get_method(config.method).build_model(config.model)
+  tx, _ = train.make_optimizer(config.optimizer, int(config.train.num_steps))
+  state, _ = train.create_train_state(
+      model=model, tx=tx, rng=jax.random.PRNGKey(int(config.train.seed)),
+      sample_shape=train.input_shape(config))
+  state = train._init_from_pretrained(state, config)  # pylint: disable=protected-access
+  return model, state.variables()
+
+
+def decision_accuracy(*, config, model, variables, num_pairs=200, seed=123,
+                      batch_size=16):
+  """Accuracy of sigmoid(decision) > threshold on positive/negative pairs.
+
+  Pairs come from ``config.data`` (its classes and eval split), half of them
+  negatives (no shared class), without augmentation.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+  d = config.data.copy_and_resolve_references()
+  d.sampler = "pairs"
+  d.negative_fraction = 0.5
+  d.eval_groups_per_split = num_pairs
+  ds = pipeline.make_dataset(d, split=d.eval_split, batch_size=batch_size,
+                             train=False, seed=seed)
+  threshold = float(config.model.get("decision_threshold", 0.5))
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False).decision_logits)
+  right = {0: 0, 1: 0}
+  total = {0: 0, 1: 0}
+  for batch in ds:
+    logits = np.asarray(apply(variables, batch["images"]))[:, 0]
+    said = (1 / (1 + np.exp(-logits))) > threshold
+    for yes, label in zip(said, batch["has_common"]):
+      total[int(label)] += 1
+      right[int(label)] += int(bool(yes) == bool(label))
+  n = total[0] + total[1]
+  return {"accuracy": (right[0] + right[1]) / max(n, 1),
+          "positive_accuracy": right[1] / max(total[1], 1),
+          "negative_accuracy": right[0] / max(total[0], 1),
+          "num_positive": total[1], "num_negative": total[0]}
+
+
+def _j_summary(results):
+  keys = ("avg_J_over_classes", "avg_P_over_classes", "mean_J_per_image",
+          "pooled_J", "num_images")
+  out = {k: results[k] for k in keys}
+  out["per_class_J"] = {c: round(v["J"], 4)
+                        for c, v in results["per_class"].items()}
+  return out
+
+
+def _ungated(config):
+  """The same config with the decision gate open (threshold below 0)."""
+  c = config.copy_and_resolve_references()
+  c.model.decision_threshold = -1.0
+  return c
+
+
+def time_budget_hook(minutes):
+  """A step hook that asks the loop to stop (SIGTERM: it saves and returns
+  the state at the next step boundary) once ``minutes`` have passed."""
+  import signal  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  fired = []
+
+  def hook(step, state, metrics):
+    del step, state, metrics
+    if not fired and time.time() - start > 60 * minutes:
+      fired.append(True)
+      os.kill(os.getpid(), signal.SIGTERM)
+  return hook
+
+
+def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
+        num_pairs=200, train_minutes=None):
+  import jax  # pylint: disable=g-import-not-at-top
+  from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from coseg_jax import train  # pylint: disable=g-import-not-at-top
+  if kind == "synthetic":
+    train_cfg = synthetic_config(method, steps=steps or 300,
+                                 data_dir=data_dir)
+    eval_cfg = train_cfg
+  else:
+    train_cfg = voc_config(method, "train", steps=steps,
+                           image_size=image_size)
+    eval_cfg = voc_config(method, "unseen", steps=steps,
+                          image_size=image_size)
+  report = {"kind": kind, "method": train_cfg.method,
+            "image_size": train_cfg.data.image_size,
+            "steps": int(train_cfg.train.num_steps),
+            "batch": int(train_cfg.train.global_batch_size),
+            "backbone": train_cfg.model.backbone,
+            "devices": str(jax.devices())}
+  model, init_vars = initial_variables(train_cfg)
+  t0 = time.time()
+  before = evaluate.evaluate_dataset(config=eval_cfg, model=model,
+                                     variables=init_vars, verbose=False)
+  report["untrained"] = _j_summary(before)
+  if train_cfg.method == "cosegnet":
+    report["untrained_ungated"] = _j_summary(evaluate.evaluate_dataset(
+        config=_ungated(eval_cfg), model=model, variables=init_vars,
+        verbose=False))
+    report["untrained_decision"] = decision_accuracy(
+        config=eval_cfg, model=model, variables=init_vars,
+        num_pairs=num_pairs)
+  report["eval_seconds"] = time.time() - t0
+  t0 = time.time()
+  hooks = [time_budget_hook(train_minutes)] if train_minutes else []
+  state = train.train_and_evaluate(train_cfg, workdir, step_hooks=hooks)
+  report["train_seconds"] = time.time() - t0
+  report["steps_done"] = int(jax.device_get(state.step))
+  variables = jax.device_get(state.variables())
+  after = evaluate.evaluate_dataset(config=eval_cfg, model=model,
+                                    variables=variables, verbose=True)
+  report["trained"] = _j_summary(after)
+  if train_cfg.method == "cosegnet":
+    report["trained_ungated"] = _j_summary(evaluate.evaluate_dataset(
+        config=_ungated(eval_cfg), model=model, variables=variables,
+        verbose=False))
+    report["trained_decision"] = decision_accuracy(
+        config=eval_cfg, model=model, variables=variables,
+        num_pairs=num_pairs)
+  return report
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("kind", choices=("synthetic", "voc"))
+  p.add_argument("--method", choices=("cosegnet", "base", "dcc"),
+                 required=True)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--steps", type=int, default=None)
+  p.add_argument("--image_size", type=int, default=None)
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--num_pairs", type=int, default=200)
+  p.add_argument("--train_minutes", type=float, default=None,
+                 help="stop training (checkpoint + evaluate) after this")
+  p.add_argument("--json", default=None)
+  args = p.parse_args()
+  report = run(args.kind, args.method, args.workdir, steps=args.steps,
+               image_size=args.image_size, data_dir=args.data_dir,
+               num_pairs=args.num_pairs, train_minutes=args.train_minutes)
+  text = json.dumps(report, indent=1, sort_keys=True)
+  print(text)
+  if args.json:
+    with open(args.json, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  main()
