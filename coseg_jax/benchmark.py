@@ -36,9 +36,13 @@ def _fake_batch(shape, seed: int) -> Dict[str, np.ndarray]:
   """A batch of the data contract with random content."""
   b, k, h, w, _ = shape
   rng = np.random.default_rng(seed)
+  images = rng.uniform(size=shape).astype(np.float32)
+  masks = (rng.uniform(size=(b, k, h, w, 1)) > 0.5).astype(np.float32)
   return {
-      "images": rng.uniform(size=shape).astype(np.float32),
-      "masks": (rng.uniform(size=(b, k, h, w, 1)) > 0.5).astype(np.float32),
+      "images": images,
+      "masks": masks,
+      # The co-attention mask loss (stage 2) reads the selected proposals.
+      "object_masks": masks,
       "valid": np.ones((b, k, h, w, 1), np.float32),
       "has_common": np.ones((b,), np.int32),
       "class_ids": np.zeros((b, k), np.int32),
