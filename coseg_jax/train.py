@@ -289,10 +289,14 @@ def _init_from_pretrained(state: TrainState, config) -> TrainState:
     if "backbone" not in params:
       raise ValueError("config.init.backbone_weights is set but the model has "
                        "no 'backbone' parameter collection")
-    loaded = weights_lib.load_backbone_weights(
+    # The model's own backbone variables are the template (a truncated or
+    # headless backbone: tensors of the layers it does not build are allowed).
+    loaded = weights_lib.load_pretrained(
         config.model.backbone, init.backbone_weights,
-        target={"params": params["backbone"],
-                "batch_stats": batch_stats.get("backbone", {})})
+        variables={"params": params["backbone"],
+                   "batch_stats": batch_stats.get("backbone", {})},
+        allow_removed_layers=True,
+        **dict(config.model.get("backbone_kwargs") or {}))
     params = dict(params, backbone=ckpt_lib.merge_params(
         params["backbone"], loaded["params"], path="backbone"))
     if loaded.get("batch_stats") and "backbone" in batch_stats:
@@ -476,8 +480,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   progress = logging_utils.Progress(num_steps, start,
                                     enabled=bool(tcfg.get("progress_bar",
                                                           True)))
-  preemption = ckpt_lib.PreemptionWatcher(checkpointer)
   log_every = max(int(tcfg.log_every), 1)
+  preemption = ckpt_lib.PreemptionWatcher(checkpointer, sync_every=log_every)
   ckpt_every = int(tcfg.checkpoint_every or 0)
   eval_every = int(tcfg.get("eval_every", 0) or 0)
   pending = []  # (step, device flag) not yet checked for finiteness
