@@ -7,10 +7,11 @@ Written independently of the Flax code, after torchvision's ``resnet.py`` and
 ``state_dict()`` key names (``layer1.0.downsample.0.weight``,
 ``features.0.weight``, ``classifier.6.bias``,
 ``_blocks.3._depthwise_conv.weight`` ...). Each ``forward`` returns
-(dict level -> NCHW feature map, logits), plus fc7 for VGG, with the level
+(dict level -> NCHW feature map, logits), plus fc7 for VGG (headless
+Lite0 returns its pooled vector in place of the logits), with the level
 definitions of the Flax backbones' docstrings.
 
-``torch.nn`` only (no torchvision). ``with_head=False`` (ResNet, VGG) drops
+``torch.nn`` only (no torchvision). ``with_head=False`` (ResNet, VGG, Lite0) drops
 the classifier so that a headless backbone has exactly the parameters of the
 Flax backbone built without ``with_head`` (logits are then None); ResNet's
 ``truncate_at`` stops after a level like the Flax ``truncate_at``.
@@ -259,8 +260,9 @@ class EfficientNetLite0(nn.Module):
   # index of the last block at strides 2, 4, 8, 16
   LEVEL_BLOCKS = {0: "stride2", 2: "stride4", 4: "stride8", 10: "stride16"}
 
-  def __init__(self, num_classes=1000):
+  def __init__(self, num_classes=1000, with_head=True):
     super().__init__()
+    self.with_head = with_head
     self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
     self._bn0 = _bn(32)
     blocks = []
@@ -272,8 +274,9 @@ class EfficientNetLite0(nn.Module):
     self._conv_head = SameConv2d(320, 1280, 1, bias=False)
     self._bn1 = _bn(1280)
     self._avg_pooling = nn.AdaptiveAvgPool2d(1)
-    self._dropout = nn.Dropout(0.2)
-    self._fc = nn.Linear(1280, num_classes)
+    if with_head:
+      self._dropout = nn.Dropout(0.2)
+      self._fc = nn.Linear(1280, num_classes)
 
   def forward(self, x):
     """x: NCHW images already mapped to (255 x - 127) / 128."""
@@ -286,6 +289,8 @@ class EfficientNetLite0(nn.Module):
     x = F.relu6(self._bn1(self._conv_head(x)))
     feats["stride32"] = x
     pooled = torch.flatten(self._avg_pooling(x), 1)
+    if not self.with_head:
+      return feats, pooled
     return feats, self._fc(self._dropout(pooled))
 
 
@@ -330,7 +335,7 @@ class TinyCNN(nn.Module):
       c = w
 
   def forward(self, x):
-    """x: NCHW images in [0, 1] (not standardised)."""
+    """x: NCHW images in [0, 1] (not standardised) -> (features, pooled)."""
     x = (x - 0.5) / 0.25
     feats = {}
     for level in self.LEVELS:
@@ -339,4 +344,4 @@ class TinyCNN(nn.Module):
       x = F.relu(getattr(self, f"{level}_bn2")(
           getattr(self, f"{level}_conv2")(x)))
       feats[level] = x
-    return feats, None
+    return feats, x.mean((2, 3))  # the Flax module's ``pooled``

@@ -189,3 +189,14 @@ def build_model(model_config) -> CycleSegNet:
 def loss_fn(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
   """Lovász-Softmax over all pixels of the batch (the paper's loss)."""
   return blocks.lovasz_softmax_binary(logits, masks)
+
+
+def train_loss(model: CycleSegNet, images: torch.Tensor,
+               batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+  """The training objective on one batch (``batch['masks']`` [B, K, 1, H, W])."""
+  return loss_fn(model(images), batch["masks"])
+
+
+def infer(model: CycleSegNet, images: torch.Tensor) -> torch.Tensor:
+  """Foreground probabilities [B, K, 1, H, W]."""
+  return torch.sigmoid(model(images))
