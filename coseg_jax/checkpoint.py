@@ -22,8 +22,8 @@ the middle of a save leaves the previous checkpoint as the latest one.
 Pre-emption: :class:`PreemptionWatcher` installs a SIGTERM handler that only
 sets a flag; the loop checks it at step boundaries, saves and returns (exit
 code 0). On a multi-process run the processes must agree on the step, so the
-watcher also asks Orbax's ``reached_preemption`` (JAX's distributed
-preemption sync point) there.
+watcher asks Orbax's ``reached_preemption`` (JAX's distributed preemption
+sync point) and, every ``sync_every`` steps, all-gathers the flags.
 """
 
 import json
@@ -212,9 +212,11 @@ class PreemptionWatcher:
   the previous handler on ``close()``.
   """
 
-  def __init__(self, checkpointer: Optional[Checkpointer] = None):
+  def __init__(self, checkpointer: Optional[Checkpointer] = None,
+               sync_every: int = 10):
     self._flag = threading.Event()
     self._checkpointer = checkpointer
+    self._sync_every = max(int(sync_every), 1)
     self._previous = None
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -225,10 +227,24 @@ class PreemptionWatcher:
     self._flag.set()
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1 and self._checkpointer is not None:
-      # All processes must stop at the same step: JAX's preemption sync.
-      return self._checkpointer.reached_preemption(step)
-    return self._flag.is_set()
+    """True when the run should save and stop before ``step + 1``.
+
+    Multi-process: every process must answer the same at the same step, so
+    the answer is JAX's preemption sync point (set up by
+    ``jax.distributed``) or, every ``sync_every`` steps, whether any
+    process received SIGTERM (one small all-gather).
+    """
+    if jax.process_count() == 1:
+      return self._flag.is_set()
+    if (self._checkpointer is not None and
+        self._checkpointer.reached_preemption(step)):
+      return True
+    if step % self._sync_every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(
+        np.int32(self._flag.is_set()))
+    return bool(np.any(flags))
 
   def close(self):
     if self._previous is not None:
