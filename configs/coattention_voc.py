@@ -68,6 +68,10 @@ def coattention_section(config):
   c.multi_object = True  # Sec. 3.3 iterative merge
   c.max_objects = 10
   c.overlap = 0.0  # any overlap with O removes a proposal
+  # Compare the proposals with S binarised at its Otsu threshold ('raw' =
+  # the paper's ||S - O||^2 on S itself; see coseg_jax.proposals for why
+  # that picks the smallest proposal on a soft map).
+  c.selection_target = "otsu"
   c.max_images = -1  # cap per collection (-1: all)
   c.postprocess = "crf"  # written masks: threshold | otsu | crf | grabcut
   c.postprocess_eval = ("threshold", "otsu", "crf", "grabcut")
@@ -84,6 +88,7 @@ def coattention_section(config):
                                  ("texture", "size", "fill"))
   c.proposals.min_size_factor = 0.5
   c.proposals.min_area = 0.005
+  c.proposals.max_area = 0.8
   c.proposals.max_proposals = 1000
   c.proposals.seed = 0
   config.coattention = c

@@ -170,9 +170,17 @@ def init_state(config, model, *, num_steps: int, group: int, size):
   classifier for the method to mean anything).
   """
   tx, _ = train_lib.make_optimizer(config.optimizer, num_steps)
-  state, _ = train_lib.create_train_state(
-      model=model, tx=tx, rng=jax.random.PRNGKey(int(config.train.seed)),
-      sample_shape=(1, group, size[0], size[1], 3))
+  # Eager init (not train.create_train_state's jit): XLA:CPU takes minutes
+  # to compile the init graph of two EfficientNets, op-by-op takes seconds.
+  init_rng, train_rng = jax.random.split(
+      jax.random.PRNGKey(int(config.train.seed)))
+  variables = model.init({"params": init_rng, "dropout": init_rng},
+                         jnp.zeros((1, group, size[0], size[1], 3)),
+                         train=False)
+  state = train_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(variables["params"]), rng=train_rng, tx=tx)
   mc = config.model
   for attr, path, name, kwargs in (
       ("backbone_weights", ("generator", "backbone"), mc.backbone,
@@ -331,7 +339,8 @@ def train_on_images(config, images: np.ndarray,
   rng = np.random.RandomState(int(config.train.seed))
   select_kw = dict(multi_object=bool(cfg.multi_object),
                    max_objects=int(cfg.max_objects),
-                   overlap=float(cfg.overlap))
+                   overlap=float(cfg.overlap),
+                   target=str(cfg.get("selection_target", "raw")))
   out = {"losses": [], "object_masks": None}
   out["initial"] = trainer.predict(state.variables(), images)
   out["stage1"] = out["initial"]

@@ -35,7 +35,8 @@ Choices the papers leave open (config fields of ``ProposalConfig`` and of
 * When more unique proposals than ``max_proposals`` remain, they are ranked as
   in Selective Search (position in its hierarchy, counted from the final
   whole-image region, times a uniform random number; seeded) and the best
-  kept. Proposals smaller than ``min_area`` of the image are dropped.
+  kept. Proposals smaller than ``min_area`` or larger than ``max_area`` of
+  the image are dropped.
 * Multi-object merge (paper Sec. 3.3: "merge the best proposal, remove the
   overlapping ones, zero S below the mean of the chosen proposal, repeat until
   S is empty or no proposal remains"): the residual map R starts as S. Each
@@ -49,6 +50,18 @@ Choices the papers leave open (config fields of ``ProposalConfig`` and of
   (||R - P||^2 >= ||R||^2, i.e. its mean residual is at most 1/2): without
   this last rule any leftover speck of R would add an arbitrary region. The
   first object is always taken (the paper always selects one).
+* ``target`` ('raw' by default = the paper; 'otsu' in the configs): what the
+  proposals are compared with. ||S - O||^2 = sum S^2 - 2 sum_O S + |O| only
+  prefers a proposal to a smaller one where the mean of S inside it exceeds
+  1/2, so a soft map (values around 0.3-0.6, which is what the co-attention
+  loss alone produced in our runs) selects the *smallest* proposal whatever
+  the map's shape, and the mask loss then shrinks S further. With a frozen
+  extractor, the co-attention loss even has a trivial minimum at S = 0
+  (every object image is the same blank image, d+ = 0). 'otsu' compares the
+  proposals with S binarised at its Otsu threshold (the selection then
+  minimises the symmetric difference |B xor O|); 'minmax' rescales S to
+  [0, 1] first. Both keep the selection driven by where the attention is
+  relatively high, which is what it is meant to read.
 """
 
 import dataclasses
@@ -79,6 +92,9 @@ class ProposalConfig:
     similarity_sets: each a tuple of names from ``SIMILARITIES``, summed.
     min_size_factor: segment ``min_size`` = factor * scale.
     min_area: drop proposals covering less than this fraction of the image.
+    max_area: drop proposals covering more than this fraction (the top of
+      every hierarchy is the whole image, which is no object proposal; with
+      it in the pool the selection / mask-loss loop can lock onto S = 1).
     max_proposals: keep at most this many per image (Selective Search ranking).
     seed: seed of the ranking's random numbers.
   """
@@ -89,6 +105,7 @@ class ProposalConfig:
       ("colour", "texture", "size", "fill"), ("texture", "size", "fill"))
   min_size_factor: float = 0.5
   min_area: float = 0.005
+  max_area: float = 0.8
   max_proposals: int = 1000
   seed: int = 0
 
@@ -308,7 +325,8 @@ def selective_search(image: np.ndarray,
         count = len(hierarchy)
         for pos, member in enumerate(hierarchy):
           mask = member[labels]
-          if mask.mean() < config.min_area:
+          area = mask.mean()
+          if area < config.min_area or area > config.max_area:
             continue
           key = np.packbits(mask).tobytes()
           # Selective Search ranking: position counted from the top of the
@@ -319,7 +337,7 @@ def selective_search(image: np.ndarray,
           seen.add(key)
           masks.append(mask)
           scores.append(score)
-  if not masks:
+  if not masks:  # nothing in range: the whole image, so selection can run
     return np.ones((1, h, w), bool)
   order = np.argsort(np.asarray(scores), kind="stable")[:config.max_proposals]
   return np.stack([masks[i] for i in order])
@@ -406,7 +424,8 @@ def proposal_errors(attention: np.ndarray, proposals: np.ndarray) -> np.ndarray:
 
 def select_object_mask(attention: np.ndarray, proposals: np.ndarray, *,
                        multi_object: bool = True, max_objects: int = 10,
-                       overlap: float = 0.0, empty_level: float = 1e-3
+                       overlap: float = 0.0, empty_level: float = 1e-3,
+                       target: str = "raw"
                        ) -> Tuple[np.ndarray, List[int]]:
   """Object mask O for a co-attention map (paper Sec. 3.3).
 
@@ -418,6 +437,9 @@ def select_object_mask(attention: np.ndarray, proposals: np.ndarray, *,
     overlap: a remaining proposal is removed once more than this fraction of
       its area lies in O (0: any overlap removes it).
     empty_level: the residual map counts as empty when its max is <= this.
+    target: what the proposals are compared with: 'raw' (S itself, the
+      paper), 'minmax' (S rescaled to [0, 1] by its min and max) or 'otsu'
+      (S binarised at its Otsu threshold); see the module docstring.
 
   Returns:
     (bool [H, W] mask O, indices of the chosen proposals in order).
@@ -425,6 +447,15 @@ def select_object_mask(attention: np.ndarray, proposals: np.ndarray, *,
   s = np.asarray(attention, np.float64)
   if s.ndim == 3 and s.shape[-1] == 1:
     s = s[..., 0]
+  if target == "minmax":
+    lo, hi = s.min(), s.max()
+    s = (s - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(s)
+  elif target == "otsu":
+    from coseg_jax import postprocess  # pylint: disable=g-import-not-at-top
+    s = postprocess.otsu(s.astype(np.float32)).astype(np.float64)
+  elif target != "raw":
+    raise ValueError(f"select_object_mask: target must be 'raw', 'minmax' "
+                     f"or 'otsu', got {target!r}")
   proposals = np.asarray(proposals, bool)
   if proposals.ndim != 3 or proposals.shape[1:] != s.shape:
     raise ValueError(f"select_object_mask: proposals must be [P, {s.shape[0]},"

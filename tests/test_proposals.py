@@ -144,10 +144,11 @@ def test_selective_search_recovers_flat_objects_exactly():
                             max_proposals=1000)
   props = P.selective_search(img, config)
   assert props.dtype == bool and props.shape[1:] == (48, 48)
-  # Unique, not too small, the whole image included.
+  # Unique, neither too small nor too large (the whole image is dropped).
   flat = props.reshape(len(props), -1)
   assert len({m.tobytes() for m in flat}) == len(props)
   assert (flat.mean(1) >= config.min_area).all()
+  assert (flat.mean(1) <= config.max_area).all()
   for gt in (gt1, gt2):
     iou = (props & gt).sum((1, 2)) / (props | gt).sum((1, 2))
     assert iou.max() == 1.0
@@ -184,3 +185,20 @@ def test_config_validation():
   c = P.config_from_dict({"similarity_sets": [["size", "fill"]],
                           "scales": [10.0]})
   assert c.similarity_sets == (("size", "fill"),) and c.scales == (10.0,)
+
+
+def test_soft_map_raw_target_picks_the_smallest_proposal_otsu_the_object():
+  # Mean S inside A is 0.45 < 1/2: under the paper's raw ||S - O||^2 a tiny
+  # proposal beats A; binarising S at Otsu's threshold selects A.
+  s = np.where(A, 0.45, 0.3)
+  tiny = box(20, 22, 2, 4)  # 4 px of background
+  props = np.stack([A, tiny, box(0, 24, 0, 24)])
+  _, raw = P.select_object_mask(s, props, target="raw")
+  assert raw == [1]
+  mask, chosen = P.select_object_mask(s, props, target="otsu")
+  assert chosen == [0]
+  np.testing.assert_array_equal(mask, A)
+  _, mm = P.select_object_mask(s, props, target="minmax")
+  assert mm == [0]
+  with pytest.raises(ValueError, match="target"):
+    P.select_object_mask(s, props, target="bad")
