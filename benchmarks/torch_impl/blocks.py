@@ -51,21 +51,17 @@ def _flat(tree, prefix=()):
       yield prefix + (k,), v
 
 
-def _to_torch_layout(a: np.ndarray, torch_shape) -> np.ndarray:
+def _to_torch_layout(a: np.ndarray, transposed: bool = False) -> np.ndarray:
   """Flax kernel layouts -> torch: HWIO -> OIHW, (in, out) -> (out, in).
 
-  ConvTranspose kernels (Flax HWIO with ``transpose_kernel=False``) map to
-  torch's (in, out, kH, kW) *flipped*; callers of transposed convs pass the
-  torch shape so the two conv cases are told apart.
+  A Flax ``ConvTranspose`` kernel (HWIO, ``transpose_kernel=False``: a
+  forward conv over the dilated input) is torch ``ConvTranspose2d``'s
+  (in, out, kH, kW) spatially flipped.
   """
   if a.ndim == 4:
-    oihw = np.transpose(a, (3, 2, 0, 1))
-    if tuple(oihw.shape) == tuple(torch_shape):
-      return oihw
-    iohw = np.transpose(a, (2, 3, 0, 1))[:, :, ::-1, ::-1]
-    if tuple(iohw.shape) == tuple(torch_shape):
-      return iohw
-    return oihw
+    if transposed:
+      return np.transpose(a, (2, 3, 0, 1))[:, :, ::-1, ::-1]
+    return np.transpose(a, (3, 2, 0, 1))
   if a.ndim == 2:
     return a.T
   return a
@@ -87,6 +83,8 @@ def flax_to_torch_state_dict(variables, module: nn.Module
   """
   from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
   target = module.state_dict()
+  transposed = {name for name, m in module.named_modules()
+                if isinstance(m, nn.ConvTranspose2d)}
   out, unmatched = {}, []
   for collection in ("params", "batch_stats"):
     for path, leaf in _flat(dict(variables.get(collection, {}))):
@@ -105,7 +103,7 @@ def flax_to_torch_state_dict(variables, module: nn.Module
         unmatched.append("/".join((collection,) + path))
         continue
       value = _to_torch_layout(np.asarray(leaf, np.float32),
-                               target[key].shape)
+                               key.rsplit(".", 1)[0] in transposed)
       if tuple(value.shape) != tuple(target[key].shape):
         raise ValueError(f"{key}: flax {np.shape(leaf)} -> {value.shape}, "
                          f"torch {tuple(target[key].shape)}")
