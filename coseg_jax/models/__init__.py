@@ -73,6 +73,7 @@ _METHOD_MODULES = (
     "coseg_jax.models.dcc",
     "coseg_jax.models.coattention",
     "coseg_jax.models.cyclesegnet",
+    "coseg_jax.models.macosnet",
 )
 _loaded = False
 

@@ -1,0 +1,158 @@
+"""MaCoSNet on the six TSS sample pairs: flow-PCK and P/J before and after.
+
+Reduced CPU setting (stated in benchmarks/RESULTS.md): EfficientNet-Lite0
+encoder E and perceptual network F with their real ImageNet weights (frozen),
+stage 2 of G on warped features, inputs ``--size`` (default 176, the
+smallest size whose stride-16 grid, 11 x 11, G's VALID convs accept; the
+paper uses 240 with ResNet-101). Phases, each time-budgeted:
+
+1. init: G = identity (zero-initialised residual), decoder random;
+2. synthetic pre-training of G (method ``macosnet_pretrain``: random affine +
+   TPS warps, CNNGeo ranges, grid loss) on the PASCAL-VOC co-seg images (the
+   TSS pairs are not used here);
+3. joint weakly supervised training (all five losses, TSS paper weights
+   5/5/10/10, matching 1) on the six TSS pairs (no masks or flows used).
+
+After each phase: flow-PCK (alpha 0.05 and 0.1 of max(H, W), both directions,
+over the source foreground) and P/J of both images (threshold 0.5 and Otsu)
+at original resolution; the synthetic grid error on 32 held-out warps.
+
+  nice -n 10 python benchmarks/macosnet_tss.py --size 176 \\
+      --pretrain_s 300 --joint_s 300 --out /tmp/macos_tss.json
+"""
+
+import argparse
+import json
+import pickle
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import macosnet_common as mc  # pylint: disable=g-bad-import-order
+from coseg_jax import train
+from coseg_jax.models import macosnet
+
+
+def grid_error(apply_pre, variables, images, seed=123):
+  """Mean grid loss of G on held-out synthetic warps (and of identity)."""
+  x = jnp.asarray(images).reshape(-1, 2, *images.shape[1:])
+  out = apply_pre(variables, x, jax.random.PRNGKey(seed))
+  b, k = out.theta.shape[:2]
+  gt = out.synthetic_theta.reshape(b * k, -1)
+  err = float(macosnet.grid_loss(theta=out.theta.reshape(b * k, -1),
+                                 theta_gt=gt, kind=macosnet.KIND))
+  ident = float(macosnet.grid_loss(
+      theta=jnp.tile(jnp.asarray(macosnet.geometry.AFFINE_TPS_IDENTITY),
+                     (b * k, 1)), theta_gt=gt, kind=macosnet.KIND))
+  return err, ident
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--size", type=int, default=176)
+  ap.add_argument("--pretrain_s", type=float, default=300)
+  ap.add_argument("--joint_s", type=float, default=300)
+  ap.add_argument("--batch", type=int, default=2)
+  ap.add_argument("--out", default="/tmp/macos_tss.json")
+  ap.add_argument("--save_pretrained", default="/tmp/macos_pretrained.pkl")
+  args = ap.parse_args()
+  s = args.size
+  t_start = time.time()
+  results = {"size": s, "device": str(jax.devices()[0])}
+
+  config = mc.base_config(s, lr=1e-4, batch=args.batch, steps=100000)
+  joint = macosnet.build_model(config.model, "joint")
+  pcfg = mc.base_config(s, lr=1e-3, batch=args.batch, steps=100000)
+  pcfg.model.perceptual = None
+  del pcfg.init.pretrained["perceptual_net"]
+  pre = macosnet.build_model(pcfg.model, "pretrain")
+
+  pairs = mc.load_tss(s)
+  voc_x, _, _, _, _ = mc.load_voc(s)
+  rng = np.random.default_rng(0)
+  order = rng.permutation(len(voc_x))
+  held, train_x = voc_x[order[:32]], voc_x[order[32:]]
+  print(f"data loaded ({time.time() - t_start:.0f}s)", flush=True)
+
+  # Evaluation needs no F: the same network without it (extra params unused).
+  evaluator = macosnet.build_model(
+      mc.to_ml(dict(config.model.to_dict(), perceptual=None)), "joint")
+  apply_joint = jax.jit(lambda v, x: evaluator.apply(
+      {"params": {k: p for k, p in v["params"].items()
+                  if k != "perceptual_net"},
+       "batch_stats": {k: p for k, p in v["batch_stats"].items()
+                       if k != "perceptual_net"}}, x, train=False))
+
+  def dump():
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+  apply_pre = jax.jit(lambda v, x, r: pre.apply(v, x, train=False,
+                                                rngs={"dropout": r}))
+
+  jstate = mc.make_state(config, joint, (1, 2, s, s, 3))
+  pstate = mc.make_state(pcfg, pre, (1, 2, s, s, 3))
+  summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  results["init"] = dict(summary, grid=grid_error(apply_pre,
+                                                  pstate.variables(), held))
+  print("init", results["init"], flush=True)
+  dump()
+
+  # Phase 2: synthetic pre-training of G.
+  pstep = train.make_train_step(model=pre, loss_fn=macosnet.loss_fn,
+                                loss_config={"grid": 1.0})
+
+  def pre_batch(step):
+    idx = np.random.default_rng(step).choice(len(train_x), 2 * args.batch,
+                                             replace=False)
+    return {"images": jnp.asarray(train_x[idx].reshape(args.batch, 2, s, s,
+                                                       3))}
+
+  pstate, plog = mc.run_training(pstate, pstep, pre_batch,
+                                 budget_s=args.pretrain_s, max_steps=100000,
+                                 name="pretrain")
+  pre_params = jax.device_get(pstate.params)
+  pre_bs = jax.device_get(pstate.batch_stats)
+  with open(args.save_pretrained, "wb") as f:
+    pickle.dump({"params": pre_params, "batch_stats": pre_bs, "size": s}, f)
+  jstate = mc.make_state(config, joint, (1, 2, s, s, 3), params=pre_params,
+                         batch_stats=pre_bs)
+  summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  results["pretrained"] = dict(
+      summary, grid=grid_error(apply_pre, pstate.variables(), held),
+      steps=plog["steps"], seconds=round(plog["seconds"]))
+  print("pretrained", results["pretrained"], flush=True)
+  dump()
+
+  # Phase 3: joint weakly supervised training on the six TSS pairs.
+  loss_config = dict(config.loss)
+  jstep = train.make_train_step(model=joint, loss_fn=macosnet.loss_fn,
+                                loss_config=loss_config)
+  tss_x = np.stack([np.stack([p["input1"], p["input2"]]) for p in pairs])
+
+  def joint_batch(step):
+    r = np.random.default_rng(1000 + step)
+    idx = r.choice(len(tss_x), args.batch, replace=False)
+    x = tss_x[idx].copy()
+    swap = r.random(args.batch) < 0.5
+    x[swap] = x[swap][:, ::-1]
+    return {"images": jnp.asarray(x)}
+
+  jstate, jlog = mc.run_training(jstate, jstep, joint_batch,
+                                 budget_s=args.joint_s, max_steps=100000,
+                                 name="joint", log_every=5)
+  summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  results["joint"] = dict(summary, steps=jlog["steps"],
+                          seconds=round(jlog["seconds"]),
+                          last_terms=jlog["log"][-1][2] if jlog["log"] else {})
+  results["joint_rows"] = rows
+  results["loss_weights"] = loss_config
+  results["wall_s"] = round(time.time() - t_start)
+  print(json.dumps({k: v for k, v in results.items() if k != "joint_rows"},
+                   indent=1), flush=True)
+  dump()
+
+
+if __name__ == "__main__":
+  main()

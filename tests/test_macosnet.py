@@ -1,0 +1,433 @@
+"""Tests for MaCoSNet (coseg_jax/models/macosnet.py) and its configs.
+
+Small sizes: the tiny backbone at 176 px (the stride-16 grid is 11 x 11, the
+smallest G's VALID convs accept). ResNet-101 sizes are checked with
+``jax.eval_shape`` only (no compute).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from coseg_jax import models
+from coseg_jax import train
+from coseg_jax.losses import contrastive
+from coseg_jax.losses import matching
+from coseg_jax.models import macosnet
+from coseg_jax.nn import geometry
+
+SIZE = 176
+WEIGHTS = {"matching": 1.0, "cycle": 5.0, "transitivity": 5.0,
+           "contrastive": 10.0, "cross_consistency": 10.0}
+TERMS = tuple(sorted(WEIGHTS))
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _tiny_model(**kw):
+  cfg = dict(backbone="tiny",
+             backbone_kwargs={"widths": (4, 8, 8, 16, 16)},
+             perceptual="tiny", stage2_input="features", num_points=10,
+             decoder_final_width=4)
+  cfg.update(kw)
+  return macosnet.build_model(ml_collections.ConfigDict(cfg), "joint")
+
+
+def _images(b=2, k=2, seed=0):
+  return jax.random.uniform(jax.random.PRNGKey(seed), (b, k, SIZE, SIZE, 3))
+
+
+# ---------------------------------------------------------------------------
+# Sizes.
+
+
+def test_resnet101_shapes_and_exact_param_counts():
+  model = macosnet.build_model(ml_collections.ConfigDict(
+      dict(backbone="resnet101", perceptual=None)), "joint")
+  x = jax.ShapeDtypeStruct((1, 2, 240, 240, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda a: model.init({"params": jax.random.PRNGKey(0),
+                            "dropout": jax.random.PRNGKey(1)}, a), x)
+  p = variables["params"]
+  # torchvision ResNet-101 (44,549,160) minus layer4 (14,964,736) and fc
+  # (2,049,000): conv1..layer3 = 27,535,424.
+  assert _count(p["encoder"]) == 27_535_424
+  conv_bn = (225 * 128 * 49 + 128) + 2 * 128 + (128 * 64 * 25 + 64) + 2 * 64
+  assert _count(p["affine_regressor"]) == conv_bn + 1600 * 6 + 6
+  assert _count(p["tps_regressor"]) == conv_bn + 1600 * 18 + 18
+  assert conv_bn + 1600 * 6 + 6 == 1_626_182
+  # Four bias-free transposed convs 1249->512->256->64->32 (+BN) and 1x1 head.
+  deconv = (1249 * 512 + 512 * 256 + 256 * 64 + 64 * 32) * 9
+  assert _count(p["decoder"]) == deconv + 2 * (512 + 256 + 64 + 32) + 33
+  out = jax.eval_shape(lambda v, a: model.apply(v, a), variables, x)
+  assert out.mask_logits.shape == (1, 2, 240, 240, 1)
+  assert out.correlation.shape == (1, 6, 15, 15, 225)  # 3 images (rolled)
+  assert out.theta.shape == (1, 6, 24)
+  assert out.theta_affine.shape == (1, 6, 6)
+  assert out.feature_masks.shape == (1, 3, 15, 15, 1)
+  assert out.points.shape == (1, 100, 2)
+
+
+def test_small_grid_is_refused():
+  model = _tiny_model()
+  with pytest.raises(ValueError, match="11 x 11"):
+    jax.eval_shape(lambda a: model.init(jax.random.PRNGKey(0), a),
+                   jax.ShapeDtypeStruct((1, 2, 160, 160, 3), jnp.float32))
+
+
+def test_untrained_predictor_is_identity_and_pairs_routed():
+  model = _tiny_model(triplets="group", perceptual=None)
+  x = _images(1, 3)
+  v = jax.jit(model.init)({"params": jax.random.PRNGKey(0)}, x)
+  out = jax.jit(model.apply)(v, x)
+  assert out.pairs == macosnet.ordered_pairs(3)
+  assert out.triplet == (0, 1, 2)  # K = 3: the group is the triplet
+  np.testing.assert_allclose(
+      out.theta, np.broadcast_to(geometry.AFFINE_TPS_IDENTITY, (1, 6, 24)),
+      atol=1e-6)
+  # The stage-1 correlation of pair (i, j) is corr(features_a=f_i, f_j).
+  feats = jax.jit(lambda v, a: model.apply(
+      v, a, False, method=lambda m, a, t: m.encode(a, t)))(
+          v, x.reshape(3, SIZE, SIZE, 3))["stride16"]
+  for n, (i, j) in enumerate(out.pairs):
+    ref = macosnet.corr_lib.feature_correlation(features_a=feats[i:i + 1],
+                                                features_b=feats[j:j + 1])
+    np.testing.assert_allclose(out.correlation[0, n], ref[0], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Geometry routing of the consistency losses (no network).
+
+
+def _affine(a, t):
+  return np.concatenate([np.asarray(a, np.float64),
+                         np.asarray(t, np.float64)[:, None]], 1)
+
+
+def test_cycle_and_transitivity_vanish_for_consistent_maps():
+  # Three frames related by known affine maps; theta[i, j] must send j's
+  # frame to i's frame (pull). Build them from "frame -> world" maps.
+  rng = np.random.default_rng(0)
+  to_world = [_affine(np.eye(2) + 0.2 * rng.standard_normal((2, 2)),
+                      0.1 * rng.standard_normal(2)) for _ in range(3)]
+  hom = lambda m: np.vstack([m, [0, 0, 1]])
+  pairs = macosnet.ordered_pairs(3)
+  thetas = []
+  for i, j in pairs:
+    m = np.linalg.inv(hom(to_world[i])) @ hom(to_world[j])  # j -> i
+    aff = m[:2].reshape(6)
+    thetas.append(np.concatenate([aff, geometry.TPS_IDENTITY]))
+  theta = jnp.asarray(np.stack(thetas)[None], jnp.float32)
+  points = jax.random.uniform(jax.random.PRNGKey(0), (1, 50, 2), minval=-1,
+                              maxval=1)
+  out = macosnet.MaCoSNetOutput(
+      mask_logits=jnp.zeros((1, 2, 8, 8, 1)), theta=theta,
+      theta_affine=theta[..., :6], points=points, pairs=pairs,
+      triplet=(0, 1, 2), num_images=2)
+  terms = macosnet.compute_terms(out, ("cycle", "transitivity"))
+  assert float(terms["cycle"]) < 1e-9
+  assert float(terms["transitivity"]) < 1e-9
+  # A wrongly routed chain (the maps in A->B->C order as pull maps) does not.
+  bad = matching.transitivity_loss(points=points, theta_ab=theta[:, 0],
+                                   theta_bc=theta[:, 3], theta_ca=theta[:, 4],
+                                   kind=macosnet.KIND)
+  assert float(bad) > 1e-3
+
+
+# ---------------------------------------------------------------------------
+# Losses inside the training step.
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+  model = _tiny_model()
+  tx, _ = train.make_optimizer(ml_collections.ConfigDict(
+      dict(name="adam", learning_rate=1e-3)), 10)
+  state, _ = train.create_train_state(model=model, tx=tx,
+                                      rng=jax.random.PRNGKey(3),
+                                      sample_shape=(1, 2, SIZE, SIZE, 3))
+  batch = {"images": _images(2, 2, seed=1)}
+  return model, state, batch
+
+
+def _outputs(model, state, batch, params=None):
+  rng = jax.random.fold_in(state.rng, state.step)
+  out, _ = model.apply({"params": state.params if params is None else params,
+                        "batch_stats": state.batch_stats}, batch["images"],
+                       train=True, rngs={"dropout": rng},
+                       mutable=["batch_stats"])
+  return out
+
+
+def _reference_terms(out):
+  """Each term straight from the core loss functions, pair by pair."""
+  pairs = out.pairs
+  th = {p: out.theta[:, n] for n, p in enumerate(pairs)}
+  fm = out.feature_masks
+  ref = {}
+  vals = []
+  for n, (i, j) in enumerate(pairs):
+    vals.append(matching.matching_loss(
+        correlation=out.correlation[:, n], theta=out.theta_affine[:, n],
+        kind="affine", mask_a=fm[:, i], mask_b=fm[:, j]))
+    vals.append(matching.matching_loss(
+        correlation=out.correlation[:, n], theta=out.theta[:, n],
+        kind="affine_tps", mask_a=fm[:, i], mask_b=fm[:, j]))
+  ref["matching"] = np.mean(vals)
+  ref["cycle"] = np.mean([matching.cycle_consistency_loss(
+      points=out.points, theta_ab=th[(i, j)], theta_ba=th[(j, i)],
+      kind="affine_tps") for i, j in pairs])
+  # Triangle 1 -> 0 -> 2 -> 1 and 2 -> 0 -> 1 -> 2 (pull maps).
+  ref["transitivity"] = 0.5 * (
+      matching.transitivity_loss(points=out.points, theta_ab=th[(0, 1)],
+                                 theta_bc=th[(2, 0)], theta_ca=th[(1, 2)],
+                                 kind="affine_tps") +
+      matching.transitivity_loss(points=out.points, theta_ab=th[(0, 2)],
+                                 theta_bc=th[(1, 0)], theta_ca=th[(2, 1)],
+                                 kind="affine_tps"))
+  ref["contrastive"] = contrastive.perceptual_contrastive_loss(
+      object_a=out.object_features[:, 0], object_b=out.object_features[:, 1],
+      background_a=out.background_features[:, 0],
+      background_b=out.background_features[:, 1])
+  ref["cross_consistency"] = contrastive.cross_consistency_loss(
+      mask_logits_a=out.mask_logits[:, 0], mask_logits_b=out.mask_logits[:, 1],
+      theta_ab=th[(0, 1)], theta_ba=th[(1, 0)], kind="affine_tps")
+  return {k: float(v) for k, v in ref.items()}
+
+
+@pytest.mark.slow
+def test_each_loss_in_train_step_equals_core_reference():
+  model, state, batch = _setup()
+  step = train.make_train_step(model=model, loss_fn=macosnet.loss_fn,
+                               loss_config=WEIGHTS, donate=False)
+  _, metrics = step(state, batch)
+  out = jax.jit(functools.partial(_outputs, model))(state, batch)
+  # The third image of group b is image 0 of group b + 1 (batch roll).
+  np.testing.assert_array_equal(out.feature_masks[:, 2],
+                                np.roll(out.feature_masks[:, 0], -1, axis=0))
+  ref = _reference_terms(out)
+  for name in TERMS:
+    got = float(metrics[f"loss_terms/{name}"])
+    np.testing.assert_allclose(got, WEIGHTS[name] * ref[name], rtol=2e-5,
+                               atol=1e-6, err_msg=name)
+    assert np.isfinite(got)
+  np.testing.assert_allclose(float(metrics["loss"]),
+                             sum(WEIGHTS[k] * ref[k] for k in TERMS),
+                             rtol=2e-5, atol=1e-6)
+  assert ref["contrastive"] > 0 and ref["cross_consistency"] > 0
+
+
+@pytest.mark.slow
+def test_zero_weight_removes_exactly_its_gradient():
+  model, state, batch = _setup()
+
+  def total(params, weights):
+    out = _outputs(model, state, batch, params)
+    return macosnet.loss_fn(outputs=out, batch=batch, loss_config=weights)[0]
+
+  # Per-term gradients (unweighted), one compile for all five.
+  def term_vector(params):
+    out = _outputs(model, state, batch, params)
+    t = macosnet.compute_terms(out, TERMS)
+    return jnp.stack([t[k] for k in TERMS])
+
+  jac = jax.jit(jax.jacrev(term_vector))(state.params)
+  per_term = {k: jax.tree.map(lambda g, n=n: g[n], jac)
+              for n, k in enumerate(TERMS)}
+  g_all = jax.jit(jax.grad(total), static_argnums=1)(state.params,
+                                                     _frozen(WEIGHTS))
+  for name in ("transitivity", "contrastive"):
+    w = dict(WEIGHTS, **{name: 0.0})
+    g0 = jax.jit(jax.grad(total), static_argnums=1)(state.params,
+                                                    _frozen(w))
+    expected = jax.tree.map(lambda a, t: a - WEIGHTS[name] * t, g_all,
+                            per_term[name])
+    for got, a, t in zip(jax.tree.leaves(g0), jax.tree.leaves(g_all),
+                         jax.tree.leaves(per_term[name])):
+      # float32 cancellation: tolerance relative to the operands' size.
+      scale = max(float(jnp.max(jnp.abs(a))),
+                  WEIGHTS[name] * float(jnp.max(jnp.abs(t))), 1e-12)
+      np.testing.assert_allclose(got, a - WEIGHTS[name] * t, rtol=0,
+                                 atol=1e-4 * scale)
+    # The term is not even computed: identical to the sum of the others.
+    others = [k for k in TERMS if k != name]
+    for got, *parts in zip(jax.tree.leaves(g0),
+                           *[jax.tree.leaves(per_term[k]) for k in others]):
+      ref = sum(WEIGHTS[k] * g for k, g in zip(others, parts))
+      scale = max(float(jnp.max(jnp.abs(ref))), 1e-12)
+      np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+  # The five weighted term gradients add up to the total gradient.
+  summed = jax.tree.map(lambda *g: sum(WEIGHTS[k] * gk for k, gk in
+                                       zip(TERMS, g)),
+                        *[per_term[k] for k in TERMS])
+  for got, exp in zip(jax.tree.leaves(g_all), jax.tree.leaves(summed)):
+    scale = max(float(jnp.max(jnp.abs(exp))), 1e-12)
+    np.testing.assert_allclose(got, exp, rtol=0, atol=1e-5 * scale)
+  # Every term reaches G or D; frozen E and F get exactly zero gradient.
+  for k in TERMS:
+    assert _count(per_term[k]) > 0
+  for k in ("encoder", "perceptual_net"):
+    for name in TERMS:
+      assert all(float(jnp.max(jnp.abs(g))) == 0.0
+                 for g in jax.tree.leaves(per_term[name][k])), (k, name)
+  # Which parts each term trains (detached masks in the matching loss).
+  nonzero = lambda t: any(float(jnp.max(jnp.abs(g))) > 0
+                          for g in jax.tree.leaves(t))
+  assert not nonzero(per_term["matching"]["decoder"])
+  assert nonzero(per_term["matching"]["affine_regressor"])
+  assert not nonzero(per_term["cycle"]["decoder"])
+  assert nonzero(per_term["contrastive"]["decoder"])
+  assert not nonzero(per_term["contrastive"]["tps_regressor"])
+  assert nonzero(per_term["cross_consistency"]["decoder"])
+  assert nonzero(per_term["cross_consistency"]["tps_regressor"])
+
+
+class _frozen(dict):
+  """A hashable dict (static jit argument)."""
+
+  def __hash__(self):
+    return hash(tuple(sorted(self.items())))
+
+
+def test_loss_fn_rejects_unknown_terms_and_missing_triplets():
+  out = macosnet.MaCoSNetOutput(
+      mask_logits=jnp.zeros((1, 2, 8, 8, 1)), theta=jnp.zeros((1, 2, 24)),
+      theta_affine=jnp.zeros((1, 2, 6)), points=jnp.zeros((1, 4, 2)),
+      correlation=jnp.zeros((1, 2, 11, 11, 121)), pairs=((0, 1), (1, 0)))
+  with pytest.raises(ValueError, match="unknown term"):
+    macosnet.loss_fn(outputs=out, batch={}, loss_config={"lovasz": 1.0})
+  with pytest.raises(ValueError, match="triplets"):
+    macosnet.loss_fn(outputs=out, batch={}, loss_config={"transitivity": 1.0})
+
+
+# ---------------------------------------------------------------------------
+# Synthetic pre-training.
+
+
+def test_synthetic_theta_ranges():
+  theta = macosnet.random_synthetic_theta(
+      jax.random.PRNGKey(0), 2000, rotation=0.0, shear=0.0, scale=0.25,
+      translation=0.25, tps=0.4, kind="affine_tps")
+  aff = np.asarray(theta[:, :6]).reshape(-1, 2, 3)
+  # No rotation/shear: A = diag(1 + U(+-0.25)), t = U(+-0.25).
+  np.testing.assert_allclose(aff[:, 0, 1], 0, atol=1e-6)
+  assert 0.75 <= aff[:, 0, 0].min() and aff[:, 0, 0].max() <= 1.25
+  assert np.abs(aff[:, :, 2]).max() <= 0.25
+  d = np.asarray(theta[:, 6:]) - geometry.TPS_IDENTITY
+  assert np.abs(d).max() <= 0.4 and np.abs(d).max() > 0.35
+
+
+@pytest.mark.slow
+def test_pretraining_recovers_a_known_affine_warp():
+  """G pre-trained on synthetic warps recovers a held-out warp.
+
+  A trainable tiny encoder on smooth random images, affine warps only
+  (rotation +-0.15 rad, scale +-0.15, translation +-0.15, no shear/TPS).
+  Bound: the mean squared grid error on held-out warps must fall below 25%
+  of the identity's error, and the known warp fed through the *joint* model
+  (decoder added, G from the pre-training) must be recovered with grid error
+  below 0.01 (normalised units^2, i.e. ~5% of the half-width RMS).
+  """
+  syn = dict(rotation=0.15, shear=0.0, scale=0.15, translation=0.15, tps=0.0,
+             kind="affine")
+  cfg = ml_collections.ConfigDict(dict(
+      backbone="tiny", backbone_kwargs={"widths": (8, 16, 16, 32, 32)},
+      freeze_encoder=False, perceptual=None, stage2_input="features",
+      synthetic=syn))
+  pre = macosnet.build_model(cfg, "pretrain")
+  # Smooth random images: blurred noise has structure at every scale.
+  base = jax.random.uniform(jax.random.PRNGKey(0), (64, 22, 22, 3))
+  images = jax.image.resize(base, (64, SIZE, SIZE, 3), "bicubic").clip(0, 1)
+  tx, _ = train.make_optimizer(ml_collections.ConfigDict(
+      dict(name="adam", learning_rate=1e-3)), 300)
+  state, _ = train.create_train_state(model=pre, tx=tx,
+                                      rng=jax.random.PRNGKey(1),
+                                      sample_shape=(1, 2, SIZE, SIZE, 3))
+  step = train.make_train_step(model=pre, loss_fn=macosnet.loss_fn,
+                               loss_config={"grid": 1.0})
+  for i in range(150):
+    idx = np.random.default_rng(i).choice(56, 8, replace=False)
+    state, metrics = step(state, {"images": images[idx].reshape(
+        4, 2, SIZE, SIZE, 3)})
+  assert float(metrics["finite"]) == 1.0
+  # Held-out images 56..63 with fresh warps.
+  held = images[56:].reshape(4, 2, SIZE, SIZE, 3)
+  out = pre.apply(state.variables(), held, train=False,
+                  rngs={"dropout": jax.random.PRNGKey(99)})
+  gt = out.synthetic_theta.reshape(8, -1)
+  err = float(macosnet.grid_loss(theta=out.theta.reshape(8, -1),
+                                 theta_gt=gt, kind=macosnet.KIND))
+  ident = float(macosnet.grid_loss(
+      theta=jnp.tile(jnp.asarray(geometry.AFFINE_TPS_IDENTITY), (8, 1)),
+      theta_gt=gt, kind=macosnet.KIND))
+  assert err < 0.25 * ident, (err, ident)
+
+  # The joint model fed (I, warp(I, theta)) recovers theta for pair (0, 1).
+  from coseg_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  joint = macosnet.build_model(cfg, "joint")
+  theta = jnp.asarray([[1.1, -0.1, 0.08, 0.12, 0.95, -0.1]], jnp.float32)
+  a = images[60:61]
+  b = geometry.warp(image=a, theta=theta, kind="affine", padding="border")
+  x = jnp.stack([a, b], axis=1)
+  jv = joint.init({"params": jax.random.PRNGKey(0)}, x)
+  jv = {"params": ckpt_lib.merge_params(jax.device_get(jv["params"]),
+                                        jax.device_get(state.params)),
+        "batch_stats": ckpt_lib.merge_params(
+            jax.device_get(jv["batch_stats"]),
+            jax.device_get(state.batch_stats))}
+  jout = joint.apply(jv, x)
+  n = jout.pairs.index((0, 1))
+  rec = float(macosnet.grid_loss(theta=jout.theta[:, n], theta_gt=theta,
+                                 kind=macosnet.KIND, kind_gt="affine"))
+  ident1 = float(macosnet.grid_loss(
+      theta=jnp.asarray(geometry.AFFINE_IDENTITY)[None], theta_gt=theta,
+      kind="affine", kind_gt="affine"))
+  assert rec < 0.01 and rec < 0.25 * ident1, (rec, ident1)
+
+
+# ---------------------------------------------------------------------------
+# Registry and configs.
+
+
+def test_registered_methods():
+  spec = models.get_method("macosnet")
+  assert spec.loss_fn is macosnet.loss_fn
+  assert set(spec.default_loss) == set(macosnet.LOSS_TERMS)
+  m = spec.build_model(ml_collections.ConfigDict(dict(backbone="tiny")))
+  assert m.mode == "joint" and m.backbone == "tiny"
+  pre = models.get_method("macosnet_pretrain")
+  assert pre.build_model(ml_collections.ConfigDict({})).mode == "pretrain"
+  assert dict(pre.default_loss) == {"grid": 1.0}
+
+
+@pytest.mark.parametrize("name", ["macosnet_tss", "macosnet_internet",
+                                  "macosnet_pf_pascal", "macosnet_pretrain"])
+def test_configs(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module(f"configs.{name}")
+  paper = {"macosnet_tss": (5, 5, 10, 10), "macosnet_internet": (5, 5, 20, 10),
+           "macosnet_pf_pascal": (20, 10, 2.5, 2.5)}
+  c = mod.get_config(None)
+  assert c.data.image_size == 240 and c.optimizer.name == "adam"
+  if name in paper:
+    assert c.method == "macosnet"
+    got = tuple(c.loss[k] for k in ("cycle", "transitivity", "contrastive",
+                                    "cross_consistency"))
+    assert got == paper[name] and c.loss.matching == 1.0
+    assert c.model.backbone == "resnet101" and c.model.num_points == 100
+    assert c.model.margin == 2.0 and c.model.phi == 1.0
+    abl = mod.get_config("no_cycle,lite0")
+    assert abl.loss.cycle == 0.0 and abl.model.backbone == "efficientnet_lite0"
+    assert abl.init.pretrained.encoder.backbone == "efficientnet_lite0"
+  else:
+    assert c.method == "macosnet_pretrain" and dict(c.loss) == {"grid": 1.0}
+  r = mod.get_config("runlocal")
+  assert r.model.backbone == "tiny" and r.data.image_size == SIZE
+  with pytest.raises(ValueError, match="unknown config variant"):
+    mod.get_config("bogus")
