@@ -323,11 +323,13 @@ class TinyCNN(nn.Module):
   """
   LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
 
-  def __init__(self, widths=(8, 16, 32, 64, 64)):
+  def __init__(self, widths=(8, 16, 32, 64, 64), truncate_at=None):
     super().__init__()
     self.widths = tuple(widths)
+    self.levels = self.LEVELS[:self.LEVELS.index(truncate_at or "stride32")
+                              + 1]
     c = 3
-    for level, w in zip(self.LEVELS, self.widths):
+    for level, w in zip(self.levels, self.widths):
       setattr(self, f"{level}_conv1", SameConv2d(c, w, 3, 2, bias=False))
       setattr(self, f"{level}_bn1", nn.BatchNorm2d(w))
       setattr(self, f"{level}_conv2", SameConv2d(w, w, 3, 1, bias=False))
@@ -338,7 +340,7 @@ class TinyCNN(nn.Module):
     """x: NCHW images in [0, 1] (not standardised) -> (features, pooled)."""
     x = (x - 0.5) / 0.25
     feats = {}
-    for level in self.LEVELS:
+    for level in self.levels:
       x = F.relu(getattr(self, f"{level}_bn1")(
           getattr(self, f"{level}_conv1")(x)))
       x = F.relu(getattr(self, f"{level}_bn2")(

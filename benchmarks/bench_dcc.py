@@ -1,0 +1,32 @@
+r"""DCC speed/memory benchmark, JAX vs PyTorch (issue 10).
+
+Setting (``configs/dcc_voc.py``): 513x513 pairs, batch 5, VGG16-BN encoder
+to relu5_3, depth-wise cross-correlation at kernel scales 1, 3, 5, the
+bilinear-upsampling decoder with skips, CE_A + CE_B.
+
+One cell per call (see ``benchmarks/common.py``)::
+
+  python -m benchmarks.bench_dcc --framework jax --dtype bfloat16
+  python -m benchmarks.bench_dcc --framework torch
+
+Reduced sizes: ``small`` = VGG16-BN, 65x65 (odd, like 513: exercises the
+floor/ceil skip resizing), batch 1; ``tiny`` = tiny test CNN, 32x32.
+"""
+
+from benchmarks import common
+
+BENCH = common.MethodBench(
+    name="dcc",
+    config="configs.dcc_voc",
+    config_arg=None,
+    image_size=513, batch=5, group_size=2,
+    reduced={"small": (65, 1), "tiny": (32, 1)},
+    model_overrides={
+        "tiny": {"backbone": "tiny", "backbone_kwargs": {},
+                 "decoder_widths": (16, 16, 8, 8, 8)},
+    },
+    torch_module="dcc",
+    notes="VGG16-BN, depth-wise xcorr scales 1/3/5, CE_A + CE_B")
+
+if __name__ == "__main__":
+  common.main(BENCH)

@@ -1,0 +1,143 @@
+"""DCC (depth-wise cross-correlation pair network) in plain PyTorch.
+
+Mirrors ``coseg_jax.models.dcc.DCCNet`` with the same parameter tree:
+VGG16-BN encoder (torchvision layout) truncated after the matched level
+(default 'stride16' = relu5_3, pool5 not computed), parameter-free matching
+(features L2-normalised over channels, eps 1e-6 inside the sqrt; the other
+images' maps adaptively average-pooled to k x k for k in ``kernel_sizes``,
+averaged over the K - 1 others, used as depth-wise kernels over this
+image's map with XLA 'SAME' zero padding, divided by k*k; scales
+concatenated), [F_A ; responses] into the ``UpsampleDecoder`` with skips
+(VGG's floor-sized skips resized bilinearly to the decoder's ceil grid) and
+a 1x1 head. Loss CE_A + CE_B (per-image mean pixel BCE, summed over K).
+
+The depth-wise correlation is ``F.conv2d`` with ``groups = N * C`` on the
+batch folded into channels (the usual PyTorch way to use per-sample
+kernels); matching runs in float32 like the Flax model.
+"""
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from benchmarks.torch_impl import backbones
+from benchmarks.torch_impl import blocks
+
+_VGG_WIDTHS = {"stride2": 128, "stride4": 256, "stride8": 512,
+               "stride16": 512, "stride32": 512}
+LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
+
+
+def make_encoder(name: str, level: str):
+  """(encoder -> feats dict, widths, normaliser), computing up to ``level``."""
+  if name in ("vgg16", "vgg16_bn"):
+    vgg = backbones.VGG(batch_norm=name == "vgg16_bn", with_head=False)
+    # Drop every layer after the level's last ReLU (the Flax truncate_at).
+    last = max(i for i, lv in vgg.level_after.items() if lv == level)
+    vgg.features = nn.Sequential(*list(vgg.features)[:last + 1])
+    return vgg, _VGG_WIDTHS, blocks.imagenet_normalize
+  if name == "tiny":
+    return (backbones.TinyCNN(truncate_at=level),
+            dict(zip(LEVELS, (8, 16, 32, 64, 64))),
+            lambda x: x)
+  raise ValueError(f"torch DCC: unsupported backbone {name!r}")
+
+
+def l2_normalize(x, eps=1e-6):
+  """Over channels (dim 1): x / sqrt(sum x^2 + eps)."""
+  return x / torch.sqrt((x * x).sum(1, keepdim=True) + eps)
+
+
+def depthwise_xcorr(features, kernels):
+  """features [N, C, h, w], kernels [N, C, k, k] -> [N, C, h, w] / k^2."""
+  n, c, h, w = features.shape
+  kh, kw = kernels.shape[-2:]
+  top, left = (kh - 1) // 2, (kw - 1) // 2
+  x = F.pad(features, (left, kw - 1 - left, top, kh - 1 - top))
+  out = F.conv2d(x.reshape(1, n * c, *x.shape[-2:]),
+                 kernels.reshape(n * c, 1, kh, kw), groups=n * c)
+  return out.reshape(n, c, h, w) / (kh * kw)
+
+
+def match(f, k, kernel_sizes, normalize=True):
+  """f [B*K, C, h, w] -> [B*K, C * S, h, w] (scales concatenated)."""
+  f = f.float()
+  if normalize:
+    f = l2_normalize(f)
+  bk, c = f.shape[:2]
+  b = bk // k
+  out = []
+  for s in kernel_sizes:
+    kern = F.adaptive_avg_pool2d(f, s).reshape(b, k, c, s, s)
+    others = (kern.sum(1, keepdim=True) - kern) / (k - 1)
+    out.append(depthwise_xcorr(f, others.reshape(bk, c, s, s)))
+  return torch.cat(out, 1)
+
+
+class DCCNet(nn.Module):
+  """``forward(images [B, K, 3, H, W])`` -> logits [B, K, 1, H, W]."""
+
+  def __init__(self, backbone: str = "vgg16_bn",
+               feature_level: str = "stride16",
+               kernel_sizes: Sequence[int] = (1, 3, 5),
+               combine: str = "concat", normalize_features: bool = True,
+               include_features: bool = True,
+               decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
+               convs_per_block: int = 1, use_skips: bool = True,
+               **unused: Any):
+    super().__init__()
+    if combine != "concat":
+      raise ValueError("torch DCC implements combine='concat' (the default)")
+    self.backbone, widths, self._normalize = make_encoder(backbone,
+                                                          feature_level)
+    self.level, self.kernel_sizes = feature_level, tuple(kernel_sizes)
+    self.normalize, self.include_features = normalize_features, include_features
+    self.use_skips = use_skips
+    c = widths[feature_level]
+    cin = c * len(self.kernel_sizes) + (c if include_features else 0)
+    skip_ch = None
+    if use_skips:
+      skip_ch = {lv: widths[lv] for lv in ("stride8", "stride4", "stride2")}
+      skip_ch["stride16"] = 0
+    self.decoder = blocks.UpsampleDecoder(cin, decoder_widths, convs_per_block,
+                                          skip_channels=skip_ch)
+    self.head = nn.Conv2d(decoder_widths[-1], 1, 1)
+
+  def forward(self, images):
+    b, k, _, h, w = images.shape
+    feats, *_ = self.backbone(self._normalize(images.reshape(b * k, 3, h, w)))
+    f = feats[self.level]
+    x = match(f, k, self.kernel_sizes, self.normalize).to(f.dtype)
+    if self.include_features:
+      x = torch.cat([f, x], 1)
+    skips = None
+    if self.use_skips:
+      skips = {}
+      for lv, stride in (("stride8", 8), ("stride4", 4), ("stride2", 2)):
+        skips[lv] = blocks.bilinear(feats[lv], (-(-h // stride),
+                                                -(-w // stride)))
+      skips["stride16"] = x.new_zeros((b * k, 0, -(-h // 16), -(-w // 16)))
+    y = self.decoder(x, (h, w), skips=skips)
+    with torch.autocast(device_type=images.device.type, enabled=False):
+      logits = self.head(y.float())
+    return logits.reshape(b, k, 1, h, w)
+
+
+def build_model(model_config) -> DCCNet:
+  cfg = dict(model_config)
+  return DCCNet(**{k: v for k, v in cfg.items()
+                   if k not in ("backbone_kwargs", "dtype", "xcorr_method")})
+
+
+def train_loss(model: DCCNet, images, batch: Mapping[str, Any]):
+  """CE_A + CE_B (weight 1)."""
+  logits = model(images).float()
+  masks = batch["masks"].float()
+  return sum(F.binary_cross_entropy_with_logits(logits[:, i], masks[:, i])
+             for i in range(logits.shape[1]))
+
+
+def infer(model: DCCNet, images):
+  return torch.sigmoid(model(images))
