@@ -431,3 +431,48 @@ def test_configs(name):
   assert r.model.backbone == "tiny" and r.data.image_size == SIZE
   with pytest.raises(ValueError, match="unknown config variant"):
     mod.get_config("bogus")
+
+
+# ---------------------------------------------------------------------------
+# PCK.
+
+
+def test_keypoint_pck_follows_the_pull_map():
+  rng = np.random.default_rng(0)
+  size_a, size_b = (300, 400), (240, 200)
+  aff = np.array([[0.9, 0.1, 0.05, -0.05, 1.1, 0.1]], np.float32)
+  theta = jnp.asarray(np.concatenate([aff, geometry.TPS_IDENTITY[None]], 1))
+  pts_b = rng.uniform([0, 0], [199, 239], (1, 10, 2)).astype(np.float32)
+  # Ground truth in A: B's points pushed through x_a = A x_b + t in
+  # normalised coordinates, by hand.
+  nb = np.stack([pts_b[..., 0] / 199 * 2 - 1, pts_b[..., 1] / 239 * 2 - 1],
+                -1)
+  m = aff.reshape(2, 3)
+  na = nb @ m[:, :2].T + m[:, 2]
+  pts_a = np.stack([(na[..., 0] + 1) / 2 * 399, (na[..., 1] + 1) / 2 * 299],
+                   -1).astype(np.float32)
+  # Box of A's keypoints -> L; move 3 points by 0.08 L (fail 0.05, pass 0.1)
+  # and mark one missing.
+  L = max(np.ptp(pts_a[0, :, 0]), np.ptp(pts_a[0, :, 1]))
+  shifted = pts_a.copy()
+  shifted[0, :3, 0] += 0.08 * L
+  # Shifting changes the keypoint box; give it explicitly.
+  box = jnp.asarray([[pts_a[0, :, 0].min(), pts_a[0, :, 1].min(),
+                      pts_a[0, :, 0].max(), pts_a[0, :, 1].max()]])
+  pts_b_missing = pts_b.copy()
+  pts_b_missing[0, 9] = np.nan
+  res = macosnet.keypoint_pck(theta=theta, points_a=jnp.asarray(shifted),
+                              points_b=jnp.asarray(pts_b_missing),
+                              size_a=size_a, size_b=size_b, bbox_a=box)
+  np.testing.assert_allclose(float(res[0.05][0]), 6 / 9, atol=1e-6)
+  np.testing.assert_allclose(float(res[0.1][0]), 1.0, atol=1e-6)
+  exact = macosnet.keypoint_pck(theta=theta, points_a=jnp.asarray(pts_a),
+                                points_b=jnp.asarray(pts_b), size_a=size_a,
+                                size_b=size_b)
+  assert float(exact[0.05][0]) == 1.0
+  # The identity does not explain the pair.
+  ident = macosnet.keypoint_pck(
+      theta=jnp.asarray(geometry.AFFINE_TPS_IDENTITY)[None],
+      points_a=jnp.asarray(pts_a), points_b=jnp.asarray(pts_b),
+      size_a=size_a, size_b=size_b)
+  assert float(ident[0.05][0]) < 0.5

@@ -621,6 +621,70 @@ def loss_fn(*, outputs: MaCoSNetOutput, batch: Mapping[str, jax.Array],
 
 
 # --------------------------------------------------------------------------
+# Matching evaluation (PCK).
+
+PCK_ALPHAS = (0.05, 0.1, 0.15)
+
+
+def transfer_keypoints(*, theta: jax.Array, points_b: jax.Array,
+                       size_a: Tuple[int, int], size_b: Tuple[int, int]
+                       ) -> jax.Array:
+  """B's keypoints carried into A's image by theta warping A onto B.
+
+  CNNGeo / weakalign's PCK protocol: the pull map T_AB sends a point of B's
+  frame to its match in A, so B's (target) keypoints are transformed and
+  compared with A's. Coordinates are pixels of the *original* images
+  (normalised with each image's own size, which is what stretching both to
+  the model input does).
+
+  Args:
+    theta: [B, 24] 'affine_tps' theta of the pair (A -> B).
+    points_b: [B, N, 2] (x, y) pixels in B (NaN = missing).
+    size_a: (H_a, W_a) of A; size_b: (H_b, W_b) of B.
+
+  Returns:
+    [B, N, 2] (x, y) pixels in A.
+  """
+  norm = geometry.pixels_to_normalized(points_b, tuple(size_b))
+  mapped = geometry.transform_points(points=jnp.nan_to_num(norm),
+                                     theta=theta, kind=KIND)
+  return geometry.normalized_to_pixels(mapped, tuple(size_a))
+
+
+def keypoint_pck(*, theta: jax.Array, points_a: jax.Array,
+                 points_b: jax.Array, size_a: Tuple[int, int],
+                 size_b: Tuple[int, int], alphas: Sequence[float] = PCK_ALPHAS,
+                 bbox_a: Optional[jax.Array] = None):
+  """PCK of one batch of pairs at each alpha (PF-PASCAL / PF-WILLOW).
+
+  Args:
+    theta: [B, 24] theta warping A onto B.
+    points_a, points_b: [B, N, 2] corresponding keypoints (pixels; NaN rows
+      are missing and not scored).
+    size_a, size_b: original image sizes (H, W).
+    alphas: tolerances as fractions of the reference size.
+    bbox_a: optional [B, 4] (x0, y0, x1, y1) object box in A; by default the
+      bounding box of A's valid keypoints (weakalign's PF-PASCAL L_pck).
+
+  Returns:
+    dict alpha -> [B] fraction of A's keypoints within alpha * L.
+  """
+  from coseg_jax import metrics  # pylint: disable=g-import-not-at-top
+  valid = jnp.all(jnp.isfinite(points_a) & jnp.isfinite(points_b), axis=-1)
+  pred = transfer_keypoints(theta=theta, points_b=points_b, size_a=size_a,
+                            size_b=size_b)
+  gt = jnp.nan_to_num(points_a)
+  if bbox_a is None:
+    big = jnp.float32(1e9)
+    lo = jnp.min(jnp.where(valid[..., None], gt, big), axis=1)
+    hi = jnp.max(jnp.where(valid[..., None], gt, -big), axis=1)
+    bbox_a = jnp.concatenate([lo, hi], axis=-1)
+  ref = metrics.bbox_reference_size(bbox_a)
+  return {a: metrics.pck(pred_points=pred, gt_points=gt, alpha=a,
+                         reference_size=ref, valid=valid) for a in alphas}
+
+
+# --------------------------------------------------------------------------
 # Registry.
 
 
