@@ -211,6 +211,16 @@ def torch_module(bench: MethodBench):
   return importlib.import_module(f"benchmarks.torch_impl.{bench.torch_module}")
 
 
+def build_torch_model(bench: MethodBench, config):
+  """The torch implementation of ``config.model`` (input size passed along
+  to implementations whose layer shapes depend on it)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  build = torch_module(bench).build_model
+  if "image_size" in inspect.signature(build).parameters:
+    return build(config.model, image_size=int(config.data.image_size))
+  return build(config.model)
+
+
 def torch_batch(config, device):
   """The JAX benchmark's random batch (same seed) as torch NCHW tensors."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -287,7 +297,7 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
   torch.manual_seed(0)
-  model = impl.build_model(config.model).to(device)
+  model = build_torch_model(bench, config).to(device)
   n_params = sum(p.numel() for p in model.parameters())
   report = {"framework": "torch.compile" if compile_model else "torch eager",
             "param_count": n_params, "device": (
@@ -332,7 +342,13 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
   model.train()
   steps = int(config.benchmark["steps"])
   warmup = int(config.benchmark["warmup"])
-  tr = _time_torch(train_step, warmup=warmup, steps=steps, device=device)
+  if impl.train_loss is None:
+    tr = None
+    report["train_error"] = (f"no PyTorch training step for {bench.name} "
+                             f"(see benchmarks/torch_impl/{bench.torch_module}"
+                             f".py)")
+  else:
+    tr = _time_torch(train_step, warmup=warmup, steps=steps, device=device)
   if device.type == "cuda":
     report["peak_memory_mib"] = torch.cuda.max_memory_allocated() / _MIB
     report["peak_memory_source"] = "torch.cuda.max_memory_allocated"
@@ -344,11 +360,13 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
     inf = _time_torch(lambda: forward_infer(images), warmup=warmup,
                       steps=steps, device=device)
   b = int(config.train.global_batch_size)
+  if tr is not None:
+    report.update({
+        "train_compile_s": tr["first_call_s"],
+        "train_step_ms": 1e3 * tr["median_s"],
+        "train_groups_per_s": b / tr["median_s"]})
   report.update({
       "batch_shape": tuple(images.shape),
-      "train_compile_s": tr["first_call_s"],
-      "train_step_ms": 1e3 * tr["median_s"],
-      "train_groups_per_s": b / tr["median_s"],
       "infer_compile_s": inf["first_call_s"],
       "infer_step_ms": 1e3 * inf["median_s"],
       "infer_groups_per_s": b / inf["median_s"],
