@@ -115,8 +115,8 @@ class CycleRefinement(nn.Module):
   RCM exchange and no ConvLSTM: h_last = concat[x, RCM(x)] [B, K, h, w, 2C],
   hs = h_last[None].
 
-  Parameters (exchange 'cycle'): ``lstm/input_module`` (the RCM) and
-  ``lstm/cell`` (the ConvLSTM cell), shared by every step and every branch.
+  Parameters: ``rcm`` (the RCM) and, for exchange 'cycle', ``lstm/cell``
+  (the ConvLSTM cell), shared by every step and every branch.
 
   Attributes:
     features: C, the width of the input features and of the states.
@@ -165,7 +165,8 @@ class CycleRefinement(nn.Module):
       out = jnp.concatenate([x, self.make_rcm(name="rcm")(x)], axis=-1)
       return out, out[None]
     lstm = convlstm.FeedbackConvLSTM(
-        self.features, input_module=self.make_rcm(), num_steps=self.num_steps,
+        self.features, input_module=self.make_rcm(name="rcm"),
+        num_steps=self.num_steps,
         kernel_size=self.lstm_kernel, peephole=self.peephole,
         forget_bias=self.forget_bias, feed="cell", dtype=self.dtype,
         name="lstm")

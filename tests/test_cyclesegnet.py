@@ -1,0 +1,463 @@
+"""CycleSegNet: shapes, exact parameter counts, group-mode invariances, the
+scan against an unrolled pair-form loop, gradients, losses and configs.
+
+Every model here is tiny (tiny CNN, 32 px, few channels) so the file runs in
+seconds; the ResNet-34 and Lite0 counts use ``jax.eval_shape`` (no compute).
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coseg_jax import backbones
+from coseg_jax import models
+from coseg_jax.models import cyclesegnet as cs
+from coseg_jax.nn import convlstm
+from coseg_jax.nn import region_attention
+
+TINY_WIDTHS = (4, 8, 8, 16, 16)  # strides 2..32
+LEVEL_WIDTH = dict(zip(("stride2", "stride4", "stride8", "stride16",
+                        "stride32"), TINY_WIDTHS))
+DEC = (8, 8, 8, 4, 4)
+
+
+def _model(**kw):
+  base = dict(backbone="tiny", backbone_kwargs={"widths": TINY_WIDTHS},
+              num_steps=3, decoder_widths=DEC)
+  base.update(kw)
+  return cs.CycleSegNet(**base)
+
+
+def _images(b=1, k=2, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.uniform(size=(b, k, size, size, 3)), jnp.float32)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@functools.lru_cache(maxsize=None)
+def _init(**kw):
+  model = _model(**kw)
+  return model, jax.jit(model.init)(jax.random.key(0), _images())
+
+
+# ---------------------------------------------------------------------------
+# Parameter counts from the layer formulas (independent of the module code).
+
+
+def _conv(k, cin, cout, bias=True):
+  return k * k * cin * cout + (cout if bias else 0)
+
+
+def _rcm(c, d=None):
+  d = d or c
+  return (_conv(1, 2 * c, c) + _conv(1, c, d) + _conv(1, c, d) +
+          _conv(1, c, c))
+
+
+def _crm(c, exchange="cycle", kernel=3):
+  if exchange == "cross":
+    return _rcm(c)
+  return _rcm(c) + _conv(kernel, c, 4 * c) + _conv(kernel, c, 4 * c, False)
+
+
+def _conv_bn(cin, cout):
+  return _conv(3, cin, cout, bias=False) + 2 * cout
+
+
+def _caf(c_fine, c_coarse, f):
+  return (_conv(1, c_fine, f) + _conv(1, c_coarse, f) + (2 * f * f + f) +
+          (f * f + f))
+
+
+def _expected(*, widths, level_width, multi, exchange="cycle", skips=False,
+              proj=None, backbone_params):
+  """Formula count of a CycleSegNet (BatchNorm scale+bias counted)."""
+  levels = cs.MULTI_LEVELS if multi else cs.SINGLE_LEVELS
+  total = backbone_params
+  crm_out = {}
+  for level in levels:
+    c = level_width[level]
+    if proj:
+      total += _conv(1, c, proj, bias=False) + 2 * proj
+      c = proj
+    total += _crm(c, exchange)
+    crm_out[level] = 2 * c if exchange == "cross" else c
+  decoder_levels = ("stride16", "stride8", "stride4", "stride2", "full")
+  cin = crm_out["stride32"]
+  for level, w in zip(decoder_levels, widths):
+    if multi and level in crm_out:
+      total += _caf(crm_out[level], cin, w)
+      cin = w
+    elif skips and level != "full":
+      cin += level_width[level]
+    total += _conv_bn(cin, w)
+    cin = w
+  return total + _conv(1, widths[-1], 1)
+
+
+def _tiny_backbone_params():
+  bb = backbones.get_backbone("tiny", widths=TINY_WIDTHS)
+  v = jax.eval_shape(bb.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  return _count(v["params"])
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("exchange", ["cycle", "cross"])
+def test_shapes_and_exact_parameter_counts_tiny(multi, exchange):
+  model = _model(multi_level=multi, exchange=exchange, decode_all_steps=True)
+  x = _images(b=2, k=3)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  expected = _expected(widths=DEC, level_width=LEVEL_WIDTH, multi=multi,
+                       exchange=exchange,
+                       backbone_params=_tiny_backbone_params())
+  assert _count(variables["params"]) == expected
+  out = jax.eval_shape(functools.partial(model.apply, train=False),
+                       variables, x)
+  assert out.mask_logits.shape == (2, 3, 32, 32, 1)
+  t = 3 if exchange == "cycle" else 1
+  assert out.step_logits.shape == (t, 2, 3, 32, 32, 1)
+  assert out.mask_logits.dtype == jnp.float32
+
+
+def test_literal_parameter_count_tiny_single_level():
+  """The formula above, pinned: a change of any layer changes this number."""
+  _, variables = _init()
+  assert _count(variables["params"]) == 33_185
+
+
+@pytest.mark.parametrize("backbone,multi,proj,level_width", [
+    ("resnet34", True, None, {"stride8": 128, "stride16": 256,
+                              "stride32": 512}),
+    ("resnet34", False, None, {"stride32": 512}),
+    ("efficientnet_lite0", True, 128, {"stride8": 40, "stride16": 112,
+                                       "stride32": 1280}),
+    ("efficientnet_lite0", False, 128, {"stride32": 1280}),
+])
+def test_parameter_counts_real_backbones(backbone, multi, proj, level_width):
+  widths = (256, 128, 64, 32, 16)
+  model = cs.CycleSegNet(backbone=backbone, multi_level=multi,
+                         crm_features=proj, decoder_widths=widths)
+  x = jnp.zeros((1, 2, 64, 64, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  bb = backbones.get_backbone(backbone)
+  bb_vars = jax.eval_shape(bb.init, jax.random.key(0), x[0])
+  assert _count(variables["params"]["backbone"]) == _count(bb_vars["params"])
+  assert _count(variables["params"]) == _expected(
+      widths=widths, level_width=level_width, multi=multi, proj=proj,
+      backbone_params=_count(bb_vars["params"]))
+  if backbone == "resnet34" and multi:
+    # Paper model: ResNet-34 (21.28 M) + three CRMs at 128/256/512 channels.
+    assert _count(variables["params"]) == 49_112_881
+
+
+def test_backbone_width_matches_level_table():
+  """The widths assumed above are those the backbones return."""
+  for name, table in (("resnet34", (128, 256, 512)),
+                      ("efficientnet_lite0", (40, 112, 1280))):
+    bb = backbones.get_backbone(name)
+    out = jax.eval_shape(lambda x, bb=bb: bb.init_with_output(
+        jax.random.key(0), x)[0], jnp.zeros((1, 64, 64, 3)))
+    assert tuple(out.features[l].shape[-1]
+                 for l in cs.MULTI_LEVELS) == table
+
+
+# ---------------------------------------------------------------------------
+# The refinement against an unrolled loop of the pair form.
+
+
+def test_scan_equals_unrolled_pair_form_loop():
+  """K = 2: the model's CRM (scan, group-form RCM) equals a Python loop of
+  the ConvLSTM cell fed X_A = RCM(C_A, C_B), X_B = RCM(C_B, C_A) (pair form),
+  with H_0 = C_0 = encoder features; the decoder reads H_N."""
+  model, variables = _init()
+  x = _images(b=2, k=2, size=64, seed=1)  # 2x2 maps: distinct regions
+  out, inter = jax.jit(functools.partial(
+      model.apply, capture_intermediates=lambda m, name: isinstance(
+          m, cs.CycleRefinement) and name == "__call__",
+      mutable=["intermediates"]))(variables, x)
+  h_last, hs = inter["intermediates"]["crm_stride32"]["__call__"][0]
+  assert hs.shape == (3, 2, 2, 2, 2, 16)
+
+  p = variables["params"]
+  bb = backbones.get_backbone("tiny", widths=TINY_WIDTHS)
+  feats = bb.apply({"params": p["backbone"],
+                    "batch_stats": variables["batch_stats"]["backbone"]},
+                   x.reshape(4, 64, 64, 3)).features["stride32"]
+  enc = feats.reshape(2, 2, *feats.shape[1:])
+  lstm = p["crm_stride32"]["lstm"]
+  rcm = region_attention.RegionCorrespondence(16)
+  cell = convlstm.ConvLSTMCell(16)
+  rcm_vars = {"params": p["crm_stride32"]["rcm"]}
+  carry = (enc, enc)
+  steps = []
+  for _ in range(3):
+    c = carry[0]
+    x_a = region_attention.rcm_pair(rcm, rcm_vars, c[:, 0], c[:, 1])
+    x_b = region_attention.rcm_pair(rcm, rcm_vars, c[:, 1], c[:, 0])
+    carry, h = cell.apply({"params": lstm["cell"]}, carry,
+                          jnp.stack([x_a, x_b], axis=1))
+    steps.append(h)
+  np.testing.assert_allclose(hs, np.stack(steps), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(h_last, steps[-1], rtol=1e-5, atol=1e-5)
+  # The steps differ (the loop does something) and H_N is what is decoded.
+  assert float(jnp.max(jnp.abs(steps[0] - steps[-1]))) > 1e-4
+
+
+def test_pairs_in_a_batch_are_independent():
+  model, variables = _init()
+  x = _images(b=3, k=2, seed=2)
+  run = jax.jit(model.apply)
+  full = run(variables, x).mask_logits
+  for i in range(3):
+    np.testing.assert_allclose(full[i], run(variables, x[i:i + 1]).mask_logits[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_per_step_decoding_last_step_equals_mask_logits():
+  model, variables = _init()
+  x = _images(b=1, k=3, seed=3)
+  plain = jax.jit(model.apply)(variables, x)
+  steps = jax.jit(model.clone(decode_all_steps=True).apply)(variables, x)
+  assert plain.step_logits is None
+  assert steps.step_logits.shape == (3, 1, 3, 32, 32, 1)
+  np.testing.assert_allclose(steps.step_logits[-1], plain.mask_logits,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(steps.mask_logits, plain.mask_logits,
+                             rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Group mode.
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_output_invariant_to_order_of_the_other_images(multi):
+  model, variables = _init(multi_level=multi)
+  x = _images(b=1, k=4, seed=4)
+  run = jax.jit(model.apply)
+  base = run(variables, x).mask_logits
+  perm = np.array([0, 3, 1, 2])
+  permuted = run(variables, x[:, perm]).mask_logits
+  # Image 0 is unchanged; the others follow their images (equivariance).
+  np.testing.assert_allclose(permuted, base[:, perm], rtol=1e-5, atol=1e-5)
+
+
+def test_k_is_free_at_apply_time_and_k1_is_refused():
+  model, variables = _init()
+  for k in (2, 3, 5):
+    out = jax.jit(model.apply)(variables, _images(k=k, seed=k))
+    assert out.mask_logits.shape == (1, k, 32, 32, 1)
+  with pytest.raises(ValueError, match="K >= 2"):
+    model.apply(variables, _images(k=1))
+
+
+@pytest.mark.parametrize("exchange", ["cycle", "cross"])
+def test_an_image_does_not_attend_to_itself(exchange):
+  """Perturbing image 0's own region keys/values leaves image 0's output
+  unchanged and changes the other images' outputs.
+
+  One exchange (N = 1, or Mcross): with N > 1 image 0's information does come
+  back to it through the other images' states at the next step (that is the
+  cycle), but never directly through its own regions.
+  """
+  model, variables = _init(multi_level=True, exchange=exchange, num_steps=1)
+  x = _images(b=1, k=3, size=64, seed=5)
+  k = x.shape[1]
+
+  def perturb_own(next_fun, args, kwargs, context):
+    if (isinstance(context.module, region_attention.RegionCorrespondence) and
+        context.method_name == "_keys_values"):
+      r = args[0]  # [B, K * N, C], image j's regions at rows j*N..(j+1)*N-1
+      n = r.shape[1] // k
+      noise = 10.0 * jnp.cos(jnp.arange(r.size, dtype=r.dtype)).reshape(
+          r.shape)
+      r = r.at[:, :n].add(noise[:, :n])
+      return next_fun(r, *args[1:], **kwargs)
+    return next_fun(*args, **kwargs)
+
+  clean = model.apply(variables, x).mask_logits
+  with nn.intercept_methods(perturb_own):
+    perturbed = model.apply(variables, x).mask_logits
+  np.testing.assert_allclose(perturbed[:, 0], clean[:, 0], rtol=1e-5,
+                             atol=1e-5)
+  for j in (1, 2):
+    assert float(jnp.max(jnp.abs(perturbed[:, j] - clean[:, j]))) > 1e-3
+
+
+def test_other_images_reach_an_image_only_through_the_exchange():
+  """Mcycle/Mcross outputs depend on the other images; with identical others
+  swapped for different ones, image 0's mask changes."""
+  for exchange in ("cycle", "cross"):
+    model, variables = _init(exchange=exchange)
+    x = _images(b=1, k=2, size=64, seed=6)
+    y = x.at[:, 1].set(_images(b=1, k=1, size=64, seed=7)[:, 0])
+    a = model.apply(variables, x).mask_logits[:, 0]
+    b = model.apply(variables, y).mask_logits[:, 0]
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-6
+
+
+# ---------------------------------------------------------------------------
+# Gradients and losses.
+
+
+def _batch(x, seed=0):
+  rng = np.random.default_rng(seed)
+  masks = jnp.asarray(rng.integers(0, 2, size=x.shape[:-1] + (1,)),
+                      jnp.float32)
+  return {"images": x, "masks": masks, "valid": jnp.ones_like(masks)}
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_gradients_reach_every_parameter(multi):
+  model, variables = _init(multi_level=multi, decode_all_steps=True)
+  # 64 px: every refined level is at least 2x2, so the 2x2 regions differ
+  # (on a 1x1 map they are identical and the attention is uniform).
+  x = _images(b=2, k=2, size=64, seed=8)
+  batch = _batch(x)
+
+  def loss(params):
+    out, _ = model.apply({"params": params,
+                          "batch_stats": variables["batch_stats"]}, x,
+                         train=True, mutable=["batch_stats"])
+    return cs.loss_fn(outputs=out, batch=batch,
+                      loss_config={"lovasz": 1.0, "deep_lovasz": 0.5})[0]
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  dead = [jax.tree_util.keystr(p) for p, g in flat
+          if not np.any(np.abs(np.asarray(g)) > 0)]
+  assert not dead, dead
+  assert all(np.all(np.isfinite(np.asarray(g))) for _, g in flat)
+
+
+def test_loss_terms_and_weights():
+  from coseg_jax import losses
+  model, variables = _init(decode_all_steps=True)
+  x = _images(b=1, k=2, seed=9)
+  out = model.apply(variables, x)
+  batch = _batch(x, seed=1)
+  total, terms = cs.loss_fn(outputs=out, batch=batch, loss_config={
+      "lovasz": 2.0, "bce": 0.5, "deep_lovasz": 0.25})
+  flat = lambda a: a.reshape(-1, 32, 32)
+  lov = losses.get_loss("lovasz_softmax_binary")
+  labels = flat(batch["masks"]).astype(jnp.int32)
+  ref_lov = lov(logits=flat(out.mask_logits), labels=labels, per_image=False)
+  ref_bce = losses.get_loss("sigmoid_bce")(
+      logits=flat(out.mask_logits), labels=flat(batch["masks"]),
+      valid=flat(batch["valid"]))
+  ref_deep = np.mean([lov(logits=flat(s), labels=labels, per_image=False)
+                      for s in out.step_logits])
+  np.testing.assert_allclose(terms["lovasz"], 2.0 * ref_lov, rtol=1e-5)
+  np.testing.assert_allclose(terms["bce"], 0.5 * ref_bce, rtol=1e-5)
+  np.testing.assert_allclose(terms["deep_lovasz"], 0.25 * ref_deep, rtol=1e-5)
+  np.testing.assert_allclose(total, 2.0 * ref_lov + 0.5 * ref_bce +
+                             0.25 * ref_deep, rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown term"):
+    cs.loss_fn(outputs=out, batch=batch, loss_config={"dice": 1.0})
+  plain = model.clone(decode_all_steps=False).apply(variables, x)
+  with pytest.raises(ValueError, match="decode_all_steps"):
+    cs.loss_fn(outputs=plain, batch=batch, loss_config={"deep_lovasz": 1.0})
+
+
+def test_bfloat16_compute_float32_logits():
+  model = _model(dtype=jnp.bfloat16)
+  x = _images(k=2)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  out = jax.jit(model.apply)(variables, x)
+  assert out.mask_logits.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(out.mask_logits)))
+
+
+# ---------------------------------------------------------------------------
+# Registry and configs.
+
+
+def test_registered_and_built_from_configs():
+  from configs import cyclesegnet_pascal_disjoint
+  from configs import cyclesegnet_voc2012
+  from configs import demo
+  spec = models.get_method("cyclesegnet")
+  assert spec.train_fn is cs.train_fn
+  cfg = cyclesegnet_voc2012.get_config()
+  m = spec.build_model(cfg.model)
+  assert (m.backbone, m.multi_level, m.num_steps, tuple(m.region_size),
+          m.exchange) == ("resnet34", True, 7, (2, 2), "cycle")
+  assert cfg.optimizer.learning_rate == 1e-5
+  assert cfg.optimizer.weight_decay == 5e-4
+  assert cfg.train.global_batch_size == 4
+  assert cfg.train.num_steps == 40_000
+  assert cfg.data.image_size == 512
+  assert spec.build_model(cyclesegnet_voc2012.get_config(
+      "mcross,single").model).exchange == "cross"
+  for ablation in ("baseline", "mcat", "mmul"):
+    c = cyclesegnet_voc2012.get_config(ablation + ",runlocal")
+    assert c.method == ablation
+    models.get_method(c.method).build_model(c.model)
+  with pytest.raises(ValueError, match="unknown config variant"):
+    cyclesegnet_voc2012.get_config("mcyle")
+  seen = cyclesegnet_pascal_disjoint.get_config("train")
+  unseen = cyclesegnet_pascal_disjoint.get_config("unseen")
+  assert not set(seen.data.classes) & set(unseen.data.classes)
+  assert len(seen.data.classes) == len(unseen.data.classes) == 10
+  assert seen.model.backbone == "efficientnet_lite0"
+  assert seen.init.pretrained.backbone.backbone == "efficientnet_lite0"
+  d = demo.get_config()
+  assert d.method == "cyclesegnet" and d.visualise.num_groups > 0
+  assert demo.get_config("runlocal").train.num_steps <= 4
+
+
+# ---------------------------------------------------------------------------
+# Learning.
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_fixed_synthetic_pairs():
+  """A tiny CycleSegNet fits 4 fixed synthetic pairs (32 px) to J >= 0.9
+  (eval mode, BatchNorm running statistics, threshold 0.5)."""
+  import optax
+  from data_pipelines.synthetic import generator
+  pairs = [(0, 0, 1), (1, 0, 1), (2, 2, 3), (0, 4, 5)]  # (class, i, j)
+  images, masks = [], []
+  for cat, i, j in pairs:
+    ims, ms = zip(*[generator.render(cat, num_classes=3, image_size=32,
+                                     seed=11, index=n)[:2] for n in (i, j)])
+    images.append(np.stack(ims))
+    masks.append(np.stack(ms))
+  x = jnp.asarray(np.stack(images), jnp.float32) / 255.0
+  y = jnp.asarray(np.stack(masks)[..., None], jnp.float32)
+  batch = {"images": x, "masks": y, "valid": jnp.ones_like(y)}
+  model = _model(num_steps=2, use_skips=True, multi_level=True)
+  variables = model.init(jax.random.key(0), x)
+  tx = optax.adam(3e-3)
+  params, stats = variables["params"], variables["batch_stats"]
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, stats, opt):
+    def loss(p):
+      out, new = model.apply({"params": p, "batch_stats": stats}, x,
+                             train=True, mutable=["batch_stats"])
+      return cs.loss_fn(outputs=out, batch=batch,
+                        loss_config={"lovasz": 1.0, "bce": 1.0})[0], new
+    (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), new["batch_stats"], opt, value
+
+  for _ in range(300):
+    params, stats, opt, value = step(params, stats, opt)
+  logits = jax.jit(model.apply)({"params": params, "batch_stats": stats},
+                                x).mask_logits
+  pred = np.asarray(logits) > 0
+  gt = np.asarray(y) > 0.5
+  j = [(p & g).sum() / max((p | g).sum(), 1)
+       for p, g in zip(pred.reshape(8, -1), gt.reshape(8, -1))]
+  assert np.isfinite(float(value))
+  assert np.mean(j) >= 0.9, (np.round(j, 3), float(value))
