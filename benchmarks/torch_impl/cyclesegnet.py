@@ -71,11 +71,8 @@ class CycleRefinement(nn.Module):
     rcm = blocks.RegionCorrespondence(
         features, key_features=key_features, region_size=region_size,
         regions=regions, fuse_kernel=fuse_kernel, scale=scale_attention)
-    if exchange == "cross":
-      self.rcm = rcm
-    else:
-      # Flax auto-name of the RCM built in CycleRefinement's scope.
-      self.RegionCorrespondence_0 = rcm  # pylint: disable=invalid-name
+    self.rcm = rcm  # Flax: crm_<level>/rcm, shared by the N steps
+    if exchange != "cross":
       self.lstm = _LSTM(blocks.ConvLSTMCell(features, features, lstm_kernel,
                                             peephole, forget_bias))
 
@@ -84,7 +81,7 @@ class CycleRefinement(nn.Module):
       return torch.cat([x, self.rcm(x, k)], 1)
     c, h = x, x  # H_0 = C_0 = encoder features
     for _ in range(self.num_steps):
-      c, h = self.lstm.cell((c, h), self.RegionCorrespondence_0(c, k))
+      c, h = self.lstm.cell((c, h), self.rcm(c, k))
     return h
 
 

@@ -1,0 +1,285 @@
+"""The JAX-vs-PyTorch benchmark suite: parity of the torch implementations
+and an end-to-end run on CPU (no timing assertions).
+
+* Parameter counts: every method's torch implementation
+  (``benchmarks/torch_impl``) has exactly the Flax model's number of
+  parameters, at the paper's configuration and at the reduced CPU sizes
+  (built on torch's meta device: shapes only, nothing allocated).
+* Outputs: the Flax variables (random weights, perturbed biases and BN
+  statistics so that layout mistakes cannot hide) are copied into the torch
+  model with the strict ``flax_to_torch_state_dict`` and both run in float32
+  on CPU; the outputs agree to float32 rounding (max abs error <= 1e-4 of
+  the output scale). CycleSegNet also compares the train-mode loss (BN batch
+  statistics + Lovász) — the quantity the timed training step differentiates.
+* Losses: the torch Lovász and co-attention losses equal the coseg_jax ones.
+* Suite: ``benchmarks.run_all`` at the tiny size writes its Markdown section,
+  JSON and PNG, and replaces (not appends) its section of a RESULTS file.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import optional_import
+
+torch = optional_import("torch")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common
+from benchmarks import run_all
+from benchmarks.torch_impl import blocks
+
+METHODS = ("cyclesegnet", "cosegnet", "dcc", "coattention", "macosnet")
+
+
+def bench_of(method):
+  import importlib
+  return importlib.import_module(f"benchmarks.bench_{method}").BENCH
+
+
+def random_variables(config, seed=1):
+  """Random Flax variables of ``config``'s model from its shapes alone.
+
+  No init is compiled (``jax.eval_shape``): kernels ~ N(0, 1/fan_in), biases
+  and BN means ~ N(0, 0.1^2), BN scales ~ 1 + N(0, 0.1^2), variances in
+  [0.6, 1.4] — values far from any default so that layout mistakes show.
+  """
+  from coseg_jax import models
+  model = models.get_method(config.method).build_model(config.model)
+  k, side = int(config.data.group_size), int(config.data.image_size)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, k, side, side, 3), jnp.float32)))
+  rng = np.random.RandomState(seed)
+
+  def f(path, s):
+    name = jax.tree_util.keystr(path)
+    if "var" in name and "batch_stats" in name:
+      return (0.6 + 0.8 * rng.rand(*s.shape)).astype(np.float32)
+    if "scale" in name:
+      return (1.0 + 0.1 * rng.normal(size=s.shape)).astype(np.float32)
+    if len(s.shape) >= 2:
+      fan_in = int(np.prod(s.shape[:-1]))
+      return (rng.normal(size=s.shape) / np.sqrt(fan_in)).astype(np.float32)
+    return (0.1 * rng.normal(size=s.shape)).astype(np.float32)
+  return model, jax.tree_util.tree_map_with_path(f, shapes)
+
+
+def to_nchw(x):
+  return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 1, 4, 2, 3)
+
+
+def assert_close(ours, ref, tol=1e-4):
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  assert ours.shape == ref.shape
+  scale = max(np.abs(ref).max(), 1e-3)
+  assert np.abs(ours - ref).max() <= tol * scale, (
+      np.abs(ours - ref).max(), scale)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("size", [
+    pytest.param("paper", marks=pytest.mark.slow), "tiny"])
+def test_param_count_parity(method, size):
+  bench = bench_of(method)
+  config = common.make_config(bench, size=size)
+  with torch.device("meta"):
+    model = common.build_torch_model(bench, config)
+  assert blocks.torch_param_count(model) == common.jax_param_count(config)
+
+
+def test_param_count_detects_a_difference():
+  """The comparison can fail: one more decoder channel changes the count."""
+  bench = bench_of("cyclesegnet")
+  config = common.make_config(bench, size="tiny")
+  with torch.device("meta"):
+    model = common.build_torch_model(bench, config)
+  config.model.decoder_widths = (16, 16, 8, 8, 9)
+  assert blocks.torch_param_count(model) != common.jax_param_count(config)
+
+
+def _parity(method, size="tiny", *, overrides=None, k=None, seed=0):
+  bench = bench_of(method)
+  config = common.make_config(bench, size=size)
+  for key, value in (overrides or {}).items():
+    config.model[key] = value
+  model, variables = random_variables(config)
+  tmodel = common.build_torch_model(bench, config)
+  blocks.load_flax_variables(tmodel, variables)
+  tmodel.eval()
+  k = k or int(config.data.group_size)
+  side = int(config.data.image_size)
+  x = np.random.RandomState(seed).rand(1, k, side, side, 3).astype(np.float32)
+  return model, variables, tmodel, x
+
+
+def test_cyclesegnet_output_parity():
+  # Multi-level, skips, peepholes, K = 3 (group form of the RCM).
+  model, v, tm, x = _parity("cyclesegnet", overrides={
+      "peephole": True, "use_skips": True}, k=3)
+  ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
+  with torch.no_grad():
+    ref = tm(to_nchw(x)).permute(0, 1, 3, 4, 2).numpy()
+  assert_close(ref, ours)
+
+
+@pytest.mark.slow
+def test_cyclesegnet_train_loss_parity():
+  """Train mode (BN batch statistics) + Lovász: the timed step's objective."""
+  from coseg_jax.models import cyclesegnet
+  from benchmarks.torch_impl import cyclesegnet as tcyc
+  model, v, tm, x = _parity("cyclesegnet")
+  masks = (np.random.RandomState(3).rand(*x.shape[:-1], 1) > 0.5).astype(
+      np.float32)
+
+  @jax.jit
+  def loss(v, x, masks):
+    out, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+    return cyclesegnet.loss_fn(outputs=out, batch={"masks": masks},
+                               loss_config={"lovasz": 1.0})[0]
+
+  tm.train()
+  with torch.no_grad():
+    ref = tcyc.train_loss(tm, to_nchw(x), {"masks": to_nchw(masks)})
+  np.testing.assert_allclose(float(ref), float(loss(v, x, masks)), rtol=1e-4)
+
+
+def test_dcc_output_parity():
+  model, v, tm, x = _parity("dcc")
+  ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
+  with torch.no_grad():
+    ref = tm(to_nchw(x)).permute(0, 1, 3, 4, 2).numpy()
+  assert_close(ref, ours)
+
+
+@pytest.mark.slow
+def test_cosegnet_output_parity():
+  model, v, tm, x = _parity("cosegnet")
+  out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
+  with torch.no_grad():
+    logits, e, d = tm(to_nchw(x))
+  assert_close(logits.permute(0, 1, 3, 4, 2).numpy(), out.mask_logits)
+  assert_close(e.numpy(), out.embeddings)
+  assert_close(d.numpy(), out.decision_logits)
+
+
+@pytest.mark.slow
+def test_coattention_output_parity():
+  # Real Lite0 generator architecture, tiny extractor (compile time).
+  model, v, tm, x = _parity("coattention", overrides={
+      "backbone": "efficientnet_lite0",
+      "backbone_kwargs": {"drop_connect_rate": 0.0}})
+  out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
+  with torch.no_grad():
+    logits, fo, fb = tm(to_nchw(x))
+  assert_close(logits.permute(0, 1, 3, 4, 2).numpy(), out.mask_logits)
+  assert_close(fo.numpy(), out.object_features)
+  assert_close(fb.numpy(), out.background_features)
+
+
+@pytest.mark.slow
+def test_macosnet_inference_parity():
+  model, v, tm, x = _parity("macosnet")
+  ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
+  with torch.no_grad():
+    ref = tm(to_nchw(x)).permute(0, 1, 3, 4, 2).numpy()
+  assert_close(ref, ours)
+
+
+@pytest.mark.slow
+def test_cyclesegnet_resnet_parity():
+  """ResNet-18 encoder, single level with a CRM projection."""
+  model, v, tm, x = _parity("cyclesegnet", "small", overrides={
+      "multi_level": False, "crm_features": 16,
+      "decoder_widths": (16, 16, 8, 8, 8)})
+  ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
+  with torch.no_grad():
+    ref = tm(to_nchw(x)).permute(0, 1, 3, 4, 2).numpy()
+  assert_close(ref, ours)
+
+
+def test_weight_copy_is_strict():
+  bench = bench_of("dcc")
+  config = common.make_config(bench, size="tiny")
+  _, v = random_variables(config)
+  config.model.kernel_sizes = (1, 3)  # torch decoder input narrower
+  tm = common.build_torch_model(bench, config)
+  with pytest.raises(ValueError, match="decoder"):
+    blocks.flax_to_torch_state_dict(v, tm)
+  params = dict(v["params"])
+  params.pop("head")
+  config.model.kernel_sizes = (1, 3, 5)
+  tm = common.build_torch_model(bench, config)
+  with pytest.raises(KeyError, match="head"):
+    blocks.flax_to_torch_state_dict(
+        {"params": params, "batch_stats": v["batch_stats"]}, tm)
+
+
+def test_torch_losses_equal_coseg_jax():
+  from coseg_jax import losses
+  from benchmarks.torch_impl import coattention as tco
+  rng = np.random.RandomState(0)
+  logits = rng.normal(size=(2, 9, 7)).astype(np.float32) * 2
+  labels = (rng.rand(2, 9, 7) > 0.6).astype(np.int32)
+  ours = losses.get_loss("lovasz_softmax_binary")(
+      logits=jnp.asarray(logits), labels=jnp.asarray(labels))
+  ref = blocks.lovasz_softmax_binary(torch.from_numpy(logits),
+                                     torch.from_numpy(labels))
+  np.testing.assert_allclose(float(ref), float(ours), rtol=1e-5)
+  fo = rng.normal(size=(4, 6)).astype(np.float32)
+  fb = rng.normal(size=(4, 6)).astype(np.float32)
+  ours = losses.get_loss("coattention")(object_features=fo,
+                                        background_features=fb)
+  ref = tco.coattention_loss(torch.from_numpy(fo), torch.from_numpy(fb))
+  np.testing.assert_allclose(float(ref), float(ours), rtol=1e-5)
+  s_logits = rng.normal(size=(3, 5, 5)).astype(np.float32)
+  obj = (rng.rand(3, 5, 5) > 0.5).astype(np.float32)
+  ours = losses.get_loss("coattention_mask")(
+      object_mask=obj, attention_logits=s_logits, beta=0.95)
+  ref = tco.mask_loss(torch.from_numpy(s_logits).reshape(3, -1),
+                      torch.from_numpy(obj).reshape(3, -1))
+  np.testing.assert_allclose(float(ref), float(ours), rtol=1e-5)
+
+
+def test_replace_section(tmp_path):
+  path = tmp_path / "R.md"
+  path.write_text("# Results\n\n## Other\nkeep me\n")
+  run_all.replace_section(str(path), "## Suite\nfirst\n", "tiny")
+  run_all.replace_section(str(path), "## Suite\nsecond\n", "tiny")
+  text = path.read_text()
+  assert "keep me" in text and "second" in text and "first" not in text
+  assert text.count("bench-suite:tiny:begin") == 1
+
+
+@pytest.mark.slow
+def test_suite_end_to_end_tiny(tmp_path):
+  results_md = tmp_path / "RESULTS.md"
+  results_md.write_text("# Results\n")
+  out = tmp_path / "suite.md"
+  res = run_all.main([
+      "--size", "tiny", "--methods", "cyclesegnet", "--dtypes", "float32",
+      "--frameworks", "jax,torch", "--no_all_devices", "--extras", "none",
+      "--steps", "1", "--warmup", "1", "--out", str(out), "--results_md",
+      str(results_md), "--device_note", "test run"])
+  cells = [r for r in res["results"] if r["_method"] == "cyclesegnet"]
+  assert {r["_framework"] for r in cells} == {"jax", "torch"}
+  for r in cells:
+    assert "error" not in r, r
+    assert r["train_step_ms"] > 0 and r["infer_step_ms"] > 0
+  jax_cell = next(r for r in cells if r["_framework"] == "jax")
+  torch_cell = next(r for r in cells if r["_framework"] == "torch")
+  assert jax_cell["param_count"] == torch_cell["param_count"]
+  assert jax_cell["train_flops"] > jax_cell["infer_flops"] > 0
+  text = out.read_text()
+  assert "### cyclesegnet" in text and "PyTorch eager" in text
+  assert os.path.getsize(tmp_path / "suite.png") > 1000
+  assert json.loads((tmp_path / "suite.json").read_text())
+  assert "bench-suite:tiny:begin" in results_md.read_text()
