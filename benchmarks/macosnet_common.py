@@ -77,9 +77,15 @@ def make_state(config, model, sample_shape, params=None, batch_stats=None):
   """TrainState with the config's real weights (+ optional params merged)."""
   from coseg_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   tx, _ = train.make_optimizer(config.optimizer, config.train.num_steps)
-  state, _ = train.create_train_state(model=model, tx=tx,
-                                      rng=jax.random.PRNGKey(0),
-                                      sample_shape=sample_shape)
+  # Eager init: XLA:CPU takes minutes to compile a jitted Lite0 init on a
+  # loaded 2-core machine, op-by-op init takes seconds.
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(0))
+  variables = model.init({"params": init_rng, "dropout": init_rng},
+                         jnp.zeros(sample_shape, jnp.float32), train=False)
+  state = train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(variables["params"]), rng=train_rng, tx=tx)
   state = train._init_from_pretrained(state, config)  # pylint: disable=protected-access
   if params is not None:
     merged = ckpt_lib.merge_params(jax.device_get(state.params), params)

@@ -49,6 +49,61 @@ def grid_error(apply_pre, variables, images, seed=123):
   return err, ident
 
 
+def identity_grid_error(pre, images, seed=123):
+  """Grid error of the identity on the held-out warps of grid_error."""
+  syn = dict(macosnet.SYNTHETIC_DEFAULTS, **dict(pre.synthetic or {}))
+  kind = syn.pop("kind")
+  n = images.shape[0]
+  gt = macosnet.random_synthetic_theta(jax.random.PRNGKey(seed), n,
+                                       kind=kind, **syn)
+  return float(macosnet.grid_loss(
+      theta=jnp.tile(jnp.asarray(macosnet.geometry.AFFINE_TPS_IDENTITY),
+                     (n, 1)), theta_gt=gt, kind=macosnet.KIND, kind_gt=kind))
+
+
+def pretrain_phases(args, results, config, joint, pcfg, pre, pairs, train_x,
+                    held, apply_joint, apply_pre, dump):
+  """Phases 1 (init) and 2 (synthetic pre-training); returns the states."""
+  s = args.size
+  jstate = mc.make_state(config, joint, (1, 2, s, s, 3))
+  pstate = mc.make_state(pcfg, pre, (1, 2, s, s, 3))
+  summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  # G is exactly the identity at init (zero-initialised residual), so its
+  # grid error is the identity's: no extra compile needed.
+  results["init"] = dict(summary, grid_identity=identity_grid_error(
+      pre, held))
+  print("init", results["init"], flush=True)
+  dump()
+
+  # Phase 2: synthetic pre-training of G.
+  pstep = train.make_train_step(model=pre, loss_fn=macosnet.loss_fn,
+                                loss_config={"grid": 1.0})
+
+  def pre_batch(step):
+    idx = np.random.default_rng(step).choice(len(train_x), 2 * args.batch,
+                                             replace=False)
+    return {"images": jnp.asarray(train_x[idx].reshape(args.batch, 2, s, s,
+                                                       3))}
+
+  pstate, plog = mc.run_training(pstate, pstep, pre_batch,
+                                 budget_s=args.pretrain_s, max_steps=100000,
+                                 name="pretrain")
+  pre_params = jax.device_get(pstate.params)
+  pre_bs = jax.device_get(pstate.batch_stats)
+  with open(args.save_pretrained, "wb") as f:
+    pickle.dump({"params": pre_params, "batch_stats": pre_bs, "size": s}, f)
+  jstate = mc.make_state(config, joint, (1, 2, s, s, 3), params=pre_params,
+                         batch_stats=pre_bs)
+  summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  results["pretrained"] = dict(
+      summary, grid=grid_error(apply_pre, pstate.variables(), held),
+      steps=plog["steps"], seconds=round(plog["seconds"]))
+  print("pretrained", results["pretrained"], flush=True)
+  dump()
+
+  return jstate, pstate
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--size", type=int, default=176)
@@ -57,6 +112,8 @@ def main():
   ap.add_argument("--batch", type=int, default=2)
   ap.add_argument("--out", default="/tmp/macos_tss.json")
   ap.add_argument("--save_pretrained", default="/tmp/macos_pretrained.pkl")
+  ap.add_argument("--pretrained_in", default="",
+                  help="skip phases 1-2: start from this saved G")
   args = ap.parse_args()
   s = args.size
   t_start = time.time()
@@ -91,40 +148,20 @@ def main():
   apply_pre = jax.jit(lambda v, x, r: pre.apply(v, x, train=False,
                                                 rngs={"dropout": r}))
 
-  jstate = mc.make_state(config, joint, (1, 2, s, s, 3))
-  pstate = mc.make_state(pcfg, pre, (1, 2, s, s, 3))
-  summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
-  results["init"] = dict(summary, grid=grid_error(apply_pre,
-                                                  pstate.variables(), held))
-  print("init", results["init"], flush=True)
-  dump()
-
-  # Phase 2: synthetic pre-training of G.
-  pstep = train.make_train_step(model=pre, loss_fn=macosnet.loss_fn,
-                                loss_config={"grid": 1.0})
-
-  def pre_batch(step):
-    idx = np.random.default_rng(step).choice(len(train_x), 2 * args.batch,
-                                             replace=False)
-    return {"images": jnp.asarray(train_x[idx].reshape(args.batch, 2, s, s,
-                                                       3))}
-
-  pstate, plog = mc.run_training(pstate, pstep, pre_batch,
-                                 budget_s=args.pretrain_s, max_steps=100000,
-                                 name="pretrain")
-  pre_params = jax.device_get(pstate.params)
-  pre_bs = jax.device_get(pstate.batch_stats)
-  with open(args.save_pretrained, "wb") as f:
-    pickle.dump({"params": pre_params, "batch_stats": pre_bs, "size": s}, f)
-  jstate = mc.make_state(config, joint, (1, 2, s, s, 3), params=pre_params,
-                         batch_stats=pre_bs)
-  summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
-  results["pretrained"] = dict(
-      summary, grid=grid_error(apply_pre, pstate.variables(), held),
-      steps=plog["steps"], seconds=round(plog["seconds"]))
-  print("pretrained", results["pretrained"], flush=True)
-  dump()
-
+  if args.pretrained_in:
+    with open(args.pretrained_in, "rb") as f:
+      saved = pickle.load(f)
+    jstate = mc.make_state(config, joint, (1, 2, s, s, 3),
+                           params=saved["params"],
+                           batch_stats=saved["batch_stats"])
+    summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+    results["pretrained"] = dict(summary, source=args.pretrained_in)
+    print("pretrained", results["pretrained"], flush=True)
+    dump()
+  else:
+    jstate, pstate = pretrain_phases(args, results, config, joint, pcfg, pre,
+                                     pairs, train_x, held, apply_joint,
+                                     apply_pre, dump)
   # Phase 3: joint weakly supervised training on the six TSS pairs.
   loss_config = dict(config.loss)
   jstep = train.make_train_step(model=joint, loss_fn=macosnet.loss_fn,
