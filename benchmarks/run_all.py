@@ -63,9 +63,27 @@ def _cell(results, method, dtype, framework, devices="1"):
   return None
 
 
+def local_device_count() -> int:
+  """JAX's local device count, asked in a fresh process (this one never
+  initialises a backend, so the cells' processes own the devices)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  p = subprocess.run([sys.executable, "-c", "import jax; print("
+                      "jax.local_device_count())"], capture_output=True,
+                     text=True, check=False)
+  try:
+    return int(p.stdout.strip().splitlines()[-1])
+  except (ValueError, IndexError):
+    return 1
+
+
 def run_cells(args) -> List[Dict[str, Any]]:
   """Runs every requested cell in a subprocess; returns the reports."""
   results = []
+  if args.all_devices and not args.fake_cpu_devices and (
+      local_device_count() < 2):
+    print("one local device: the all-devices cells would repeat the "
+          "1-device ones; skipped", flush=True)
+    args.all_devices = False
   base = ["--size", args.size, "--steps", str(args.steps), "--warmup",
           str(args.warmup)]
   fake_env = ({"XLA_FLAGS": f"--xla_force_host_platform_device_count="
@@ -194,7 +212,8 @@ def render(results, summary, args, command: str) -> str:
   """The Markdown section."""
   first = next((r for r in results if r.get("device")), {})
   device = first.get("device", "?")
-  lines = [f"## Speed/memory suite vs PyTorch ({args.size} sizes)", ""]
+  lines = [f"## Speed/memory suite vs PyTorch ({args.title or args.size + ' sizes'})",
+           ""]
   lines += [f"Command: `{command}`", "",
             f"Device: {device} ({first.get('platform', '')}); host "
             f"{platform.node() or '?'}, {os.cpu_count()} CPUs. "
@@ -258,7 +277,48 @@ def render(results, summary, args, command: str) -> str:
   for r in results:
     if r["_method"] == "loader":
       lines += _render_loader(r, results, args)
+  lines += _render_targets(results, summary, args)
   return "\n".join(lines) + "\n"
+
+
+def _render_targets(results, summary, args):
+  """Issue 10's targets against this run's figures (met / missed / n/a)."""
+  def verdict(value, ok):
+    if value is None:
+      return "n/a"
+    return "met" if ok(value) else "missed"
+  out = ["### Targets (issue 10)", ""]
+  if args.size != "paper":
+    out += ["Reduced sizes: the verdicts below do not speak to the targets, "
+            "which are defined at the paper's sizes on a GPU.", ""]
+  out += ["| target | method | precision | value | verdict |",
+          "|---|---|---|---|---|"]
+  for r in summary["rows"]:
+    m, d = r["method"], r["dtype"]
+    for key, name, bound in (
+        ("train_vs_eager", "train >= 1.5x PyTorch eager", 1.5),
+        ("train_vs_compile", "train no slower than torch.compile", 1.0),
+        ("infer_vs_eager", "inference >= 2x PyTorch eager", 2.0)):
+      v = r.get(key)
+      out.append(f"| {name} | {m} | {d} | {_fmt(v, '.2f')} | "
+                 f"{verdict(v, lambda x, b=bound: x >= b)} |")
+    if m == "cyclesegnet":
+      c = r["cells"].get(("jax", "1"), {})
+      v = c.get("infer_groups_per_s")
+      out.append(f"| inference >= 50 x 8.8 = 440 pairs/s | {m} | {d} | "
+                 f"{_fmt(v, '.1f')} | {verdict(v, lambda x: x >= 440)} |")
+      if d == "bfloat16":
+        v = r.get("train_peak_fraction_1")
+        out.append(f"| bf16 train >= 40% of matmul peak | {m} | {d} | "
+                   f"{_fmt(100 * v if v else None, '.1f')}% | "
+                   f"{verdict(v, lambda x: x >= 0.4)} |")
+  for r in results:
+    if r["_framework"] == "collection" and not r.get("error"):
+      v = r["impls"].get("coseg_jax", {}).get("collection_s")
+      out.append(f"| 100-image collection < 60 s | coattention | "
+                 f"{r['_dtype']} | {_fmt(v, '.1f')} s | "
+                 f"{verdict(v, lambda x: x < 60)} |")
+  return out + [""]
 
 
 def _render_group(r):
@@ -379,6 +439,10 @@ def parse_args(argv=None):
                  help="PNG path (default: --out with .png)")
   p.add_argument("--results_md", default="benchmarks/RESULTS.md",
                  help="file whose suite section is replaced ('' = none)")
+  p.add_argument("--tag", default=None,
+                 help="name of this run's RESULTS.md section (default: the "
+                      "size); runs with the same tag replace each other")
+  p.add_argument("--title", default=None, help="section heading suffix")
   p.add_argument("--date", default=datetime.date.today().isoformat())
   p.add_argument("--device_note", default="",
                  help="free text for the device line (e.g. shared CPU)")
@@ -407,7 +471,7 @@ def main(argv=None) -> Optional[Dict[str, Any]]:
   with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
     json.dump(common._jsonable(results), f, indent=1)  # pylint: disable=protected-access
   if args.results_md:
-    replace_section(args.results_md, section, args.size)
+    replace_section(args.results_md, section, args.tag or args.size)
   print(section)
   return {"results": results, "summary": summary, "section": section}
 
