@@ -307,7 +307,8 @@ def get_trainer(config, *, group: int, size, steps_per_epoch: int
 
 def train_on_images(config, images: np.ndarray,
                     proposals: Optional[Sequence[np.ndarray]] = None, *,
-                    log=None) -> Dict[str, Any]:
+                    log=None, mask_weight: Optional[float] = None
+                    ) -> Dict[str, Any]:
   """Trains a fresh model on one collection of preprocessed images.
 
   Args:
@@ -317,6 +318,8 @@ def train_on_images(config, images: np.ndarray,
     proposals: N bool arrays [P_i, H, W] (needed when stage 2 has epochs
       and a non-zero mask weight).
     log: optional callable(str).
+    mask_weight: overrides ``config.coattention.mask_weight`` (0: the
+      w/o-mask-loss ablation) while reusing the same compiled step.
 
   Returns:
     dict with 'initial', 'stage1', 'final' maps (float32 [N, H, W]), 'losses'
@@ -327,7 +330,8 @@ def train_on_images(config, images: np.ndarray,
   n, h, w, _ = images.shape
   group = min(int(cfg.batch_size), n)
   stage1, stage2 = int(cfg.stage1_epochs), int(cfg.stage2_epochs)
-  mask_weight = float(cfg.mask_weight)
+  mask_weight = float(cfg.mask_weight if mask_weight is None
+                      else mask_weight)
   use_masks = stage2 > 0 and mask_weight > 0
   if use_masks and proposals is None:
     raise ValueError("stage 2 with a mask loss needs proposals")
@@ -479,6 +483,16 @@ def run_collection(config, collection: Collection, workdir: str,
       scores["object_masks/selected"] = {"J": _mean(s, "J"),
                                          "P": _mean(s, "P")}
     summary["scores"] = scores
+  if bool(cfg.get("also_without_mask_loss", False)) and collection.masks:
+    # The Table 4 ablation on the same collection and compiled step: the
+    # same schedule with the mask weight 0.
+    ablation = train_on_images(config, images, None, log=log, mask_weight=0.0)
+    summary["ablation_train_seconds"] = ablation["train_seconds"]
+    for method in cfg.postprocess_eval:
+      s = _score_maps(ablation["final"], infos, collection, method, at_input,
+                      images_u8, pp_kwargs)
+      summary["scores"][f"nomask/{method}"] = {"J": _mean(s, "J"),
+                                               "P": _mean(s, "P")}
   summary["score_seconds"] = time.time() - t0
   masks = binarize_maps(result["final"], infos, collection,
                         str(cfg.postprocess), at_input, images_u8, pp_kwargs)

@@ -62,22 +62,24 @@ def test_registered_with_its_own_train_fn():
 def test_output_shapes_and_exact_parameter_count():
   model = _model()
   x = _images(0)
-  variables = model.init(jax.random.PRNGKey(0), x)
-  out = model.apply(variables, x)
+  key = jax.random.PRNGKey(0)
+  # Shapes only (jax.eval_shape traces, computes nothing).
+  variables = jax.eval_shape(model.init, key, x)
+  out = jax.eval_shape(model.apply, variables, x)
   assert out.mask_logits.shape == (1, 3, 32, 32, 1)
   assert out.object_features.shape == (1, 3, 8)
   assert out.background_features.shape == (1, 3, 8)
   # Generator = backbone + decoder + 1x1 head (8 -> 1, with bias); extractor
   # = the backbone alone. Count each part on its own.
   one = jnp.zeros((1, 32, 32, 3))
-  bb = _count(backbones.get_backbone("tiny", **TINY).init(
-      jax.random.PRNGKey(0), one)["params"])
-  feats = backbones.get_backbone("tiny", **TINY).apply(
-      backbones.get_backbone("tiny", **TINY).init(jax.random.PRNGKey(0), one),
-      one).features
-  dec = _count(decoders.UpsampleDecoder(widths=DEC, use_skips=True).init(
-      jax.random.PRNGKey(0), feats["stride32"], output_size=(32, 32),
-      skips=feats)["params"])
+  net = backbones.get_backbone("tiny", **TINY)
+  bb_vars = jax.eval_shape(net.init, key, one)
+  feats = jax.eval_shape(net.apply, bb_vars, one).features
+  feats = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), feats)
+  dec_vars = jax.eval_shape(
+      lambda: decoders.UpsampleDecoder(widths=DEC, use_skips=True).init(
+          key, feats["stride32"], output_size=(32, 32), skips=feats))
+  bb, dec = _count(bb_vars["params"]), _count(dec_vars["params"])
   params = variables["params"]
   assert _count(params["generator"]) == bb + dec + 8 + 1
   assert _count(params["extractor_net"]) == bb
@@ -94,19 +96,20 @@ def test_extractor_frozen_and_features_are_f_of_masked_images():
         outputs=out, batch={"images": x},
         loss_config={"coattention": 1.0, "coattention_mask": 0.0})[0]
 
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])
   assert all(float(jnp.abs(g).max()) == 0.0
              for g in jax.tree.leaves(grads["extractor_net"]))
   assert max(float(jnp.abs(g).max())
              for g in jax.tree.leaves(grads["generator"])) > 0
   # Features = the extractor applied to S*I and (1-S)*I (fill 0).
-  out = model.apply(variables, x)
+  out = jax.jit(model.apply)(variables, x)
   s = jax.nn.sigmoid(out.mask_logits[0])
   ext = backbones.get_backbone("tiny", **TINY)
   ext_vars = {"params": variables["params"]["extractor_net"],
               "batch_stats": variables["batch_stats"]["extractor_net"]}
-  fo = ext.apply(ext_vars, s * x[0]).pooled
-  fb = ext.apply(ext_vars, (1 - s) * x[0]).pooled
+  pooled = jax.jit(lambda v, im: ext.apply(v, im).pooled)
+  fo = pooled(ext_vars, s * x[0])
+  fb = pooled(ext_vars, (1 - s) * x[0])
   np.testing.assert_allclose(out.object_features[0], fo, rtol=1e-5,
                              atol=1e-6)
   np.testing.assert_allclose(out.background_features[0], fb, rtol=1e-5,
@@ -127,7 +130,8 @@ def test_losses_inside_the_train_step_match_numpy(reduction):
       model=model, tx=tx, rng=jax.random.PRNGKey(0),
       sample_shape=(1, k, 32, 32, 3))
   variables = state.variables()
-  out = model.apply(variables, x, train=True)  # before the update
+  out = jax.jit(lambda v, im: model.apply(v, im, train=True))(
+      variables, x)  # before the update
   lam, beta = 9.0, 0.95
   loss = lambda **kw: coattention.loss_fn(**kw, beta=beta,
                                           reduction=reduction)
@@ -198,6 +202,7 @@ def test_two_stage_runner_schedule_and_selection():
   assert not np.allclose(out["final"], out["initial"])
 
 
+@pytest.mark.slow
 def test_runner_reuses_compiled_trainer_across_collections():
   config = tiny_config(stage1_epochs=1, stage2_epochs=0, batch_size=3)
   images = np.random.RandomState(6).rand(4, 32, 32, 3).astype(np.float32)
@@ -249,3 +254,42 @@ def test_synthetic_collection_learned_maps_beat_initial_maps():
   out = coattention_train.train_on_images(config, images, props)
   j0, j1 = mean_j(out["initial"], masks), mean_j(out["final"], masks)
   assert j1 > j0 + 0.15, (j0, j1)
+
+
+@pytest.mark.slow
+def test_train_collections_on_synthetic_writes_masks_and_resumes(tmp_path):
+  """Every class of a dataset in turn: scores, masks, results, resume."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  config = tiny_config(stage1_epochs=1, stage2_epochs=1, batch_size=3,
+                       postprocess="otsu", also_without_mask_loss=True)
+  config.data.name = "synthetic"
+  config.data.builder_config = "tiny"
+  config.data.classes = ()
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.manual_dir = None
+  config.coattention.max_images = 3
+  config.coattention.proposals.scales = (50.0,)
+  work = str(tmp_path / "work")
+  results = coattention_train.train_collections(config, work)
+  classes = [c["class"] for c in results["per_class"]]
+  assert len(classes) == 3
+  for c in results["per_class"]:
+    assert c["images"] == 3
+    for key in ("initial/threshold", "stage1/threshold", "final/threshold",
+                "final/otsu", "nomask/otsu", "object_masks/selected"):
+      assert 0.0 <= c["scores"][key]["J"] <= 1.0, key
+    masks = sorted(os.listdir(os.path.join(work, "masks", c["class"])))
+    assert len(masks) == 3
+    assert os.path.exists(os.path.join(work, "proposals",
+                                       f"{c['class']}.npz"))
+  summary = results["summary"]["final/otsu"]
+  assert summary["classes"] == 3
+  want = np.mean([c["scores"]["final/otsu"]["J"]
+                  for c in results["per_class"]])
+  np.testing.assert_allclose(summary["avg_J"], want)
+  with open(os.path.join(work, "results.json")) as f:
+    assert json.load(f)["summary"]["final/otsu"]["avg_J"] == summary["avg_J"]
+  # A second call finds every class done and trains nothing.
+  again = coattention_train.train_collections(config, work)
+  assert again["summary"] == results["summary"]
