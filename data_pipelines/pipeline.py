@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import threading
 from typing import Any, Optional, Sequence
 
 import grain
@@ -181,16 +182,23 @@ class _GroupSequence:
     self._g = groups_per_epoch
     self._n = groups_per_epoch * num_epochs
     self._cache = {}
+    self._lock = threading.Lock()
 
   def __len__(self):
     return self._n
 
   def epoch(self, e) -> samplers.Groups:
-    if e not in self._cache:
-      if len(self._cache) > 2:
-        self._cache.pop(min(self._cache))
-      self._cache[e] = samplers.epoch_groups(self._m, epoch=e, **self._kw)
-    return self._cache[e]
+    # grain's prefetch threads call this concurrently: without the lock two
+    # of them could evict the same epoch (KeyError) or one could evict the
+    # epoch another is about to return.
+    with self._lock:
+      groups = self._cache.get(e)
+      if groups is None:
+        if len(self._cache) > 2:
+          self._cache.pop(min(self._cache))
+        groups = samplers.epoch_groups(self._m, epoch=e, **self._kw)
+        self._cache[e] = groups
+      return groups
 
   def __getitem__(self, i):
     i = int(i)
@@ -203,7 +211,12 @@ class _GroupSequence:
   def __getstate__(self):
     state = dict(self.__dict__)
     state["_cache"] = {}
+    del state["_lock"]
     return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
 
 def _target_label_map(record, target, multilabel, name):
