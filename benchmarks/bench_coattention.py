@@ -42,7 +42,8 @@ BENCH = common.MethodBench(
     reduced={"small": (64, 1), "tiny": (32, 1)},
     model_overrides={
         "tiny": {"backbone": "tiny", "backbone_kwargs": {},
-                 "extractor": "tiny", "decoder_widths": (16, 16, 8, 8, 8)},
+                 "extractor": "tiny", "decoder_widths": (16, 16, 8, 8, 8),
+                 "backbone_weights": None, "extractor_weights": None},
     },
     torch_module="coattention",
     notes="Lite0 FCN generator + frozen Lite0 extractor, 5 images per step, "

@@ -76,9 +76,13 @@ def local_device_count() -> int:
     return 1
 
 
-def run_cells(args) -> List[Dict[str, Any]]:
-  """Runs every requested cell in a subprocess; returns the reports."""
-  results = []
+def threading_is_main() -> bool:
+  import threading  # pylint: disable=g-import-not-at-top
+  return threading.current_thread() is threading.main_thread()
+
+
+def run_cells(args, results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """Runs every requested cell in a subprocess, appending to ``results``."""
   if args.all_devices and not args.fake_cpu_devices and (
       local_device_count() < 2):
     print("one local device: the all-devices cells would repeat the "
@@ -210,7 +214,8 @@ def _err(c):
 
 def render(results, summary, args, command: str) -> str:
   """The Markdown section."""
-  first = next((r for r in results if r.get("device")), {})
+  first = next((r for r in results if r.get("platform")),
+               next((r for r in results if r.get("device")), {}))
   device = first.get("device", "?")
   lines = [f"## Speed/memory suite vs PyTorch ({args.title or args.size + ' sizes'})",
            ""]
@@ -221,6 +226,10 @@ def render(results, summary, args, command: str) -> str:
             f"Date: {args.date}. Median of {args.steps} timed steps after "
             f"{args.warmup} warm-up; each cell in a fresh process. Ratios are "
             f"PyTorch time / JAX time (> 1: JAX faster), JAX on 1 device.", ""]
+  if getattr(args, "stopped", False):
+    n = sum(1 for r in results if r["_method"] != "peak")
+    lines += [f"**Stopped early (time limit): {n} cells measured; the cells "
+              f"not listed were not run.**", ""]
   if args.size != "paper":
     lines += [f"Not the paper's sizes ({args.size}: see each "
               f"`benchmarks/bench_<method>.py` docstring); not a speed "
@@ -455,11 +464,33 @@ def parse_args(argv=None):
   return args
 
 
+class _Stop(Exception):
+  """SIGTERM (e.g. an outer ``timeout``): report the cells measured so far."""
+
+
+def _on_sigterm(signum, frame):
+  del signum, frame
+  raise _Stop()
+
+
 def main(argv=None) -> Optional[Dict[str, Any]]:
   args = parse_args(argv)
   command = "python -m benchmarks.run_all " + " ".join(
       argv if argv is not None else sys.argv[1:])
-  results = run_cells(args)
+  import signal  # pylint: disable=g-import-not-at-top
+  previous = None
+  if threading_is_main():
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+  results = []
+  args.stopped = False
+  try:
+    run_cells(args, results)
+  except (_Stop, KeyboardInterrupt):
+    args.stopped = True
+    print("stopped: reporting the cells measured so far", flush=True)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   summary = summarise(results, args)
   section = render(results, summary, args, command)
   plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
