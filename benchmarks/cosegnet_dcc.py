@@ -43,7 +43,7 @@ def synthetic_config(method: str, *, steps: int, data_dir=None,
   else:
     c = cosegnet_voc.get_config(("base" if method == "base" else "cosegnet")
                                 + ",runlocal")
-    c.model.width_multiplier = 1 / 16
+    c.model.width_multiplier = 1 / 8
   c.model.backbone_kwargs = {"widths": (16, 32, 32, 64, 64)}
   if data_dir:
     c.data.data_dir = data_dir
@@ -51,7 +51,7 @@ def synthetic_config(method: str, *, steps: int, data_dir=None,
   c.data.image_size = image_size
   c.data.augment.enabled = True
   c.optimizer.name = "adam"
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = min(50, steps // 10)
   c.train.num_steps = steps
@@ -133,7 +133,7 @@ def _j_summary(results):
   return out
 
 
-def _ungated(config):
+def ungated_config(config):
   """The same config with the decision gate open (threshold below 0)."""
   c = config.copy_and_resolve_references()
   c.model.decision_threshold = -1.0
@@ -156,19 +156,24 @@ def time_budget_hook(minutes):
 
 
 def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
-        num_pairs=200, train_minutes=None):
+        num_pairs=200, train_minutes=None, builder_config="small64",
+        batch=8):
   import jax  # pylint: disable=g-import-not-at-top
   from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from coseg_jax import train  # pylint: disable=g-import-not-at-top
   if kind == "synthetic":
     train_cfg = synthetic_config(method, steps=steps or 300,
-                                 data_dir=data_dir)
+                                 data_dir=data_dir,
+                                 builder_config=builder_config,
+                                 image_size=image_size or 64, batch=batch)
     eval_cfg = train_cfg
   else:
     train_cfg = voc_config(method, "train", steps=steps,
                            image_size=image_size)
     eval_cfg = voc_config(method, "unseen", steps=steps,
                           image_size=image_size)
+  if max_groups:
+    eval_cfg.eval.max_groups = max_groups
   report = {"kind": kind, "method": train_cfg.method,
             "image_size": train_cfg.data.image_size,
             "steps": int(train_cfg.train.num_steps),
@@ -182,7 +187,7 @@ def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
   report["untrained"] = _j_summary(before)
   if train_cfg.method == "cosegnet":
     report["untrained_ungated"] = _j_summary(evaluate.evaluate_dataset(
-        config=_ungated(eval_cfg), model=model, variables=init_vars,
+        config=ungated_config(eval_cfg), model=model, variables=init_vars,
         verbose=False))
     report["untrained_decision"] = decision_accuracy(
         config=eval_cfg, model=model, variables=init_vars,
@@ -199,7 +204,7 @@ def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
   report["trained"] = _j_summary(after)
   if train_cfg.method == "cosegnet":
     report["trained_ungated"] = _j_summary(evaluate.evaluate_dataset(
-        config=_ungated(eval_cfg), model=model, variables=variables,
+        config=ungated_config(eval_cfg), model=model, variables=variables,
         verbose=False))
     report["trained_decision"] = decision_accuracy(
         config=eval_cfg, model=model, variables=variables,
@@ -216,6 +221,11 @@ def main():
   p.add_argument("--steps", type=int, default=None)
   p.add_argument("--image_size", type=int, default=None)
   p.add_argument("--data_dir", default=None)
+  p.add_argument("--builder_config", default="small64",
+                 help="synthetic builder config (synthetic runs)")
+  p.add_argument("--batch", type=int, default=8, help="synthetic runs")
+  p.add_argument("--max_groups", type=int, default=None,
+                 help="evaluation pairs (round-robin over classes)")
   p.add_argument("--num_pairs", type=int, default=200)
   p.add_argument("--train_minutes", type=float, default=None,
                  help="stop training (checkpoint + evaluate) after this")
@@ -223,7 +233,9 @@ def main():
   args = p.parse_args()
   report = run(args.kind, args.method, args.workdir, steps=args.steps,
                image_size=args.image_size, data_dir=args.data_dir,
-               num_pairs=args.num_pairs, train_minutes=args.train_minutes)
+               num_pairs=args.num_pairs, train_minutes=args.train_minutes,
+               builder_config=args.builder_config, batch=args.batch,
+               max_groups=args.max_groups)
   text = json.dumps(report, indent=1, sort_keys=True)
   print(text)
   if args.json:

@@ -204,3 +204,23 @@ def test_registered():
   assert isinstance(spec.build_model(
       __import__("ml_collections").ConfigDict({"backbone": "tiny"})),
                     dcc.DCCNet)
+
+
+@pytest.mark.slow
+def test_trains_on_synthetic_pairs_and_beats_untrained(tmp_path):
+  """Synthetic pairs (32 px set at 64 px), tiny encoder: trained J clearly
+  above the untrained model's."""
+  from benchmarks import cosegnet_dcc as bench
+  from coseg_jax import evaluate
+  from coseg_jax import train
+  cfg = bench.synthetic_config("dcc", steps=200,
+                               data_dir=str(tmp_path / "data"),
+                               builder_config="tiny", image_size=64, batch=8)
+  model, init_vars = bench.initial_variables(cfg)
+  before = evaluate.evaluate_dataset(config=cfg, model=model,
+                                     variables=init_vars, verbose=False)
+  state = train.train_and_evaluate(cfg, str(tmp_path / "run"))
+  after = evaluate.evaluate_dataset(
+      config=cfg, model=model, variables=jax.device_get(state.variables()),
+      verbose=False)
+  assert after["avg_J_over_classes"] > before["avg_J_over_classes"] + 0.15

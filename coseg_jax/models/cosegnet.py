@@ -64,6 +64,9 @@ Choices the paper leaves open, all config fields (``config.model``):
   metric and decision nets keep the paper's widths).
 * Upsampling sizes are ceil(H / 2^s) of the input and the last one lands on
   (H, W) exactly, so any input size works (224 gives the paper's 7->224).
+* Decoder initialisation: He normal (the paper fine-tunes from its own
+  initialisation, which it does not give; He normal keeps the ReLU chain's
+  activation scale, see ``HE_NORMAL``).
 * ``metric_layer``: 'f' (encoder output), 'cT3', 'cT6', 'cT9' (default),
   'cT11' (Table 6).
 * ``decision_threshold``: 0.5 on sigmoid(decision logit).
@@ -94,6 +97,10 @@ DECODER_WIDTHS = (512, 512, 512, 512, 512, 256, 256, 256, 256, 128, 128, 64, 1)
 # A nearest-neighbour x2 upsampling precedes these decoder layers (0-based).
 UPSAMPLE_BEFORE = (0, 3, 6, 9, 11)
 VARIANTS = ("conditional", "concat")
+# He (MSRA) initialisation for the 13 ReLU layers of the decoder: with Flax's
+# default LeCun normal the activations shrink by ~2x per ReLU layer (2^-13
+# over the decoder) and training from scratch collapses to a constant mask.
+HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 LOSS_TERMS = ("mask_pos", "triplet_pos", "decision_pos", "mask_neg",
               "triplet_neg", "decision_neg")
 BASE_LOSS_TERMS = ("bce",)
@@ -156,7 +163,7 @@ class CoSegNetDecoder(nn.Module):
       last = i == len(self.widths) - 1
       x = nn.ConvTranspose(width, (3, 3), padding="SAME",
                            dtype=jnp.float32 if last else self.dtype,
-                           name=f"cT{i + 1}")(
+                           kernel_init=HE_NORMAL, name=f"cT{i + 1}")(
                                x.astype(jnp.float32) if last else x)
       if not last:
         x = nn.relu(x)
