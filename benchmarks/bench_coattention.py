@@ -15,8 +15,8 @@ One cell per call (see ``benchmarks/common.py``)::
 
 Collection time (``--extra collection``): ``coseg_jax.coattention_train.
 train_on_images`` — the real per-collection training (stage 1, stage 2 with
-the per-epoch proposal re-selection, timed on a second, identical call after a first one that compiles) — on a collection of
-random images with random box proposals: 100 images and the paper's 20 + 40
+the per-epoch proposal re-selection), timed on a second, identical call
+after a first one that compiles — on a collection of random images with random box proposals: 100 images and the paper's 20 + 40
 epochs at ``--size paper``; at the reduced sizes 10 images and 1 + 1 epochs,
 extrapolated to 100 images x 60 epochs by the measured time per step
 (stated in the output). PyTorch: its median train-step time x the number of
