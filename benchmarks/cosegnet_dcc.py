@@ -157,7 +157,7 @@ def time_budget_hook(minutes):
 
 def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
         num_pairs=200, train_minutes=None, builder_config="small64",
-        batch=8):
+        batch=8, max_groups=None):
   import jax  # pylint: disable=g-import-not-at-top
   from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from coseg_jax import train  # pylint: disable=g-import-not-at-top
