@@ -19,8 +19,11 @@ runs, for one collection or for every class of a dataset in turn:
    every method of ``config.coattention.postprocess_eval`` (threshold / Otsu /
    dense CRF / GrabCut, ``coseg_jax.postprocess``) and scored against the
    ground truth when the records have masks (P and J per image, Avg. over the
-   class); the initial maps and the stage-1 maps are scored too (0.5
-   threshold), which gives the w/o-mask-loss ablation of the same run;
+   class); the initial maps and the stage-1 maps (co-attention loss only,
+   ``stage1_epochs``) are scored too (0.5 threshold); with
+   ``config.coattention.also_without_mask_loss`` a second model is trained
+   on the collection with the mask weight 0 for the whole schedule (the
+   Table 4 "w/o mask loss" ablation, scored as ``nomask/<method>``);
 5. masks of the primary ``config.coattention.postprocess`` method written to
    ``<workdir>/masks/<class>/<image_id>.png`` (0/255, original size) and the
    figures to ``<workdir>/results/<class>.json``; a class whose results file

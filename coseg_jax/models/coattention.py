@@ -21,6 +21,15 @@ Model contract: ``images`` [B, K, H, W, 3] in [0, 1]; the K images of a group
 are the images of one collection (or a mini-batch of it); the co-attention
 loss takes every ordered pair inside each group.
 
+What we observed (benchmarks/RESULTS.md, "Co-attention CNN"): with a frozen
+extractor the co-attention loss has degenerate minima the generator finds
+quickly: S -> 0 everywhere (every object image is the same blank image, so
+d+ = 0 while d- is large), or a map whose own pattern dominates f's features.
+Stage 1 therefore tends to lower the loss while the maps get no better; the
+gain we measured comes from stage 2, where the mask loss pulls S towards
+the selected unsupervised proposals (whose selection compares proposals with
+S binarised at Otsu's threshold, ``config.coattention.selection_target``).
+
 Choices the paper leaves open (all ``CoattentionNet`` attributes, set from
 ``config.model``):
 
