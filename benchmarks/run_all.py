@@ -170,7 +170,13 @@ def loader_throughput(args) -> Dict[str, Any]:
                    f"{(p.stderr or p.stdout).strip().splitlines()[-1:]}"}
 
 
+_PROGRESS = {"path": None, "results": None}
+
+
 def _log(r):
+  if _PROGRESS["path"] and _PROGRESS["results"] is not None:
+    with open(_PROGRESS["path"], "w") as f:  # survives a crash or a kill
+      json.dump(common._jsonable(_PROGRESS["results"]), f, indent=1)  # pylint: disable=protected-access
   keys = ("_method", "_dtype", "_framework", "_devices", "train_step_ms",
           "infer_step_ms", "peak_flops", "error")
   print(" ".join(f"{k.strip('_')}={r[k]}" for k in keys if k in r),
@@ -452,6 +458,9 @@ def parse_args(argv=None):
                  help="name of this run's RESULTS.md section (default: the "
                       "size); runs with the same tag replace each other")
   p.add_argument("--title", default=None, help="section heading suffix")
+  p.add_argument("--render_json", default=None,
+                 help="render the report from a previous run's JSON instead "
+                      "of measuring")
   p.add_argument("--date", default=datetime.date.today().isoformat())
   p.add_argument("--device_note", default="",
                  help="free text for the device line (e.g. shared CPU)")
@@ -483,8 +492,15 @@ def main(argv=None) -> Optional[Dict[str, Any]]:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
   results = []
   args.stopped = False
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  json_path = os.path.splitext(args.out)[0] + ".json"
+  _PROGRESS.update(path=json_path, results=results)
   try:
-    run_cells(args, results)
+    if args.render_json:
+      with open(args.render_json) as f:
+        results.extend(json.load(f))
+    else:
+      run_cells(args, results)
   except (_Stop, KeyboardInterrupt):
     args.stopped = True
     print("stopped: reporting the cells measured so far", flush=True)
@@ -496,10 +512,9 @@ def main(argv=None) -> Optional[Dict[str, Any]]:
   plot_path = args.plot or os.path.splitext(args.out)[0] + ".png"
   plot(summary, plot_path)
   section += f"\nPlot: `{plot_path}`.\n"
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(section)
-  with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+  with open(json_path, "w") as f:
     json.dump(common._jsonable(results), f, indent=1)  # pylint: disable=protected-access
   if args.results_md:
     replace_section(args.results_md, section, args.tag or args.size)
