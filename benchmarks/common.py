@@ -296,6 +296,11 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
+  threads = os.environ.get("COSEG_BENCH_TORCH_THREADS")
+  if threads and device.type == "cpu":
+    # On an oversubscribed CPU, PyTorch's OpenMP threads spin against each
+    # other (measured 10x slower with 2 threads than with 1 under load 20).
+    torch.set_num_threads(int(threads))
   torch.manual_seed(0)
   model = build_torch_model(bench, config).to(device)
   n_params = sum(p.numel() for p in model.parameters())
@@ -303,7 +308,8 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
             "param_count": n_params, "device": (
                 torch.cuda.get_device_name() if device.type == "cuda"
                 else "cpu"), "n_devices": 1,
-            "dtype": config.model.get("dtype", "float32")}
+            "dtype": config.model.get("dtype", "float32"),
+            "torch_threads": torch.get_num_threads()}
   if check_params:
     expected = jax_param_count(config)
     if n_params != expected:

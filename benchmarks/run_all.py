@@ -90,6 +90,8 @@ def run_cells(args, results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     args.all_devices = False
   base = ["--size", args.size, "--steps", str(args.steps), "--warmup",
           str(args.warmup)]
+  torch_env = ({"COSEG_BENCH_TORCH_THREADS": str(args.torch_threads)}
+               if args.torch_threads else None)
   fake_env = ({"XLA_FLAGS": f"--xla_force_host_platform_device_count="
                             f"{args.fake_cpu_devices}"}
               if args.fake_cpu_devices else None)
@@ -108,7 +110,8 @@ def run_cells(args, results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if fw == "jax" and args.all_devices:
           devices_list.append("all")
         for devices in devices_list:
-          env = fake_env if devices == "all" else None
+          env = fake_env if devices == "all" else (
+              torch_env if fw.startswith("torch") else None)
           r = common.run_subprocess(
               module, base + ["--framework", fw, "--dtype", dtype,
                               "--devices", devices], env=env,
@@ -444,6 +447,9 @@ def parse_args(argv=None):
                  help="CPU only: split the host into this many XLA devices "
                       "for the all-devices cells (exercises the sharded "
                       "path; they share the same cores)")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="CPU only: torch.set_num_threads for the PyTorch cells "
+                      "(0 = PyTorch's default)")
   p.add_argument("--extras", default=",".join(EXTRAS))
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=3)
