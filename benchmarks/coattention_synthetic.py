@@ -2,7 +2,9 @@
 
 The collection: ``--images`` images at ``--size`` px, each a disc of one
 fixed two-colour checker texture (the common object, radius 9-13 px) at a
-random position on a smooth random-colour background; no distractors. A
+random position on a background that varies in kind from image to image
+(smooth noise, stripes, rectangles; ``--same_backgrounds``: smooth noise for
+all); no distractors. A
 randomly initialised ``tiny`` generator and the real ImageNet
 EfficientNet-Lite0 extractor are trained with the two-stage schedule of
 ``coseg_jax.coattention_train.train_on_images``. Prints the co-attention and
@@ -26,17 +28,35 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from scipy import ndimage  # pylint: disable=g-import-not-at-top
 
 
-def easy_collection(n=8, size=64, seed=0):
-  """(float32 [n, size, size, 3] images, bool [n, size, size] masks)."""
+def easy_collection(n=8, size=64, seed=0, varied=True):
+  """(float32 [n, size, size, 3] images, bool [n, size, size] masks).
+
+  ``varied``: backgrounds cycle through smooth noise (random scale), stripes
+  (random orientation and period) and random rectangles, so that the
+  background is not itself a common pattern of the collection (with
+  identical-statistics backgrounds the co-attention loss prefers them).
+  """
   rng = np.random.RandomState(seed)
   yy, xx = np.mgrid[:size, :size]
   checker = ((yy // 3 + xx // 3) % 2).astype(np.float64)[..., None]
   texture = (checker * np.array([0.95, 0.8, 0.1]) +
              (1 - checker) * np.array([0.6, 0.1, 0.1]))
   images, masks = [], []
-  for _ in range(n):
-    bg = ndimage.gaussian_filter(rng.rand(size, size, 3), (4, 4, 0))
-    bg = (bg - bg.min()) / (bg.max() - bg.min()) * 0.6 + 0.1
+  for i in range(n):
+    if varied and i % 3 == 1:  # stripes of random orientation / period
+      a, period = rng.rand() * np.pi, rng.randint(4, 16)
+      phase = (np.cos(a) * xx + np.sin(a) * yy) * 2 * np.pi / period
+      bg = (0.5 + 0.5 * np.sin(phase))[..., None] * rng.rand(3) + \
+          0.2 * rng.rand(3)
+    elif varied and i % 3 == 2:  # random rectangles
+      bg = np.ones((size, size, 3)) * rng.rand(3)
+      for _ in range(rng.randint(4, 10)):
+        r0, c0 = rng.randint(0, size - 8, 2)
+        bg[r0:r0 + rng.randint(6, 30), c0:c0 + rng.randint(6, 30)] = rng.rand(3)
+    else:  # smooth noise at a random scale
+      bg = ndimage.gaussian_filter(rng.rand(size, size, 3),
+                                   (rng.uniform(1, 6),) * 2 + (0,))
+    bg = (bg - bg.min()) / (bg.max() - bg.min() + 1e-9) * 0.6 + 0.1
     r = rng.randint(9, 14)
     cy, cx = rng.randint(r, size - r, 2)
     m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
@@ -61,6 +81,8 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--selection_target", default="otsu")
+  parser.add_argument("--same_backgrounds", action="store_true",
+                      help="smooth-noise backgrounds for every image")
   args = parser.parse_args()
 
   from configs import coattention_voc  # pylint: disable=g-import-not-at-top
@@ -82,7 +104,8 @@ def main():
   c.selection_target = args.selection_target
   c.verbose = False
   t0 = time.time()
-  images, masks = easy_collection(args.images, args.size)
+  images, masks = easy_collection(args.images, args.size,
+                                  varied=not args.same_backgrounds)
   pcfg = proposals.ProposalConfig(colour_spaces=("rgb", "lab"),
                                   scales=(50.0, 150.0))
   props = [proposals.selective_search(
