@@ -490,7 +490,8 @@ def _on_sigterm(signum, frame):
 
 def main(argv=None) -> Optional[Dict[str, Any]]:
   args = parse_args(argv)
-  command = "python -m benchmarks.run_all " + " ".join(
+  import shlex  # pylint: disable=g-import-not-at-top
+  command = "python -m benchmarks.run_all " + shlex.join(
       argv if argv is not None else sys.argv[1:])
   import signal  # pylint: disable=g-import-not-at-top
   previous = None
