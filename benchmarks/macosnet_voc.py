@@ -121,6 +121,7 @@ def main():
   state, log = mc.run_training(state, step, batch, budget_s=args.train_s,
                                max_steps=100000, name="voc", log_every=5)
   results["train"] = dict(steps=log["steps"], seconds=round(log["seconds"]),
+                          compile_s=round(log["compile_s"]),
                           last_terms=log["log"][-1][2] if log["log"] else {})
   results["after"] = evaluate_voc(apply_eval, state.variables(), data,
                                   args.eval_per_class, methods)
