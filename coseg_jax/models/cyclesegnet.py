@@ -146,7 +146,7 @@ class CycleRefinement(nn.Module):
   dtype: Any = jnp.float32
 
   def make_rcm(self, name=None) -> region_attention.RegionCorrespondence:
-    """The RCM with this module's settings (unbound; ``name`` optional)."""
+    """The RCM with this module's settings (call inside ``apply``)."""
     return region_attention.RegionCorrespondence(
         self.features, key_features=self.key_features,
         region_size=tuple(self.region_size), regions=self.regions,
@@ -228,7 +228,7 @@ class CycleSegNet(nn.Module):
     return MULTI_LEVELS if self.multi_level else SINGLE_LEVELS
 
   def crm(self, features: int, name: Optional[str] = None) -> CycleRefinement:
-    """The CRM of one level with this model's settings (unbound)."""
+    """The CRM of one level with this model's settings (inside ``apply``)."""
     return CycleRefinement(
         features, num_steps=self.num_steps, exchange=self.exchange,
         lstm_kernel=self.lstm_kernel, forget_bias=self.forget_bias,
