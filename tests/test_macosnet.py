@@ -236,6 +236,22 @@ def test_each_loss_in_train_step_equals_core_reference():
   assert ref["contrastive"] > 0 and ref["cross_consistency"] > 0
 
 
+def _assert_trees_close(got, expected, *, scale_of, rel=1e-3):
+  """Leafwise equality up to float32 rounding of the largest gradients.
+
+  The tolerance is ``rel`` times the largest |entry| over the trees in
+  ``scale_of``: per-term gradients are sums over ~10^5 pixels with
+  cancellation (seen: 3.6e-4 relative on the logit bias between two
+  compilations), and leaves whose exact gradient is 0 (conv biases before
+  BatchNorm) hold rounding noise of that size. The caller checks that the
+  difference being tested is far above this tolerance.
+  """
+  scale = max(float(jnp.max(jnp.abs(x))) for t in scale_of
+              for x in jax.tree.leaves(t))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=rel * scale)
+
+
 @pytest.mark.slow
 def test_zero_weight_removes_exactly_its_gradient():
   model, state, batch = _setup()
@@ -259,29 +275,25 @@ def test_zero_weight_removes_exactly_its_gradient():
     w = dict(WEIGHTS, **{name: 0.0})
     g0 = jax.jit(jax.grad(total), static_argnums=1)(state.params,
                                                     _frozen(w))
+    # The removed contribution is large compared with the tolerance.
+    removed = max(float(jnp.max(jnp.abs(WEIGHTS[name] * t)))
+                  for t in jax.tree.leaves(per_term[name]))
+    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g_all))
+    assert removed > 10 * 1e-3 * scale, (name, removed, scale)
     expected = jax.tree.map(lambda a, t: a - WEIGHTS[name] * t, g_all,
                             per_term[name])
-    for got, a, t in zip(jax.tree.leaves(g0), jax.tree.leaves(g_all),
-                         jax.tree.leaves(per_term[name])):
-      # float32 cancellation: tolerance relative to the operands' size.
-      scale = max(float(jnp.max(jnp.abs(a))),
-                  WEIGHTS[name] * float(jnp.max(jnp.abs(t))), 1e-12)
-      np.testing.assert_allclose(got, a - WEIGHTS[name] * t, rtol=0,
-                                 atol=1e-4 * scale)
-    # The term is not even computed: identical to the sum of the others.
-    others = [k for k in TERMS if k != name]
-    for got, *parts in zip(jax.tree.leaves(g0),
-                           *[jax.tree.leaves(per_term[k]) for k in others]):
-      ref = sum(WEIGHTS[k] * g for k, g in zip(others, parts))
-      scale = max(float(jnp.max(jnp.abs(ref))), 1e-12)
-      np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale)
+    _assert_trees_close(g0, expected, scale_of=(g_all, per_term[name]))
+    # The term is not even computed: the sum of the other weighted terms.
+    others = jax.tree.map(
+        lambda *g: sum(WEIGHTS[k] * gk for k, gk in
+                       zip([k for k in TERMS if k != name], g)),
+        *[per_term[k] for k in TERMS if k != name])
+    _assert_trees_close(g0, others, scale_of=(g_all, per_term[name]))
   # The five weighted term gradients add up to the total gradient.
   summed = jax.tree.map(lambda *g: sum(WEIGHTS[k] * gk for k, gk in
                                        zip(TERMS, g)),
                         *[per_term[k] for k in TERMS])
-  for got, exp in zip(jax.tree.leaves(g_all), jax.tree.leaves(summed)):
-    scale = max(float(jnp.max(jnp.abs(exp))), 1e-12)
-    np.testing.assert_allclose(got, exp, rtol=0, atol=1e-5 * scale)
+  _assert_trees_close(g_all, summed, scale_of=(g_all,))
   # Every term reaches G or D; frozen E and F get exactly zero gradient.
   for k in TERMS:
     assert _count(per_term[k]) > 0
