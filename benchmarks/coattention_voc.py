@@ -25,14 +25,33 @@ its best post-processing).
 import argparse
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                ".."))
 
 PAPER = {"avg_P": 91.0, "avg_J": 0.60}
 METHODS = ("threshold", "otsu", "crf", "grabcut")
 
 
 def load(workdir):
-  with open(os.path.join(workdir, "results.json")) as f:
-    return json.load(f)
+  """results.json, or (a run cut short) the finished classes' files."""
+  path = os.path.join(workdir, "results.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  import glob  # pylint: disable=g-import-not-at-top
+  from coseg_jax import coattention_train  # pylint: disable=g-import-not-at-top
+  per_class = []
+  for p in sorted(glob.glob(os.path.join(workdir, "results", "*.json"))):
+    with open(p) as f:
+      per_class.append(json.load(f))
+  if not per_class:
+    raise FileNotFoundError(f"no results in {workdir}")
+  print(f"(no results.json: {len(per_class)} finished classes from "
+        f"{workdir}/results/)")
+  return {"per_class": per_class,
+          "summary": coattention_train.summarise(per_class)}
 
 
 def table(results, ablation=None) -> str:
