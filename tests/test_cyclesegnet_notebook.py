@@ -37,9 +37,6 @@ def test_cyclesegnet_notebook_runs(tmp_path, monkeypatch):
   for t in (1, 2, 3):
     assert f"after refinement step {t}:" in outputs
   assert "after refinement step 4:" not in outputs
-  images = [o for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-  assert len(images) >= 4  # pair, attention, two step strips
 
 
 def test_notebook_is_valid_fresh_and_parametrised():
