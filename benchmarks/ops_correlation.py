@@ -15,12 +15,10 @@ For each: the median wall time of ``--repeats`` runs after ``--warmup`` runs,
 and XLA's ``compiled.memory_analysis()`` temporary and output bytes.
 
 Usage:
-  python benchmarks/ops_correlation.py [--batch 4] [--repeats 20]
+  python -m benchmarks.ops_correlation [--batch 4] [--repeats 20]
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,23 +27,7 @@ from coseg_jax.losses import matching
 from coseg_jax.nn import correlation
 from coseg_jax.nn import geometry
 
-
-def _time(fn, args, warmup, repeats):
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def _memory(fn, args):
-  mem = fn.lower(*args).compile().memory_analysis()
-  if mem is None:
-    return float("nan"), float("nan")
-  return mem.temp_size_in_bytes / 2**20, mem.output_size_in_bytes / 2**20
+from benchmarks import timing
 
 
 def main():
@@ -84,14 +66,14 @@ def main():
        (da, db)),
       (f"matching loss + grad (affine_tps, {s}x{s})", match, (theta,)),
   ]
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"jax {jax.__version__}")
+  print(timing.device_line())
   print("| op | median ms | temp MiB | output MiB |")
   print("|---|---|---|---|")
   for name, fn, fargs in rows:
     jitted = jax.jit(fn)
-    ms = 1e3 * _time(jitted, fargs, args.warmup, args.repeats)
-    temp, out = _memory(jitted, fargs)
+    ms = 1e3 * timing.time_calls(jitted, fargs, warmup=args.warmup,
+                                 repeats=args.repeats)[0]
+    temp, out = timing.compiled_memory_mib(jitted, fargs)
     print(f"| {name} | {ms:.2f} | {temp:.2f} | {out:.2f} |", flush=True)
 
 

@@ -8,33 +8,17 @@ the median wall time of ``--repeats`` runs after ``--warmup`` runs, and XLA's
 inputs (what training pays).
 
 Usage:
-  python benchmarks/ops_rcm.py [--ks 2,3,4,5,6,7,8] [--repeats 10] [--grad]
+  python -m benchmarks.ops_rcm [--ks 2,3,4,5,6,7,8] [--repeats 10] [--grad]
 """
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from coseg_jax.nn import region_attention
 
-
-def _time(fn, args, warmup, repeats):
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def _temp_bytes(fn, args):
-  mem = fn.lower(*args).compile().memory_analysis()
-  return None if mem is None else mem.temp_size_in_bytes
+from benchmarks import timing
 
 
 def main():
@@ -62,11 +46,12 @@ def main():
   for k in [int(v) for v in args.ks.split(",")]:
     x = jax.random.normal(jax.random.key(k), (1, k, s, s, c), jnp.float32)
     variables = module.init(jax.random.key(0), x)
-    row = (f"| {k} | {1e3 * _time(fwd, (variables, x), args.warmup, args.repeats):.1f}"
-           f" | {_temp_bytes(fwd, (variables, x)) / 2**20:.2f} |")
-    if args.grad:
-      row += (f" {1e3 * _time(bwd, (variables, x), args.warmup, args.repeats):.1f}"
-              f" | {_temp_bytes(bwd, (variables, x)) / 2**20:.2f} |")
+    row = "| %d |" % k
+    for fn in (fwd, bwd) if args.grad else (fwd,):
+      ms = 1e3 * timing.time_calls(fn, (variables, x), warmup=args.warmup,
+                                   repeats=args.repeats)[0]
+      temp = timing.compiled_memory_mib(fn, (variables, x))[0]
+      row += f" {ms:.1f} | {temp:.2f} |"
     print(row, flush=True)
 
 
