@@ -202,5 +202,26 @@ def base_config(size: int, *, lr: float, batch: int, steps: int):
   return config
 
 
+def parse_value(v: str):
+  """'true' / '3' / '0.5' / 'name' -> bool / int / float / str."""
+  low = v.lower()
+  if low in ("true", "false"):
+    return low == "true"
+  for cast in (int, float):
+    try:
+      return cast(v)
+    except ValueError:
+      pass
+  return v
+
+
+def apply_overrides(config, items):
+  """``key=value`` strings -> config.model fields (e.g. perceptual_size=112)."""
+  for kv in items:
+    k, v = kv.split("=", 1)
+    config.model[k] = parse_value(v)
+  return config
+
+
 def to_ml(d) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)

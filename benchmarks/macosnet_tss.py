@@ -119,12 +119,18 @@ def main():
   ap.add_argument("--skip_init", action="store_true",
                   help="skip the phase-1 evaluation (deterministic: same "
                        "figures as a full run)")
+  ap.add_argument("--lr", type=float, default=1e-4,
+                  help="learning rate of the joint phase")
+  ap.add_argument("--set", action="append", default=[],
+                  help="config.model override key=value (repeatable)")
   args = ap.parse_args()
   s = args.size
   t_start = time.time()
-  results = {"size": s, "device": str(jax.devices()[0])}
+  results = {"size": s, "device": str(jax.devices()[0]), "lr": args.lr,
+             "model_overrides": args.set}
 
-  config = mc.base_config(s, lr=1e-4, batch=args.batch, steps=100000)
+  config = mc.base_config(s, lr=args.lr, batch=args.batch, steps=100000)
+  mc.apply_overrides(config, args.set)
   joint = macosnet.build_model(config.model, "joint")
   pcfg = mc.base_config(s, lr=1e-3, batch=args.batch, steps=100000)
   pcfg.model.perceptual = None

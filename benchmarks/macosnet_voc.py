@@ -71,10 +71,14 @@ def main():
   ap.add_argument("--pretrained", default="/tmp/macos_pretrained.pkl")
   ap.add_argument("--wait_s", type=float, default=900)
   ap.add_argument("--out", default="/tmp/macos_voc.json")
+  ap.add_argument("--lr", type=float, default=1e-4)
+  ap.add_argument("--set", action="append", default=[],
+                  help="config.model override key=value (repeatable)")
   args = ap.parse_args()
   s = args.size
   t0 = time.time()
-  config = mc.base_config(s, lr=1e-4, batch=args.batch, steps=100000)
+  config = mc.base_config(s, lr=args.lr, batch=args.batch, steps=100000)
+  mc.apply_overrides(config, args.set)
   # Internet-setting weights (cycle/trans/contrast/task = 5/5/20/10).
   config.loss.contrastive = 20.0
   model = macosnet.build_model(config.model, "joint")
@@ -111,7 +115,8 @@ def main():
   state = mc.make_state(config, model, (1, 2, s, s, 3), params=pre["params"],
                         batch_stats=pre["batch_stats"])
   results = {"size": s, "classes": classes, "loss_weights": loss_config,
-             "eval_per_class": args.eval_per_class}
+             "eval_per_class": args.eval_per_class, "lr": args.lr,
+             "model_overrides": args.set}
   methods = ("threshold", "otsu")
   results["before"] = evaluate_voc(apply_eval, state.variables(), data,
                                    args.eval_per_class, methods)
