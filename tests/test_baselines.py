@@ -184,13 +184,13 @@ def test_registry_errors_and_listing():
     models.get_method("mcat").build_model(_config(dtype="float64"))
 
 
-SLOW_STEPS = 200
+SLOW_STEPS = 120
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["baseline", "mcat", "mmul"])
 def test_trains_on_synthetic_and_beats_untrained_j(name, tmp_path_factory):
-  """A few hundred Adam steps on synthetic 64 px pairs raise Avg. J clearly.
+  """120 Adam steps on synthetic 64 px pairs raise Avg. J clearly.
 
   Evaluation is ``coseg_jax.evaluate.evaluate_dataset`` on held-out 'test'
   groups (threshold 0.5 at original size); the untrained model is the same
