@@ -145,3 +145,39 @@ def test_distractor_count_range():
                      distractors=(2, 1))
   easy = synthetic.Builder.builder_configs["easy64"]
   assert (easy.min_distractors, easy.max_distractors) == (1, 1)
+
+
+def _hue_of(image, sel):
+  import cv2  # pylint: disable=g-import-not-at-top
+  hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+  return float(np.median(hsv[..., 0][sel.astype(bool)]))
+
+
+def _hue_distance(a, b):
+  d = abs(a - b) % 180
+  return min(d, 180 - d)
+
+
+def test_category_colours_paint_objects_in_their_category_hue():
+  n = 6
+  for category in range(n):
+    want = generator.category_hue(category, n)
+    for index in range(3):
+      image, mask, distractors = generator.render(
+          category, num_classes=n, image_size=64, seed=2, index=index,
+          distractors=(1, 1), category_colours=True)
+      # Sensor noise and the RGB/uint8 round trip move the hue a little;
+      # neighbouring categories are 30 hue units apart.
+      assert _hue_distance(_hue_of(image, mask), want) < 8, (category, index)
+      assert distractors.any()
+      # The distractor is another category: its hue is not the object's.
+      assert _hue_distance(_hue_of(image, distractors), want) > 15
+  # Without the option, the same record has a colour unrelated to its
+  # category, and the masks (the scene geometry) are the same.
+  plain = generator.render(0, num_classes=n, image_size=64, seed=2, index=0)
+  hue = generator.render(0, num_classes=n, image_size=64, seed=2, index=0,
+                         category_colours=True)
+  np.testing.assert_array_equal(plain[1], hue[1])
+  assert not np.array_equal(plain[0], hue[0])
+  cfg = synthetic.Builder.builder_configs["hue64"]
+  assert cfg.category_colours and cfg.image_size == 64

@@ -14,6 +14,9 @@ Configs (``name``: classes x train/test images per class, side in px):
   * ``tiny``: 3 x 6/3 at 32 px (unit tests).
   * ``small64``: 10 x 40/10 at 64 px.
   * ``easy64``: as ``small64`` with exactly one distractor per image.
+  * ``hue64``: as ``small64`` with every object painted in its category's hue
+    (``category_colours``): the common object is the one whose shape and hue
+    the other images share (the offline demo's set).
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
@@ -41,6 +44,8 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     seed: train seed; test uses ``seed + 1``.
     min_distractors / max_distractors: distractor objects per image
       (inclusive range); fewer distractors make an easier task.
+    category_colours: objects take their category's hue (see
+      ``generator.render``); otherwise colours carry no information.
   """
   num_classes: int = 10
   train_per_class: int = 40
@@ -49,6 +54,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   seed: int = 0
   min_distractors: int = 1
   max_distractors: int = 3
+  category_colours: bool = False
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -72,6 +78,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticConfig(name="easy64",
                       description="10 x 40/10 at 64 px, one distractor each",
                       image_size=64, min_distractors=1, max_distractors=1),
+      SyntheticConfig(name="hue64",
+                      description="10 x 40/10 at 64 px, category hues",
+                      image_size=64, category_colours=True),
       SyntheticConfig(name="bench512", description="4 x 16/4 at 512 px",
                       num_classes=4, train_per_class=16, test_per_class=4,
                       image_size=512),
@@ -121,7 +130,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         image, mask, _ = generator.render(
             label, num_classes=cfg.num_classes, image_size=cfg.image_size,
             seed=seed, index=index,
-            distractors=(cfg.min_distractors, cfg.max_distractors))
+            distractors=(cfg.min_distractors, cfg.max_distractors),
+            category_colours=cfg.category_colours)
         image_id = f"{split}/{name}/{index:04d}.png"
         yield image_id, {
             "image": generator.encode_png(image),

@@ -149,10 +149,16 @@ def _rasterise(shape: Shape, size: int, *, centre, radius, angle, aspect):
   return mask
 
 
-def _random_colour(rng):
-  hsv = np.uint8([[[rng.integers(0, 180), rng.integers(90, 256),
-                    rng.integers(90, 256)]]])
+def _random_colour(rng, hue=None):
+  """A saturated RGB colour; ``hue`` (OpenCV units, 0..179) fixes the hue."""
+  h = rng.integers(0, 180) if hue is None else int(round(hue)) % 180
+  hsv = np.uint8([[[h, rng.integers(90, 256), rng.integers(90, 256)]]])
   return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def category_hue(category: int, num_classes: int) -> float:
+  """The hue of a category when colours follow categories (0..179)."""
+  return 180.0 * category / num_classes
 
 
 def _smooth_noise(rng, size, cells):
@@ -160,9 +166,13 @@ def _smooth_noise(rng, size, cells):
   return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _texture(rng, size):
-  """A float32 [size, size, 3] texture in [0, 255] for an object."""
-  base = _random_colour(rng)
+def _texture(rng, size, hue=None):
+  """A float32 [size, size, 3] texture in [0, 255] for an object.
+
+  With ``hue`` both of the texture's colours get that hue (saturation and
+  value stay random).
+  """
+  base = _random_colour(rng, hue)
   kind = rng.integers(0, 4)
   if kind == 0:  # solid
     return np.broadcast_to(base, (size, size, 3)).copy()
@@ -176,7 +186,7 @@ def _texture(rng, size):
     pattern = ((np.floor(xx / period) + np.floor(yy / period)) % 2)
   else:  # smooth noise
     pattern = _smooth_noise(rng, size, int(rng.integers(4, 10)))
-  other = _random_colour(rng)
+  other = _random_colour(rng, hue)
   p = pattern[..., None].astype(np.float32)
   return base * p + other * (1 - p)
 
@@ -225,7 +235,8 @@ def _placement(rng, size, lo, hi):
 
 
 def render(category: int, *, num_classes: int, image_size: int,
-           seed: int, index: int, distractors: tuple[int, int] = (1, 3)):
+           seed: int, index: int, distractors: tuple[int, int] = (1, 3),
+           category_colours: bool = False):
   """Renders one record of category ``category`` (index into sorted names).
 
   Args:
@@ -235,6 +246,11 @@ def render(category: int, *, num_classes: int, image_size: int,
     seed: data-set seed (train and test use different seeds).
     index: image index within the category.
     distractors: (min, max) number of distractor objects (inclusive).
+    category_colours: paint every object (common or distractor) in its
+      category's hue (:func:`category_hue`) instead of a random one. A single
+      image still does not say which object is the common one (every object
+      has some category's hue); across a group the shared hue does, so the
+      task can be solved by matching appearance, not only shape.
 
   Returns:
     ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
@@ -263,10 +279,12 @@ def render(category: int, *, num_classes: int, image_size: int,
       if area > 0 and (d & obj_mask).sum() <= _MAX_OVERLAP * area:
         break
     sel = d.astype(bool)
-    img[sel] = _texture(rng, size)[sel]
+    hue = category_hue(cat, num_classes) if category_colours else None
+    img[sel] = _texture(rng, size, hue)[sel]
     distractor_mask |= d
   sel = obj_mask.astype(bool)
-  img[sel] = _texture(rng, size)[sel]
+  hue = category_hue(category, num_classes) if category_colours else None
+  img[sel] = _texture(rng, size, hue)[sel]
   distractor_mask &= 1 - obj_mask
   # Mild sensor noise so flat regions are not perfectly uniform.
   img += rng.normal(0, 4, img.shape)
