@@ -37,14 +37,23 @@ with images from the start of the epoch's order so that every step has the
 same shape (one compilation). With N <= batch_size, every step is the whole
 collection (exactly the paper's "all pairs").
 
+Stage 2 epochs may pass ``config.coattention.stage2_passes_per_epoch`` times
+over the collection between two selections: the paper's epoch is many
+updates, ours as few as one, and a selection re-made after every update
+chases the drifting map instead of pulling it (on the synthetic collection,
+re-selecting every update collapses S to 0; every 20 updates reaches J 0.79).
+
 Optimiser: Adam (``config.optimizer``, via ``coseg_jax.train.make_optimizer``).
 The paper's 1e-6 was for MatConvNet losses summed over pairs and pixels. Adam
 normalises the gradient by its running RMS, so a constant rescaling of the
-loss (sum vs mean) leaves its steps unchanged (up to eps): the mean-reduced
-equivalent of 1e-6 is 1e-6 itself. What the reduction does change is the
-balance of the two terms; see the config for the value of lambda used and
-why, and for the learning rate actually used (a larger one, because our runs
-take far fewer steps than the paper's).
+whole loss leaves its steps unchanged (up to eps): 1e-6 on sums is 1e-6 on
+means. What the reductions do change is the balance of the two terms
+(``reduction``, ``mask_pixel_reduction``; the configs use the paper's sums).
+The learning rates actually used are larger (1e-4 full, 1e-3 on the
+synthetic collection) because our runs take far fewer updates; with them the
+stage-1 length is a number of updates, not the paper's 20 epochs: on the
+synthetic collection J peaks after about 4 stage-1 updates at 1e-3 and S
+then drifts to the trivial S = 0.
 """
 
 import functools

@@ -21,14 +21,20 @@ Model contract: ``images`` [B, K, H, W, 3] in [0, 1]; the K images of a group
 are the images of one collection (or a mini-batch of it); the co-attention
 loss takes every ordered pair inside each group.
 
-What we observed (benchmarks/RESULTS.md, "Co-attention CNN"): with a frozen
-extractor the co-attention loss has degenerate minima the generator finds
-quickly: S -> 0 everywhere (every object image is the same blank image, so
-d+ = 0 while d- is large), or a map whose own pattern dominates f's features.
-Stage 1 therefore tends to lower the loss while the maps get no better; the
-gain we measured comes from stage 2, where the mask loss pulls S towards
-the selected unsupervised proposals (whose selection compares proposals with
-S binarised at Otsu's threshold, ``config.coattention.selection_target``).
+What we observed (benchmarks/RESULTS.md, "Co-attention CNN: constructed
+synthetic collection"): with a frozen extractor, eq. 3-6 has a trivial
+minimum at S = 0 (every object image is the same blank image, d+ = 0), and on
+real PASCAL images at 64 px it is even below the ground truth's loss. From
+the near-uniform initial maps (S ~ 0.5, d- ~ 0) the first updates do find the
+common object, and then S drifts to 0. What keeps the method away from it is
+the balance of the two terms in stage 2: with the paper's MatConvNet sums
+(the mask loss summed over pixels, ``mask_pixel_reduction='sum'``) the
+selected proposals dominate and S follows them; with lambda = 9 on per-pixel
+means the co-attention term wins and S collapses. The masked-out pixels'
+value matters too: black (fill 0) is a strong input of its own for f;
+mid-grey (fill 0.5, zero after f's normalisation, like the paper's
+mean-subtracted inputs) makes the ground truth clearly the lower loss on
+the synthetic collection.
 
 Choices the paper leaves open (all ``CoattentionNet`` attributes, set from
 ``config.model``):
@@ -50,8 +56,16 @@ Choices the paper leaves open (all ``CoattentionNet`` attributes, set from
   through the masked images. Features: the backbone's ``pooled`` vector (the
   input of its last FC layer).
 * Masking: the object image is S * I + (1 - S) * ``fill_value`` and the
-  background image (1 - S) * I + S * ``fill_value`` in [0, 1] RGB; the default
-  fill 0 (black) is what the paper's Fig. 2 shows.
+  background image (1 - S) * I + S * ``fill_value`` in [0, 1] RGB. The
+  paper multiplies mean-subtracted inputs, i.e. masked pixels become the
+  mean colour; the configs use 0.5 (Lite0's zero input). The attribute's
+  default 0 (black, as the paper's Fig. 2 displays it) is kept for API
+  compatibility.
+* ``train_extractor``: the paper's abstract says f is "derived based on the
+  co-attention loss" (learned with g, from ImageNet weights); the issue and
+  our default keep f fixed. True lets the gradient reach f (with
+  ``config.coattention.extractor_lr_scale``); it was tried once on the
+  synthetic collection (stage 1 only, f at 0.03 x lr) without a clear gain.
 * ``extractor_size``: the masked images are resized (bilinear) to this side
   before f, or fed at input size when None.
 """
