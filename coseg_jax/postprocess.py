@@ -73,6 +73,9 @@ def otsu(prob: np.ndarray, *, image=None, nbins: int = 256) -> np.ndarray:
   """
   del image
   _, prob = _check(None, prob)
+  # float64: a nearly constant float32 map (a collapsed co-attention map,
+  # range ~1e-6 near 1) has no 256 distinct float32 bin edges.
+  prob = np.asarray(prob, np.float64)
   lo, hi = float(prob.min()), float(prob.max())
   if hi - lo < 1e-6:
     return prob >= 0.5

@@ -94,3 +94,12 @@ def test_otsu_matches_a_brute_force_search():
   brute = prob > best
   # Histogram binning may move the split by at most a pixel or two.
   assert np.sum(ours != brute) <= 2
+
+
+def test_otsu_on_a_nearly_constant_float32_map():
+  """A collapsed map (float32, range ~2e-6 near 1) has no 256 distinct
+  float32 bin edges; Otsu still splits it (computed in float64)."""
+  prob = np.full((8, 8), 0.99, np.float32)
+  prob[:, 4:] += np.float32(2e-6)
+  out = postprocess.otsu(prob)
+  assert out[:, 4:].all() and not out[:, :4].any()
