@@ -73,10 +73,25 @@ def load_voc(size: int):
   return (np.stack(inputs), originals, masks, np.asarray(labels), classes)
 
 
-def make_state(config, model, sample_shape, params=None, batch_stats=None):
-  """TrainState with the config's real weights (+ optional params merged)."""
+def make_state(config, model, sample_shape, params=None, batch_stats=None,
+               decoder_lr=None):
+  """TrainState with the config's real weights (+ optional params merged).
+
+  ``decoder_lr``: a separate Adam learning rate for the decoder D (params
+  'decoder'); everything else keeps ``config.optimizer`` (a fresh decoder and
+  a pre-trained G want different rates).
+  """
   from coseg_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   tx, _ = train.make_optimizer(config.optimizer, config.train.num_steps)
+  if decoder_lr:
+    import optax  # pylint: disable=g-import-not-at-top
+    dcfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+    dcfg.learning_rate = float(decoder_lr)
+    dtx, _ = train.make_optimizer(dcfg, config.train.num_steps)
+    tx = optax.multi_transform(
+        {"decoder": dtx, "rest": tx},
+        lambda p: {k: jax.tree.map(lambda _, k=k: "decoder" if k == "decoder"
+                                   else "rest", v) for k, v in p.items()})
   # Eager init: XLA:CPU takes minutes to compile a jitted Lite0 init on a
   # loaded 2-core machine, op-by-op init takes seconds.
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(0))

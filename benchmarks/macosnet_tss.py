@@ -121,12 +121,15 @@ def main():
                        "figures as a full run)")
   ap.add_argument("--lr", type=float, default=1e-4,
                   help="learning rate of the joint phase")
+  ap.add_argument("--decoder_lr", type=float, default=0.0,
+                  help="separate learning rate of the decoder (0: --lr)")
   ap.add_argument("--set", action="append", default=[],
                   help="config.model override key=value (repeatable)")
   args = ap.parse_args()
   s = args.size
   t_start = time.time()
   results = {"size": s, "device": str(jax.devices()[0]), "lr": args.lr,
+             "decoder_lr": args.decoder_lr,
              "model_overrides": args.set}
 
   config = mc.base_config(s, lr=args.lr, batch=args.batch, steps=100000)
@@ -164,7 +167,8 @@ def main():
       saved = pickle.load(f)
     jstate = mc.make_state(config, joint, (1, 2, s, s, 3),
                            params=saved["params"],
-                           batch_stats=saved["batch_stats"])
+                           batch_stats=saved["batch_stats"],
+                           decoder_lr=args.decoder_lr)
     results["pretrained"] = dict(source=args.pretrained_in)
   else:
     jstate, pstate = pretrain_phases(args, results, config, joint, pcfg, pre,
