@@ -301,10 +301,12 @@ def test_registered():
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason=(
-    "known gap: on the shared 2-core CPU (126 of 250 steps in 12 min) the "
-    "masks stayed at the all-background optimum and the decision at chance "
-    "while the triplet loss fell; not yet shown to learn in 250 steps "
-    "(benchmarks/RESULTS.md, CoSegNet section)"))
+    "known gap (benchmarks/RESULTS.md, CoSegNet section): with a randomly "
+    "initialised encoder the metric path collapses (embeddings lose their "
+    "input dependence, triplet term at the margin, decision at the prior "
+    "of the 0.33/0.5 weights: always 'negative') and the skip-less decoder "
+    "does not cross 0.5 within a CPU-test budget; see "
+    "test_metric_path_fits_fixed_training_triplets for what does learn"))
 def test_trains_on_synthetic_triplets_and_beats_untrained(tmp_path):
   """Triplets with negatives, the 32 px synthetic set shown at 128 px (the
   decoder has no skips: it needs a >= 4x4 bottleneck), tiny encoder: the
@@ -330,3 +332,60 @@ def test_trains_on_synthetic_triplets_and_beats_untrained(tmp_path):
                                 num_pairs=40)
   assert acc["num_negative"] == 20 and acc["num_positive"] == 20
   assert acc["accuracy"] >= 0.65
+
+
+def _render_two_classes(per_class, size):
+  """Synthetic records of 2 shape families, no distractors: (images [N, S, S,
+  3] in [0, 1], labels [N])."""
+  from data_pipelines.synthetic import generator  # pylint: disable=g-import-not-at-top
+  images, labels = [], []
+  for label in range(2):
+    for index in range(per_class):
+      image, _, _ = generator.render(label, num_classes=2, image_size=size,
+                                     seed=0, index=index, distractors=(0, 0))
+      images.append(image.astype(np.float32) / 255.0)
+      labels.append(label)
+  return np.stack(images), np.array(labels)
+
+
+@pytest.mark.slow
+def test_metric_path_fits_fixed_training_triplets():
+  """Scope check for the xfail above: the metric path (GAP of cT9 through
+  the decoder, metric net) is trainable by the paper's loss. On 60 fixed
+  32 px images of 2 shape families (no augmentation, no distractors), a
+  random tiny encoder and the paper's weights, the triplet term must fall
+  well below its collapsed value (the margin, 1) within 300 steps (observed
+  0.10). With the pipeline's random scale / rotation / flip the same
+  network stays at the margin (RESULTS.md): the failure is finding class
+  features that generalise, not the routing or the loss."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from coseg_jax import train  # pylint: disable=g-import-not-at-top
+  size = 32
+  x, y = _render_two_classes(30, size)
+  rng = np.random.default_rng(0)
+  model = cosegnet.CoSegNet(backbone="tiny",
+                            backbone_kwargs={"widths": (16, 32, 32, 64, 64)},
+                            width_multiplier=1 / 8)
+  state, _ = train.create_train_state(model=model, tx=optax.adam(3e-4),
+                                      rng=jax.random.PRNGKey(0),
+                                      sample_shape=(1, 3, size, size, 3))
+  step = train.make_train_step(model=model, loss_fn=cosegnet.loss_fn,
+                               loss_config=cosegnet.PAPER_LOSS)
+  members = [np.flatnonzero(y == c) for c in range(2)]
+  masks = jnp.zeros((4, 3, size, size, 1))  # the mask terms are not checked
+  weight = cosegnet.PAPER_LOSS["triplet_pos"] + cosegnet.PAPER_LOSS[
+      "triplet_neg"]
+  trip = []
+  for _ in range(300):
+    rows = []
+    for _ in range(4):
+      c = int(rng.integers(2))
+      a, p = rng.choice(members[c], 2, replace=False)
+      rows.append([a, p, rng.choice(members[1 - c])])
+    state, metrics = step(state, {"images": jnp.asarray(x[np.array(rows)]),
+                                  "masks": masks})
+    trip.append((float(metrics["loss_terms/triplet_pos"]) +
+                 float(metrics["loss_terms/triplet_neg"])) / weight)
+  first, last = np.mean(trip[:20]), np.mean(trip[-50:])
+  assert first > 0.8, (first, last)  # starts near the margin
+  assert last < 0.4, (first, last)
