@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from absl import logging
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 LossFn = Callable[..., Tuple[jax.Array, Dict[str, jax.Array]]]
@@ -140,3 +141,22 @@ def import_errors() -> Dict[str, str]:
   """Method modules that failed to import: module -> error (a copy)."""
   _load_builtin_methods()
   return dict(_IMPORT_ERRORS)
+
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+                  "float16": jnp.float16}
+
+
+def config_dtype(name) -> Any:
+  """``config.model.dtype`` (a name, or already a dtype) -> a JAX dtype.
+
+  Every method's ``build_model`` uses this, so the accepted names and the
+  error are the same for all of them.
+  """
+  if not isinstance(name, str):
+    return name
+  try:
+    return COMPUTE_DTYPES[name]
+  except KeyError:
+    raise ValueError(f"config.model.dtype must be one of "
+                     f"{sorted(COMPUTE_DTYPES)}, got {name!r}") from None

@@ -54,15 +54,8 @@ class BaselineOutput:
   mask_logits: jax.Array
 
 
-def _dtype(name) -> Any:
-  if not isinstance(name, str):
-    return name
-  try:
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-            "float16": jnp.float16}[name]
-  except KeyError:
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', "
-                     f"got {name!r}") from None
+# Kept until cosegnet/dcc/coattention import models.config_dtype directly.
+_dtype = models.config_dtype
 
 
 def other_mean(pooled: jax.Array) -> jax.Array:
@@ -147,7 +140,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       decoder_widths=tuple(get("decoder_widths", (64, 32, 32, 16, 16))),
       convs_per_block=get("convs_per_block", 1),
       use_skips=get("use_skips", False),
-      dtype=_dtype(get("dtype", "float32")))
+      dtype=models.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],

@@ -360,7 +360,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       use_skips=bool(get("use_skips", False)),
       fusion_features=get("fusion_features", None),
       decode_all_steps=bool(get("decode_all_steps", False)),
-      dtype=baselines._dtype(get("dtype", "float32")))  # pylint: disable=protected-access
+      dtype=models.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],

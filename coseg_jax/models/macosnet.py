@@ -160,17 +160,6 @@ class MaCoSNetOutput:
                                            default=LossOptions())
 
 
-def _dtype(name) -> Any:
-  if not isinstance(name, str):
-    return name
-  try:
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-            "float16": jnp.float16}[name]
-  except KeyError:
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', "
-                     f"got {name!r}") from None
-
-
 class FeatureRegressor(nn.Module):
   """CNNGeo's ``FeatureRegression``: correlation -> theta.
 
@@ -717,7 +706,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       decoder_final_width=int(get("decoder_final_width", 32)),
       num_points=int(get("num_points", 100)),
       synthetic=dict(synthetic) if synthetic else None,
-      options=options, dtype=_dtype(get("dtype", "float32")))
+      options=options, dtype=models.config_dtype(get("dtype", "float32")))
 
 
 def _register():
