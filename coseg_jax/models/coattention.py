@@ -101,17 +101,6 @@ class CoattentionOutput:
   background_features: Optional[jax.Array] = None
 
 
-def _dtype(name) -> Any:
-  if not isinstance(name, str):
-    return name
-  try:
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-            "float16": jnp.float16}[name]
-  except KeyError:
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', "
-                     f"got {name!r}") from None
-
-
 def _frozen_apply(module, images):
   """Applies ``module`` in inference mode (wrapped by nn.map_variables)."""
   return module(images, train=False)
@@ -269,7 +258,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CoattentionNet:
       extractor_size=None if size is None else int(size),
       fill_value=float(get("fill_value", 0.0)),
       train_extractor=bool(get("train_extractor", False)),
-      dtype=_dtype(get("dtype", "float32")))
+      dtype=models.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
