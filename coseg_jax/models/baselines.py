@@ -54,10 +54,6 @@ class BaselineOutput:
   mask_logits: jax.Array
 
 
-# Kept until cosegnet/dcc/coattention import models.config_dtype directly.
-_dtype = models.config_dtype
-
-
 def other_mean(pooled: jax.Array) -> jax.Array:
   """Mean of the other images' vectors in each group.
 

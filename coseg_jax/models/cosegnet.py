@@ -89,7 +89,6 @@ import ml_collections
 
 from coseg_jax import backbones
 from coseg_jax import models
-from coseg_jax.models.baselines import _dtype
 from coseg_jax.models.baselines import other_mean
 
 METRIC_LAYERS = ("f", "cT3", "cT6", "cT9", "cT11")
@@ -254,7 +253,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       metric_layer=get("metric_layer", "cT9"),
       metric_widths=tuple(get("metric_widths", (128, 64))),
       decision_hidden=int(get("decision_hidden", 32)),
-      dtype=_dtype(get("dtype", "float32")))
+      dtype=models.config_dtype(get("dtype", "float32")))
 
 
 def _valid(batch, masks):

@@ -56,7 +56,6 @@ import ml_collections
 
 from coseg_jax import backbones
 from coseg_jax import models
-from coseg_jax.models.baselines import _dtype
 from coseg_jax.models.baselines import other_mean
 from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
@@ -216,7 +215,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> DCCNet:
       convs_per_block=int(get("convs_per_block", 1)),
       use_skips=bool(get("use_skips", True)),
       xcorr_method=get("xcorr_method", "shift"),
-      dtype=_dtype(get("dtype", "float32")))
+      dtype=models.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
