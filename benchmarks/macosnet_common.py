@@ -240,3 +240,20 @@ def apply_overrides(config, items):
 
 def to_ml(d) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
+
+
+def inference_without_f(config):
+  """A jitted ``apply(variables, images) -> MaCoSNetOutput`` for evaluation.
+
+  The same network without the perceptual network F (evaluation never uses
+  F, and skipping it saves its forward pass); the variables of the training
+  model are accepted as they are, F's entries dropped.
+  """
+  evaluator = macosnet.build_model(
+      to_ml(dict(config.model.to_dict(), perceptual=None)), "joint")
+
+  def strip(v):
+    return {c: {k: p for k, p in v[c].items() if k != "perceptual_net"}
+            for c in ("params", "batch_stats")}
+
+  return jax.jit(lambda v, x: evaluator.apply(strip(v), x, train=False))

@@ -116,15 +116,7 @@ def train_run(args):
     k, v = kv.split("=", 1)
     config.loss[k] = float(v)
   model = macosnet.build_model(config.model, "joint")
-  evaluator = macosnet.build_model(
-      mc.to_ml(dict(config.model.to_dict(), perceptual=None)), "joint")
-
-  def strip(v):
-    return {c: {k: p for k, p in v[c].items() if k != "perceptual_net"}
-            for c in ("params", "batch_stats")}
-
-  apply_eval = jax.jit(lambda v, x: evaluator.apply(strip(v), x,
-                                                    train=False))
+  apply_eval = mc.inference_without_f(config)
   tx_, _, tl = synthetic_pairs(args.classes, args.per_class, s, seed=0)
   ex, em, _ = synthetic_pairs(args.classes, 4, s, seed=1)
   params = bstats = None

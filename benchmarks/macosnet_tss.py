@@ -148,13 +148,7 @@ def main():
   print(f"data loaded ({time.time() - t_start:.0f}s)", flush=True)
 
   # Evaluation needs no F: the same network without it (extra params unused).
-  evaluator = macosnet.build_model(
-      mc.to_ml(dict(config.model.to_dict(), perceptual=None)), "joint")
-  apply_joint = jax.jit(lambda v, x: evaluator.apply(
-      {"params": {k: p for k, p in v["params"].items()
-                  if k != "perceptual_net"},
-       "batch_stats": {k: p for k, p in v["batch_stats"].items()
-                       if k != "perceptual_net"}}, x, train=False))
+  apply_joint = mc.inference_without_f(config)
 
   def dump():
     with open(args.out, "w") as f:

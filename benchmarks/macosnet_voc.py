@@ -82,15 +82,7 @@ def main():
   # Internet-setting weights (cycle/trans/contrast/task = 5/5/20/10).
   config.loss.contrastive = 20.0
   model = macosnet.build_model(config.model, "joint")
-  evaluator = macosnet.build_model(
-      mc.to_ml(dict(config.model.to_dict(), perceptual=None)), "joint")
-
-  def strip(v):
-    return {c: {k: p for k, p in v[c].items() if k != "perceptual_net"}
-            for c in ("params", "batch_stats")}
-
-  apply_eval = jax.jit(lambda v, x: evaluator.apply(strip(v), x,
-                                                    train=False))
+  apply_eval = mc.inference_without_f(config)
   data = mc.load_voc(s)
   x, _, _, labels, classes = data
   print(f"loaded {len(x)} images ({time.time() - t0:.0f}s)", flush=True)
