@@ -300,7 +300,9 @@ def test_registered():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
+# run=False: a known failure that costs two CPU-minutes of CI time per run;
+# `pytest --runxfail tests/test_cosegnet.py -k beats_untrained` runs it.
+@pytest.mark.xfail(run=False, reason=(
     "known gap (benchmarks/RESULTS.md, CoSegNet section): with a randomly "
     "initialised encoder the metric path collapses (embeddings lose their "
     "input dependence, triplet term at the margin, decision at the prior "
