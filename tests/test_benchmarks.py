@@ -121,14 +121,19 @@ def _parity(method, size="tiny", *, overrides=None, k=None, seed=0):
   return model, variables, tmodel, x
 
 
-def test_cyclesegnet_output_parity():
-  # Multi-level, skips, peepholes, K = 3 (group form of the RCM).
-  model, v, tm, x = _parity("cyclesegnet", overrides={
-      "peephole": True, "use_skips": True}, k=3)
+def _assert_mask_logits_parity(name, **kwargs):
+  """The torch port's mask logits equal ours for the same weights."""
+  model, v, tm, x = _parity(name, **kwargs)
   ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
   with torch.no_grad():
     ref = tm(to_nchw(x)).permute(0, 1, 3, 4, 2).numpy()
   assert_close(ref, ours)
+
+
+def test_cyclesegnet_output_parity():
+  # Multi-level, skips, peepholes, K = 3 (group form of the RCM).
+  _assert_mask_logits_parity("cyclesegnet", overrides={
+      "peephole": True, "use_skips": True}, k=3)
 
 
 @pytest.mark.slow
@@ -153,11 +158,7 @@ def test_cyclesegnet_train_loss_parity():
 
 
 def test_dcc_output_parity():
-  model, v, tm, x = _parity("dcc")
-  ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
-  with torch.no_grad():
-    ref = tm(to_nchw(x)).permute(0, 1, 3, 4, 2).numpy()
-  assert_close(ref, ours)
+  _assert_mask_logits_parity("dcc")
 
 
 @pytest.mark.slow
