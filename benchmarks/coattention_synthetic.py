@@ -66,10 +66,11 @@ def easy_collection(n=8, size=64, seed=0, varied=True):
 
 
 def mean_j(pred, masks):
-  pred = np.asarray(pred, bool)
-  inter = (pred & masks).sum((1, 2))
-  union = (pred | masks).sum((1, 2))
-  return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1)))
+  """Mean per-image J (``coseg_jax.metrics.jaccard``) of [n, H, W] masks."""
+  from coseg_jax import metrics  # pylint: disable=g-import-not-at-top
+  as_mask = lambda m: np.asarray(m, np.float32)[..., None]
+  return float(np.mean(metrics.jaccard(pred=as_mask(np.asarray(pred, bool)),
+                                       gt=as_mask(masks))))
 
 
 def main():

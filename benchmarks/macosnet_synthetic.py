@@ -36,6 +36,7 @@ from PIL import Image
 
 import macosnet_common as mc  # pylint: disable=g-bad-import-order
 from coseg_jax import backbones
+from coseg_jax import metrics
 from coseg_jax import postprocess
 from coseg_jax import train
 from coseg_jax.backbones import weights as weights_lib
@@ -101,11 +102,8 @@ def landscape(size: int):
 
 def jaccard(pred: np.ndarray, masks: np.ndarray) -> float:
   """Mean per-image J of boolean pred against {0, 1} masks [..., H, W]."""
-  gt = masks > 0.5
-  inter = np.sum(pred & gt, axis=(-2, -1))
-  union = np.sum(pred | gt, axis=(-2, -1))
-  return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1),
-                                1.0)))
+  as_mask = lambda m: np.asarray(m, np.float32)[..., None]
+  return float(np.mean(metrics.jaccard(pred=as_mask(pred), gt=as_mask(masks))))
 
 
 def train_run(args):
