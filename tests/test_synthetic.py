@@ -181,3 +181,38 @@ def test_category_colours_paint_objects_in_their_category_hue():
   assert not np.array_equal(plain[0], hue[0])
   cfg = synthetic.Builder.builder_configs["hue64"]
   assert cfg.category_colours and cfg.image_size == 64
+
+
+def _overlap_difference(a, records):
+  """Mean |a - b| inside both object masks, b the first record overlapping a.
+
+  (Objects are placed at random, so a given pair may not overlap; the first
+  of a few records that overlaps by 50+ pixels is used.)
+  """
+  for b in records:
+    both = (a[1] & b[1]).astype(bool)
+    if both.sum() > 50:
+      return np.abs(a[0].astype(float) - b[0].astype(float))[both].mean()
+  raise AssertionError("no record overlaps the first one")
+
+
+def test_category_textures_make_the_common_object_look_the_same():
+  n = 6
+  render = lambda c, seed, index: generator.render(
+      c, num_classes=n, image_size=64, seed=seed, index=index,
+      distractors=(1, 1), category_textures=True)
+  for category in range(n):
+    # Train (seed 0) and test (seed 1) records of one category: the object
+    # wears the same texture in image coordinates (only the N(0, 4) sensor
+    # noise differs), whatever its pose.
+    a = render(category, 0, 0)
+    same = (render(category, 1, i) for i in range(10))
+    assert _overlap_difference(a, same) < 8, category
+    # Another category's object looks different.
+    other = (render((category + 1) % n, 0, i) for i in range(10))
+    assert _overlap_difference(a, other) > 20, category
+  with pytest.raises(ValueError, match="exclusive"):
+    generator.render(0, num_classes=n, image_size=32, seed=0, index=0,
+                     category_colours=True, category_textures=True)
+  cfg = synthetic.Builder.builder_configs["same64"]
+  assert cfg.category_textures and cfg.image_size == 64

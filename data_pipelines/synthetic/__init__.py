@@ -16,7 +16,10 @@ Configs (``name``: classes x train/test images per class, side in px):
   * ``easy64``: as ``small64`` with exactly one distractor per image.
   * ``hue64``: as ``small64`` with every object painted in its category's hue
     (``category_colours``): the common object is the one whose shape and hue
-    the other images share (the offline demo's set).
+    the other images share.
+  * ``same64``: as ``small64`` with every object wearing its category's own
+    texture (``category_textures``): the common object looks the same in
+    every image of a group (instance co-segmentation, the offline demo's set).
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
@@ -55,6 +58,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   min_distractors: int = 1
   max_distractors: int = 3
   category_colours: bool = False
+  category_textures: bool = False
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -81,6 +85,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       SyntheticConfig(name="hue64",
                       description="10 x 40/10 at 64 px, category hues",
                       image_size=64, category_colours=True),
+      SyntheticConfig(name="same64",
+                      description="10 x 40/10 at 64 px, category textures",
+                      image_size=64, category_textures=True),
       SyntheticConfig(name="bench512", description="4 x 16/4 at 512 px",
                       num_classes=4, train_per_class=16, test_per_class=4,
                       image_size=512),
@@ -131,7 +138,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             label, num_classes=cfg.num_classes, image_size=cfg.image_size,
             seed=seed, index=index,
             distractors=(cfg.min_distractors, cfg.max_distractors),
-            category_colours=cfg.category_colours)
+            category_colours=cfg.category_colours,
+            category_textures=cfg.category_textures)
         image_id = f"{split}/{name}/{index:04d}.png"
         yield image_id, {
             "image": generator.encode_png(image),

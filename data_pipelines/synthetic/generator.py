@@ -43,6 +43,8 @@ _MAX_OVERLAP = 0.3
 # not solve the task by picking the largest shape).
 _OBJECT_SCALE = (0.45, 0.8)
 _DISTRACTOR_SCALE = (0.3, 0.6)
+# Seeds the per-category textures of ``category_textures``.
+_TEXTURE_SEED = 20211
 
 
 def _regular_polygon(n: int, radius: float = 1.0, phase: float = 0.0):
@@ -236,7 +238,7 @@ def _placement(rng, size, lo, hi):
 
 def render(category: int, *, num_classes: int, image_size: int,
            seed: int, index: int, distractors: tuple[int, int] = (1, 3),
-           category_colours: bool = False):
+           category_colours: bool = False, category_textures: bool = False):
   """Renders one record of category ``category`` (index into sorted names).
 
   Args:
@@ -251,6 +253,12 @@ def render(category: int, *, num_classes: int, image_size: int,
       image still does not say which object is the common one (every object
       has some category's hue); across a group the shared hue does, so the
       task can be solved by matching appearance, not only shape.
+    category_textures: paint every object with its category's own texture
+      (colours, pattern kind and period are a function of the category
+      alone, the same in every split; pose still varies per image). The common object is
+      then the same-looking thing in every image of the group, as in
+      instance co-segmentation (iCoseg); a single image is still ambiguous,
+      because its distractors wear their own categories' textures.
 
   Returns:
     ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
@@ -267,6 +275,18 @@ def render(category: int, *, num_classes: int, image_size: int,
   obj_place = _placement(rng, size, *_OBJECT_SCALE)
   obj_mask = _rasterise(by_name[names[category]], size, **obj_place)
   distractor_mask = np.zeros((size, size), np.uint8)
+  if category_colours and category_textures:
+    raise ValueError("synthetic: category_colours and category_textures are "
+                     "exclusive")
+
+  def paint(cat):
+    if category_textures:
+      # Not seeded by ``seed``: train and test (seed + 1) must agree.
+      return _texture(np.random.default_rng([_TEXTURE_SEED, num_classes, cat]),
+                      size)
+    hue = category_hue(cat, num_classes) if category_colours else None
+    return _texture(rng, size, hue)
+
   lo, hi = distractors
   if not 0 <= lo <= hi:
     raise ValueError(f"synthetic: bad distractor range {distractors}")
@@ -279,12 +299,10 @@ def render(category: int, *, num_classes: int, image_size: int,
       if area > 0 and (d & obj_mask).sum() <= _MAX_OVERLAP * area:
         break
     sel = d.astype(bool)
-    hue = category_hue(cat, num_classes) if category_colours else None
-    img[sel] = _texture(rng, size, hue)[sel]
+    img[sel] = paint(cat)[sel]
     distractor_mask |= d
   sel = obj_mask.astype(bool)
-  hue = category_hue(category, num_classes) if category_colours else None
-  img[sel] = _texture(rng, size, hue)[sel]
+  img[sel] = paint(category)[sel]
   distractor_mask &= 1 - obj_mask
   # Mild sensor noise so flat regions are not perfectly uniform.
   img += rng.normal(0, 4, img.shape)
