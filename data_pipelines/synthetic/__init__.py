@@ -17,9 +17,14 @@ Configs (``name``: classes x train/test images per class, side in px):
   * ``hue64``: as ``small64`` with every object painted in its category's hue
     (``category_colours``): the common object is the one whose shape and hue
     the other images share.
-  * ``same64``: as ``small64`` with every object wearing its category's own
-    texture (``category_textures``): the common object looks the same in
-    every image of a group (instance co-segmentation, the offline demo's set).
+  * ``same64``: as ``easy64`` (one distractor) with every object wearing its
+    category's own texture (``category_textures``): the common object looks
+    the same in every image of a group (instance co-segmentation; the
+    offline demo's set). One distractor keeps most pairs unambiguous: with
+    1-3 distractors from 9 other categories, about one pair in three also
+    shares a distractor's category (one in nine with a single distractor),
+    and then no pair model can tell which of the two shared objects the mask
+    means.
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
@@ -66,11 +71,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   name = "synthetic"
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Distractor sizes overlap the object's (size is no cue).",
       "1.2.0": "Toned-down backgrounds: objects salient, category decides.",
+      "1.3.0": "category_textures option and the same64 config.",
   }
   BUILDER_CONFIGS = [
       SyntheticConfig(name="default", description="10 x 40/10 at 96 px"),
@@ -86,8 +92,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       description="10 x 40/10 at 64 px, category hues",
                       image_size=64, category_colours=True),
       SyntheticConfig(name="same64",
-                      description="10 x 40/10 at 64 px, category textures",
-                      image_size=64, category_textures=True),
+                      description="10 x 40/10 at 64 px, category textures, "
+                      "one distractor each",
+                      image_size=64, min_distractors=1, max_distractors=1,
+                      category_textures=True),
       SyntheticConfig(name="bench512", description="4 x 16/4 at 512 px",
                       num_classes=4, train_per_class=16, test_per_class=4,
                       image_size=512),
