@@ -6,7 +6,10 @@ synthetic set is rendered locally, nothing is downloaded):
   python -m coseg_jax.main --config configs/demo.py --workdir /tmp/coseg_demo
 
 It trains a small CycleSegNet (tiny CNN encoder, multi-level Cycle Refinement
-with 3 ConvLSTM steps, 2x2 regions, Lovász loss) on synthetic image pairs,
+with 3 ConvLSTM steps, 2x2 regions, Lovász loss) on synthetic image pairs
+(``same64``: each image shows its group's object and one distractor from
+another group, every object in its category's texture, so a single image
+does not say which object is common and a pair does),
 evaluates it on the held-out synthetic test groups (prints P and J per class
 and the class average), and writes masks, overlays and a per-refinement-step
 strip for a few held-out groups to ``/tmp/coseg_demo/figures``. Afterwards:
@@ -23,6 +26,11 @@ for a few CPU minutes: 64 px images instead of 512, the tiny randomly
 initialised CNN instead of ImageNet ResNet-34 (so Adam at 1e-3, not 1e-5),
 N = 3 refinement steps instead of 7 (the per-step strip shows what the steps
 do), encoder skips into the decoder for sharper edges at 64 px.
+
+Measured (benchmarks/RESULTS.md): held-out Avg. J about 0.74 after the 600
+steps; the issue's 0.8 is not reached (1,000 steps: 0.75; training on
+groups of 3 or with deep supervision of every step learn faster early but
+end at 0.72). On ``small64`` (shape is the only cue) the same run ends at 0.40.
 """
 
 from configs import baselines
@@ -43,7 +51,9 @@ def get_config(arg=None):
     config.model.decoder_widths = (48, 32, 32, 16, 16)
     config.model.use_skips = True
     config.data.name = "synthetic"
-    config.data.builder_config = "small64"  # 10 classes x 40/10 at 64 px
+    # 10 classes x 40/10 at 64 px; objects wear their category's texture and
+    # each image has one distractor of another category (see the builder).
+    config.data.builder_config = "same64"
     config.data.image_size = 64
     config.predict.image_size = 64
     config.optimizer.learning_rate = 3e-3

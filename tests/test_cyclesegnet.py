@@ -411,6 +411,9 @@ def test_registered_and_built_from_configs():
   assert seen.init.pretrained.backbone.backbone == "efficientnet_lite0"
   d = demo.get_config()
   assert d.method == "cyclesegnet" and d.visualise.num_groups > 0
+  from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
+  demo_set = synthetic.Builder.builder_configs[d.data.builder_config]
+  assert demo_set.image_size == d.data.image_size
   assert demo.get_config("runlocal").train.num_steps <= 4
 
 
