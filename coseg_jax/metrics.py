@@ -91,18 +91,14 @@ def segmentation_counts(*, pred: jnp.ndarray, gt: jnp.ndarray,
 
 def precision(*, pred, gt, valid=None, from_logits: bool = False):
   """Per-image pixel accuracy over fg and bg, [...]; 1 with no valid pixel."""
-  c = segmentation_counts(pred=pred, gt=gt, valid=valid,
-                          from_logits=from_logits)
-  return jnp.where(c["total"] > 0, c["correct"] / jnp.maximum(c["total"], 1),
-                   1.0)
+  return segmentation_scores(pred=pred, gt=gt, valid=valid,
+                             from_logits=from_logits)["precision"]
 
 
 def jaccard(*, pred, gt, valid=None, from_logits: bool = False):
   """Per-image foreground IoU, [...]; 1 when the union is empty."""
-  c = segmentation_counts(pred=pred, gt=gt, valid=valid,
-                          from_logits=from_logits)
-  return jnp.where(c["union"] > 0,
-                   c["intersection"] / jnp.maximum(c["union"], 1), 1.0)
+  return segmentation_scores(pred=pred, gt=gt, valid=valid,
+                             from_logits=from_logits)["jaccard"]
 
 
 def segmentation_scores(*, pred, gt, valid=None,
