@@ -23,7 +23,12 @@ SHARED_DATA = pathlib.Path(
 
 @pytest.fixture(autouse=True)
 def _optimise_slow_tests(request, monkeypatch):
-  """Slow-marked tests (long training loops) compile with every XLA pass."""
+  """Slow-marked tests (long training loops) compile with every XLA pass.
+
+  Module-scoped fixtures are set up before this one, so a slow module whose
+  shared fixture compiles must pin the setting itself (see
+  test_train_distributed._env).
+  """
   if request.node.get_closest_marker("slow") is None:
     yield
     return

@@ -4,9 +4,10 @@ Each image shows ONE instance of its category (the common object of its group)
 plus 1-3 distractor objects drawn from OTHER categories, on a cluttered
 background. The mask marks only the instance of the image's own category, so a
 co-segmentation model must learn which shape family the images of a group
-share: colour and texture are drawn independently of the category and carry no
-information, and the distractors look exactly like common objects of other
-groups.
+share: by default colour and texture are drawn independently of the category
+and carry no information, and the distractors look exactly like common objects
+of other groups (``render``'s ``category_colours`` / ``category_textures`` tie
+the hue or the whole texture to the category instead).
 
 Categories are shape families defined in a unit frame ([-1, 1]^2) by outer
 polygons and holes (``_SHAPES``); each instance gets a random rotation, scale,
@@ -255,10 +256,11 @@ def render(category: int, *, num_classes: int, image_size: int,
       task can be solved by matching appearance, not only shape.
     category_textures: paint every object with its category's own texture
       (colours, pattern kind and period are a function of the category
-      alone, the same in every split; pose still varies per image). The common object is
-      then the same-looking thing in every image of the group, as in
-      instance co-segmentation (iCoseg); a single image is still ambiguous,
-      because its distractors wear their own categories' textures.
+      alone, the same in every split; pose still varies per image). The
+      common object is then the same-looking thing in every image of the
+      group, as in instance co-segmentation (iCoseg); a single image is
+      still ambiguous, because its distractor wears its own category's
+      texture.
 
   Returns:
     ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
