@@ -288,7 +288,8 @@ class PCKAccumulator:
   def __init__(self):
     self._values, self._names = [], []
 
-  def update(self, *, values, class_names: Optional[Iterable[str] | str] = None):
+  def update(self, *, values,
+             class_names: Optional[Iterable[str] | str] = None):
     v = np.asarray(values, np.float64).reshape(-1)
     if class_names is None or isinstance(class_names, str):
       names = [class_names or "all"] * v.size
