@@ -52,7 +52,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     synthetic.*: generator settings when ``name == 'synthetic'`` and
       ``builder_config`` is None: num_classes, train_per_class,
       test_per_class, image_size (rendered side, independent of the model's
-      ``image_size``), seed, min_distractors, max_distractors.
+      ``image_size``), seed, min_distractors, max_distractors,
+      category_colours, category_textures (see
+      ``data_pipelines.synthetic.SyntheticConfig``; at most one of the two).
   """
   c = ml_collections.ConfigDict()
   c.name = "synthetic"
@@ -92,4 +94,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.synthetic.seed = 0
   c.synthetic.min_distractors = 1
   c.synthetic.max_distractors = 3
+  c.synthetic.category_colours = False
+  c.synthetic.category_textures = False
   return c

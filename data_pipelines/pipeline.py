@@ -71,14 +71,22 @@ def builder_config_for(data_config) -> Any:
   if data_config.name == "synthetic":
     from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
     s = data_config.synthetic
+    colours = bool(s.get("category_colours", False))
+    textures = bool(s.get("category_textures", False))
+    # The name keys the prepared directory, so every field that changes the
+    # renders is in it (the appearance suffix only when set, which keeps the
+    # names of sets prepared before these fields existed).
+    appearance = ("_colours" if colours else "") + (
+        "_textures" if textures else "")
     return synthetic.SyntheticConfig(
         name=(f"c{s.num_classes}_n{s.train_per_class}-{s.test_per_class}"
               f"_px{s.image_size}_seed{s.seed}"
-              f"_d{s.min_distractors}-{s.max_distractors}"),
+              f"_d{s.min_distractors}-{s.max_distractors}{appearance}"),
         description="built from data_config.synthetic",
         num_classes=s.num_classes, train_per_class=s.train_per_class,
         test_per_class=s.test_per_class, image_size=s.image_size, seed=s.seed,
-        min_distractors=s.min_distractors, max_distractors=s.max_distractors)
+        min_distractors=s.min_distractors, max_distractors=s.max_distractors,
+        category_colours=colours, category_textures=textures)
   return None
 
 

@@ -42,6 +42,27 @@ def test_default_config_fields():
   assert c.augment.enabled and c.synthetic.image_size == 96
 
 
+def test_synthetic_fields_reach_the_builder_config():
+  c = config_lib.default_data_config()
+  c.builder_config = None
+  plain = pipeline.builder_config_for(c)
+  # The default's name predates the appearance fields and must not change
+  # (it names the prepared directory on disk).
+  assert plain.name == "c10_n40-10_px96_seed0_d1-3"
+  assert not plain.category_textures and not plain.category_colours
+  c.synthetic.category_textures = True
+  c.synthetic.min_distractors = c.synthetic.max_distractors = 0
+  textured = pipeline.builder_config_for(c)
+  assert textured.category_textures and not textured.category_colours
+  assert (textured.min_distractors, textured.max_distractors) == (0, 0)
+  assert textured.name == "c10_n40-10_px96_seed0_d0-0_textures"
+  c.synthetic.category_textures = False
+  c.synthetic.category_colours = True
+  assert pipeline.builder_config_for(c).name.endswith("_colours")
+  c.builder_config = "tiny"
+  assert pipeline.builder_config_for(c) == "tiny"
+
+
 def test_pair_batches_follow_the_contract(cfg, train_source):
   ds = pipeline.make_dataset(cfg, split="train", batch_size=5, train=True,
                              seed=0)
