@@ -90,6 +90,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument("--sched", default="cosine",
                       help="learning-rate schedule")
   parser.add_argument("--opt", default="adam", help="optimizer")
+  parser.add_argument("--textures", type=int, default=0,
+                      help="1: every object in its category's fixed texture "
+                      "(data.synthetic.category_textures)")
   parser.add_argument("--aug", type=int, default=1,
                       help="training augmentation (0/1)")
   parser.add_argument("--lite", type=int, default=0,
@@ -134,6 +137,7 @@ def build_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   synthetic.test_per_class = _TEST_PER_CLASS
   synthetic.image_size = args.render
   synthetic.min_distractors, synthetic.max_distractors = args.dist
+  synthetic.category_textures = bool(args.textures)
   config.data.augment.enabled = bool(args.aug)
   config.model.width_multiplier = args.wm
   config.model.backbone_kwargs = {"widths": tuple(args.enc)}
