@@ -25,6 +25,11 @@ Configs (``name``: classes x train/test images per class, side in px):
     shares a distractor's category (one in nine with a single distractor),
     and then no pair model can tell which of the two shared objects the mask
     means.
+  * ``apart64``: as ``same64`` with the distractor kept at least 3 px away
+    from the common object (``min_gap``; object diameters 0.4-0.65 and
+    distractor diameters 0.3-0.5 of the side, so that the gap fits). In
+    ``same64`` three distractors in four touch the object, and at 64 px a
+    pair model tends to mark such a touching pair as one blob.
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
@@ -32,6 +37,7 @@ A ``SyntheticConfig`` with other values can be passed as ``config=``.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Tuple
 
 import tensorflow_datasets as tfds
 
@@ -54,6 +60,11 @@ class SyntheticConfig(tfds.core.BuilderConfig):
       (inclusive range); fewer distractors make an easier task.
     category_colours: objects take their category's hue (see
       ``generator.render``); otherwise colours carry no information.
+    category_textures: objects wear their category's texture.
+    object_scale / distractor_scale: (min, max) diameters as fractions of
+      the image side (None: the generator's defaults).
+    min_gap: distractors keep this many pixels away from the common object
+      (0: they may touch it and lie up to 30 % under it).
   """
   num_classes: int = 10
   train_per_class: int = 40
@@ -64,6 +75,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   max_distractors: int = 3
   category_colours: bool = False
   category_textures: bool = False
+  object_scale: Optional[Tuple[float, float]] = None
+  distractor_scale: Optional[Tuple[float, float]] = None
+  min_gap: int = 0
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -71,12 +85,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   name = "synthetic"
 
-  VERSION = tfds.core.Version("1.3.0")
+  VERSION = tfds.core.Version("1.4.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": "Distractor sizes overlap the object's (size is no cue).",
       "1.2.0": "Toned-down backgrounds: objects salient, category decides.",
       "1.3.0": "category_textures option and the same64 config.",
+      "1.4.0": "Scale and min_gap options and the apart64 config (records "
+               "of the earlier configs unchanged).",
   }
   BUILDER_CONFIGS = [
       SyntheticConfig(name="default", description="10 x 40/10 at 96 px"),
@@ -96,6 +112,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       "one distractor each",
                       image_size=64, min_distractors=1, max_distractors=1,
                       category_textures=True),
+      SyntheticConfig(name="apart64",
+                      description="as same64 with the distractor at least "
+                      "3 px away from the common object",
+                      image_size=64, min_distractors=1, max_distractors=1,
+                      category_textures=True, object_scale=(0.4, 0.65),
+                      distractor_scale=(0.3, 0.5), min_gap=3),
       SyntheticConfig(name="bench512", description="4 x 16/4 at 512 px",
                       num_classes=4, train_per_class=16, test_per_class=4,
                       image_size=512),
@@ -147,7 +169,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             seed=seed, index=index,
             distractors=(cfg.min_distractors, cfg.max_distractors),
             category_colours=cfg.category_colours,
-            category_textures=cfg.category_textures)
+            category_textures=cfg.category_textures,
+            object_scale=cfg.object_scale,
+            distractor_scale=cfg.distractor_scale, min_gap=cfg.min_gap)
         image_id = f"{split}/{name}/{index:04d}.png"
         yield image_id, {
             "image": generator.encode_png(image),

@@ -22,7 +22,8 @@ Choices the project leaves open:
   * The common object is drawn last (on top), so it is never occluded and its
     mask is its full silhouette; distractors are placed by rejection sampling
     so they overlap the object by at most ``_MAX_OVERLAP`` of their own area
-    (an occluded distractor keeps its visible part only).
+    (an occluded distractor keeps its visible part only), or, with
+    ``min_gap``, so they stay that many pixels away from it.
   * Everything is a pure function of ``(seed, category, index)``: one
     ``np.random.SeedSequence`` per image, so a record does not depend on how
     many other records were generated or in which order (train and test use
@@ -44,6 +45,8 @@ _MAX_OVERLAP = 0.3
 # not solve the task by picking the largest shape).
 _OBJECT_SCALE = (0.45, 0.8)
 _DISTRACTOR_SCALE = (0.3, 0.6)
+# Placement tries per distractor when a minimum gap is asked for.
+_GAP_TRIES = 50
 # Seeds the per-category textures of ``category_textures``.
 _TEXTURE_SEED = 20211
 
@@ -237,9 +240,47 @@ def _placement(rng, size, lo, hi):
               angle=rng.uniform(0, 2 * np.pi), aspect=rng.uniform(0.8, 1.25))
 
 
+def _place_distractor(rng, shape: Shape, size: int, obj_mask, scale,
+                      min_gap: int):
+  """Rasterises one distractor placed by rejection sampling against the object.
+
+  With ``min_gap == 0`` a placement is accepted when at most ``_MAX_OVERLAP``
+  of the distractor lies under the object (up to 20 tries, the last one kept).
+  With ``min_gap > 0`` no distractor pixel may lie within ``min_gap`` pixels of
+  the object (up to ``_GAP_TRIES`` tries); when no try is clear, the one with
+  the fewest pixels inside the gap is kept (rare for the scales of the
+  configs that set a gap; ``tests/test_synthetic.py`` bounds how rare), so the
+  image still has its distractor.
+  """
+  if min_gap <= 0:
+    for _ in range(20):
+      d = _rasterise(shape, size, **_placement(rng, size, *scale))
+      area = d.sum()
+      if area > 0 and (d & obj_mask).sum() <= _MAX_OVERLAP * area:
+        break
+    return d
+  kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                     (2 * min_gap + 1, 2 * min_gap + 1))
+  near = cv2.dilate(obj_mask, kernel)
+  best, best_bad = None, None
+  for _ in range(_GAP_TRIES):
+    d = _rasterise(shape, size, **_placement(rng, size, *scale))
+    if not d.any():
+      continue
+    bad = int((d & near).sum())
+    if best is None or bad < best_bad:
+      best, best_bad = d, bad
+    if bad == 0:
+      break
+  return best if best is not None else d
+
+
 def render(category: int, *, num_classes: int, image_size: int,
            seed: int, index: int, distractors: tuple[int, int] = (1, 3),
-           category_colours: bool = False, category_textures: bool = False):
+           category_colours: bool = False, category_textures: bool = False,
+           object_scale: tuple[float, float] | None = None,
+           distractor_scale: tuple[float, float] | None = None,
+           min_gap: int = 0):
   """Renders one record of category ``category`` (index into sorted names).
 
   Args:
@@ -261,6 +302,13 @@ def render(category: int, *, num_classes: int, image_size: int,
       group, as in instance co-segmentation (iCoseg); a single image is
       still ambiguous, because its distractor wears its own category's
       texture.
+    object_scale / distractor_scale: (min, max) diameter of the common
+      object / of a distractor as a fraction of the image side (None: the
+      module defaults ``_OBJECT_SCALE`` / ``_DISTRACTOR_SCALE``).
+    min_gap: when > 0, distractors keep at least this many pixels away from
+      the common object instead of the default "at most 30 % under it" (see
+      ``_place_distractor``): at low resolution a touching distractor merges
+      with the object into one blob.
 
   Returns:
     ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
@@ -274,7 +322,7 @@ def render(category: int, *, num_classes: int, image_size: int,
   size = image_size
   img = _background(rng, size)
   others = [i for i in range(num_classes) if i != category]
-  obj_place = _placement(rng, size, *_OBJECT_SCALE)
+  obj_place = _placement(rng, size, *(object_scale or _OBJECT_SCALE))
   obj_mask = _rasterise(by_name[names[category]], size, **obj_place)
   distractor_mask = np.zeros((size, size), np.uint8)
   if category_colours and category_textures:
@@ -294,12 +342,8 @@ def render(category: int, *, num_classes: int, image_size: int,
     raise ValueError(f"synthetic: bad distractor range {distractors}")
   for _ in range(int(rng.integers(lo, hi + 1))):
     cat = int(rng.choice(others))
-    for _ in range(20):  # rejection sampling against heavy occlusion
-      d = _rasterise(by_name[names[cat]], size,
-                     **_placement(rng, size, *_DISTRACTOR_SCALE))
-      area = d.sum()
-      if area > 0 and (d & obj_mask).sum() <= _MAX_OVERLAP * area:
-        break
+    d = _place_distractor(rng, by_name[names[cat]], size, obj_mask,
+                          distractor_scale or _DISTRACTOR_SCALE, min_gap)
     sel = d.astype(bool)
     img[sel] = paint(cat)[sel]
     distractor_mask |= d
