@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from typing import Dict, Optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 ".."))
@@ -155,9 +156,29 @@ def time_budget_hook(minutes):
   return hook
 
 
+def parse_loss_weights(spec: Optional[str]) -> Optional[Dict[str, float]]:
+  """Loss weights from ``"term=w,term=w,..."``; None (or "paper") keeps the
+  config's (the paper's) weights; "eq" puts every CoSegNet term at 1 except
+  ``mask_neg`` (0)."""
+  if not spec or spec == "paper":
+    return None
+  if spec == "eq":
+    from coseg_jax.models import cosegnet  # pylint: disable=g-import-not-at-top
+    weights = {term: 1.0 for term in cosegnet.LOSS_TERMS}
+    weights["mask_neg"] = 0.0
+    return weights
+  weights = {}
+  for item in spec.split(","):
+    term, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--loss {spec!r}: expected term=weight, got {item!r}")
+    weights[term.strip()] = float(value)
+  return weights
+
+
 def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
         num_pairs=200, train_minutes=None, builder_config="small64",
-        batch=8, max_groups=None):
+        batch=8, max_groups=None, loss=None):
   import jax  # pylint: disable=g-import-not-at-top
   from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from coseg_jax import train  # pylint: disable=g-import-not-at-top
@@ -174,11 +195,21 @@ def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
                           image_size=image_size)
   if max_groups:
     eval_cfg.eval.max_groups = max_groups
+  if loss:
+    # Every term the method knows must be named, so that a typo cannot leave
+    # a term at its default weight unnoticed.
+    missing = set(train_cfg.loss) - set(loss)
+    unknown = set(loss) - set(train_cfg.loss)
+    if missing or unknown:
+      raise ValueError(f"--loss must give every term of {sorted(train_cfg.loss)}"
+                       f"; missing {sorted(missing)}, unknown {sorted(unknown)}")
+    train_cfg.loss = dict(loss)
   report = {"kind": kind, "method": train_cfg.method,
             "image_size": train_cfg.data.image_size,
             "steps": int(train_cfg.train.num_steps),
             "batch": int(train_cfg.train.global_batch_size),
             "backbone": train_cfg.model.backbone,
+            "loss": dict(train_cfg.loss),
             "devices": str(jax.devices())}
   model, init_vars = initial_variables(train_cfg)
   t0 = time.time()
@@ -229,13 +260,16 @@ def main():
   p.add_argument("--num_pairs", type=int, default=200)
   p.add_argument("--train_minutes", type=float, default=None,
                  help="stop training (checkpoint + evaluate) after this")
+  p.add_argument("--loss", default=None,
+                 help="loss weights term=w,... (all terms), 'eq' or 'paper'")
   p.add_argument("--json", default=None)
   args = p.parse_args()
   report = run(args.kind, args.method, args.workdir, steps=args.steps,
                image_size=args.image_size, data_dir=args.data_dir,
                num_pairs=args.num_pairs, train_minutes=args.train_minutes,
                builder_config=args.builder_config, batch=args.batch,
-               max_groups=args.max_groups)
+               max_groups=args.max_groups,
+               loss=parse_loss_weights(args.loss))
   text = json.dumps(report, indent=1, sort_keys=True)
   print(text)
   if args.json:

@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 # Run as a script from anywhere: the repository root holds ``coseg_jax``,
 # ``configs`` and ``data_pipelines``; this folder holds ``cosegnet_dcc``.
@@ -42,7 +42,6 @@ from coseg_jax import evaluate
 from coseg_jax import models
 from coseg_jax import train
 from coseg_jax.backbones import weights as weights_lib
-from coseg_jax.models import cosegnet
 from data_pipelines import pipeline
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
@@ -106,24 +105,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def loss_weights(spec: str) -> Optional[Dict[str, float]]:
-  """The loss weights for ``--loss``, or None to keep the config's.
-
-  Args:
-    spec: ``"term=w,term=w,..."`` for explicit weights, ``"eq"`` for every
-      term at 1 except ``mask_neg`` (0), anything else (``"paper"``) for the
-      config's (paper) weights.
-  """
-  if "=" in spec:
-    return {term: float(weight)
-            for term, weight in (item.split("=") for item in spec.split(","))}
-  if spec == "eq":
-    weights = {term: 1.0 for term in cosegnet.LOSS_TERMS if term != "mask_neg"}
-    weights["mask_neg"] = 0.0
-    return weights
-  return None
-
-
 def build_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """The small synthetic CoSegNet config, adjusted by the flags."""
   config = bench.synthetic_config(
@@ -145,7 +126,7 @@ def build_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = args.lr
   config.optimizer.schedule = args.sched
   config.optimizer.name = args.opt
-  weights = loss_weights(args.loss)
+  weights = bench.parse_loss_weights(args.loss)
   if weights is not None:
     config.loss = weights
   if args.lite:

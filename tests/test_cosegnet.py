@@ -391,3 +391,16 @@ def test_metric_path_fits_fixed_training_triplets():
   first, last = np.mean(trip[:20]), np.mean(trip[-50:])
   assert first > 0.8, (first, last)  # starts near the margin
   assert last < 0.4, (first, last)
+
+
+def test_benchmark_loss_weight_spec():
+  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
+  assert bench.parse_loss_weights(None) is None
+  assert bench.parse_loss_weights("paper") is None
+  eq = bench.parse_loss_weights("eq")
+  assert set(eq) == set(cosegnet.LOSS_TERMS) and eq["mask_neg"] == 0.0
+  assert all(eq[t] == 1.0 for t in cosegnet.LOSS_TERMS if t != "mask_neg")
+  assert bench.parse_loss_weights("mask_pos=1, triplet_pos=0.5") == {
+      "mask_pos": 1.0, "triplet_pos": 0.5}
+  with pytest.raises(ValueError, match="term=weight"):
+    bench.parse_loss_weights("mask_pos")
