@@ -2,6 +2,7 @@
 
 import io
 
+import cv2
 import numpy as np
 import PIL.Image
 import pytest
@@ -256,3 +257,26 @@ def test_min_gap_keeps_distractors_apart_and_defaults_are_unchanged():
     far = ndimage.distance_transform_edt(obj == 0)
     touching += far[distractor.astype(bool)].min() <= 1.5
   assert touching >= 10
+
+
+def test_distinct_textures_give_each_category_its_own_hue():
+  cfg = synthetic.Builder.builder_configs["distinct64"]
+  assert cfg.category_textures and cfg.distinct_textures
+  n = cfg.num_classes
+  kwargs = dict(num_classes=n, image_size=cfg.image_size, seed=0,
+                distractors=(1, 1), category_textures=True,
+                distinct_textures=True)
+  hues = []
+  for category in range(n):
+    image, obj, _ = generator.render(category, index=0, **kwargs)
+    pixels = image[obj.astype(bool)].reshape(1, -1, 3)
+    hsv = cv2.cvtColor(pixels, cv2.COLOR_RGB2HSV)[0].astype(np.float32)
+    # Sensor noise moves the hue of dark or grey pixels; use the median.
+    hues.append(np.median(hsv[:, 0]))
+  hues = np.array(hues)
+  expected = np.array([generator.category_hue(k, n) for k in range(n)])
+  circular = np.minimum(np.abs(hues - expected), 180 - np.abs(hues - expected))
+  assert circular.max() <= 4, hues
+  with pytest.raises(ValueError, match="needs category_textures"):
+    generator.render(0, num_classes=n, image_size=32, seed=0, index=0,
+                     distinct_textures=True)

@@ -30,6 +30,11 @@ Configs (``name``: classes x train/test images per class, side in px):
     distractor diameters 0.3-0.5 of the side, so that the gap fits). In
     ``same64`` three distractors in four touch the object, and at 64 px a
     pair model tends to mark such a touching pair as one blob.
+  * ``distinct64``: as ``same64`` with textures made distinct by
+    construction (``distinct_textures``: category k has hue k/10 of the
+    circle and pattern kind k mod 4). With ``same64``'s random textures a
+    few categories look alike (two bright solids, warm stripes), and the
+    demo's model marks both objects of exactly those category pairs.
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
@@ -61,6 +66,8 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     category_colours: objects take their category's hue (see
       ``generator.render``); otherwise colours carry no information.
     category_textures: objects wear their category's texture.
+    distinct_textures: with category_textures, one hue and one pattern kind
+      per category (evenly spaced hues) instead of random textures.
     object_scale / distractor_scale: (min, max) diameters as fractions of
       the image side (None: the generator's defaults).
     min_gap: distractors keep this many pixels away from the common object
@@ -75,6 +82,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   max_distractors: int = 3
   category_colours: bool = False
   category_textures: bool = False
+  distinct_textures: bool = False
   object_scale: Optional[Tuple[float, float]] = None
   distractor_scale: Optional[Tuple[float, float]] = None
   min_gap: int = 0
@@ -91,8 +99,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       "1.1.0": "Distractor sizes overlap the object's (size is no cue).",
       "1.2.0": "Toned-down backgrounds: objects salient, category decides.",
       "1.3.0": "category_textures option and the same64 config.",
-      "1.4.0": "Scale and min_gap options and the apart64 config (records "
-               "of the earlier configs unchanged).",
+      "1.4.0": "Scale, min_gap and distinct_textures options, the apart64 "
+               "and distinct64 configs (earlier configs' records unchanged).",
   }
   BUILDER_CONFIGS = [
       SyntheticConfig(name="default", description="10 x 40/10 at 96 px"),
@@ -118,6 +126,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                       image_size=64, min_distractors=1, max_distractors=1,
                       category_textures=True, object_scale=(0.4, 0.65),
                       distractor_scale=(0.3, 0.5), min_gap=3),
+      SyntheticConfig(name="distinct64",
+                      description="as same64 with one hue and one pattern "
+                      "kind per category",
+                      image_size=64, min_distractors=1, max_distractors=1,
+                      category_textures=True, distinct_textures=True),
       SyntheticConfig(name="bench512", description="4 x 16/4 at 512 px",
                       num_classes=4, train_per_class=16, test_per_class=4,
                       image_size=512),
@@ -170,6 +183,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             distractors=(cfg.min_distractors, cfg.max_distractors),
             category_colours=cfg.category_colours,
             category_textures=cfg.category_textures,
+            distinct_textures=cfg.distinct_textures,
             object_scale=cfg.object_scale,
             distractor_scale=cfg.distractor_scale, min_gap=cfg.min_gap)
         image_id = f"{split}/{name}/{index:04d}.png"

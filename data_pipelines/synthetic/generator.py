@@ -172,14 +172,16 @@ def _smooth_noise(rng, size, cells):
   return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def _texture(rng, size, hue=None):
+def _texture(rng, size, hue=None, kind=None):
   """A float32 [size, size, 3] texture in [0, 255] for an object.
 
   With ``hue`` both of the texture's colours get that hue (saturation and
-  value stay random).
+  value stay random); ``kind`` (0 solid, 1 stripes, 2 checker, 3 noise)
+  fixes the pattern instead of drawing it.
   """
   base = _random_colour(rng, hue)
-  kind = rng.integers(0, 4)
+  if kind is None:
+    kind = rng.integers(0, 4)
   if kind == 0:  # solid
     return np.broadcast_to(base, (size, size, 3)).copy()
   yy, xx = np.mgrid[:size, :size].astype(np.float32)
@@ -278,6 +280,7 @@ def _place_distractor(rng, shape: Shape, size: int, obj_mask, scale,
 def render(category: int, *, num_classes: int, image_size: int,
            seed: int, index: int, distractors: tuple[int, int] = (1, 3),
            category_colours: bool = False, category_textures: bool = False,
+           distinct_textures: bool = False,
            object_scale: tuple[float, float] | None = None,
            distractor_scale: tuple[float, float] | None = None,
            min_gap: int = 0):
@@ -302,6 +305,13 @@ def render(category: int, *, num_classes: int, image_size: int,
       group, as in instance co-segmentation (iCoseg); a single image is
       still ambiguous, because its distractor wears its own category's
       texture.
+    distinct_textures: with ``category_textures``, make the categories'
+      textures as different as the generator can: category k gets hue
+      ``category_hue(k)`` (evenly spaced) for both of its colours and pattern
+      kind k mod 4 (solid, stripes, checker, noise), so two categories share
+      neither a hue nor, unless 4 or 8 apart, a pattern. Plain
+      ``category_textures`` draws them at random, and some categories then
+      look alike (e.g. two bright solids).
     object_scale / distractor_scale: (min, max) diameter of the common
       object / of a distractor as a fraction of the image side (None: the
       module defaults ``_OBJECT_SCALE`` / ``_DISTRACTOR_SCALE``).
@@ -328,12 +338,17 @@ def render(category: int, *, num_classes: int, image_size: int,
   if category_colours and category_textures:
     raise ValueError("synthetic: category_colours and category_textures are "
                      "exclusive")
+  if distinct_textures and not category_textures:
+    raise ValueError("synthetic: distinct_textures needs category_textures")
 
   def paint(cat):
     if category_textures:
       # Not seeded by ``seed``: train and test (seed + 1) must agree.
-      return _texture(np.random.default_rng([_TEXTURE_SEED, num_classes, cat]),
-                      size)
+      texture_rng = np.random.default_rng([_TEXTURE_SEED, num_classes, cat])
+      if distinct_textures:
+        return _texture(texture_rng, size,
+                        hue=category_hue(cat, num_classes), kind=cat % 4)
+      return _texture(texture_rng, size)
     hue = category_hue(cat, num_classes) if category_colours else None
     return _texture(rng, size, hue)
 
