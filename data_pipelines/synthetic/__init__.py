@@ -34,7 +34,8 @@ Configs (``name``: classes x train/test images per class, side in px):
     construction (``distinct_textures``: category k has hue k/10 of the
     circle and pattern kind k mod 4). With ``same64``'s random textures a
     few categories look alike (two bright solids, warm stripes), and the
-    demo's model marks both objects of exactly those category pairs.
+    demo's model marks both objects of exactly those category pairs (with
+    distinct textures it still ends at the same J: benchmarks/RESULTS.md).
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
