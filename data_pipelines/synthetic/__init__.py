@@ -28,8 +28,9 @@ Configs (``name``: classes x train/test images per class, side in px):
   * ``apart64``: as ``same64`` with the distractor kept at least 3 px away
     from the common object (``min_gap``; object diameters 0.4-0.65 and
     distractor diameters 0.3-0.5 of the side, so that the gap fits). In
-    ``same64`` three distractors in four touch the object, and at 64 px a
-    pair model tends to mark such a touching pair as one blob.
+    ``same64`` three distractors in four touch the object; ``apart64``
+    tests whether that is what makes the demo's model keep distractors (it
+    is not: benchmarks/RESULTS.md).
   * ``distinct64``: as ``same64`` with textures made distinct by
     construction (``distinct_textures``: category k has hue k/10 of the
     circle and pattern kind k mod 4). With ``same64``'s random textures a

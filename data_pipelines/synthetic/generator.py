@@ -317,8 +317,8 @@ def render(category: int, *, num_classes: int, image_size: int,
       module defaults ``_OBJECT_SCALE`` / ``_DISTRACTOR_SCALE``).
     min_gap: when > 0, distractors keep at least this many pixels away from
       the common object instead of the default "at most 30 % under it" (see
-      ``_place_distractor``): at low resolution a touching distractor merges
-      with the object into one blob.
+      ``_place_distractor``), so that object and distractor never form one
+      connected shape.
 
   Returns:
     ``(image, mask, distractor_mask)``: uint8 [S, S, 3] RGB image, uint8
