@@ -7,7 +7,8 @@ activation statistics of the metric / decision nets and decoder taps.
 
 Data: the synthetic generator built from ``data.synthetic`` fields
 (``--classes`` shape families, ``--ntrain`` train / 10 test images per
-class rendered at ``--render`` px, ``--dist`` distractors). Options select
+class rendered at ``--render`` px, ``--dist`` distractors, ``--textures 1``
+for every object in its category's fixed texture). Options select
 the learning rate, the loss terms (``--loss term=w,...``), the metric layer,
 the Lite0 ImageNet encoder (``--lite 1``) or a tiny encoder first trained to
 classify the train images for ``--pretrain`` steps (stand-in for the paper's
@@ -15,6 +16,10 @@ ImageNet pre-training). Example (what RESULTS.md records):
 
   nice -n 10 python benchmarks/cosegnet_diagnose.py --steps 400 --lr 3e-4 \
       --classes 2 --ntrain 60 --pretrain 200
+  python benchmarks/cosegnet_diagnose.py --steps 2500 --classes 10 \
+      --ntrain 40 --render 64 --size 128 --dist 0 0 --textures 1 \
+      --loss mask_pos=1,triplet_pos=0.33,decision_pos=0.33,mask_neg=0,\
+triplet_neg=0.5,decision_neg=0.5
 """
 
 import argparse
