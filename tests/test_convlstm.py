@@ -1,5 +1,7 @@
 """ConvLSTM vs a float64 NumPy implementation of CycleSegNet eq. 1-6."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -131,6 +133,39 @@ def test_feedback_scan_equals_python_loop():
     carry, h = step_fn(carry)
     np.testing.assert_allclose(hs[step], h, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(c_t, carry[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("unroll", [1, 2, 5])
+def test_unroll_changes_neither_outputs_nor_gradients(unroll):
+  """Partial or no unrolling (default: all 5 steps) computes the same thing;
+  only the compiled loop differs (the default is there for CPU speed)."""
+  rng = np.random.default_rng(6)
+  c0 = jnp.asarray(rng.normal(size=(2, 3, 4, 4, F)), jnp.float32)
+  h0 = jnp.asarray(rng.normal(size=(2, 3, 4, 4, F)), jnp.float32)
+  full = convlstm.FeedbackConvLSTM(F, input_module=_Mix(), num_steps=5)
+  other = convlstm.FeedbackConvLSTM(F, input_module=_Mix(), num_steps=5,
+                                    unroll=unroll)
+  params = full.init(jax.random.key(5), (c0, h0))["params"]
+
+  def loss(model, p):
+    (c, h), hs = model.apply({"params": p}, (c0, h0))
+    return jnp.sum(hs ** 2) + jnp.sum(c * h)
+
+  for fn in (loss, jax.grad(loss, argnums=1)):
+    a = jax.jit(functools.partial(fn, full))(params)
+    b = jax.jit(functools.partial(fn, other))(params)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  xs = jnp.asarray(rng.normal(size=(2, 5, 4, 4, CIN)), jnp.float32)
+  seq = convlstm.ConvLSTM(F, KS)
+  v = seq.init(jax.random.key(1), (c0[:, 0], h0[:, 0]), xs)
+  np.testing.assert_allclose(
+      seq.apply(v, (c0[:, 0], h0[:, 0]), xs)[1],
+      convlstm.ConvLSTM(F, KS, unroll=unroll).apply(
+          v, (c0[:, 0], h0[:, 0]), xs)[1], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="unroll"):
+    convlstm.FeedbackConvLSTM(F, input_module=_Mix(), num_steps=2,
+                              unroll=0).init(jax.random.key(0), (c0, h0))
 
 
 def test_bf16_compute_keeps_carry_dtype_and_grad():

@@ -397,6 +397,9 @@ def test_registered_and_built_from_configs():
   assert cfg.data.image_size == 512
   assert spec.build_model(cyclesegnet_voc2012.get_config(
       "mcross,single").model).exchange == "cross"
+  assert m.scan_unroll is None  # all N steps unrolled (CPU gradient speed)
+  cfg.model.scan_unroll = 1
+  assert spec.build_model(cfg.model).scan_unroll == 1
   for ablation in ("baseline", "mcat", "mmul"):
     c = cyclesegnet_voc2012.get_config(ablation + ",runlocal")
     assert c.method == ablation

@@ -131,6 +131,8 @@ class CycleRefinement(nn.Module):
     fuse_kernel: RCM region-fusion conv kernel.
     scale_attention: scale RCM logits by 1/sqrt(d).
     dtype: computation dtype.
+    scan_unroll: refinement steps unrolled per scan iteration (None: all,
+      the fast choice for small N; see ``coseg_jax.nn.convlstm``).
   """
   features: int
   num_steps: int = 7
@@ -144,6 +146,7 @@ class CycleRefinement(nn.Module):
   fuse_kernel: int = 1
   scale_attention: bool = False
   dtype: Any = jnp.float32
+  scan_unroll: Optional[int] = None
 
   def make_rcm(self, name=None) -> region_attention.RegionCorrespondence:
     """The RCM with this module's settings (call inside ``apply``)."""
@@ -169,7 +172,7 @@ class CycleRefinement(nn.Module):
         num_steps=self.num_steps,
         kernel_size=self.lstm_kernel, peephole=self.peephole,
         forget_bias=self.forget_bias, feed="cell", dtype=self.dtype,
-        name="lstm")
+        unroll=self.scan_unroll, name="lstm")
     # H_0 = C_0 = encoder features (the paper's initialisation).
     (_, h_last), hs = lstm((x, x))
     return h_last, hs
@@ -201,6 +204,7 @@ class CycleSegNet(nn.Module):
       decoder width of the block).
     decode_all_steps: also decode every refinement step.
     dtype: computation dtype (params float32; logits float32).
+    scan_unroll: refinement steps unrolled per scan iteration (None: all).
   """
   backbone: str = "resnet34"
   backbone_kwargs: Optional[Mapping[str, Any]] = None
@@ -222,6 +226,7 @@ class CycleSegNet(nn.Module):
   fusion_features: Optional[int] = None
   decode_all_steps: bool = False
   dtype: Any = jnp.float32
+  scan_unroll: Optional[int] = None
 
   @property
   def levels(self) -> Tuple[str, ...]:
@@ -235,7 +240,7 @@ class CycleSegNet(nn.Module):
         peephole=self.peephole, region_size=tuple(self.region_size),
         regions=self.regions, key_features=self.key_features,
         fuse_kernel=self.fuse_kernel, scale_attention=self.scale_attention,
-        dtype=self.dtype, name=name)
+        dtype=self.dtype, scan_unroll=self.scan_unroll, name=name)
 
   def encode(self, images: jax.Array, train: bool = False):
     """Encoder + optional projection: {level: [B, K, h, w, C]} and skips.
@@ -340,6 +345,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
                      f"method 'cyclesegnet' (baseline/mcat/mmul are methods "
                      f"of their own), got {exchange!r}")
   key_features = get("key_features", None)
+  scan_unroll = get("scan_unroll", None)
   return CycleSegNet(
       backbone=get("backbone", "resnet34"),
       backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
@@ -360,7 +366,8 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       use_skips=bool(get("use_skips", False)),
       fusion_features=get("fusion_features", None),
       decode_all_steps=bool(get("decode_all_steps", False)),
-      dtype=models.config_dtype(get("dtype", "float32")))
+      dtype=models.config_dtype(get("dtype", "float32")),
+      scan_unroll=None if scan_unroll is None else int(scan_unroll))
 
 
 def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
