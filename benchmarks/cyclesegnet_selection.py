@@ -36,7 +36,6 @@ from coseg_jax import checkpoint
 from coseg_jax import evaluate
 from coseg_jax import models
 from data_pipelines import synthetic
-from data_pipelines.synthetic import generator
 
 # The test split of a synthetic builder renders with seed + 1 (see the
 # builder); fresh renders with the same seed are the held-out images.
@@ -64,13 +63,9 @@ def load_config(path: str, overrides):
 def render_class(builder_config, category: int, count: int):
   """``count`` held-out renders of one class: (images [N,S,S,3] float in
   [0, 1], object masks [N,S,S] bool, distractor masks [N,S,S] bool)."""
-  cfg = builder_config
-  renders = [generator.render(
-      category, num_classes=cfg.num_classes, image_size=cfg.image_size,
-      seed=cfg.seed + _TEST_SEED_OFFSET, index=i,
-      distractors=(cfg.min_distractors, cfg.max_distractors),
-      category_colours=cfg.category_colours,
-      category_textures=cfg.category_textures) for i in range(count)]
+  renders = [synthetic.render(builder_config, category,
+                              seed=builder_config.seed + _TEST_SEED_OFFSET,
+                              index=i) for i in range(count)]
   images = np.stack([r[0] for r in renders]).astype(np.float32) / 255.0
   return (images, np.stack([r[1] for r in renders]).astype(bool),
           np.stack([r[2] for r in renders]).astype(bool))

@@ -88,3 +88,17 @@ def test_load_config_overrides():
   with pytest.raises(ValueError, match="field=value"):
     selection.load_config(os.path.join(_ROOT, "configs", "demo.py"),
                           ["model.num_steps"])
+
+
+def test_renders_use_every_generator_setting_of_the_config():
+  """apart64's gap must be honoured (it was not while the script passed the
+  generator settings itself and left out the newer ones)."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  cfg = synthetic.Builder.builder_configs["apart64"]
+  _, objs, distractors = selection.render_class(cfg, 2, 6)
+  gaps = [ndimage.distance_transform_edt(~o)[d].min()
+          for o, d in zip(objs, distractors)]
+  assert np.median(gaps) >= cfg.min_gap
+  for i in range(2):
+    expected = synthetic.render(cfg, 2, seed=cfg.seed + 1, index=i)
+    np.testing.assert_array_equal(objs[i], expected[1].astype(bool))

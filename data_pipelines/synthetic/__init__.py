@@ -29,8 +29,8 @@ Configs (``name``: classes x train/test images per class, side in px):
     from the common object (``min_gap``; object diameters 0.4-0.65 and
     distractor diameters 0.3-0.5 of the side, so that the gap fits). In
     ``same64`` three distractors in four touch the object; ``apart64``
-    tests whether that is what makes the demo's model keep distractors (it
-    is not: benchmarks/RESULTS.md).
+    tests whether that is what makes the demo's model keep distractors (it is
+    not the main cause: benchmarks/RESULTS.md).
   * ``distinct64``: as ``same64`` with textures made distinct by
     construction (``distinct_textures``: category k has hue k/10 of the
     circle and pattern kind k mod 4). With ``same64``'s random textures a
@@ -50,7 +50,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.synthetic import generator
 
-__all__ = ["Builder", "SyntheticConfig", "generator"]
+__all__ = ["Builder", "SyntheticConfig", "generator", "render"]
 
 
 @dataclasses.dataclass
@@ -88,6 +88,25 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   object_scale: Optional[Tuple[float, float]] = None
   distractor_scale: Optional[Tuple[float, float]] = None
   min_gap: int = 0
+
+
+def render(cfg: SyntheticConfig, category: int, *, seed: int, index: int):
+  """``generator.render`` with every generator setting of ``cfg``.
+
+  The one place that maps a config to the generator, for the builder and for
+  tools that re-render records (e.g. with their distractor masks). Returns
+  ``(image, mask, distractor_mask)`` as ``generator.render`` does; the
+  builder's train split uses ``seed=cfg.seed``, its test split ``cfg.seed + 1``.
+  """
+  return generator.render(
+      category, num_classes=cfg.num_classes, image_size=cfg.image_size,
+      seed=seed, index=index,
+      distractors=(cfg.min_distractors, cfg.max_distractors),
+      category_colours=cfg.category_colours,
+      category_textures=cfg.category_textures,
+      distinct_textures=cfg.distinct_textures,
+      object_scale=cfg.object_scale, distractor_scale=cfg.distractor_scale,
+      min_gap=cfg.min_gap)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -179,15 +198,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     names = generator.category_names(cfg.num_classes)
     for label, name in enumerate(names):
       for index in range(per_class):
-        image, mask, _ = generator.render(
-            label, num_classes=cfg.num_classes, image_size=cfg.image_size,
-            seed=seed, index=index,
-            distractors=(cfg.min_distractors, cfg.max_distractors),
-            category_colours=cfg.category_colours,
-            category_textures=cfg.category_textures,
-            distinct_textures=cfg.distinct_textures,
-            object_scale=cfg.object_scale,
-            distractor_scale=cfg.distractor_scale, min_gap=cfg.min_gap)
+        image, mask, _ = render(cfg, label, seed=seed, index=index)
         image_id = f"{split}/{name}/{index:04d}.png"
         yield image_id, {
             "image": generator.encode_png(image),
