@@ -193,6 +193,68 @@ def test_grad_finite_and_bf16():
                              atol=0.1)
 
 
+def _np_best_cosine(q, keys):
+  """Max over keys of the cosine similarity, q [P, D], keys [N, D] -> [P]."""
+  unit = lambda v: v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True),
+                                  1e-6)
+  return (unit(q) @ unit(keys).T).max(-1)
+
+
+def test_match_score_pair_and_group_match_numpy():
+  """The extra channel: best query-key cosine over the *other* images."""
+  module, variables, feats = _setup(k=3, hw=(4, 5), match_score=True)
+  plain = region_attention.RegionCorrespondence(C, key_features=D)
+  out = module.apply(variables, feats)
+  assert out.shape == feats.shape[:-1] + (C + 1,)
+  # The first C channels are exactly the paper's RCM (same parameters).
+  np.testing.assert_allclose(out[..., :C], plain.apply(variables, feats),
+                             rtol=1e-6, atol=1e-6)
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                             variables["params"])
+  f = feats.astype(np.float64)
+  relu = lambda z: np.maximum(z, 0)
+
+  def keys_of(x):
+    pooled = np.concatenate([_np_pool(x, (2, 2), "avg"),
+                             _np_pool(x, (2, 2), "max")], -1)
+    r = _np_conv_same(pooled, p["fuse"]["kernel"], p["fuse"]["bias"])
+    return relu(r.reshape(-1, C) @ p["key"]["kernel"][0, 0] + p["key"]["bias"])
+
+  for b in range(2):
+    for k in range(3):
+      q = relu(_np_conv_same(f[b, k], p["query"]["kernel"],
+                             p["query"]["bias"])).reshape(-1, D)
+      keys = np.concatenate([keys_of(f[b, j]) for j in range(3) if j != k])
+      np.testing.assert_allclose(out[b, k, ..., C].reshape(-1),
+                                 _np_best_cosine(q, keys), rtol=1e-5,
+                                 atol=1e-5)
+  pair = region_attention.rcm_pair(module, variables, feats[:, 0], feats[:, 1])
+  assert pair.shape == feats[:, 0].shape[:-1] + (C + 1,)
+  q = relu(_np_conv_same(f[0, 0], p["query"]["kernel"],
+                         p["query"]["bias"])).reshape(-1, D)
+  np.testing.assert_allclose(pair[0, ..., C].reshape(-1),
+                             _np_best_cosine(q, keys_of(f[0, 1])), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_match_score_ignores_own_regions_and_has_finite_grad():
+  module, variables, feats = _setup(k=3, match_score=True)
+  out = module.apply(variables, feats)
+  perturbed = _PerturbOwnRegions(C, key_features=D, group_size=3,
+                                 match_score=True).apply(variables, feats)
+  np.testing.assert_allclose(perturbed[:, 0], out[:, 0], rtol=1e-6, atol=1e-6)
+  # All-zero queries (every query pre-activation negative) must not give NaN
+  # gradients through the normalisation.
+  params = dict(variables["params"])
+  params["query"] = dict(params["query"],
+                         bias=jnp.full((D,), -1e3, jnp.float32))
+  loss = lambda v: jnp.sum(module.apply(v, feats)[..., C] ** 2)
+  g = jax.grad(loss)({"params": params})
+  assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(g))
+  g = jax.grad(loss)(variables)
+  assert np.abs(g["params"]["key"]["kernel"]).max() > 0
+
+
 def test_bad_input():
   module, variables, feats = _setup(k=2)
   with pytest.raises(ValueError, match="K >= 2"):

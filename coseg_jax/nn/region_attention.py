@@ -43,6 +43,20 @@ Choices the paper leaves open, and what we do (all attributes):
   parameters are identical to the pooled variant (the avg and max of one pixel
   are the pixel itself).
 * The attention softmax is computed in float32 whatever ``dtype`` is.
+
+An extension that is not in the paper (off by default):
+
+* ``match_score``: append one channel to the output, each pixel's best
+  cosine similarity between its query and the keys of the other image's
+  regions (in [0, 1]: queries and keys are ReLU outputs; in group form the
+  best over the other K-1 images). The softmax of eq. 11 normalises away how
+  well a pixel matches *anything* in the other image: a pixel of an object the
+  other image does not contain still receives a convex combination of that
+  image's regions, and the ConvLSTM can only tell it from a matched pixel by
+  comparing two feature vectors through its gates. The score gives that
+  comparison directly, and reading it off a trained model shows whether the
+  attention has learnt to match at all (benchmarks/RESULTS.md: on the
+  offline demo it had not, and adding the channel did not change the J).
 """
 
 from typing import Any, Optional, Sequence, Tuple
@@ -67,6 +81,8 @@ class RegionCorrespondence(nn.Module):
     fuse_kernel: kernel of the conv fusing avg- and max-pooled regions.
     project_value: project values with a 1x1 conv + ReLU (else use R).
     scale: scale the attention logits by 1/sqrt(d).
+    match_score: append the best query-key cosine similarity as one more
+      output channel (not in the paper; see the module docstring).
     dtype: computation dtype (params float32; softmax in float32).
   """
   features: int
@@ -76,6 +92,7 @@ class RegionCorrespondence(nn.Module):
   fuse_kernel: int = 1
   project_value: bool = True
   scale: bool = False
+  match_score: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -121,6 +138,28 @@ class RegionCorrespondence(nn.Module):
       logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
     return logits
 
+  def _best_match(self, q, keys, equation, own=None):
+    """Best cosine similarity of each query over the keys, [..., 1] float32.
+
+    ``own`` (broadcastable to the similarities) marks keys a query may not
+    match (its own image's regions in group form).
+    """
+    def unit(v):
+      v = v.astype(jnp.float32)
+      # rsqrt(|v|^2 + eps): finite gradient at v = 0 (a ReLU can zero a
+      # whole query or key), unlike v / |v|.
+      return v * jax.lax.rsqrt(jnp.sum(v * v, -1, keepdims=True) + 1e-12)
+    sims = jnp.einsum(equation, unit(q), unit(keys))
+    if own is not None:
+      sims = jnp.where(own, -1.0, sims)
+    return jnp.max(sims, axis=-1, keepdims=True)
+
+  def _with_match(self, out, q, keys, equation, own=None):
+    if not self.match_score:
+      return out
+    best = self._best_match(q, keys, equation, own)
+    return jnp.concatenate([out, best.astype(out.dtype)], axis=-1)
+
   def pair(self, c_a: jnp.ndarray, c_b: jnp.ndarray, *,
            return_attention: bool = False):
     """RCM(C_A, C_B): image A attends to the regions of image B.
@@ -131,7 +170,8 @@ class RegionCorrespondence(nn.Module):
       return_attention: also return the attention maps.
 
     Returns:
-      [B, H, W, C], and with ``return_attention`` the maps [B, H, W, N]
+      [B, H, W, C] ([B, H, W, C + 1] with ``match_score``), and with
+      ``return_attention`` the maps [B, H, W, N]
       (N = ĤŴ, or H'W' for raw regions; each pixel's row sums to 1).
     """
     self._check(c_a, "c_a")
@@ -142,6 +182,7 @@ class RegionCorrespondence(nn.Module):
     local = jnp.einsum("bhwn,bnc->bhwc", attn.astype(values.dtype), values)
     glob = jnp.mean(c_b, axis=(1, 2))[:, None, None, :]
     out = 0.5 * (local + glob.astype(local.dtype))
+    out = self._with_match(out, q, keys, "bhwd,bnd->bhwn")
     return (out, attn) if return_attention else out
 
   def __call__(self, features: jnp.ndarray, *, return_attention: bool = False):
@@ -152,7 +193,8 @@ class RegionCorrespondence(nn.Module):
       return_attention: also return the attention maps.
 
     Returns:
-      [B, K, H, W, C], and with ``return_attention`` the maps
+      [B, K, H, W, C] ([B, K, H, W, C + 1] with ``match_score``), and with
+      ``return_attention`` the maps
       [B, K, H, W, K * N]; columns j*N .. (j+1)*N - 1 are the regions of
       image j, and an image's own columns are exactly 0.
     """
@@ -177,6 +219,8 @@ class RegionCorrespondence(nn.Module):
     gap = jnp.mean(features, axis=(2, 3))  # [B, K, C]
     others = (jnp.sum(gap, axis=1, keepdims=True) - gap) / (k - 1)
     out = 0.5 * (local + others[:, :, None, None, :].astype(local.dtype))
+    out = self._with_match(out, q, keys, "bkhwd,bmd->bkhwm",
+                           own[None, :, None, None, :])
     return (out, attn) if return_attention else out
 
 
