@@ -72,10 +72,12 @@ def get_config(arg=None):
   m.peephole = False
   m.fuse_kernel = 1
   m.scale_attention = False
+  m.match_score = False  # not in the paper: RCM best-match channel
   m.decoder_widths = (256, 128, 64, 32, 16)  # decoder not listed; ours
   m.convs_per_block = 1
   m.use_skips = False
   m.fusion_features = ml_collections.config_dict.placeholder(int)
+  m.crm_levels = ml_collections.config_dict.placeholder(tuple)  # 8/16/32
   m.decode_all_steps = False
   m.dtype = "float32"
 

@@ -61,10 +61,12 @@ def _rcm(c, d=None):
           _conv(1, c, c))
 
 
-def _crm(c, exchange="cycle", kernel=3):
+def _crm(c, exchange="cycle", kernel=3, match=False):
+  """match: the RCM output has one more channel (``match_score``)."""
   if exchange == "cross":
     return _rcm(c)
-  return _rcm(c) + _conv(kernel, c, 4 * c) + _conv(kernel, c, 4 * c, False)
+  return (_rcm(c) + _conv(kernel, c + match, 4 * c) +
+          _conv(kernel, c, 4 * c, False))
 
 
 def _conv_bn(cin, cout):
@@ -77,9 +79,9 @@ def _caf(c_fine, c_coarse, f):
 
 
 def _expected(*, widths, level_width, multi, exchange="cycle", skips=False,
-              proj=None, backbone_params):
+              proj=None, backbone_params, levels=None, match=False):
   """Formula count of a CycleSegNet (BatchNorm scale+bias counted)."""
-  levels = cs.MULTI_LEVELS if multi else cs.SINGLE_LEVELS
+  levels = levels or (cs.MULTI_LEVELS if multi else cs.SINGLE_LEVELS)
   total = backbone_params
   crm_out = {}
   for level in levels:
@@ -87,12 +89,18 @@ def _expected(*, widths, level_width, multi, exchange="cycle", skips=False,
     if proj:
       total += _conv(1, c, proj, bias=False) + 2 * proj
       c = proj
-    total += _crm(c, exchange)
-    crm_out[level] = 2 * c if exchange == "cross" else c
+    total += _crm(c, exchange, match=match)
+    crm_out[level] = (2 * c + match) if exchange == "cross" else c
   decoder_levels = ("stride16", "stride8", "stride4", "stride2", "full")
-  cin = crm_out["stride32"]
+  cin = crm_out[levels[-1]]
+  strides = dict(stride32=32, stride16=16, stride8=8, stride4=4, stride2=2,
+                 full=1)
   for level, w in zip(decoder_levels, widths):
-    if multi and level in crm_out:
+    if strides[level] > strides[levels[-1]]:
+      continue
+    if level == levels[-1]:
+      pass
+    elif multi and level in crm_out:
       total += _caf(crm_out[level], cin, w)
       cin = w
     elif skips and level != "full":
@@ -124,6 +132,41 @@ def test_shapes_and_exact_parameter_counts_tiny(multi, exchange):
   t = 3 if exchange == "cycle" else 1
   assert out.step_logits.shape == (t, 2, 3, 32, 32, 1)
   assert out.mask_logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("exchange", ["cycle", "cross"])
+@pytest.mark.parametrize("levels", [None, ("stride4", "stride8", "stride16"),
+                                    ("stride2", "stride8", "stride32")])
+def test_crm_levels_and_match_score_shapes_and_counts(levels, exchange):
+  """Options beyond the paper: refined levels and the RCM match channel."""
+  model = _model(multi_level=True, exchange=exchange, crm_levels=levels,
+                 match_score=True, use_skips=True)
+  x = _images(b=1, k=2)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert _count(variables["params"]) == _expected(
+      widths=DEC, level_width=LEVEL_WIDTH, multi=True, exchange=exchange,
+      skips=True, backbone_params=_tiny_backbone_params(), levels=levels,
+      match=True)
+  names = {n for n in variables["params"] if n.startswith("crm_")}
+  assert names == {f"crm_{l}" for l in (levels or cs.MULTI_LEVELS)}
+  out = jax.eval_shape(functools.partial(model.apply, train=False),
+                       variables, x)
+  assert out.mask_logits.shape == (1, 2, 32, 32, 1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(multi_level=False, crm_levels=("stride4", "stride8", "stride16")),
+     "multi_level=True"),
+    (dict(multi_level=True, crm_levels=("stride8", "stride4", "stride16")),
+     "finest first"),
+    (dict(multi_level=True, crm_levels=("stride8", "stride16")),
+     "three distinct"),
+    (dict(multi_level=True, crm_levels=("full", "stride8", "stride16")),
+     "stride2..stride32"),
+])
+def test_crm_levels_bad_values(kw, match):
+  with pytest.raises(ValueError, match=match):
+    _model(**kw).init(jax.random.key(0), _images())
 
 
 def test_literal_parameter_count_tiny_single_level():

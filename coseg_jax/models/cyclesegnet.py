@@ -59,6 +59,11 @@ of ``config.model``):
   and no encoder skips (the paper decodes the refined features only).
 * ``fusion_features``: width of the channel-attention fusion outputs in the
   multi-level decoder (default: the decoder width of that block).
+* ``crm_levels``: the three levels the multi-level model refines (default
+  the paper's strides 8/16/32). At 512 px the paper's stride-8 map is 64x64;
+  for small inputs (the 64 px demo) strides 4/8/16 keep maps of 16x16 / 8x8
+  / 4x4 instead of 8x8 / 4x4 / 2x2. Decoding starts at the coarsest refined
+  level, and the decoder blocks coarser than it are dropped.
 * ``decode_all_steps``: decode every step's hidden state (per-step logits
   [T, B, K, H, W, 1], for the per-step figure and optional deep supervision,
   loss term ``deep_lovasz``). The T steps are folded into the decoder's batch,
@@ -130,6 +135,7 @@ class CycleRefinement(nn.Module):
     key_features: RCM query/key width (None: C).
     fuse_kernel: RCM region-fusion conv kernel.
     scale_attention: scale RCM logits by 1/sqrt(d).
+    match_score: append the RCM's best-match channel (not in the paper).
     dtype: computation dtype.
     scan_unroll: refinement steps unrolled per scan iteration (None: all,
       the fast choice for small N; see ``coseg_jax.nn.convlstm``).
@@ -145,6 +151,7 @@ class CycleRefinement(nn.Module):
   key_features: Optional[int] = None
   fuse_kernel: int = 1
   scale_attention: bool = False
+  match_score: bool = False
   dtype: Any = jnp.float32
   scan_unroll: Optional[int] = None
 
@@ -154,7 +161,7 @@ class CycleRefinement(nn.Module):
         self.features, key_features=self.key_features,
         region_size=tuple(self.region_size), regions=self.regions,
         fuse_kernel=self.fuse_kernel, scale=self.scale_attention,
-        dtype=self.dtype, name=name)
+        match_score=self.match_score, dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -194,14 +201,16 @@ class CycleSegNet(nn.Module):
     num_steps: N, ConvLSTM refinement steps (paper: 7).
     crm_features: None (encoder width) or a projection width.
     lstm_kernel, forget_bias, peephole: ConvLSTM settings.
-    region_size, regions, key_features, fuse_kernel, scale_attention: RCM
-      settings.
+    region_size, regions, key_features, fuse_kernel, scale_attention,
+      match_score: RCM settings (``match_score`` is not in the paper).
     decoder_widths: channels of the five decoder blocks (strides 16..1).
     convs_per_block: 3x3 conv layers per decoder block.
     use_skips: concatenate encoder features at the decoder levels not fed
       by a CRM.
     fusion_features: width of the multi-level fusion outputs (None: the
       decoder width of the block).
+    crm_levels: levels refined by the multi-level model (None: strides
+      8/16/32); coarsest last.
     decode_all_steps: also decode every refinement step.
     dtype: computation dtype (params float32; logits float32).
     scan_unroll: refinement steps unrolled per scan iteration (None: all).
@@ -220,17 +229,33 @@ class CycleSegNet(nn.Module):
   key_features: Optional[int] = None
   fuse_kernel: int = 1
   scale_attention: bool = False
+  match_score: bool = False
   decoder_widths: Sequence[int] = (256, 128, 64, 32, 16)
   convs_per_block: int = 1
   use_skips: bool = False
   fusion_features: Optional[int] = None
+  crm_levels: Optional[Sequence[str]] = None
   decode_all_steps: bool = False
   dtype: Any = jnp.float32
   scan_unroll: Optional[int] = None
 
   @property
   def levels(self) -> Tuple[str, ...]:
-    return MULTI_LEVELS if self.multi_level else SINGLE_LEVELS
+    """The refined levels, finest first."""
+    if self.crm_levels is None:
+      return MULTI_LEVELS if self.multi_level else SINGLE_LEVELS
+    levels = tuple(self.crm_levels)
+    strides = dict(decoders.DECODER_LEVELS, stride32=32)
+    if not self.multi_level:
+      raise ValueError("crm_levels needs multi_level=True (the single-level "
+                       "model refines stride32 only)")
+    if (len(levels) != 3 or any(l not in strides or strides[l] < 2
+                                for l in levels)
+        or list(levels) != sorted(levels, key=strides.get)
+        or len(set(levels)) != 3):
+      raise ValueError(f"crm_levels must be three distinct levels among "
+                       f"stride2..stride32, finest first, got {levels}")
+    return levels
 
   def crm(self, features: int, name: Optional[str] = None) -> CycleRefinement:
     """The CRM of one level with this model's settings (inside ``apply``)."""
@@ -240,7 +265,8 @@ class CycleSegNet(nn.Module):
         peephole=self.peephole, region_size=tuple(self.region_size),
         regions=self.regions, key_features=self.key_features,
         fuse_kernel=self.fuse_kernel, scale_attention=self.scale_attention,
-        dtype=self.dtype, scan_unroll=self.scan_unroll, name=name)
+        match_score=self.match_score, dtype=self.dtype,
+        scan_unroll=self.scan_unroll, name=name)
 
   def encode(self, images: jax.Array, train: bool = False):
     """Encoder + optional projection: {level: [B, K, h, w, C]} and skips.
@@ -290,11 +316,17 @@ class CycleSegNet(nn.Module):
       if len(self.decoder_widths) != len(decoders.DECODER_LEVELS):
         raise ValueError(f"decoder_widths needs {len(decoders.DECODER_LEVELS)}"
                          f" entries, got {tuple(self.decoder_widths)}")
-      y = refined["stride32"]
+      coarsest = self.levels[-1]
+      y = refined[coarsest]
+      start = dict(decoders.DECODER_LEVELS, stride32=32)[coarsest]
       for i, ((level, stride), width) in enumerate(
           zip(decoders.DECODER_LEVELS, self.decoder_widths)):
         size = (-(-h // stride), -(-w // stride))
-        if level in refined:
+        if stride > start:
+          continue  # coarser than every refined level (crm_levels)
+        if level == coarsest:
+          pass  # decoding starts here
+        elif level in refined:
           # The coarse decoded map is upsampled inside the fusion module and
           # decides which channels of the refined finer level to keep.
           y = fusion.ChannelAttentionFusion(
@@ -361,10 +393,13 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       key_features=None if key_features is None else int(key_features),
       fuse_kernel=int(get("fuse_kernel", 1)),
       scale_attention=bool(get("scale_attention", False)),
+      match_score=bool(get("match_score", False)),
       decoder_widths=tuple(get("decoder_widths", (256, 128, 64, 32, 16))),
       convs_per_block=int(get("convs_per_block", 1)),
       use_skips=bool(get("use_skips", False)),
       fusion_features=get("fusion_features", None),
+      crm_levels=(None if get("crm_levels", None) is None
+                  else tuple(get("crm_levels"))),
       decode_all_steps=bool(get("decode_all_steps", False)),
       dtype=models.config_dtype(get("dtype", "float32")),
       scan_unroll=None if scan_unroll is None else int(scan_unroll))
