@@ -18,6 +18,15 @@ distractor marking varies between partners of the same image (a model that
 decides from A alone has no spread); and the histogram of per-image
 distractor marking (bimodal when a model marks a whole object or none).
 
+A fixed, untrained reference says how far plain appearance matching gets on
+the same pairs: every object or distractor pixel of A (colours after a 3x3
+box blur) gets its RGB distance to the nearest object-or-distractor pixel of
+the partner, and ``colour_match_auc`` is the ROC AUC of that distance for
+telling A's object pixels (small distance: the partner shows the same
+texture) from its distractor pixels. The model's distractor marking is then
+split by that AUC: on pairs where colour alone separates the two objects
+(AUC >= 0.99) a model that compares the images should mark no distractor.
+
   python benchmarks/cyclesegnet_selection.py --workdir /tmp/coseg_demo \\
       [--config configs/demo.py] [--override model.num_steps=7 ...]
 
@@ -30,7 +39,9 @@ import ast
 import importlib.util
 import json
 
+import cv2
 import numpy as np
+from scipy import stats
 
 from coseg_jax import checkpoint
 from coseg_jax import evaluate
@@ -87,13 +98,47 @@ def mask_scores(pred, obj, distractor):
   }
 
 
+def roc_auc(positive, negative) -> float:
+  """ROC AUC of scores (higher = positive); ties count one half."""
+  positive, negative = np.ravel(positive), np.ravel(negative)
+  if not (positive.size and negative.size):
+    return float("nan")
+  ranks = stats.rankdata(np.concatenate([positive, negative]))
+  n = positive.size
+  return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * negative.size))
+
+
+def colour_match_auc(image, obj, distractor, partner, partner_fg) -> float:
+  """The untrained colour-matching reference for one (image, partner) pair.
+
+  Args:
+    image / partner: [S, S, 3] float images in [0, 1].
+    obj / distractor: [S, S] bool masks of ``image``.
+    partner_fg: [S, S] bool, the partner's object and distractor pixels.
+
+  Returns:
+    AUC of "RGB distance to the nearest partner foreground pixel is small"
+    for object against distractor pixels of ``image`` (NaN without both).
+  """
+  a = cv2.blur(np.asarray(image, np.float32), (3, 3))
+  b = cv2.blur(np.asarray(partner, np.float32), (3, 3))[partner_fg]
+  if not b.size:
+    return float("nan")
+
+  def nearest(pixels):
+    d = ((pixels[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    return np.sqrt(d.min(1)) if pixels.size else pixels[:, 0]
+
+  return roc_auc(-nearest(a[obj]), -nearest(a[distractor]))
+
+
 def diagnose(*, predict, builder_config, images_per_class: int, seed: int):
   """Runs both partner settings over every held-out image; returns a dict."""
   rng = np.random.default_rng(seed)
   num_classes = builder_config.num_classes
   data = [render_class(builder_config, c, images_per_class)
           for c in range(num_classes)]
-  same, other, spread, per_image = [], [], [], []
+  same, other, spread, per_image, oracle = [], [], [], [], []
   for c, (images, objs, distractors) in enumerate(data):
     for i in range(images_per_class):
       partners = [j for j in range(images_per_class) if j != i]
@@ -109,9 +154,18 @@ def diagnose(*, predict, builder_config, images_per_class: int, seed: int):
       if distractors[i].any():
         spread.append(scores["distractor_marked"][:-1].std())
         per_image.append(scores["distractor_marked"][:-1].mean())
+        for n, j in enumerate(partners):
+          oracle.append((colour_match_auc(images[i], objs[i], distractors[i],
+                                          images[j], objs[j] | distractors[j]),
+                         scores["distractor_marked"][n]))
 
   def mean(rows):
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+  auc, marked = np.array(oracle, np.float64).reshape(-1, 2).T
+  auc_bins = {"below_0.95": auc < 0.95,
+              "0.95_to_0.99": (auc >= 0.95) & (auc < 0.99),
+              "at_least_0.99": auc >= 0.99}
 
   return {
       "same_class_partner": mean(same),
@@ -120,6 +174,12 @@ def diagnose(*, predict, builder_config, images_per_class: int, seed: int):
       "distractor_marked_histogram_0_to_1_in_5_bins":
           np.histogram(per_image, bins=5, range=(0, 1))[0].tolist(),
       "images": len(same),
+      "colour_match_auc": float(np.nanmean(auc)) if auc.size else None,
+      "distractor_marked_by_colour_match_auc": {
+          name: {"pairs": int(sel.sum()),
+                 "distractor_marked": (float(marked[sel].mean())
+                                       if sel.any() else None)}
+          for name, sel in auc_bins.items()},
   }
 
 

@@ -31,6 +31,34 @@ def test_mask_scores_known_values():
   np.testing.assert_allclose(s["background_marked"], [2 / 8, 1 / 8])
 
 
+def test_roc_auc_known_values():
+  assert selection.roc_auc([3, 4], [1, 2]) == 1.0
+  assert selection.roc_auc([1, 2], [3, 4]) == 0.0
+  assert selection.roc_auc([1, 3], [2, 2]) == 0.5
+  assert selection.roc_auc([2], [2]) == 0.5   # ties count one half
+  assert np.isnan(selection.roc_auc([], [1.0]))
+
+
+def test_colour_match_auc_constructed_pair():
+  """Object red, distractor blue; the partner shows red (or blue) only."""
+  red, blue, grey = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.5, 0.5, 0.5)
+  image = np.full((12, 12, 3), grey, np.float32)
+  obj = np.zeros((12, 12), bool)
+  obj[1:5, 1:5] = True
+  distractor = np.zeros((12, 12), bool)
+  distractor[7:11, 7:11] = True
+  image[obj], image[distractor] = red, blue
+  partner = np.full((12, 12, 3), grey, np.float32)
+  fg = np.zeros((12, 12), bool)
+  fg[4:9, 4:9] = True
+  partner[fg] = red
+  assert selection.colour_match_auc(image, obj, distractor, partner, fg) == 1
+  partner[fg] = blue
+  assert selection.colour_match_auc(image, obj, distractor, partner, fg) == 0
+  assert np.isnan(selection.colour_match_auc(image, obj, distractor, partner,
+                                             np.zeros_like(fg)))
+
+
 @pytest.mark.parametrize("fill", [0.0, 1.0])
 def test_diagnose_constant_predictors(fill):
   cfg = synthetic.Builder.builder_configs["same64"]
@@ -55,6 +83,12 @@ def test_diagnose_constant_predictors(fill):
   hist = out["distractor_marked_histogram_0_to_1_in_5_bins"]
   assert sum(hist) == out["images"]  # same64: one distractor per image
   assert hist[-1 if fill else 0] == out["images"]
+  # Same-class partners share the object's texture (same64), so colour
+  # matching separates most object pixels from distractor pixels.
+  assert 0.75 < out["colour_match_auc"] <= 1.0
+  bins = out["distractor_marked_by_colour_match_auc"]
+  assert sum(b["pairs"] for b in bins.values()) == out["images"] * 2
+  assert all(b["distractor_marked"] in (None, fill) for b in bins.values())
 
 
 def test_renders_are_the_builders_test_split(tmp_path):
