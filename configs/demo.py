@@ -30,7 +30,8 @@ do), encoder skips into the decoder for sharper edges at 64 px.
 Measured (benchmarks/RESULTS.md): 3.5 minutes of wall time on a 2-core CPU
 and held-out Avg. J 0.74 after the 1,000 steps; the issue's 0.8 is not
 reached (3,000 steps: 0.75; groups of 3, deep supervision, pixel-level
-regions, N = 7 and more distinct data all end at 0.71-0.75). On
+regions, N = 7, more distinct data, the RCM match channel and refining
+strides 4/8/16 all end at 0.71-0.75). On
 ``small64`` (shape is the only cue) the 600-step run ended at 0.40.
 """
 
