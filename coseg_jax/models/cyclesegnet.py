@@ -96,6 +96,8 @@ SINGLE_LEVELS = ("stride32",)
 # res3, res4, res5 of ResNet (layer2..layer4); same names for every backbone.
 MULTI_LEVELS = ("stride8", "stride16", "stride32")
 LOSS_TERMS = ("lovasz", "bce", "deep_lovasz")
+# Output stride of every level a CRM may refine or the decoder may visit.
+_LEVEL_STRIDES = dict(decoders.DECODER_LEVELS, stride32=32)
 
 
 @flax.struct.dataclass
@@ -245,13 +247,11 @@ class CycleSegNet(nn.Module):
     if self.crm_levels is None:
       return MULTI_LEVELS if self.multi_level else SINGLE_LEVELS
     levels = tuple(self.crm_levels)
-    strides = dict(decoders.DECODER_LEVELS, stride32=32)
     if not self.multi_level:
       raise ValueError("crm_levels needs multi_level=True (the single-level "
                        "model refines stride32 only)")
-    if (len(levels) != 3 or any(l not in strides or strides[l] < 2
-                                for l in levels)
-        or list(levels) != sorted(levels, key=strides.get)
+    if (len(levels) != 3 or any(_LEVEL_STRIDES.get(l, 0) < 2 for l in levels)
+        or list(levels) != sorted(levels, key=_LEVEL_STRIDES.get)
         or len(set(levels)) != 3):
       raise ValueError(f"crm_levels must be three distinct levels among "
                        f"stride2..stride32, finest first, got {levels}")
@@ -318,7 +318,7 @@ class CycleSegNet(nn.Module):
                          f" entries, got {tuple(self.decoder_widths)}")
       coarsest = self.levels[-1]
       y = refined[coarsest]
-      start = dict(decoders.DECODER_LEVELS, stride32=32)[coarsest]
+      start = _LEVEL_STRIDES[coarsest]
       for i, ((level, stride), width) in enumerate(
           zip(decoders.DECODER_LEVELS, self.decoder_widths)):
         size = (-(-h // stride), -(-w // stride))
