@@ -91,6 +91,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # are averaged before one update (optax.MultiSteps). The schedule counts
   # updates, not micro-batches.
   config.optimizer.grad_accum_steps = 1
+  # {top-level parameter name: factor} scaling that subtree's updates, e.g.
+  # {'backbone': 0.1} to fine-tune a pretrained encoder gently (0 freezes).
+  config.optimizer.lr_multipliers = {}
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 10_000  # micro-batch steps (data batches consumed)

@@ -111,6 +111,42 @@ def make_schedule(optimizer_config, num_updates: int) -> optax.Schedule:
   return main
 
 
+def scale_subtrees(multipliers: Mapping[str, float]
+                   ) -> optax.GradientTransformation:
+  """Multiplies the updates of top-level parameter subtrees by constants.
+
+  Args:
+    multipliers: {name: factor}; ``name`` must be a top-level key of the
+      parameters (checked at ``init``), others are left unscaled.
+
+  Returns:
+    A stateless transformation (``optax.EmptyState``).
+  """
+  multipliers = {str(k): float(v) for k, v in multipliers.items()}
+
+  def init_fn(params):
+    if not isinstance(params, Mapping):
+      raise ValueError("config.optimizer.lr_multipliers needs parameters keyed "
+                       f"by name, got a {type(params).__name__}")
+    missing = sorted(set(multipliers) - set(params))
+    if missing:
+      raise ValueError(
+          f"config.optimizer.lr_multipliers names {missing}, which the model's "
+          f"parameters do not have (top-level names: {sorted(params)})")
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def scale(path, u):
+      factor = multipliers.get(getattr(path[0], "key", None), 1.0)
+      return u if factor == 1.0 else u * factor
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(optimizer_config, num_steps: int
                    ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optax transformation described by ``config.optimizer``.
@@ -125,7 +161,12 @@ def make_optimizer(optimizer_config, num_steps: int
        PyTorch convention m <- mu m + g);
     4. decoupled decay (AdamW/SGDW; 'adamw' or ``decoupled_weight_decay``):
        u <- u + wd * p after the moments (never rescaled by Adam);
-    5. scale by -learning_rate(schedule).
+    5. scale by -learning_rate(schedule);
+  6. ``lr_multipliers`` ({top-level parameter name: factor}, e.g.
+     ``{'backbone': 0.1}``): that subtree's whole update (decay included) is
+     multiplied by the factor; 0 freezes it (its BatchNorm statistics still
+     update in training mode). Names the parameters do not have are an error
+     at ``init``.
   Weight decay applies to every parameter. With ``grad_accum_steps`` k > 1
   the whole chain is wrapped in ``optax.MultiSteps``: the mean gradient of k
   consecutive micro-batches makes one update.
@@ -166,6 +207,9 @@ def make_optimizer(optimizer_config, num_steps: int
   if wd > 0 and decoupled:
     parts.append(optax.add_decayed_weights(wd))
   parts.append(optax.scale_by_learning_rate(schedule))
+  multipliers = dict(cfg.get("lr_multipliers") or {})
+  if multipliers:
+    parts.append(scale_subtrees(multipliers))
   tx = optax.chain(*parts)
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
@@ -221,22 +265,44 @@ def create_train_state(*, model, tx: optax.GradientTransformation,
   return jax.jit(init, out_shardings=shardings)(), shardings
 
 
+def frozen_subtrees(optimizer_config) -> Tuple[str, ...]:
+  """Top-level parameter names whose ``lr_multipliers`` factor is 0."""
+  multipliers = dict(optimizer_config.get("lr_multipliers") or {})
+  return tuple(sorted(k for k, v in multipliers.items() if float(v) == 0.0))
+
+
 def make_train_step(*, model, loss_fn, loss_config, mesh=None,
-                    state_shardings=None, donate: bool = True):
+                    state_shardings=None, donate: bool = True,
+                    frozen: Sequence[str] = ()):
   """The jitted ``(state, batch) -> (state, metrics)`` step.
 
   The loss is ``loss_fn(outputs=..., batch=..., loss_config=...)`` of the
   method. Metrics: ``loss``, every weighted term, ``grad_norm`` and
   ``finite`` (1.0 when loss and gradient norm are finite), all float32
   scalars, replicated.
+
+  ``frozen`` names top-level parameter subtrees that are constants of the
+  loss (``stop_gradient``): their gradient is exactly 0 and, because JAX
+  then emits no backward pass for them, a frozen encoder costs only its
+  forward pass (their BatchNorm statistics still update). Pair it with an
+  ``lr_multipliers`` factor of 0 (:func:`frozen_subtrees`) so that weight
+  decay does not move them either.
   """
   loss_config = dict(loss_config)
+  frozen = frozenset(frozen)
 
   def step_fn(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     has_bs = bool(state.batch_stats)
+    missing = sorted(frozen - set(state.params))
+    if missing:
+      raise ValueError(f"frozen parameter subtrees {missing} are not in the "
+                       f"model's parameters {sorted(state.params)}")
 
     def compute_loss(params):
+      if frozen:
+        params = {k: jax.lax.stop_gradient(v) if k in frozen else v
+                  for k, v in params.items()}
       variables = {"params": params}
       if has_bs:
         variables["batch_stats"] = state.batch_stats
@@ -469,7 +535,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   train_step = make_train_step(model=model, loss_fn=spec.loss_fn,
                                loss_config=loss_config, mesh=mesh,
-                               state_shardings=shardings)
+                               state_shardings=shardings,
+                               frozen=frozen_subtrees(config.optimizer))
   if eval_fn is None and int(tcfg.get("eval_every", 0) or 0) > 0:
     eval_fn = _default_eval_fn(config, model, mesh)
 

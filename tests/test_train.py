@@ -5,6 +5,7 @@ and mixed precision."""
 import glob
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -126,6 +127,74 @@ def test_schedules_match_formulas():
     train.make_schedule(_opt_config(schedule="linear"), n)
   with pytest.raises(ValueError, match="optimizer.name"):
     train.make_optimizer(_opt_config(name="rmsprop"), n)
+
+
+def test_lr_multipliers_scale_and_freeze_named_subtrees():
+  params = {"backbone": {"w": jnp.asarray(P0)}, "head": jnp.asarray(P0),
+            "other": jnp.asarray(P0)}
+  grads = {k: jax.tree_util.tree_map(lambda _: jnp.asarray(GRADS[0]), v)
+           for k, v in params.items()}
+  cfg = _opt_config(weight_decay=0.01,
+                    lr_multipliers={"backbone": 0.0, "head": 0.25})
+  tx, _ = train.make_optimizer(cfg, 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # One Adam step with L2 decay, as the NumPy reference.
+  full = _np_adam(P0, GRADS[:1], lr=0.1, wd=0.01, decoupled=False)[0] - P0
+  np.testing.assert_array_equal(np.asarray(updates["backbone"]["w"]), 0.0)
+  np.testing.assert_allclose(np.asarray(updates["head"]), 0.25 * full,
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(updates["other"]), full, rtol=1e-5)
+  bad, _ = train.make_optimizer(_opt_config(lr_multipliers={"encoder": 0.1}),
+                                10)
+  with pytest.raises(ValueError, match=r"lr_multipliers names \['encoder'\]"):
+    bad.init(params)
+
+
+class _TwoPart(nn.Module):
+  """'backbone' conv -> ReLU -> 'head' conv, for freezing tests."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    del train
+    b, k, h, w, _ = images.shape
+    x = nn.relu(nn.Conv(4, (3, 3), name="backbone")(
+        images.reshape(b * k, h, w, 3)))
+    return rh.ToyOutput(mask_logits=nn.Conv(1, (1, 1), name="head")(
+        x).reshape(b, k, h, w, 1))
+
+
+def test_frozen_subtrees_get_no_gradient_and_no_backward_pass():
+  model = _TwoPart()
+  batch = rh.make_batches(1)[0]
+  cfg = _opt_config(name="sgd", momentum=0.0, weight_decay=0.01,
+                    lr_multipliers={"backbone": 0.0, "head": 1.0})
+  assert train.frozen_subtrees(cfg) == ("backbone",)
+  states, counts = [], []
+  for frozen in ((), ("backbone",)):
+    tx, _ = train.make_optimizer(cfg, 10)
+    state, _ = train.create_train_state(
+        model=model, tx=tx, rng=jax.random.PRNGKey(0),
+        sample_shape=(1, 2, 8, 8, 3))
+    step = train.make_train_step(model=model, loss_fn=rh.toy_loss,
+                                 loss_config={"bce": 1.0}, donate=False,
+                                 frozen=frozen)
+    counts.append(str(jax.make_jaxpr(step)(state, batch)).count(
+        "conv_general_dilated"))
+    p0 = jax.device_get(state.params)
+    state, metrics = step(state, batch)
+    states.append((p0, jax.device_get(state.params), metrics))
+  (p0, free, m_free), (_, frz, m_frz) = states
+  # Frozen: the backbone does not move; the head's update is unchanged.
+  jax.tree.map(np.testing.assert_array_equal, frz["backbone"], p0["backbone"])
+  jax.tree.map(np.testing.assert_allclose, frz["head"], free["head"])
+  assert float(m_frz["grad_norm"]) < float(m_free["grad_norm"])
+  # Forward 2 convs; backward: head weight + head input + backbone weight
+  # grads when trained, only the head weight grad when frozen.
+  assert counts == [5, 3], counts
+  with pytest.raises(ValueError, match=r"frozen parameter subtrees \['enc'\]"):
+    train.make_train_step(model=model, loss_fn=rh.toy_loss,
+                          loss_config={"bce": 1.0}, donate=False,
+                          frozen=("enc",))(state, batch)
 
 
 def test_grad_accumulation_equals_bigger_batch():
