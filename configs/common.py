@@ -126,6 +126,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # initialise this run. Optimiser state and step start fresh.
   config.init.from_checkpoint = config_dict.placeholder(str)
 
+  # Optional first stage (coseg_jax.encoder_pretrain): train the encoder to
+  # name the class of every pixel inside the training masks, then start the
+  # co-segmentation run from it. A stand-in for ImageNet weights where none
+  # exist (the demo's tiny encoder); num_steps 0 disables it.
+  config.pretrain_encoder = ml_collections.ConfigDict()
+  config.pretrain_encoder.num_steps = 0
+  config.pretrain_encoder.global_batch_size = 16  # groups (K images each)
+  config.pretrain_encoder.learning_rate = 3e-3  # Adam, cosine to 0
+  config.pretrain_encoder.warmup_steps = 0
+  config.pretrain_encoder.weight_decay = 1e-4  # decoupled (AdamW)
+  config.pretrain_encoder.levels = ("stride8", "stride16", "stride32")
+  config.pretrain_encoder.subdir = "encoder_pretrain"  # under the workdir
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # size of the 'data' axis; -1 = all devices
   # Multi-host: coordinator 'host:port', process count and id. Left None,

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from coseg_jax import checkpoint as ckpt_lib
+from coseg_jax import encoder_pretrain
 from coseg_jax import logging_utils
 from coseg_jax import models
 from coseg_jax import sharding as sharding_lib
@@ -500,6 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   configure_determinism(config)
   sharding_lib.maybe_initialize_distributed(config.get("mesh"))
+  # A fresh run with config.pretrain_encoder first trains its encoder.
+  config = encoder_pretrain.maybe_pretrain(config, workdir)
   spec = models.get_method(config.method)
   model = spec.build_model(config.model)
   loss_config = dict(config.loss) if config.loss else dict(spec.default_loss)

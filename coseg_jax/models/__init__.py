@@ -75,6 +75,7 @@ _METHOD_MODULES = (
     "coseg_jax.models.coattention",
     "coseg_jax.models.cyclesegnet",
     "coseg_jax.models.macosnet",
+    "coseg_jax.models.dense_category",
 )
 _loaded = False
 
