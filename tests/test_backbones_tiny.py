@@ -1,5 +1,6 @@
 """Tests for the registry and the tiny backbone."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,3 +23,24 @@ def test_tiny_shapes_and_truncation():
   assert out.features["stride16"].shape == (2, 4, 3, 64)
   assert out.pooled.shape == (2, 64)
   assert out.logits is None
+
+
+def test_group_features_shares_one_backbone_over_the_group():
+  class Wrapper(nn.Module):
+
+    @nn.compact
+    def __call__(self, images):
+      return backbones.group_features(self, "tiny", images, train=False,
+                                      dtype=jnp.float32,
+                                      kwargs={"widths": (4, 4, 8, 8, 8)})
+
+  x = jax.random.uniform(jax.random.key(0), (2, 3, 32, 32, 3))
+  variables = Wrapper().init(jax.random.key(1), x)
+  assert set(variables["params"]) == {"backbone"}
+  feats = Wrapper().apply(variables, x)
+  direct = backbones.get_backbone("tiny", widths=(4, 4, 8, 8, 8)).apply(
+      {k: v["backbone"] for k, v in variables.items()},
+      x.reshape(6, 32, 32, 3)).features
+  assert feats["stride8"].shape == (6, 4, 4, 8)
+  for level in direct:
+    np.testing.assert_array_equal(feats[level], direct[level])

@@ -6,9 +6,10 @@ output type and the feature naming scheme shared by every family, and
 (``load_pretrained(name, path, **kwargs)``).
 """
 
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import flax.linen as nn
+import jax
 
 from coseg_jax.backbones import base
 from coseg_jax.backbones import efficientnet_lite
@@ -56,3 +57,33 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
     raise ValueError(
         f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
   return _REGISTRY[name](**kwargs)
+
+
+def group_features(parent: nn.Module, name: str, images: jax.Array, *,
+                   train: bool, dtype: Any,
+                   kwargs: Optional[Mapping[str, Any]] = None
+                   ) -> Dict[str, jax.Array]:
+  """Siamese encoding: one backbone, shared by every image of every group.
+
+  Call it from ``parent``'s compact method. The backbone becomes ``parent``'s
+  submodule ``'backbone'``, the name that weight loading
+  (``init.backbone_weights``) and ``init.from_checkpoint`` rely on; the K
+  images of a group are folded into the batch axis.
+
+  Args:
+    parent: the model module calling it.
+    name: backbone name for :func:`get_backbone`.
+    images: [B, K, H, W, 3] in [0, 1].
+    train: BatchNorm in training mode.
+    dtype: computation dtype.
+    kwargs: further backbone attributes (``widths``, ``truncate_at``...).
+
+  Returns:
+    The backbone's features {level: [B * K, h, w, C]}.
+  """
+  b, k, h, w, c = images.shape
+  # get_backbone's first argument is called `name`, so the submodule name is
+  # set by cloning.
+  encoder = get_backbone(name, dtype=dtype, **dict(kwargs or {})).clone(
+      parent=parent, name="backbone")
+  return encoder(images.reshape(b * k, h, w, c), train=train).features

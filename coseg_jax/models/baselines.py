@@ -99,12 +99,9 @@ class SiameseCoseg(nn.Module):
       raise ValueError(f"exchange must be one of {EXCHANGES}, got "
                        f"{self.exchange!r}")
     b, k, h, w, _ = images.shape
-    # get_backbone's first argument is called `name`, so the submodule name
-    # is set by cloning (params live under 'backbone' for weight loading).
-    encoder = backbones.get_backbone(
-        self.backbone, dtype=self.dtype,
-        **dict(self.backbone_kwargs or {})).clone(parent=self, name="backbone")
-    feats = encoder(images.reshape(b * k, h, w, 3), train=train).features
+    feats = backbones.group_features(self, self.backbone, images, train=train,
+                                     dtype=self.dtype,
+                                     kwargs=self.backbone_kwargs)
     x = feats["stride32"]
     if self.exchange != "none":
       c = x.shape[-1]

@@ -209,11 +209,9 @@ class CoSegNet(nn.Module):
     b, k, h, w, _ = images.shape
     if k < 2:
       raise ValueError(f"CoSegNet needs groups of K >= 2 images, got K={k}")
-    encoder = backbones.get_backbone(
-        self.backbone, dtype=self.dtype,
-        **dict(self.backbone_kwargs or {})).clone(parent=self, name="backbone")
-    f = encoder(images.reshape(b * k, h, w, 3), train=train).features[
-        "stride32"]
+    f = backbones.group_features(self, self.backbone, images, train=train,
+                                 dtype=self.dtype,
+                                 kwargs=self.backbone_kwargs)["stride32"]
     x = f
     if self.variant == "concat":
       fh, fw, fc = f.shape[1:]

@@ -276,10 +276,9 @@ class CycleSegNet(nn.Module):
       features {level: [B*K, h, w, C]}).
     """
     b, k, h, w, _ = images.shape
-    encoder = backbones.get_backbone(
-        self.backbone, dtype=self.dtype,
-        **dict(self.backbone_kwargs or {})).clone(parent=self, name="backbone")
-    feats = encoder(images.reshape(b * k, h, w, 3), train=train).features
+    feats = backbones.group_features(self, self.backbone, images, train=train,
+                                     dtype=self.dtype,
+                                     kwargs=self.backbone_kwargs)
     out = {}
     for level in self.levels:
       if level not in feats:

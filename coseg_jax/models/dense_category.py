@@ -88,10 +88,9 @@ class DenseCategoryNet(nn.Module):
       raise ValueError(f"DenseCategoryNet.num_classes must be >= 2, got "
                        f"{self.num_classes}")
     b, k, h, w, _ = images.shape
-    encoder = backbones.get_backbone(
-        self.backbone, dtype=self.dtype,
-        **dict(self.backbone_kwargs or {})).clone(parent=self, name="backbone")
-    feats = encoder(images.reshape(b * k, h, w, 3), train=train).features
+    feats = backbones.group_features(self, self.backbone, images, train=train,
+                                     dtype=self.dtype,
+                                     kwargs=self.backbone_kwargs)
     total = 0.0
     for level in self.levels:
       if level not in feats:
