@@ -52,7 +52,7 @@ def test_cyclesegnet_notebook_runs(tmp_path, monkeypatch):
   assert "trained here: finished at step 4" in outputs
   assert "loaded checkpoint step 4" in outputs
   assert "attends to image B's regions with weights" in outputs
-  assert "(sum 1.000)" in outputs  # a softmax row over the regions
+  assert "sum 1.000)" in outputs  # a softmax row over the regions
   # The demo's N = 3 refinement steps (also in runlocal), one line each.
   for t in (1, 2, 3):
     assert f"after refinement step {t}:" in outputs
