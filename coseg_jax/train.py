@@ -163,11 +163,11 @@ def make_optimizer(optimizer_config, num_steps: int
     4. decoupled decay (AdamW/SGDW; 'adamw' or ``decoupled_weight_decay``):
        u <- u + wd * p after the moments (never rescaled by Adam);
     5. scale by -learning_rate(schedule);
-  6. ``lr_multipliers`` ({top-level parameter name: factor}, e.g.
-     ``{'backbone': 0.1}``): that subtree's whole update (decay included) is
-     multiplied by the factor; 0 freezes it (its BatchNorm statistics still
-     update in training mode). Names the parameters do not have are an error
-     at ``init``.
+    6. ``lr_multipliers`` ({top-level parameter name: factor}, e.g.
+       ``{'backbone': 0.1}``): that subtree's whole update (decay included)
+       is multiplied by the factor; 0 freezes it (its BatchNorm statistics
+       still update in training mode). Names the parameters do not have are
+       an error at ``init``.
   Weight decay applies to every parameter. With ``grad_accum_steps`` k > 1
   the whole chain is wrapped in ``optax.MultiSteps``: the mean gradient of k
   consecutive micro-batches makes one update.

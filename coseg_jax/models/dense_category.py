@@ -138,15 +138,6 @@ def loss_fn(*, outputs: DenseCategoryOutput, batch, loss_config):
   return losses.compute_total_loss(terms, dict(loss_config))
 
 
-def pixel_accuracy(logits: jax.Array, class_ids: jax.Array,
-                   masks: jax.Array) -> jax.Array:
-  """Fraction of mask pixels whose argmax class is the image's class."""
-  lead = logits.shape[:4]
-  weight = masks.reshape(lead).astype(jnp.float32)
-  hit = jnp.argmax(logits, -1) == class_ids[:, :, None, None]
-  return jnp.sum(hit * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
 def build_model(model_config: ml_collections.ConfigDict) -> DenseCategoryNet:
   """``config.model`` -> :class:`DenseCategoryNet` (needs ``num_classes``)."""
   get = model_config.get
