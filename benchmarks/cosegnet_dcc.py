@@ -176,9 +176,26 @@ def parse_loss_weights(spec: Optional[str]) -> Optional[Dict[str, float]]:
   return weights
 
 
+def apply_training_options(train_cfg, *, loss=None, freeze_encoder=False):
+  """--loss and --freeze_encoder on a training config (in place)."""
+  if loss:
+    # Every term the method knows must be named, so that a typo cannot leave
+    # a term at its default weight unnoticed.
+    missing = set(train_cfg.loss) - set(loss)
+    unknown = set(loss) - set(train_cfg.loss)
+    if missing or unknown:
+      raise ValueError(f"--loss must give every term of {sorted(train_cfg.loss)}"
+                       f"; missing {sorted(missing)}, unknown {sorted(unknown)}")
+    train_cfg.loss = dict(loss)
+  if freeze_encoder:
+    # The pretrained encoder stays as loaded; the step skips its backward.
+    train_cfg.optimizer.lr_multipliers = {"backbone": 0.0}
+  return train_cfg
+
+
 def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
         num_pairs=200, train_minutes=None, builder_config="small64",
-        batch=8, max_groups=None, loss=None):
+        batch=8, max_groups=None, loss=None, freeze_encoder=False):
   import jax  # pylint: disable=g-import-not-at-top
   from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from coseg_jax import train  # pylint: disable=g-import-not-at-top
@@ -195,21 +212,14 @@ def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
                           image_size=image_size)
   if max_groups:
     eval_cfg.eval.max_groups = max_groups
-  if loss:
-    # Every term the method knows must be named, so that a typo cannot leave
-    # a term at its default weight unnoticed.
-    missing = set(train_cfg.loss) - set(loss)
-    unknown = set(loss) - set(train_cfg.loss)
-    if missing or unknown:
-      raise ValueError(f"--loss must give every term of {sorted(train_cfg.loss)}"
-                       f"; missing {sorted(missing)}, unknown {sorted(unknown)}")
-    train_cfg.loss = dict(loss)
+  apply_training_options(train_cfg, loss=loss, freeze_encoder=freeze_encoder)
   report = {"kind": kind, "method": train_cfg.method,
             "image_size": train_cfg.data.image_size,
             "steps": int(train_cfg.train.num_steps),
             "batch": int(train_cfg.train.global_batch_size),
             "backbone": train_cfg.model.backbone,
             "loss": dict(train_cfg.loss),
+            "freeze_encoder": bool(freeze_encoder),
             "devices": str(jax.devices())}
   model, init_vars = initial_variables(train_cfg)
   t0 = time.time()
@@ -262,6 +272,8 @@ def main():
                  help="stop training (checkpoint + evaluate) after this")
   p.add_argument("--loss", default=None,
                  help="loss weights term=w,... (all terms), 'eq' or 'paper'")
+  p.add_argument("--freeze_encoder", action="store_true",
+                 help="keep the encoder fixed (optimizer.lr_multipliers 0)")
   p.add_argument("--json", default=None)
   args = p.parse_args()
   report = run(args.kind, args.method, args.workdir, steps=args.steps,
@@ -269,7 +281,8 @@ def main():
                num_pairs=args.num_pairs, train_minutes=args.train_minutes,
                builder_config=args.builder_config, batch=args.batch,
                max_groups=args.max_groups,
-               loss=parse_loss_weights(args.loss))
+               loss=parse_loss_weights(args.loss),
+               freeze_encoder=args.freeze_encoder)
   text = json.dumps(report, indent=1, sort_keys=True)
   print(text)
   if args.json:

@@ -435,3 +435,15 @@ def test_benchmark_loss_weight_spec():
       "mask_pos": 1.0, "triplet_pos": 0.5}
   with pytest.raises(ValueError, match="term=weight"):
     bench.parse_loss_weights("mask_pos")
+
+
+def test_benchmark_training_options():
+  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
+  cfg = bench.voc_config("cosegnet", "train")
+  assert not cfg.optimizer.lr_multipliers
+  weights = {t: 0.5 for t in cosegnet.LOSS_TERMS}
+  bench.apply_training_options(cfg, loss=weights, freeze_encoder=True)
+  assert dict(cfg.loss) == weights
+  assert dict(cfg.optimizer.lr_multipliers) == {"backbone": 0.0}
+  with pytest.raises(ValueError, match="missing"):
+    bench.apply_training_options(cfg, loss={"mask_pos": 1.0})
