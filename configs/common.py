@@ -59,6 +59,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.backbone = "tiny"
   # Extra keyword arguments for ``get_backbone`` (e.g. output stride).
   config.model.backbone_kwargs = ml_collections.ConfigDict()
+  # True: the backbone runs in evaluation mode during training too (BatchNorm
+  # on its loaded running statistics, no dropout): for a frozen encoder.
+  config.model.backbone_eval_mode = False
   config.model.dtype = "float32"
 
   config.data = _data_config()

@@ -44,3 +44,63 @@ def test_group_features_shares_one_backbone_over_the_group():
   assert feats["stride8"].shape == (6, 4, 4, 8)
   for level in direct:
     np.testing.assert_array_equal(feats[level], direct[level])
+
+
+class _GroupEncoder(nn.Module):
+  eval_mode: bool = False
+
+  @nn.compact
+  def __call__(self, images, train):
+    return backbones.group_features(self, "tiny", images, train=train,
+                                    dtype=jnp.float32,
+                                    kwargs={"widths": (4, 4, 8, 8, 8)},
+                                    eval_mode=self.eval_mode)
+
+
+def test_group_features_eval_mode_keeps_batchnorm_statistics():
+  x = jax.random.uniform(jax.random.key(0), (2, 2, 32, 32, 3))
+  variables = _GroupEncoder().init(jax.random.key(1), x, train=False)
+  # Perturbed running statistics, so that batch statistics differ from them.
+  variables = dict(variables, batch_stats=jax.tree.map(
+      lambda s: s + 0.3, variables["batch_stats"]))
+  at_eval = _GroupEncoder().apply(variables, x, train=False)
+  frozen, frozen_vars = _GroupEncoder(eval_mode=True).apply(
+      variables, x, train=True, mutable=["batch_stats"])
+  live, live_vars = _GroupEncoder().apply(variables, x, train=True,
+                                          mutable=["batch_stats"])
+  for level in at_eval:
+    np.testing.assert_array_equal(frozen[level], at_eval[level])
+  jax.tree.map(np.testing.assert_array_equal, frozen_vars["batch_stats"],
+               variables["batch_stats"])
+  # Without it, training mode normalises by the batch and moves the stats.
+  assert not np.allclose(live["stride32"], at_eval["stride32"])
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b),
+                       live_vars["batch_stats"], variables["batch_stats"])
+  assert all(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("method,config_module,arg", [
+    ("cyclesegnet", "cyclesegnet_voc2012", "runlocal"),
+    ("cosegnet", "cosegnet_voc", "cosegnet,runlocal"),
+    ("cosegnet_base", "cosegnet_voc", "base,runlocal"),
+    ("baseline", "baselines", "baseline,runlocal"),
+    ("dense_category", None, None),
+])
+def test_models_read_backbone_eval_mode_from_the_config(method, config_module,
+                                                        arg):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from coseg_jax import models  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  if config_module:
+    config = importlib.import_module(f"configs.{config_module}").get_config(
+        arg)
+  else:
+    config = common.get_base_config()
+    config.method = method
+    config.model.num_classes = 3
+  assert config.method == method
+  assert config.model.backbone_eval_mode is False
+  build = models.get_method(method).build_model
+  assert build(config.model).backbone_eval_mode is False
+  config.model.backbone_eval_mode = True
+  assert build(config.model).backbone_eval_mode is True

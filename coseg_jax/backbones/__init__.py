@@ -61,8 +61,8 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
 
 def group_features(parent: nn.Module, name: str, images: jax.Array, *,
                    train: bool, dtype: Any,
-                   kwargs: Optional[Mapping[str, Any]] = None
-                   ) -> Dict[str, jax.Array]:
+                   kwargs: Optional[Mapping[str, Any]] = None,
+                   eval_mode: bool = False) -> Dict[str, jax.Array]:
   """Siamese encoding: one backbone, shared by every image of every group.
 
   Call it from ``parent``'s compact method. The backbone becomes ``parent``'s
@@ -77,6 +77,11 @@ def group_features(parent: nn.Module, name: str, images: jax.Array, *,
     train: BatchNorm in training mode.
     dtype: computation dtype.
     kwargs: further backbone attributes (``widths``, ``truncate_at``...).
+    eval_mode: run the backbone as at evaluation even when ``train``:
+      BatchNorm on its running statistics (which then stay as loaded) and no
+      dropout. The usual setting for a frozen pretrained encoder, whose
+      features would otherwise depend on the other images of the batch and
+      on drop-connect noise.
 
   Returns:
     The backbone's features {level: [B * K, h, w, C]}.
@@ -86,4 +91,5 @@ def group_features(parent: nn.Module, name: str, images: jax.Array, *,
   # set by cloning.
   encoder = get_backbone(name, dtype=dtype, **dict(kwargs or {})).clone(
       parent=parent, name="backbone")
-  return encoder(images.reshape(b * k, h, w, c), train=train).features
+  return encoder(images.reshape(b * k, h, w, c),
+                 train=train and not eval_mode).features

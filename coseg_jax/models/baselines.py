@@ -76,6 +76,8 @@ class SiameseCoseg(nn.Module):
   Attributes:
     backbone: name for ``coseg_jax.backbones.get_backbone``.
     backbone_kwargs: extra backbone attributes.
+    backbone_eval_mode: run the backbone in evaluation mode during training
+      too (``backbones.group_features``); for a frozen encoder.
     exchange: 'none' (baseline), 'cat' (Mcat) or 'mul' (Mmul).
     decoder_widths: channels of the five decoder blocks.
     convs_per_block: 3x3 convs per decoder block.
@@ -84,6 +86,7 @@ class SiameseCoseg(nn.Module):
   """
   backbone: str = "tiny"
   backbone_kwargs: Optional[Mapping[str, Any]] = None
+  backbone_eval_mode: bool = False
   exchange: str = "none"
   decoder_widths: Sequence[int] = (64, 32, 32, 16, 16)
   convs_per_block: int = 1
@@ -101,7 +104,8 @@ class SiameseCoseg(nn.Module):
     b, k, h, w, _ = images.shape
     feats = backbones.group_features(self, self.backbone, images, train=train,
                                      dtype=self.dtype,
-                                     kwargs=self.backbone_kwargs)
+                                     kwargs=self.backbone_kwargs,
+                                     eval_mode=self.backbone_eval_mode)
     x = feats["stride32"]
     if self.exchange != "none":
       c = x.shape[-1]
@@ -129,6 +133,7 @@ def build_model(model_config: ml_collections.ConfigDict,
   return SiameseCoseg(
       backbone=get("backbone", "tiny"),
       backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
+      backbone_eval_mode=bool(get("backbone_eval_mode", False)),
       exchange=exchange,
       decoder_widths=tuple(get("decoder_widths", (64, 32, 32, 16, 16))),
       convs_per_block=get("convs_per_block", 1),

@@ -177,6 +177,8 @@ class CoSegNet(nn.Module):
     variant: 'conditional' (CoSegNet) or 'concat' (``cosegnet_base``).
     backbone: encoder name for ``backbones.get_backbone`` ('vgg16').
     backbone_kwargs: extra backbone attributes.
+    backbone_eval_mode: run the backbone in evaluation mode during training
+      too (``backbones.group_features``); for a frozen encoder.
     decoder_widths: channels of cT1..cT13.
     width_multiplier: scales the decoder widths (1.0 = paper; the small
       metric and decision nets keep their widths).
@@ -188,6 +190,7 @@ class CoSegNet(nn.Module):
   variant: str = "conditional"
   backbone: str = "vgg16"
   backbone_kwargs: Optional[Mapping[str, Any]] = None
+  backbone_eval_mode: bool = False
   decoder_widths: Sequence[int] = DECODER_WIDTHS
   width_multiplier: float = 1.0
   metric_layer: str = "cT9"
@@ -211,7 +214,8 @@ class CoSegNet(nn.Module):
       raise ValueError(f"CoSegNet needs groups of K >= 2 images, got K={k}")
     f = backbones.group_features(self, self.backbone, images, train=train,
                                  dtype=self.dtype,
-                                 kwargs=self.backbone_kwargs)["stride32"]
+                                 kwargs=self.backbone_kwargs,
+                                 eval_mode=self.backbone_eval_mode)["stride32"]
     x = f
     if self.variant == "concat":
       fh, fw, fc = f.shape[1:]
@@ -246,6 +250,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       variant=variant,
       backbone=get("backbone", "vgg16"),
       backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
+      backbone_eval_mode=bool(get("backbone_eval_mode", False)),
       decoder_widths=tuple(get("decoder_widths", DECODER_WIDTHS)),
       width_multiplier=float(get("width_multiplier", 1.0)),
       metric_layer=get("metric_layer", "cT9"),

@@ -198,6 +198,8 @@ class CycleSegNet(nn.Module):
   Attributes:
     backbone: name for ``coseg_jax.backbones.get_backbone``.
     backbone_kwargs: extra backbone attributes.
+    backbone_eval_mode: run the backbone in evaluation mode during training
+      too (``backbones.group_features``); for a frozen encoder.
     multi_level: refine strides 8/16/32 and fuse them while decoding.
     exchange: 'cycle' (Mcycle) or 'cross' (Mcross).
     num_steps: N, ConvLSTM refinement steps (paper: 7).
@@ -219,6 +221,7 @@ class CycleSegNet(nn.Module):
   """
   backbone: str = "resnet34"
   backbone_kwargs: Optional[Mapping[str, Any]] = None
+  backbone_eval_mode: bool = False
   multi_level: bool = False
   exchange: str = "cycle"
   num_steps: int = 7
@@ -278,7 +281,8 @@ class CycleSegNet(nn.Module):
     b, k, h, w, _ = images.shape
     feats = backbones.group_features(self, self.backbone, images, train=train,
                                      dtype=self.dtype,
-                                     kwargs=self.backbone_kwargs)
+                                     kwargs=self.backbone_kwargs,
+                                     eval_mode=self.backbone_eval_mode)
     out = {}
     for level in self.levels:
       if level not in feats:
@@ -380,6 +384,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
   return CycleSegNet(
       backbone=get("backbone", "resnet34"),
       backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
+      backbone_eval_mode=bool(get("backbone_eval_mode", False)),
       multi_level=bool(get("multi_level", False)),
       exchange=exchange,
       num_steps=int(get("num_steps", 7)),

@@ -69,12 +69,15 @@ class DenseCategoryNet(nn.Module):
     num_classes: C, the data set's number of classes.
     backbone: name for ``coseg_jax.backbones.get_backbone``.
     backbone_kwargs: its keyword arguments (as the co-segmentation model's).
+    backbone_eval_mode: run the backbone in evaluation mode during training
+      too (``backbones.group_features``); for a frozen encoder.
     levels: backbone feature levels with a head.
     dtype: computation dtype (logits are float32).
   """
   num_classes: int
   backbone: str = "tiny"
   backbone_kwargs: Optional[Mapping[str, Any]] = None
+  backbone_eval_mode: bool = False
   levels: Sequence[str] = DEFAULT_LEVELS
   dtype: Any = jnp.float32
 
@@ -90,7 +93,8 @@ class DenseCategoryNet(nn.Module):
     b, k, h, w, _ = images.shape
     feats = backbones.group_features(self, self.backbone, images, train=train,
                                      dtype=self.dtype,
-                                     kwargs=self.backbone_kwargs)
+                                     kwargs=self.backbone_kwargs,
+                                     eval_mode=self.backbone_eval_mode)
     total = 0.0
     for level in self.levels:
       if level not in feats:
@@ -148,6 +152,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> DenseCategoryNet:
       num_classes=int(model_config.num_classes),
       backbone=get("backbone", "tiny"),
       backbone_kwargs=dict(get("backbone_kwargs") or {}),
+      backbone_eval_mode=bool(get("backbone_eval_mode", False)),
       levels=tuple(get("levels") or DEFAULT_LEVELS),
       dtype=jnp.dtype(get("dtype", "float32")))
 
