@@ -188,14 +188,50 @@ def apply_training_options(train_cfg, *, loss=None, freeze_encoder=False):
                        f"; missing {sorted(missing)}, unknown {sorted(unknown)}")
     train_cfg.loss = dict(loss)
   if freeze_encoder:
-    # The pretrained encoder stays as loaded; the step skips its backward.
+    # The pretrained encoder stays as loaded: the step skips its backward,
+    # and it runs in evaluation mode (its BatchNorm statistics as loaded, no
+    # drop-connect), so its features do not depend on the batch.
     train_cfg.optimizer.lr_multipliers = {"backbone": 0.0}
+    train_cfg.model.backbone_eval_mode = True
   return train_cfg
+
+
+def parse_overrides(items) -> Dict[str, object]:
+  """``--set`` items ``"a.b=value"`` -> {"a.b": value}; values are Python
+  literals where they parse as one (1e-3, 'f', (1, 2), True), else strings."""
+  import ast  # pylint: disable=g-import-not-at-top
+  out = {}
+  for item in items or ():
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(f"--set {item!r}: expected field.path=value")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    out[key.strip()] = value
+  return out
+
+
+def apply_overrides(config, overrides: Dict[str, object]):
+  """Sets dotted config fields (in place); an unknown field is an error."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+      if name not in node:
+        raise ValueError(f"--set {key}: the config has no field {name!r}")
+      node = node[name]
+    if leaf not in node:
+      raise ValueError(f"--set {key}: the config has no field {leaf!r}")
+    node[leaf] = value
+  return config
 
 
 def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
         num_pairs=200, train_minutes=None, builder_config="small64",
-        batch=8, max_groups=None, loss=None, freeze_encoder=False):
+        batch=8, max_groups=None, loss=None, freeze_encoder=False,
+        overrides=None):
   import jax  # pylint: disable=g-import-not-at-top
   from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from coseg_jax import train  # pylint: disable=g-import-not-at-top
@@ -213,6 +249,9 @@ def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
   if max_groups:
     eval_cfg.eval.max_groups = max_groups
   apply_training_options(train_cfg, loss=loss, freeze_encoder=freeze_encoder)
+  # The same overrides on both: model fields must agree for the evaluation.
+  for cfg in {id(train_cfg): train_cfg, id(eval_cfg): eval_cfg}.values():
+    apply_overrides(cfg, overrides or {})
   report = {"kind": kind, "method": train_cfg.method,
             "image_size": train_cfg.data.image_size,
             "steps": int(train_cfg.train.num_steps),
@@ -220,6 +259,7 @@ def run(kind, method, workdir, *, steps=None, image_size=None, data_dir=None,
             "backbone": train_cfg.model.backbone,
             "loss": dict(train_cfg.loss),
             "freeze_encoder": bool(freeze_encoder),
+            "overrides": {k: repr(v) for k, v in (overrides or {}).items()},
             "devices": str(jax.devices())}
   model, init_vars = initial_variables(train_cfg)
   t0 = time.time()
@@ -273,7 +313,11 @@ def main():
   p.add_argument("--loss", default=None,
                  help="loss weights term=w,... (all terms), 'eq' or 'paper'")
   p.add_argument("--freeze_encoder", action="store_true",
-                 help="keep the encoder fixed (optimizer.lr_multipliers 0)")
+                 help="keep the encoder fixed (optimizer.lr_multipliers 0, "
+                      "model.backbone_eval_mode)")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override, e.g. optimizer.learning_rate=1e-3 or "
+                      "model.metric_layer='f' (repeatable; train and eval)")
   p.add_argument("--json", default=None)
   args = p.parse_args()
   report = run(args.kind, args.method, args.workdir, steps=args.steps,
@@ -282,7 +326,8 @@ def main():
                builder_config=args.builder_config, batch=args.batch,
                max_groups=args.max_groups,
                loss=parse_loss_weights(args.loss),
-               freeze_encoder=args.freeze_encoder)
+               freeze_encoder=args.freeze_encoder,
+               overrides=parse_overrides(args.set))
   text = json.dumps(report, indent=1, sort_keys=True)
   print(text)
   if args.json:

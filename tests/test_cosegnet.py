@@ -445,5 +445,28 @@ def test_benchmark_training_options():
   bench.apply_training_options(cfg, loss=weights, freeze_encoder=True)
   assert dict(cfg.loss) == weights
   assert dict(cfg.optimizer.lr_multipliers) == {"backbone": 0.0}
+  assert cfg.model.backbone_eval_mode is True
   with pytest.raises(ValueError, match="missing"):
     bench.apply_training_options(cfg, loss={"mask_pos": 1.0})
+
+
+def test_benchmark_config_overrides():
+  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
+  overrides = bench.parse_overrides([
+      "optimizer.learning_rate=1e-3", "model.metric_layer=f",
+      "model.metric_widths=(64, 32)", "train.progress_bar=True"])
+  assert overrides == {"optimizer.learning_rate": 1e-3,
+                       "model.metric_layer": "f",
+                       "model.metric_widths": (64, 32),
+                       "train.progress_bar": True}
+  cfg = bench.voc_config("cosegnet", "train")
+  bench.apply_overrides(cfg, overrides)
+  assert cfg.optimizer.learning_rate == 1e-3
+  assert cfg.model.metric_layer == "f"
+  assert tuple(cfg.model.metric_widths) == (64, 32)
+  with pytest.raises(ValueError, match="no field 'metric_layr'"):
+    bench.apply_overrides(cfg, {"model.metric_layr": "f"})
+  with pytest.raises(ValueError, match="no field 'modl'"):
+    bench.apply_overrides(cfg, {"modl.metric_layer": "f"})
+  with pytest.raises(ValueError, match="field.path=value"):
+    bench.parse_overrides(["learning_rate"])
