@@ -28,6 +28,10 @@ learn 500 images' worth of objects); Adam at 1e-4 instead of SGD 1e-5 / Adam
 13-layer decoder structure at a width multiplier (1/8 for ``cpu``) and the
 metric net on cT9; DCC matches Lite0's stride-16 map (112 channels) with
 kernels 1, 3, 5. ``cpu``: 128 px inputs, batch 4, 400 steps.
+The CoSegNet runs recorded in benchmarks/RESULTS.md (session 7) add, through
+``benchmarks/cosegnet_dcc.py`` flags: ``--freeze_encoder`` (lr multiplier 0
+and ``model.backbone_eval_mode``), ``--loss`` with mask weight 1,
+``--set optimizer.learning_rate=1e-3`` and ``--steps 2000``.
 """
 
 from configs import common

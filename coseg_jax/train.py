@@ -285,7 +285,9 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
   ``frozen`` names top-level parameter subtrees that are constants of the
   loss (``stop_gradient``): their gradient is exactly 0 and, because JAX
   then emits no backward pass for them, a frozen encoder costs only its
-  forward pass (their BatchNorm statistics still update). Pair it with an
+  forward pass (their BatchNorm statistics still update unless the model
+  runs its backbone in evaluation mode, ``model.backbone_eval_mode``). Pair
+  it with an
   ``lr_multipliers`` factor of 0 (:func:`frozen_subtrees`) so that weight
   decay does not move them either.
   """
