@@ -287,9 +287,8 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
   then emits no backward pass for them, a frozen encoder costs only its
   forward pass (their BatchNorm statistics still update unless the model
   runs its backbone in evaluation mode, ``model.backbone_eval_mode``). Pair
-  it with an
-  ``lr_multipliers`` factor of 0 (:func:`frozen_subtrees`) so that weight
-  decay does not move them either.
+  it with an ``lr_multipliers`` factor of 0 (:func:`frozen_subtrees`) so
+  that weight decay does not move them either.
   """
   loss_config = dict(loss_config)
   frozen = frozenset(frozen)
