@@ -115,6 +115,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.strategy = "pairs"  # 'pairs' | 'a' | 'b' | 'c' | 'd' (CycleSegNet 4.3)
   config.eval.group_size = 2
   config.eval.threshold = 0.5
+  # How a probability map becomes a mask: 'threshold' (eval.threshold), or
+  # 'otsu' | 'crf' | 'grabcut' (coseg_jax.postprocess; 'crf' needs the crf
+  # extra). Used by --mode eval and --mode predict.
+  config.eval.postprocess = "threshold"
   config.eval.max_groups = -1  # -1 = all
   config.eval.batch_size = 8
 

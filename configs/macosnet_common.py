@@ -15,6 +15,10 @@ argument ``[runlocal][,lite0][,no_<term>]...``:
   0 (``no_cycle``, ``no_transitivity``, ``no_contrastive``,
   ``no_cross_consistency``, ``no_matching``).
 
+Soft masks become binary by ``config.eval.postprocess``: the 0.5 threshold,
+or Otsu, dense CRF or GrabCut (``coseg_jax.postprocess``), in ``--mode eval``
+and ``--mode predict``.
+
 Paper settings (Sec. 4.1/5 of the TPAMI paper and the authors' code): 240 x 240
 input, ResNet-101 up to layer3 (frozen), Adam, 100 sampled points for the
 consistency losses, phi = 1, margin m = 2.
@@ -117,6 +121,9 @@ def base(arg, *, weights, dataset: str):
   config.eval.strategy = "pairs"
   config.eval.batch_size = 8
   config.eval.threshold = 0.5
+  # Soft masks -> binary: the 0.5 threshold by default; 'otsu', 'crf' or
+  # 'grabcut' (coseg_jax.postprocess) with --config.eval.postprocess=...
+  config.eval.postprocess = "threshold"
   config.predict.image_size = 240
   pretrained_init(config, lite0)
   if runlocal:

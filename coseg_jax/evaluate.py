@@ -24,6 +24,10 @@ Choices the papers leave open:
   applied after resizing the probabilities (bilinear) back to the original
   size, so the score never depends on the network's input size.
   A method's ``predict_fn`` may post-process the probabilities first.
+  ``config.eval.postprocess`` ('threshold' by default, or 'otsu', 'crf',
+  'grabcut' from ``coseg_jax.postprocess``) replaces the fixed threshold by
+  that conversion of the restored map, with the original image for CRF and
+  GrabCut (``config.eval.postprocess_kwargs``, if present, holds its options).
 - An image that occurs in several groups (all pairs, strategies a-d) gets the
   mean of its probability maps over those groups, then one threshold, then one
   score: each image counts once in every figure. Datasets whose target depends
@@ -173,13 +177,45 @@ def _record_class(record, group_records) -> int:
   return min(shared) if shared else -1
 
 
+def make_binarizer(*, postprocess: str = "threshold", threshold: float = 0.5,
+                   postprocess_kwargs: Optional[Dict[str, Any]] = None
+                   ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+  """(image [H, W, 3], probability [H, W]) -> bool foreground [H, W].
+
+  Args:
+    postprocess: one of ``coseg_jax.postprocess.METHODS``; 'threshold' keeps
+      ``probability >= threshold``.
+    threshold: the threshold of 'threshold' (the other methods choose their
+      own split).
+    postprocess_kwargs: options of the method (e.g. ``{'iterations': 10}``
+      for 'crf'); 'threshold' takes none.
+
+  Raises:
+    ValueError: naming ``eval.postprocess`` for an unknown method.
+  """
+  from coseg_jax import postprocess as pp  # pylint: disable=g-import-not-at-top
+  if postprocess not in pp.METHODS:
+    raise ValueError(f"eval.postprocess must be one of {pp.METHODS}, got "
+                     f"{postprocess!r}")
+  kwargs = dict(postprocess_kwargs or {})
+  if postprocess == "threshold":
+    if kwargs:
+      raise ValueError("eval.postprocess_kwargs: 'threshold' takes no options"
+                       f" (set eval.threshold), got {sorted(kwargs)}")
+    return lambda image, prob: np.asarray(prob) >= threshold
+  return lambda image, prob: pp.binarize(postprocess, image, prob, **kwargs)
+
+
 def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
                     source, groups: Sequence[Sequence[int]],
                     score: Optional[Sequence[Sequence[bool]]] = None,
                     group_classes: Optional[Sequence[int]] = None,
                     image_size, resize: str = "stretch",
                     threshold: float = 0.5, batch_size: int = 8,
-                    class_names: Sequence[str] = ()) -> Dict[str, Any]:
+                    class_names: Sequence[str] = (),
+                    postprocess: str = "threshold",
+                    postprocess_kwargs: Optional[Dict[str, Any]] = None
+                    ) -> Dict[str, Any]:
   """Scores a model on explicit groups of records (the testable core).
 
   Args:
@@ -201,11 +237,16 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
     threshold: foreground threshold on the restored probabilities.
     batch_size: groups per model call.
     class_names: names for the class ids (for the per-class table).
+    postprocess, postprocess_kwargs: how a restored probability map becomes
+      a mask (``make_binarizer``; the default is the threshold).
 
   Returns:
-    the labelled figures of ``summarise`` plus 'threshold', 'num_groups'
-    and 'combine' (how repeated predictions of an image were combined).
+    the labelled figures of ``summarise`` plus 'threshold', 'postprocess',
+    'num_groups' and 'combine' (how repeated predictions of an image were
+    combined).
   """
+  binarize = make_binarizer(postprocess=postprocess, threshold=threshold,
+                            postprocess_kwargs=postprocess_kwargs)
   groups = [tuple(int(i) for i in g) for g in groups]
   if not groups:
     raise ValueError("no evaluation groups (empty split or max_groups=0)")
@@ -254,7 +295,7 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
             continue
           prob = restore_size(group_probs[k], load(i)[2])
           if per_group_target:
-            s = score_image(pred=prob >= threshold,
+            s = score_image(pred=binarize(recs[k]["image"], prob),
                             gt=_record_target(recs[k], recs))
             occurrences.append((s, class_of(gi, k, recs)))
           else:
@@ -265,12 +306,13 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
     for i in sorted(sums):
       rec = load(i)[0]
       mean_prob = sums[i] / counts[i]
-      occurrences.append((score_image(pred=mean_prob >= threshold,
+      occurrences.append((score_image(pred=binarize(rec["image"], mean_prob),
                                       gt=_record_target(rec, [rec])),
                           image_class[i]))
   results = summarise([s for s, _ in occurrences],
                       [c for _, c in occurrences], class_names)
-  results.update(threshold=float(threshold), num_groups=len(groups),
+  results.update(threshold=float(threshold), postprocess=postprocess,
+                 num_groups=len(groups),
                  combine=("per (group, image) occurrence" if per_group_target
                           else "mean of probabilities over an image's groups"))
   return results
@@ -313,10 +355,12 @@ def format_results(results: Dict[str, Any]) -> str:
   for key in ("avg_J_over_classes", "avg_P_over_classes", "mean_J_per_image",
               "mean_P_per_image", "pooled_J"):
     lines.append(f"{key:<32}{results[key]:>10.4f}")
+  method = results.get("postprocess", "threshold")
+  rule = (f"probability >= {results['threshold']:g}" if method == "threshold"
+          else f"{method} of the probability map")
   lines.append(f"{results['num_images']} images, {results['num_classes']} "
                f"classes, {results['num_groups']} groups; foreground = "
-               f"probability >= {results['threshold']:g} at original size; "
-               f"{results['combine']}")
+               f"{rule} at original size; {results['combine']}")
   return "\n".join(lines)
 
 
@@ -360,6 +404,13 @@ def make_predict_batch(*, config, model, variables, mesh=None
   return predict_batch
 
 
+def _to_dict(value) -> Dict[str, Any]:
+  """A ConfigDict / dict / None of options -> plain dict."""
+  if value is None:
+    return {}
+  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
 def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
                      max_groups: Optional[int] = None, mesh=None,
                      verbose: bool = True) -> Dict[str, Any]:
@@ -376,7 +427,7 @@ def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
 
   Returns:
     dict (see ``summarise``) plus 'split', 'strategy', 'threshold',
-    'num_groups', 'seconds'.
+    'postprocess', 'num_groups', 'seconds'.
   """
   from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -400,7 +451,9 @@ def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
       source=source, groups=groups, score=score, group_classes=classes,
       image_size=data.image_size, resize=data.get("resize", "stretch"),
       threshold=config.eval.threshold, batch_size=batch_size,
-      class_names=class_names)
+      class_names=class_names,
+      postprocess=config.eval.get("postprocess", "threshold"),
+      postprocess_kwargs=_to_dict(config.eval.get("postprocess_kwargs")))
   results.update(split=split, strategy=config.eval.strategy,
                  seconds=time.time() - start)
   if verbose:

@@ -156,6 +156,12 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
     if config.eval.strategy not in strategies:
       raise UsageError(f"config.eval.strategy must be one of {strategies}, "
                        f"got {config.eval.strategy!r}")
+  if mode in ("train", "eval", "predict"):
+    from coseg_jax import postprocess  # pylint: disable=g-import-not-at-top
+    method = config.eval.get("postprocess", "threshold")
+    if method not in postprocess.METHODS:
+      raise UsageError(f"config.eval.postprocess must be one of "
+                       f"{postprocess.METHODS}, got {method!r}")
   if mode in ("eval", "predict") and not _checkpoint_steps(workdir):
     raise UsageError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}"
                      f" (train first with --mode train --workdir {workdir})")

@@ -13,7 +13,9 @@ the foreground probabilities back to each image's original size:
   methods and the default.
 
 Then foreground = probability >= ``config.eval.threshold`` (0.5 unless the
-method's ``predict_fn`` decides otherwise) at the original resolution.
+method's ``predict_fn`` decides otherwise) at the original resolution, or the
+conversion ``config.eval.postprocess`` names (Otsu, dense CRF, GrabCut; see
+``coseg_jax.evaluate.make_binarizer``).
 
 Files written into ``out_dir``:
 - ``masks/<name>.png``: uint8 single-channel mask, 0 background / 255
@@ -144,13 +146,17 @@ def cosegment_images(*, predict_batch: Callable[[np.ndarray], np.ndarray],
 
 def write_outputs(*, paths: Sequence[str], images: Sequence[np.ndarray],
                   probabilities: Sequence[np.ndarray], threshold: float,
-                  out_dir: str) -> List[str]:
+                  out_dir: str, postprocess: str = "threshold",
+                  postprocess_kwargs=None) -> List[str]:
   """Writes masks, overlays and the contact sheet; returns the file paths."""
+  binarize = evaluate.make_binarizer(postprocess=postprocess,
+                                     threshold=threshold,
+                                     postprocess_kwargs=postprocess_kwargs)
   os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
   os.makedirs(os.path.join(out_dir, "overlays"), exist_ok=True)
   written, tiles, labels = [], [], []
   for name, image, prob in zip(_output_names(paths), images, probabilities):
-    mask = np.where(prob >= threshold, 255, 0).astype(np.uint8)
+    mask = np.where(binarize(image, prob), 255, 0).astype(np.uint8)
     mask_path = os.path.join(out_dir, "masks", f"{name}.png")
     Image.fromarray(mask).save(mask_path)
     over = viz.overlay(image, mask)
@@ -177,7 +183,8 @@ def predict_folder(*, config, model, variables, images: str,
 
   Args:
     config: experiment config (``method``, ``predict.group_strategy``,
-      ``predict.image_size``, ``data.resize``, ``eval.threshold``).
+      ``predict.image_size``, ``data.resize``, ``eval.threshold``,
+      ``eval.postprocess``).
     model: the method's Flax module.
     variables: its variables.
     images: a folder or a glob pattern.
@@ -196,6 +203,9 @@ def predict_folder(*, config, model, variables, images: str,
       image_size=config.predict.image_size,
       resize=config.data.get("resize", "stretch"),
       batch_size=int(config.eval.get("batch_size", 8)))
-  return write_outputs(paths=paths, images=arrays, probabilities=probs,
-                       threshold=float(config.eval.threshold),
-                       out_dir=out_dir)
+  return write_outputs(
+      paths=paths, images=arrays, probabilities=probs,
+      threshold=float(config.eval.threshold), out_dir=out_dir,
+      postprocess=config.eval.get("postprocess", "threshold"),
+      postprocess_kwargs=evaluate._to_dict(  # pylint: disable=protected-access
+          config.eval.get("postprocess_kwargs")))

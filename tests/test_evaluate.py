@@ -286,3 +286,51 @@ def test_sharded_prediction_on_four_fake_devices(tmp_path):
   assert pooled == pytest.approx(ref["pooled_J"], abs=1e-9)
   assert mean_p == pytest.approx(ref["mean_P_per_image"], abs=1e-9)
   assert avg_j == pytest.approx(13 / 24)
+
+
+def test_make_binarizer_methods_and_errors():
+  from coseg_jax import postprocess  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+  prob = np.zeros((12, 10), np.float32)
+  prob[:6] = 0.3  # a bimodal map entirely below the 0.5 threshold
+  prob[6:] = 0.1
+  thr = evaluate.make_binarizer(threshold=0.25)
+  np.testing.assert_array_equal(thr(image, prob), prob >= 0.25)
+  np.testing.assert_array_equal(evaluate.make_binarizer()(image, prob),
+                                np.zeros_like(prob, bool))
+  otsu = evaluate.make_binarizer(postprocess="otsu")
+  np.testing.assert_array_equal(otsu(image, prob), prob > 0.2)
+  np.testing.assert_array_equal(otsu(image, prob),
+                                postprocess.otsu(prob))
+  grabcut = evaluate.make_binarizer(postprocess="grabcut",
+                                    postprocess_kwargs={"iterations": 2})
+  np.testing.assert_array_equal(
+      grabcut(image, prob), postprocess.grabcut(image, prob, iterations=2))
+  with pytest.raises(ValueError, match="eval.postprocess must be one of"):
+    evaluate.make_binarizer(postprocess="median")
+  with pytest.raises(ValueError, match="takes no options"):
+    evaluate.make_binarizer(postprocess_kwargs={"t": 0.3})
+
+
+def test_postprocess_replaces_the_threshold_in_the_figures():
+  """Probabilities scaled by 0.45: every map is below 0.5, so the threshold
+  finds nothing, while Otsu's split recovers the red blocks and gives the
+  figures of the unscaled maps (class 'dog', where the blocks are the
+  predictions: J 2/3 for D and 1/2 for E)."""
+  source = _source()
+
+  def dim(images):
+    return 0.45 * _fake_predict_batch(images)
+
+  groups = [(3, 4)]
+  kwargs = dict(predict_batch=dim, source=source, groups=groups,
+                image_size=8, batch_size=1, class_names=["cat", "dog"])
+  plain = evaluate.evaluate_groups(**kwargs)
+  assert plain["per_class"]["dog"]["J"] == 0.0
+  assert plain["postprocess"] == "threshold"
+  otsu = evaluate.evaluate_groups(postprocess="otsu", **kwargs)
+  assert otsu["postprocess"] == "otsu"
+  assert otsu["per_class"]["dog"] == pytest.approx(
+      dict(J=(2 / 3 + 0.5) / 2, P=0.75, images=2))
+  assert "otsu of the probability map" in evaluate.format_results(otsu)

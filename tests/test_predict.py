@@ -93,6 +93,29 @@ def test_predict_folder_writes_masks_overlays_sheet(tmp_path, strategy):
   assert sheet.shape == (64 + 8, 6 * 68 + 4, 3)
 
 
+def test_postprocess_option_decides_the_written_masks(tmp_path):
+  """With a threshold above every probability (sigmoid(10) < 0.999999) the
+  threshold writes empty masks; ``eval.postprocess='otsu'`` splits each
+  restored map at its own Otsu threshold and recovers the red regions."""
+  _register()
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  expected = _write_images(folder)
+  for method in ("threshold", "otsu"):
+    config = _config("all_pairs")
+    config.eval.threshold = 0.999999
+    config.eval.postprocess = method
+    out = tmp_path / method
+    predict.predict_folder(config=config, model=_RedModel(), variables={},
+                           images=str(folder), out_dir=str(out))
+    for name, want in expected.items():
+      mask = np.asarray(Image.open(out / "masks" / f"{name}.png")) == 255
+      if method == "threshold":
+        assert not mask.any(), name
+      else:
+        assert np.mean(mask == want) > 0.93, name
+
+
 def test_glob_and_all_pairs_call_shapes(tmp_path):
   _write_images(tmp_path)
   files = predict.list_images(str(tmp_path / "*.png"))
