@@ -20,7 +20,9 @@ runs, for one collection or for every class of a dataset in turn:
    dense CRF / GrabCut, ``coseg_jax.postprocess``) and scored against the
    ground truth when the records have masks (P and J per image, Avg. over the
    class); the initial maps and the stage-1 maps (co-attention loss only,
-   ``stage1_epochs``) are scored too (0.5 threshold); with
+   ``stage1_epochs``) are scored too (0.5 threshold), and so is the
+   all-foreground map (``reference/all_foreground``: J = the foreground
+   share, the floor any useful map must beat); with
    ``config.coattention.also_without_mask_loss`` a second model is trained
    on the collection with the mask weight 0 for the whole schedule (the
    Table 4 "w/o mask loss" ablation, scored as ``nomask/<method>``);
@@ -519,6 +521,12 @@ def run_collection(config, collection: Collection, workdir: str,
       s = _score_maps(result[tag], infos, collection, "threshold", at_input,
                       images_u8)
       scores[f"{tag}/threshold"] = {"J": _mean(s, "J"), "P": _mean(s, "P")}
+    # The trivial map that marks every pixel: its J is the foreground share.
+    # An unsupervised method that scores below it has found nothing.
+    s = [evaluate.score_image(pred=np.ones(m.shape[:2], bool), gt=m)
+         for m in collection.masks]
+    scores["reference/all_foreground"] = {"J": _mean(s, "J"),
+                                          "P": _mean(s, "P")}
     for method in cfg.postprocess_eval:
       s = _score_maps(result["final"], infos, collection, method, at_input,
                       images_u8, pp_kwargs)

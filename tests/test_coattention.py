@@ -292,6 +292,14 @@ def test_train_collections_on_synthetic_writes_masks_and_resumes(tmp_path):
       assert 0.0 <= c["scores"][key]["J"] <= 1.0, key
     masks = sorted(os.listdir(os.path.join(work, "masks", c["class"])))
     assert len(masks) == 3
+  # The all-foreground reference: J is each image's foreground share.
+  collections = coattention_train.load_collections(config)
+  for c, col in zip(results["per_class"], collections):
+    assert c["class"] == col.name
+    share = np.mean([np.mean(m[m != 255] == 1) for m in col.masks])
+    ref = c["scores"]["reference/all_foreground"]
+    np.testing.assert_allclose(ref["J"], share, rtol=1e-6)
+    np.testing.assert_allclose(ref["P"], share, rtol=1e-6)
     assert os.path.exists(os.path.join(work, "proposals",
                                        f"{c['class']}.npz"))
   summary = results["summary"]["final/otsu"]
