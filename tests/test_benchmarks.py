@@ -284,3 +284,36 @@ def test_suite_end_to_end_tiny(tmp_path):
   assert os.path.getsize(tmp_path / "suite.png") > 1000
   assert json.loads((tmp_path / "suite.json").read_text())
   assert "bench-suite:tiny:begin" in results_md.read_text()
+
+
+def test_coattention_voc_table():
+  """The Table 3/4 layout: per-class rows, the in-run w/o-mask-loss scores,
+  the all-foreground reference, and averages equal to summarise()'s."""
+  from benchmarks import coattention_voc  # pylint: disable=g-import-not-at-top
+  from coseg_jax import coattention_train  # pylint: disable=g-import-not-at-top
+  keys = [f"final/{m}" for m in coattention_voc.METHODS] + [
+      f"nomask/{m}" for m in coattention_voc.METHODS] + [
+          "stage1/threshold", "initial/threshold", "reference/all_foreground"]
+  per_class = []
+  for i, name in enumerate(("Cat", "Dog")):
+    scores = {k: {"J": 0.1 * (i + 1) + 0.01 * j, "P": 0.5 + 0.01 * j}
+              for j, k in enumerate(keys)}
+    per_class.append({"class": name, "images": 4 + 4 * i, "scores": scores,
+                      "total_seconds": 10.0 * (i + 1)})
+  results = {"per_class": per_class,
+             "summary": coattention_train.summarise(per_class)}
+  lines = coattention_voc.table(results).splitlines()
+  head = [c.strip() for c in lines[0].strip("|").split("|")]
+  assert head[:6] == ["class", "images", "J threshold", "J otsu", "J crf",
+                      "J grabcut"]
+  assert head[6].startswith("J w/o mask loss") and head[9] == "J all foreground"
+  cat = [c.strip() for c in lines[2].strip("|").split("|")]
+  assert cat[:3] == ["Cat", "4", "0.100"]
+  assert cat[6] == "0.140 / 0.150 / 0.160 / 0.170"
+  assert cat[9] == "0.200" and cat[10:] == ["10", "250"]
+  avg_j = [c.strip() for c in lines[4].strip("|").split("|")]
+  assert avg_j[0] == "**Avg. J**" and avg_j[2] == "0.150"  # (0.1 + 0.2) / 2
+  assert avg_j[-2:] == ["30", "250"]  # 30 s for 12 images
+  avg_p = [c.strip() for c in lines[5].strip("|").split("|")]
+  assert avg_p[0] == "**Avg. P**" and avg_p[2] == "50.0"
+  assert "Avg. J 0.6" in lines[-1]
