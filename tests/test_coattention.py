@@ -312,3 +312,55 @@ def test_train_collections_on_synthetic_writes_masks_and_resumes(tmp_path):
   # A second call finds every class done and trains nothing.
   again = coattention_train.train_collections(config, work)
   assert again["summary"] == results["summary"]
+
+
+def test_diagnose_landscape_known_values():
+  """benchmarks/coattention_diagnose.landscape: d+ = 0 exactly at S = 0 (one
+  blank object image for all), d- = 0 at S = 1/2 with the mid-grey fill
+  (object and background images coincide), and every loss equals the
+  library's mean co-attention loss of f's features at that map."""
+  from benchmarks import coattention_diagnose as diag  # pylint: disable=g-import-not-at-top
+  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
+  model = coattention.CoattentionNet(
+      backbone="tiny", backbone_kwargs=TINY, decoder_widths=DEC,
+      extractor="tiny", extractor_kwargs=TINY, fill_value=0.5)
+  rng = np.random.RandomState(0)
+  images = rng.rand(4, 32, 32, 3).astype(np.float32)
+  masks = np.zeros((4, 32, 32), bool)
+  for i in range(4):
+    masks[i, 4 + i:20 + i, 6:22] = True
+  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(images[None]))
+  maps = diag.candidate_maps(masks)
+  assert set(maps) >= {"gt", "zeros", "ones", "half", "inverted_gt"}
+  for m in maps.values():
+    assert m.shape == (4, 32, 32) and m.min() >= 0 and m.max() <= 1
+  np.testing.assert_array_equal(maps["inverted_gt"], 1 - maps["gt"])
+  out = diag.landscape(model=model, variables=variables, images=images,
+                       maps=maps)
+  assert out["zeros"]["d_pos"] == 0.0
+  assert out["half"]["d_neg"] == pytest.approx(0.0, abs=1e-9)
+  assert out["gt"]["d_pos"] > 0 and out["gt"]["d_neg"] > 0
+  for name in ("gt", "zeros", "ones"):
+    fo, fb = model.apply(variables, jnp.asarray(images),
+                         jnp.asarray(maps[name][..., None]),
+                         method=coattention.CoattentionNet.features)
+    want = losses.get_loss("coattention")(object_features=fo,
+                                          background_features=fb)
+    np.testing.assert_allclose(out[name]["loss"], float(want), rtol=1e-5)
+
+
+def test_diagnose_trajectory_rows():
+  """Stage-1 trajectory: a step-0 row, then rows after the listed updates
+  and the last one, and the maps move."""
+  from benchmarks import coattention_diagnose as diag  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  rng = np.random.RandomState(1)
+  images = rng.rand(3, 32, 32, 3).astype(np.float32)
+  masks = np.zeros((3, 32, 32), bool)
+  masks[:, 8:24, 8:24] = True
+  rows = diag.trajectory(config, images, masks, steps=4, record_at=(1, 3))
+  assert [r["step"] for r in rows] == [0, 1, 3, 4]
+  assert rows[0]["loss"] is None and all(r["loss"] > 0 for r in rows[1:])
+  for r in rows:
+    assert 0.0 <= r["J"] <= 1.0 and 0.0 <= r["J_otsu"] <= 1.0
+  assert rows[-1]["mean_S"] != rows[0]["mean_S"]
