@@ -27,9 +27,12 @@ def _optimise_slow_tests(request, monkeypatch):
 
   Module-scoped fixtures are set up before this one, so a slow module whose
   shared fixture compiles must pin the setting itself (see
-  test_train_distributed._env).
+  test_train_distributed._env). Slow tests that run a handful of steps
+  (notebooks, the CLI round trip) are compile-bound like the fast ones:
+  ``@pytest.mark.compile_bound`` keeps them on the fast-compiling setting.
   """
-  if request.node.get_closest_marker("slow") is None:
+  if (request.node.get_closest_marker("slow") is None or
+      request.node.get_closest_marker("compile_bound") is not None):
     yield
     return
   import jax  # pylint: disable=g-import-not-at-top

@@ -261,6 +261,7 @@ def test_replace_section(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_suite_end_to_end_tiny(tmp_path):
   results_md = tmp_path / "RESULTS.md"
   results_md.write_text("# Results\n")

@@ -166,6 +166,7 @@ def test_synthetic_needs_no_dataset_directory(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_train_eval_predict_benchmark_end_to_end(tmp_path):
   """The runlocal config through all four modes (2 training steps)."""
   images = tmp_path / "photos"

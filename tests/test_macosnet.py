@@ -215,6 +215,7 @@ def _reference_terms(out):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_each_loss_in_train_step_equals_core_reference():
   model, state, batch = _setup()
   step = train.make_train_step(model=model, loss_fn=macosnet.loss_fn,

@@ -35,6 +35,7 @@ def _execute(path, workdir, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
   outputs = _execute(QUICKSTART, tmp_path / "run", monkeypatch)
   assert "install skipped" in outputs  # the package is importable here
@@ -47,6 +48,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
 def test_cyclesegnet_notebook_runs(tmp_path, monkeypatch):
   outputs = _execute(EXPLAINED, tmp_path / "run", monkeypatch)
   assert "trained here: finished at step 4" in outputs
