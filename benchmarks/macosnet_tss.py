@@ -14,8 +14,9 @@ paper uses 240 with ResNet-101). Phases, each time-budgeted:
    5/5/10/10, matching 1) on the six TSS pairs (no masks or flows used).
 
 After each phase: flow-PCK (alpha 0.05 and 0.1 of max(H, W), both directions,
-over the source foreground) and P/J of both images (threshold 0.5 and Otsu)
-at original resolution; the synthetic grid error on 32 held-out warps.
+over the source foreground) and P/J of both images at original resolution
+under each ``--post`` conversion (0.5 threshold, Otsu, dense CRF, GrabCut by
+default); the synthetic grid error on 32 held-out warps.
 
   nice -n 10 python benchmarks/macosnet_tss.py --size 176 \\
       --pretrain_s 300 --joint_s 300 --out /tmp/macos_tss.json
@@ -68,7 +69,8 @@ def pretrain_phases(args, results, config, joint, pcfg, pre, pairs, train_x,
   jstate = mc.make_state(config, joint, (1, 2, s, s, 3))
   pstate = mc.make_state(pcfg, pre, (1, 2, s, s, 3))
   if not args.skip_init:
-    summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+    summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs,
+                                  post=args.post)
     # G is exactly the identity at init (zero-initialised residual), so its
     # grid error is the identity's: no extra compile needed.
     results["init"] = dict(summary, grid_identity=identity_grid_error(
@@ -95,7 +97,8 @@ def pretrain_phases(args, results, config, joint, pcfg, pre, pairs, train_x,
     pickle.dump({"params": pre_params, "batch_stats": pre_bs, "size": s}, f)
   jstate = mc.make_state(config, joint, (1, 2, s, s, 3), params=pre_params,
                          batch_stats=pre_bs)
-  summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  summary, _ = mc.evaluate_tss(apply_joint, jstate.variables(), pairs,
+                                  post=args.post)
   results["pretrained"] = dict(
       summary, grid=grid_error(apply_pre, pstate.variables(), held),
       steps=plog["steps"], seconds=round(plog["seconds"]),
@@ -125,7 +128,11 @@ def main():
                   help="separate learning rate of the decoder (0: --lr)")
   ap.add_argument("--set", action="append", default=[],
                   help="config.model override key=value (repeatable)")
+  ap.add_argument("--post", default="threshold,otsu,crf,grabcut",
+                  help="soft mask -> mask conversions scored (comma list of "
+                       "coseg_jax.postprocess.METHODS)")
   args = ap.parse_args()
+  args.post = tuple(args.post.split(","))
   s = args.size
   t_start = time.time()
   results = {"size": s, "device": str(jax.devices()[0]), "lr": args.lr,
@@ -187,7 +194,8 @@ def main():
   jstate, jlog = mc.run_training(jstate, jstep, joint_batch,
                                  budget_s=args.joint_s, max_steps=100000,
                                  name="joint", log_every=5)
-  summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs)
+  summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs,
+                                  post=args.post)
   results["joint"] = dict(summary, steps=jlog["steps"],
                           seconds=round(jlog["seconds"]),
                           compile_s=round(jlog["compile_s"]),

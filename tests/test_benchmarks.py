@@ -318,3 +318,47 @@ def test_coattention_voc_table():
   avg_p = [c.strip() for c in lines[5].strip("|").split("|")]
   assert avg_p[0] == "**Avg. P**" and avg_p[2] == "50.0"
   assert "Avg. J 0.6" in lines[-1]
+
+
+def test_macosnet_tss_evaluator_known_case():
+  """evaluate_tss on a fake network: identity transformations score
+  flow-PCK 1 against zero ground-truth flow, and masks predicted exactly
+  (logits +-10 on the ground truth at input size) score J and P near 1
+  under the threshold and Otsu; every requested conversion is reported."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from benchmarks import macosnet_common as mc  # pylint: disable=g-import-not-at-top
+  from coseg_jax.models import macosnet  # pylint: disable=g-import-not-at-top
+  from coseg_jax.nn import geometry  # pylint: disable=g-import-not-at-top
+  size, h, w = 16, 32, 48
+  masks = [np.zeros((h, w), np.uint8) for _ in range(2)]
+  masks[0][8:24, 9:33] = 1  # edges on the 2x / 3x resize grid
+  masks[1][:, 24:] = 1
+  rng = np.random.default_rng(0)
+  rec = {"id": "fake"}
+  for n in (1, 2):
+    rec[f"image{n}"] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rec[f"mask{n}"] = masks[n - 1]
+    rec[f"flow{n}"] = np.zeros((h, w, 2), np.float32)
+    rec[f"input{n}"] = mc.resize_image(rec[f"image{n}"], size)
+  small = np.stack([np.asarray(Image.fromarray(m).resize(
+      (size, size), Image.NEAREST)) for m in masks]).astype(np.float32)
+  theta = np.tile(np.asarray(geometry.AFFINE_TPS_IDENTITY), (1, 2, 1))
+  assert theta.shape[-1] == 24 and macosnet.KIND == "affine_tps"
+
+  class Out:
+    pairs = ((0, 1), (1, 0))
+
+    def __init__(self):
+      self.theta = jnp.asarray(theta)
+      self.mask_logits = jnp.asarray(20.0 * (small - 0.5))[None, ..., None]
+
+  summary, rows = mc.evaluate_tss(lambda v, x: Out(), None, [rec],
+                                  post=("threshold", "otsu", "grabcut"))
+  assert len(rows) == 1
+  assert summary["flow_pck@0.05"] == 1.0 and summary["flow_pck@0.1"] == 1.0
+  for method in ("threshold", "otsu"):
+    # Exact up to the one-pixel blur of the bilinear resize at the edges.
+    assert summary[f"J_{method}"] > 0.93, (method, summary)
+    assert summary[f"P_{method}"] > 0.98, (method, summary)
+  assert 0.0 <= summary["J_grabcut"] <= 1.0
+  assert "J_crf" not in summary
