@@ -178,7 +178,7 @@ def _record_class(record, group_records) -> int:
 
 
 def make_binarizer(*, postprocess: str = "threshold", threshold: float = 0.5,
-                   postprocess_kwargs: Optional[Dict[str, Any]] = None
+                   postprocess_kwargs=None
                    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
   """(image [H, W, 3], probability [H, W]) -> bool foreground [H, W].
 
@@ -187,8 +187,8 @@ def make_binarizer(*, postprocess: str = "threshold", threshold: float = 0.5,
       ``probability >= threshold``.
     threshold: the threshold of 'threshold' (the other methods choose their
       own split).
-    postprocess_kwargs: options of the method (e.g. ``{'iterations': 10}``
-      for 'crf'); 'threshold' takes none.
+    postprocess_kwargs: options of the method, a dict or ConfigDict (e.g.
+      ``{'iterations': 10}`` for 'crf'); 'threshold' takes none.
 
   Raises:
     ValueError: naming ``eval.postprocess`` for an unknown method.
@@ -197,7 +197,8 @@ def make_binarizer(*, postprocess: str = "threshold", threshold: float = 0.5,
   if postprocess not in pp.METHODS:
     raise ValueError(f"eval.postprocess must be one of {pp.METHODS}, got "
                      f"{postprocess!r}")
-  kwargs = dict(postprocess_kwargs or {})
+  kwargs = dict(postprocess_kwargs.to_dict() if hasattr(
+      postprocess_kwargs, "to_dict") else (postprocess_kwargs or {}))
   if postprocess == "threshold":
     if kwargs:
       raise ValueError("eval.postprocess_kwargs: 'threshold' takes no options"
@@ -214,8 +215,7 @@ def evaluate_groups(*, predict_batch: Callable[[np.ndarray], np.ndarray],
                     threshold: float = 0.5, batch_size: int = 8,
                     class_names: Sequence[str] = (),
                     postprocess: str = "threshold",
-                    postprocess_kwargs: Optional[Dict[str, Any]] = None
-                    ) -> Dict[str, Any]:
+                    postprocess_kwargs=None) -> Dict[str, Any]:
   """Scores a model on explicit groups of records (the testable core).
 
   Args:
@@ -404,13 +404,6 @@ def make_predict_batch(*, config, model, variables, mesh=None
   return predict_batch
 
 
-def _to_dict(value) -> Dict[str, Any]:
-  """A ConfigDict / dict / None of options -> plain dict."""
-  if value is None:
-    return {}
-  return value.to_dict() if hasattr(value, "to_dict") else dict(value)
-
-
 def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
                      max_groups: Optional[int] = None, mesh=None,
                      verbose: bool = True) -> Dict[str, Any]:
@@ -453,7 +446,7 @@ def evaluate_dataset(*, config, model, variables, split: Optional[str] = None,
       threshold=config.eval.threshold, batch_size=batch_size,
       class_names=class_names,
       postprocess=config.eval.get("postprocess", "threshold"),
-      postprocess_kwargs=_to_dict(config.eval.get("postprocess_kwargs")))
+      postprocess_kwargs=config.eval.get("postprocess_kwargs"))
   results.update(split=split, strategy=config.eval.strategy,
                  seconds=time.time() - start)
   if verbose:

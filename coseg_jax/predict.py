@@ -207,5 +207,4 @@ def predict_folder(*, config, model, variables, images: str,
       paths=paths, images=arrays, probabilities=probs,
       threshold=float(config.eval.threshold), out_dir=out_dir,
       postprocess=config.eval.get("postprocess", "threshold"),
-      postprocess_kwargs=evaluate._to_dict(  # pylint: disable=protected-access
-          config.eval.get("postprocess_kwargs")))
+      postprocess_kwargs=config.eval.get("postprocess_kwargs"))
