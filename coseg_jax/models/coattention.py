@@ -24,7 +24,9 @@ loss takes every ordered pair inside each group.
 What we observed (benchmarks/RESULTS.md, "Co-attention CNN: constructed
 synthetic collection"): with a frozen extractor, eq. 3-6 has a trivial
 minimum at S = 0 (every object image is the same blank image, d+ = 0), and on
-real PASCAL images at 64 px it is even below the ground truth's loss. From
+real PASCAL images it is below the ground truth's loss at 64, 128 and 224 px
+(``benchmarks/coattention_diagnose.py``), where stage 1 moves S away from
+the object from the first update. From
 the near-uniform initial maps (S ~ 0.5, d- ~ 0) the first updates do find the
 common object, and then S drifts to 0. What keeps the method away from it is
 the balance of the two terms in stage 2: with the paper's MatConvNet sums
