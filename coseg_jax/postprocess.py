@@ -51,7 +51,10 @@ def _check(image: np.ndarray, prob: np.ndarray) -> Tuple[np.ndarray, np.ndarray]
     # Float images follow the library convention of [0, 1].
     image = np.clip(np.round(np.asarray(image, np.float64) * 255), 0, 255)
     image = image.astype(np.uint8)
-  return np.ascontiguousarray(image), prob
+  # A C-contiguous, writeable copy where needed: pydensecrf's typed
+  # memoryviews refuse read-only buffers (images decoded by TFDS or taken
+  # from a PIL image with np.asarray are read-only).
+  return np.require(image, np.uint8, ("C", "W")), prob
 
 
 def threshold(prob: np.ndarray, *, t: float = 0.5, image=None) -> np.ndarray:

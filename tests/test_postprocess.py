@@ -67,6 +67,17 @@ def test_crf_accepts_float_images_and_channel_axis():
   assert _jaccard(out, gt) > 0.9
 
 
+@pytest.mark.parametrize("method", ["crf", "grabcut"])
+def test_read_only_images_are_accepted(method):
+  """Images decoded by TFDS or taken from PIL with np.asarray are read-only;
+  pydensecrf refused them (seen in the MaCoSNet TSS evaluation)."""
+  image, prob, _ = _scene(seed=3)
+  want = postprocess.binarize(method, image.copy(), prob)
+  image.setflags(write=False)
+  np.testing.assert_array_equal(postprocess.binarize(method, image, prob),
+                                want)
+
+
 def test_errors_name_the_problem():
   image, prob, _ = _scene()
   with pytest.raises(ValueError, match="unknown post-processing"):
