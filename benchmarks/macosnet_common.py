@@ -238,6 +238,21 @@ def apply_overrides(config, items):
   return config
 
 
+def apply_loss_overrides(config, items):
+  """``term=weight`` strings -> config.loss weights (e.g. cycle=0).
+
+  Raises:
+    ValueError: a term that config.loss does not have (naming the known ones).
+  """
+  for kv in items:
+    k, sep, v = kv.partition("=")
+    if not sep or k not in config.loss:
+      raise ValueError(f"--loss {kv!r}: expected term=weight with term one "
+                       f"of {sorted(config.loss.keys())}")
+    config.loss[k] = float(v)
+  return config
+
+
 def to_ml(d) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 

@@ -20,6 +20,11 @@ default); the synthetic grid error on 32 held-out warps.
 
   nice -n 10 python benchmarks/macosnet_tss.py --size 176 \\
       --pretrain_s 300 --joint_s 300 --out /tmp/macos_tss.json
+
+Loss ablations (Tables 7-8) from one saved pre-trained G, with an equal
+number of joint steps each: ``--pretrained_in /tmp/macos_pretrained.pkl
+--skip_init --joint_steps 120 --joint_s 1e9 --loss cycle=0`` (and
+``transitivity=0``, ``contrastive=0``, ``cross_consistency=0``).
 """
 
 import argparse
@@ -114,6 +119,8 @@ def main():
   ap.add_argument("--size", type=int, default=176)
   ap.add_argument("--pretrain_s", type=float, default=300)
   ap.add_argument("--joint_s", type=float, default=300)
+  ap.add_argument("--joint_steps", type=int, default=100000,
+                  help="at most this many joint steps (equal-step ablations)")
   ap.add_argument("--batch", type=int, default=2)
   ap.add_argument("--out", default="/tmp/macos_tss.json")
   ap.add_argument("--save_pretrained", default="/tmp/macos_pretrained.pkl")
@@ -128,6 +135,9 @@ def main():
                   help="separate learning rate of the decoder (0: --lr)")
   ap.add_argument("--set", action="append", default=[],
                   help="config.model override key=value (repeatable)")
+  ap.add_argument("--loss", action="append", default=[],
+                  help="config.loss weight term=value (repeatable), e.g. "
+                       "cycle=0 for the w/o-cycle ablation")
   ap.add_argument("--post", default="threshold,otsu,crf,grabcut",
                   help="soft mask -> mask conversions scored (comma list of "
                        "coseg_jax.postprocess.METHODS)")
@@ -137,10 +147,11 @@ def main():
   t_start = time.time()
   results = {"size": s, "device": str(jax.devices()[0]), "lr": args.lr,
              "decoder_lr": args.decoder_lr,
-             "model_overrides": args.set}
+             "model_overrides": args.set, "loss_overrides": args.loss}
 
   config = mc.base_config(s, lr=args.lr, batch=args.batch, steps=100000)
   mc.apply_overrides(config, args.set)
+  mc.apply_loss_overrides(config, args.loss)
   joint = macosnet.build_model(config.model, "joint")
   pcfg = mc.base_config(s, lr=1e-3, batch=args.batch, steps=100000)
   pcfg.model.perceptual = None
@@ -192,7 +203,8 @@ def main():
     return {"images": jnp.asarray(x)}
 
   jstate, jlog = mc.run_training(jstate, jstep, joint_batch,
-                                 budget_s=args.joint_s, max_steps=100000,
+                                 budget_s=args.joint_s,
+                                 max_steps=args.joint_steps,
                                  name="joint", log_every=5)
   summary, rows = mc.evaluate_tss(apply_joint, jstate.variables(), pairs,
                                   post=args.post)

@@ -362,3 +362,22 @@ def test_macosnet_tss_evaluator_known_case():
     assert summary[f"P_{method}"] > 0.98, (method, summary)
   assert 0.0 <= summary["J_grabcut"] <= 1.0
   assert "J_crf" not in summary
+
+
+def test_macosnet_loss_overrides_set_weights_and_name_bad_terms():
+  """--loss term=weight changes exactly that weight of the TSS config; an
+  unknown term or a missing '=' is an error naming the known terms."""
+  from benchmarks import macosnet_common as mc  # pylint: disable=g-import-not-at-top
+  config = mc.base_config(32, lr=1e-4, batch=2, steps=1)
+  before = dict(config.loss)
+  mc.apply_loss_overrides(config, ["cycle=0", "contrastive=2.5"])
+  after = dict(config.loss)
+  assert after["cycle"] == 0.0 and after["contrastive"] == 2.5
+  assert {k: v for k, v in after.items()
+          if k not in ("cycle", "contrastive")} == {
+              k: v for k, v in before.items()
+              if k not in ("cycle", "contrastive")}
+  assert before["cycle"] == 5.0 and before["contrastive"] == 10.0
+  for bad in ("cycel=0", "cycle"):
+    with pytest.raises(ValueError, match="transitivity"):
+      mc.apply_loss_overrides(config, [bad])
