@@ -242,14 +242,18 @@ def apply_loss_overrides(config, items):
   """``term=weight`` strings -> config.loss weights (e.g. cycle=0).
 
   Raises:
-    ValueError: a term that config.loss does not have (naming the known ones).
+    ValueError: a term that config.loss does not have (naming the known ones)
+      or a weight that is not a number.
   """
   for kv in items:
     k, sep, v = kv.partition("=")
     if not sep or k not in config.loss:
       raise ValueError(f"--loss {kv!r}: expected term=weight with term one "
                        f"of {sorted(config.loss.keys())}")
-    config.loss[k] = float(v)
+    try:
+      config.loss[k] = float(v)
+    except ValueError:
+      raise ValueError(f"--loss {kv!r}: the weight must be a number") from None
   return config
 
 

@@ -381,3 +381,5 @@ def test_macosnet_loss_overrides_set_weights_and_name_bad_terms():
   for bad in ("cycel=0", "cycle"):
     with pytest.raises(ValueError, match="transitivity"):
       mc.apply_loss_overrides(config, [bad])
+  with pytest.raises(ValueError, match="must be a number"):
+    mc.apply_loss_overrides(config, ["cycle=zero"])
