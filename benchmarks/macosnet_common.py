@@ -230,30 +230,35 @@ def parse_value(v: str):
   return v
 
 
+def _set_fields(node, items, *, flag: str, cast):
+  """``name=value`` strings -> existing fields of ``node`` (in place).
+
+  Raises:
+    ValueError: a name that ``node`` does not have (naming the known ones:
+      a typo must not add a field that nothing reads) or a value that
+      ``cast`` refuses.
+  """
+  for kv in items:
+    k, sep, v = kv.partition("=")
+    if not sep or k not in node:
+      raise ValueError(f"{flag} {kv!r}: expected name=value with name one "
+                       f"of {sorted(node.keys())}")
+    try:
+      node[k] = cast(v)
+    except ValueError:
+      raise ValueError(f"{flag} {kv!r}: the value must be a number") from None
+
+
 def apply_overrides(config, items):
   """``key=value`` strings -> config.model fields (e.g. perceptual_size=112)."""
-  for kv in items:
-    k, v = kv.split("=", 1)
-    config.model[k] = parse_value(v)
+  _set_fields(config.model, items, flag="--set", cast=parse_value)
   return config
 
 
 def apply_loss_overrides(config, items):
-  """``term=weight`` strings -> config.loss weights (e.g. cycle=0).
-
-  Raises:
-    ValueError: a term that config.loss does not have (naming the known ones)
-      or a weight that is not a number.
-  """
-  for kv in items:
-    k, sep, v = kv.partition("=")
-    if not sep or k not in config.loss:
-      raise ValueError(f"--loss {kv!r}: expected term=weight with term one "
-                       f"of {sorted(config.loss.keys())}")
-    try:
-      config.loss[k] = float(v)
-    except ValueError:
-      raise ValueError(f"--loss {kv!r}: the weight must be a number") from None
+  """``term=weight`` strings -> config.loss weights (e.g. cycle=0); errors
+  as ``_set_fields``."""
+  _set_fields(config.loss, items, flag="--loss", cast=float)
   return config
 
 

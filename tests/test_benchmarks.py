@@ -366,7 +366,8 @@ def test_macosnet_tss_evaluator_known_case():
 
 def test_macosnet_loss_overrides_set_weights_and_name_bad_terms():
   """--loss term=weight changes exactly that weight of the TSS config; an
-  unknown term or a missing '=' is an error naming the known terms."""
+  unknown term or a missing '=' is an error naming the known terms; --set
+  does the same for model fields."""
   from benchmarks import macosnet_common as mc  # pylint: disable=g-import-not-at-top
   config = mc.base_config(32, lr=1e-4, batch=2, steps=1)
   before = dict(config.loss)
@@ -383,3 +384,11 @@ def test_macosnet_loss_overrides_set_weights_and_name_bad_terms():
       mc.apply_loss_overrides(config, [bad])
   with pytest.raises(ValueError, match="must be a number"):
     mc.apply_loss_overrides(config, ["cycle=zero"])
+  # --set: model fields, parsed; a misspelt field is an error, not a new
+  # field that nothing reads.
+  mc.apply_overrides(config, ["perceptual_size=112", "matching_mask_grad=true"])
+  assert config.model.perceptual_size == 112
+  assert config.model.matching_mask_grad is True
+  with pytest.raises(ValueError, match="perceptual_size"):
+    mc.apply_overrides(config, ["perceptual_sise=112"])
+  assert "perceptual_sise" not in config.model
