@@ -1,4 +1,4 @@
-"""Backbones: ResNet, VGG, EfficientNet-Lite and a tiny test CNN.
+"""Backbones: ResNet, VGG, EfficientNet-Lite0/1/2 and a tiny test CNN.
 
 ``get_backbone(name, **kwargs)`` is the one entry point; see ``base`` for the
 output type and the feature naming scheme shared by every family, and
@@ -30,7 +30,9 @@ _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
     "resnet101": resnet.resnet101,
     "vgg16": vgg.vgg16,
     "vgg16_bn": vgg.vgg16_bn,
-    "efficientnet_lite0": efficientnet_lite.EfficientNetLite0,
+    "efficientnet_lite0": efficientnet_lite.efficientnet_lite0,
+    "efficientnet_lite1": efficientnet_lite.efficientnet_lite1,
+    "efficientnet_lite2": efficientnet_lite.efficientnet_lite2,
 }
 
 

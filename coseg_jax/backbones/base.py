@@ -10,7 +10,8 @@ deepest feature map whose spatial size is ceil(H / S) x ceil(W / S), for S in
 ``FEATURE_LEVELS`` = (2, 4, 8, 16, 32). With an output stride below 32
 (dilation), the levels past it keep their names but stay at the output stride.
 
-Per family (details in each module's docstring):
+Per family (details in each module's docstring; EfficientNet-Lite1/2: blocks
+0, 3, 6, 14, with 48 / 120 channels at stride 8 / 16 for Lite2):
 
   level     ResNet (torchvision)   VGG16(-BN)            EfficientNet-Lite0
   stride2   stem conv+BN+ReLU      relu2_2 (128)         block 0 (16)

@@ -1,23 +1,34 @@
-"""EfficientNet-Lite0 in the efficientnet_pytorch layout (Flax Linen, NHWC).
+"""EfficientNet-Lite0/1/2 in the efficientnet_pytorch layout (Flax Linen, NHWC).
 
 EfficientNet-Lite (Tan & Le; TF's ``efficientnet/lite``) is B0 made friendly
-to integer accelerators: ReLU6 instead of swish, no squeeze-excite, and the
-stem (32 ch) and head (1280 ch) are not scaled with the width multiplier
-(irrelevant for Lite0, width = depth = 1.0). Blocks are B0's MBConv arguments
-(repeats, kernel, stride, expand ratio, in, out):
+to integer accelerators: ReLU6 instead of swish and no squeeze-excite. The
+family scales B0's widths and depths like EfficientNet (TF's
+``efficientnet_lite_builder``; width, depth, native resolution, dropout):
+
+    Lite0: 1.0, 1.0, 224, 0.2    Lite1: 1.0, 1.1, 240, 0.2
+    Lite2: 1.1, 1.2, 260, 0.3
+
+with EfficientNet's rules: channels ``round_filters`` (c x width rounded to
+the nearest multiple of 8, at least 8, plus 8 when the rounding lost more
+than 10%) and repeats ``round_repeats`` (ceil(r x depth)). Lite's
+``fix_head_stem`` keeps the stem (32 ch), the head (1280 ch) and the repeats
+of the first and last stages unscaled (their channels are still rounded).
+B0's MBConv stages (repeats, kernel, stride, expand ratio, in, out):
 
     1 x (3, 1, 1, 32, 16)    2 x (3, 2, 6, 16, 24)   2 x (5, 2, 6, 24, 40)
     3 x (3, 2, 6, 40, 80)    3 x (5, 1, 6, 80, 112)  4 x (5, 2, 6, 112, 192)
     1 x (3, 1, 6, 192, 320)
 
-16 blocks in all. Each block: [1x1 expand conv, BN, ReLU6] (when expand != 1),
-depthwise kxk conv (stride), BN, ReLU6, 1x1 project conv, BN, and an identity
-skip when stride 1 and in == out, with drop-connect (rate 0.2 * block / 16,
-as efficientnet_pytorch) only with ``train=True`` (needs a 'dropout' rng).
-BatchNorm eps 1e-3, momentum 0.99 (TF's). Convolutions use TF "SAME" padding:
-for stride 2 the extra pixel goes to the bottom/right, as TF and
-efficientnet_pytorch's ``Conv2dStaticSamePadding`` do (this is lax's 'SAME').
-The head is a 1x1 conv to 1280, BN, ReLU6, global average, dropout 0.2
+Lite0 has 16 blocks; Lite1 21 (repeats 1, 3, 3, 4, 4, 5, 1; B0's channels);
+Lite2 21 with channels 16, 24, 48, 88, 120, 208, 352. Each block: [1x1
+expand conv, BN, ReLU6] (when expand != 1), depthwise kxk conv (stride), BN,
+ReLU6, 1x1 project conv, BN, and an identity skip when stride 1 and in ==
+out, with drop-connect (rate 0.2 * block / number of blocks, as
+efficientnet_pytorch) only with ``train=True`` (needs a 'dropout' rng).
+BatchNorm eps 1e-3, momentum 0.99 (TF's). Convolutions use TF "SAME"
+padding: for stride 2 the extra pixel goes to the bottom/right, as TF and
+efficientnet_pytorch's ``Conv2dStaticSamePadding`` do (this is lax's
+'SAME'). The head is a 1x1 conv to 1280, BN, ReLU6, global average, dropout
 (train only) and the 1000-way fc ``_fc``.
 
 Input: images in [0, 1] are mapped to ``(255 x - 127) / 128`` inside, the
@@ -27,12 +38,14 @@ Flax names mirror the state dict (``_conv_stem``, ``_bn0``, ``_blocks_N`` with
 ``_expand_conv``/``_bn0``/``_depthwise_conv``/``_bn1``/``_project_conv``/
 ``_bn2``, ``_conv_head``, ``_bn1``, ``_fc``); see ``weights.py``.
 
-Feature levels: the output of the last block at each stride: 'stride2' =
-block 0 (16 ch), 'stride4' = block 2 (24), 'stride8' = block 4 (40),
-'stride16' = block 10 (112). 'stride32' is the head activation (1280 ch,
-after BN + ReLU6), not block 15 (320 ch): this keeps ``pooled`` = global
-average of the last level = the 1280-d vector the classifier reads, the
-feature the perceptual losses use. With ``truncate_at`` the head is not built.
+Feature levels: the output of the last block at each stride. Lite0:
+'stride2' = block 0 (16 ch), 'stride4' = block 2 (24), 'stride8' = block 4
+(40), 'stride16' = block 10 (112); Lite1: blocks 0, 3, 6, 14 (16, 24, 40,
+112); Lite2: blocks 0, 3, 6, 14 (16, 24, 48, 120). 'stride32' is the head
+activation (1280 ch, after BN + ReLU6), not the last block (320 / 352 ch):
+this keeps ``pooled`` = global average of the last level = the 1280-d vector
+the classifier reads, the feature the perceptual losses use. With
+``truncate_at`` the head is not built.
 
 ``output_stride`` 16/8 replaces the stride of the later stride-2 blocks by
 dilation of their depthwise convs (the first block of a dilated stage keeps
@@ -41,6 +54,7 @@ pretrained model was trained that way.
 """
 
 import functools
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -53,7 +67,56 @@ from coseg_jax.backbones import base
 B0_BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
              (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112),
              (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+# name -> (width coefficient, depth coefficient, native resolution, dropout
+# before the classifier): TF's efficientnet_lite_builder.
+LITE_VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+}
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
 _BN = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
+
+
+def round_filters(channels: int, width_coefficient: float,
+                  divisor: int = 8) -> int:
+  """EfficientNet's channel scaling: nearest multiple of ``divisor``.
+
+  The result is at least ``divisor``, and one ``divisor`` is added back when
+  rounding down lost more than 10% of ``channels * width_coefficient``.
+  """
+  scaled = channels * width_coefficient
+  rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * scaled:
+    rounded += divisor
+  return int(rounded)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+  """EfficientNet's depth scaling: ceil(repeats * depth_coefficient)."""
+  return int(math.ceil(depth_coefficient * repeats))
+
+
+def lite_blocks(width_coefficient: float = 1.0,
+                depth_coefficient: float = 1.0):
+  """Flat block list of a Lite model: (kernel, stride, expand, out) each.
+
+  Blocks are in order, the stage's stride on its first block only. Lite's
+  ``fix_head_stem`` keeps B0's repeats in the first and last stages (the
+  stem and head widths are fixed by the caller); every stage's channels are
+  scaled with ``round_filters``. A block's input width is the previous
+  block's output (the stem's for block 0).
+  """
+  blocks = []
+  for stage, (repeats, kernel, stride, expand, _, out_ch) in enumerate(
+      B0_BLOCKS):
+    out_ch = round_filters(out_ch, width_coefficient)
+    if 0 < stage < len(B0_BLOCKS) - 1:
+      repeats = round_repeats(repeats, depth_coefficient)
+    for j in range(repeats):
+      blocks.append((kernel, stride if j == 0 else 1, expand, out_ch))
+  return tuple(blocks)
 
 
 class MBConvLite(nn.Module):
@@ -106,10 +169,15 @@ class MBConvLite(nn.Module):
     return y
 
 
-class EfficientNetLite0(nn.Module):
-  """EfficientNet-Lite0 with the common backbone interface.
+class EfficientNetLite(nn.Module):
+  """EfficientNet-Lite (0, 1 or 2) with the common backbone interface.
+
+  The defaults are Lite0; ``efficientnet_lite0/1/2`` below set each model's
+  coefficients and dropout (``LITE_VARIANTS``).
 
   Attributes:
+    width_coefficient: channel multiplier of the blocks (``round_filters``).
+    depth_coefficient: repeat multiplier of the middle stages.
     truncate_at: last level to compute; None = all (with the 1280 head).
     output_stride: 32, 16 or 8.
     with_head: compute the 1000-way fc logits from the pooled 1280-d vector.
@@ -118,6 +186,8 @@ class EfficientNetLite0(nn.Module):
     dropout_rate: dropout before the classifier (training only).
     dtype: computation dtype (parameters float32).
   """
+  width_coefficient: float = 1.0
+  depth_coefficient: float = 1.0
   truncate_at: Optional[str] = None
   output_stride: int = 32
   with_head: bool = False
@@ -132,9 +202,10 @@ class EfficientNetLite0(nn.Module):
 
     Returns:
       BackboneOutput: features {'stride2': [N, H/2, W/2, 16], 'stride4':
-      [.., 24], 'stride8': [.., 40], 'stride16': [.., 112], 'stride32':
-      [N, H/32, W/32, 1280]} (sizes rounded up), pooled [N, C_last] (1280
-      untruncated) and logits [N, num_classes] with the head.
+      [.., 24], 'stride8': [.., 40 (Lite2: 48)], 'stride16': [.., 112
+      (Lite2: 120)], 'stride32': [N, H/32, W/32, 1280]} (sizes rounded up),
+      pooled [N, C_last] (1280 untruncated) and logits [N, num_classes] with
+      the head.
     """
     last = base.check_level(self.truncate_at or base.FEATURE_LEVELS[-1])
     if self.output_stride not in (8, 16, 32):
@@ -148,17 +219,16 @@ class EfficientNetLite0(nn.Module):
     bn = functools.partial(_BN, use_running_average=not train, dtype=self.dtype)
     x = ((jnp.asarray(images, jnp.float32) * 255.0 - 127.0) / 128.0).astype(
         self.dtype)
-    x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False,
-                dtype=self.dtype, name="_conv_stem")(x)
+    x = nn.Conv(STEM_CHANNELS, (3, 3), strides=(2, 2), padding="SAME",
+                use_bias=False, dtype=self.dtype, name="_conv_stem")(x)
     x = nn.relu6(bn(name="_bn0")(x))
     # Flat block list with each block's nominal stride (ignoring dilation),
     # which names the levels: a level is the last block at its stride.
     specs, nominal = [], 2
-    for repeats, kernel, stride, expand, _, out_ch in B0_BLOCKS:
-      for j in range(repeats):
-        s = stride if j == 0 else 1
-        nominal *= s
-        specs.append((kernel, s, expand, out_ch, nominal))
+    for kernel, stride, expand, out_ch in lite_blocks(
+        self.width_coefficient, self.depth_coefficient):
+      nominal *= stride
+      specs.append((kernel, stride, expand, out_ch, nominal))
     features = {}
     current_stride, dilation = 2, 1
     for index, (kernel, stride, expand, out_ch, nominal) in enumerate(specs):
@@ -181,7 +251,7 @@ class EfficientNetLite0(nn.Module):
         if level == last:
           return base.BackboneOutput(features=features,
                                      pooled=jnp.mean(x, axis=(1, 2)))
-    x = nn.Conv(1280, (1, 1), use_bias=False, dtype=self.dtype,
+    x = nn.Conv(HEAD_CHANNELS, (1, 1), use_bias=False, dtype=self.dtype,
                 name="_conv_head")(x)
     x = nn.relu6(bn(name="_bn1")(x))
     features["stride32"] = x
@@ -191,3 +261,14 @@ class EfficientNetLite0(nn.Module):
       y = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
       logits = nn.Dense(self.num_classes, dtype=self.dtype, name="_fc")(y)
     return base.BackboneOutput(features=features, pooled=pooled, logits=logits)
+
+
+def _variant(name):
+  width, depth, _, dropout = LITE_VARIANTS[name]
+  return functools.partial(EfficientNetLite, width_coefficient=width,
+                           depth_coefficient=depth, dropout_rate=dropout)
+
+
+efficientnet_lite0 = _variant("efficientnet_lite0")
+efficientnet_lite1 = _variant("efficientnet_lite1")
+efficientnet_lite2 = _variant("efficientnet_lite2")
