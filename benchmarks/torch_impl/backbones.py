@@ -8,12 +8,12 @@ Written independently of the Flax code, after torchvision's ``resnet.py`` and
 ``features.0.weight``, ``classifier.6.bias``,
 ``_blocks.3._depthwise_conv.weight`` ...). Each ``forward`` returns
 (dict level -> NCHW feature map, logits), plus fc7 for VGG (headless
-Lite0 returns its pooled vector in place of the logits), with the level
+Lite returns its pooled vector in place of the logits), with the level
 definitions of the Flax backbones' docstrings.
 
-``torch.nn`` only (no torchvision). ``with_head=False`` (ResNet, VGG, Lite0) drops
-the classifier so that a headless backbone has exactly the parameters of the
-Flax backbone built without ``with_head`` (logits are then None); ResNet's
+``torch.nn`` only (no torchvision). ``with_head=False`` (ResNet, VGG, Lite)
+drops the classifier so that a headless backbone has exactly the parameters of
+the Flax backbone built without ``with_head`` (logits are then None); ResNet's
 ``truncate_at`` stops after a level like the Flax ``truncate_at``.
 """
 
@@ -206,7 +206,7 @@ class VGG(nn.Module):
 
 
 # ----------------------------------------------------------------------------
-# EfficientNet-Lite0 (efficientnet_pytorch layout, TF "same" padding).
+# EfficientNet-Lite0/1/2 (efficientnet_pytorch layout, TF "same" padding).
 
 class SameConv2d(nn.Conv2d):
   """Conv2d with TF 'SAME' padding computed from the input size
@@ -253,29 +253,51 @@ class MBConvBlock(nn.Module):
     return y + x if self.skip else y
 
 
-class EfficientNetLite0(nn.Module):
+def _round_filters(channels, width):
+  """efficientnet_pytorch's ``round_filters`` (divisor 8, min_depth None)."""
+  scaled = channels * width
+  new = max(8, int(scaled + 4) // 8 * 8)
+  return int(new + 8 if new < 0.9 * scaled else new)
+
+
+class EfficientNetLite(nn.Module):
+  """EfficientNet-Lite0/1/2: B0's stages scaled by (width, depth), TF's Lite
+  ``fix_head_stem`` (stem 32, head 1280 and the repeats of the first and last
+  stages unscaled). The defaults are Lite0."""
   BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
             (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112),
             (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-  # index of the last block at strides 2, 4, 8, 16
-  LEVEL_BLOCKS = {0: "stride2", 2: "stride4", 4: "stride8", 10: "stride16"}
+  # name -> (width, depth, dropout), from TF's efficientnet_lite_builder
+  VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 0.2),
+              "efficientnet_lite1": (1.0, 1.1, 0.2),
+              "efficientnet_lite2": (1.1, 1.2, 0.3)}
 
-  def __init__(self, num_classes=1000, with_head=True):
+  def __init__(self, width=1.0, depth=1.0, dropout=0.2, num_classes=1000,
+               with_head=True):
     super().__init__()
     self.with_head = with_head
     self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
     self._bn0 = _bn(32)
-    blocks = []
-    for repeats, k, s, e, i, o in self.BLOCKS:
+    blocks, strides, in_ch, stride = [], [], 32, 2
+    for stage, (repeats, k, s, e, _, o) in enumerate(self.BLOCKS):
+      o = _round_filters(o, width)
+      if 0 < stage < len(self.BLOCKS) - 1:
+        repeats = int(math.ceil(depth * repeats))
       for j in range(repeats):
-        blocks.append(MBConvBlock(i if j == 0 else o, o, k, s if j == 0 else 1,
-                                  e))
+        blocks.append(MBConvBlock(in_ch, o, k, s if j == 0 else 1, e))
+        stride *= s if j == 0 else 1
+        strides.append(stride)
+        in_ch = o
     self._blocks = nn.ModuleList(blocks)
-    self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+    # index of the last block at strides 2, 4, 8, 16 (Lite0: 0, 2, 4, 10)
+    self.level_blocks = {i: f"stride{s}" for i, s in enumerate(strides)
+                         if s < 32 and (i + 1 == len(strides)
+                                        or strides[i + 1] != s)}
+    self._conv_head = SameConv2d(in_ch, 1280, 1, bias=False)
     self._bn1 = _bn(1280)
     self._avg_pooling = nn.AdaptiveAvgPool2d(1)
     if with_head:
-      self._dropout = nn.Dropout(0.2)
+      self._dropout = nn.Dropout(dropout)
       self._fc = nn.Linear(1280, num_classes)
 
   def forward(self, x):
@@ -284,14 +306,23 @@ class EfficientNetLite0(nn.Module):
     x = F.relu6(self._bn0(self._conv_stem(x)))
     for idx, block in enumerate(self._blocks):
       x = block(x)
-      if idx in self.LEVEL_BLOCKS:
-        feats[self.LEVEL_BLOCKS[idx]] = x
+      if idx in self.level_blocks:
+        feats[self.level_blocks[idx]] = x
     x = F.relu6(self._bn1(self._conv_head(x)))
     feats["stride32"] = x
     pooled = torch.flatten(self._avg_pooling(x), 1)
     if not self.with_head:
       return feats, pooled
     return feats, self._fc(self._dropout(pooled))
+
+
+EfficientNetLite0 = EfficientNetLite  # the defaults are Lite0's
+
+
+def efficientnet_lite(name, with_head=True):
+  """``efficientnet_lite0`` / ``1`` / ``2`` by name."""
+  width, depth, dropout = EfficientNetLite.VARIANTS[name]
+  return EfficientNetLite(width, depth, dropout, with_head=with_head)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
