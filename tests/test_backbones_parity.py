@@ -9,6 +9,7 @@ bfloat16 compute: <= 2e-2).
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +18,11 @@ import pytest
 from conftest import optional_import
 from coseg_jax import backbones
 from coseg_jax.backbones import base
+from coseg_jax.backbones import efficientnet_lite
 from coseg_jax.backbones import weights
 
-# torchvision's counts (sum of parameter numel) and the Lite0 reference.
+# torchvision's counts (sum of parameter numel) and those of the Lite0/1/2
+# ImageNet files (test_backbones_weights checks them against the files).
 PARAM_COUNTS = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
@@ -28,6 +31,8 @@ PARAM_COUNTS = {
     "vgg16": 138_357_544,
     "vgg16_bn": 138_365_992,
     "efficientnet_lite0": 4_652_008,
+    "efficientnet_lite1": 5_416_680,
+    "efficientnet_lite2": 6_092_072,
 }
 # bfloat16 compute is checked on one model per block type (compile time on a
 # 2-core machine); all seven passed 2e-2 when measured (benchmarks/RESULTS.md).
@@ -58,6 +63,8 @@ def test_parameter_counts_equal_torchvision(name):
     ("resnet50", (64, 256, 512, 1024, 2048)),
     ("vgg16", (128, 256, 512, 512, 512)),
     ("efficientnet_lite0", (16, 24, 40, 112, 1280)),
+    ("efficientnet_lite1", (16, 24, 40, 112, 1280)),
+    ("efficientnet_lite2", (16, 24, 48, 120, 1280)),
 ])
 def test_feature_shapes_follow_naming_scheme(name, levels_c):
   module = backbones.get_backbone(name)
@@ -252,3 +259,22 @@ def test_train_mode_uses_batch_statistics_and_drop_connect():
   assert not np.allclose(out1.features["stride4"], out2.features["stride4"])
   eval_out = jax.jit(module.apply)(variables, x)
   assert not np.allclose(out1.features["stride4"], eval_out.features["stride4"])
+
+
+@pytest.mark.parametrize("name,blocks,dropout", [
+    ("efficientnet_lite0", 16, 0.2), ("efficientnet_lite1", 21, 0.2),
+    ("efficientnet_lite2", 21, 0.3)])
+def test_lite_drop_connect_and_dropout_rates(name, blocks, dropout):
+  """Drop-connect 0.2 * i / blocks (efficientnet_pytorch); TF's dropout."""
+  module = backbones.get_backbone(name, with_head=True)
+  assert module.dropout_rate == dropout
+  rates = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, efficientnet_lite.MBConvLite):
+      rates[context.module.name] = context.module.drop_connect_rate
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    weights.abstract_variables(module)
+  assert rates == {f"_blocks_{i}": 0.2 * i / blocks for i in range(blocks)}
