@@ -5,10 +5,12 @@ For each backbone, a plain-torch reference (``tests/torch_refs.py``, torchvision
 statistics; its state dict is converted with ``coseg_jax.backbones.weights``
 and both models run on the same random images. The error of a tensor is
 max |flax - torch| / max |torch|; the table gives the worst over the five
-feature levels, pooled and logits, for float32 and bfloat16 compute. With the
-Lite0 package installed it also reports the real-weight logits error and the
-top-1 classes of scikit-image's chelsea / coffee / rocket (shorter side to 256
-with PIL bilinear, centre crop 224).
+feature levels, pooled and logits, for float32 and bfloat16 compute. For each
+EfficientNet-Lite whose weights package is installed it also reports the
+real-weight errors (worst level and logits) and the top-3 classes of
+scikit-image's chelsea / coffee / rocket at the model's native resolution
+(shorter side to resolution + 32 with PIL bilinear, centre crop: 256 -> 224
+for Lite0, 272 -> 240 for Lite1, 292 -> 260 for Lite2).
 
 Usage (needs torch):
   python benchmarks/backbone_parity.py [--names resnet18,vgg16] [--size 64]
@@ -28,10 +30,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
 from coseg_jax import backbones  # pylint: disable=g-import-not-at-top
 from coseg_jax.backbones import base  # pylint: disable=g-import-not-at-top
+from coseg_jax.backbones import efficientnet_lite  # pylint: disable=g-import-not-at-top
 from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
 
 NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "vgg16_bn",
-         "efficientnet_lite0")
+         "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def _rel(a, b):
@@ -48,7 +51,7 @@ def _reference(torch, torch_refs, name):
   if name.startswith("vgg"):
     return torch_refs.randomize_(torch_refs.VGG(name == "vgg16_bn"), 1), \
         torch_refs.imagenet_input
-  return torch_refs.randomize_(torch_refs.EfficientNetLite0(), 1), \
+  return torch_refs.randomize_(torch_refs.efficientnet_lite(name), 1), \
       torch_refs.lite_input
 
 
@@ -90,34 +93,44 @@ def timing(name, size=224, repeats=5):
   return (time.perf_counter() - t) / repeats * 1e3
 
 
-def lite0_real():
+def lite_real(name):
+  """Real ImageNet weights: errors vs torch and top-3 on three photos."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch_refs  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
-  path = weights.find_lite0_weights()
+  try:
+    path = weights.find_lite_weights(name)
+  except weights.WeightsError as e:
+    print(f"{name} real weights: skipped ({e})")
+    return
+  size = efficientnet_lite.LITE_VARIANTS[name][2]
 
   def crop(img):
     im = Image.fromarray(img)
     w, h = im.size
-    s = 256 / min(w, h)
+    s = (size + 32) / min(w, h)
     im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
     w, h = im.size
-    l, t = (w - 224) // 2, (h - 224) // 2
-    return np.asarray(im.crop((l, t, l + 224, t + 224)), np.float32) / 255.0
+    l, t = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((l, t, l + size, t + size)), np.float32) / 255.0
 
   names = ("chelsea", "coffee", "rocket")
   images = np.stack([crop(getattr(skimage.data, n)()) for n in names])
-  module = backbones.get_backbone("efficientnet_lite0", with_head=True)
-  variables = weights.load_pretrained("efficientnet_lite0", path,
-                                      with_head=True)
-  logits = np.asarray(jax.jit(module.apply)(variables, images).logits)
-  ref = torch_refs.EfficientNetLite0().eval()
+  module = backbones.get_backbone(name, with_head=True)
+  variables = weights.load_pretrained(name, path, with_head=True)
+  out = jax.jit(module.apply)(variables, images)
+  logits = np.asarray(out.logits)
+  ref = torch_refs.efficientnet_lite(name).eval()
   ref.load_state_dict(torch.load(path, map_location="cpu"))
   with torch.no_grad():
-    ref_logits = ref(torch_refs.lite_input(images))[1].numpy()
-  print(f"Lite0 real weights ({path.name}): logits max relative error "
-        f"{_rel(logits, ref_logits):.2e}")
+    ref_feats, ref_logits = ref(torch_refs.lite_input(images))
+  level_err = max(
+      _rel(out.features[k], ref_feats[k].permute(0, 2, 3, 1).numpy())
+      for k in base.FEATURE_LEVELS)
+  print(f"{name} real weights ({path.name}, {size} px): max relative error "
+        f"features {level_err:.2e}, logits "
+        f"{_rel(logits, ref_logits.numpy()):.2e}")
   for n, lg in zip(names, logits):
     p = np.exp(lg - lg.max())
     p /= p.sum()
@@ -143,8 +156,9 @@ def main():
     if args.time:
       line += f" {timing(name):.0f} |"
     print(line, flush=True)
-  if "efficientnet_lite0" in args.names:
-    lite0_real()
+  for name in args.names.split(","):
+    if name.startswith("efficientnet_lite"):
+      lite_real(name)
 
 
 if __name__ == "__main__":
