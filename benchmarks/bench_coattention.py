@@ -13,7 +13,7 @@ One cell per call (see ``benchmarks/common.py``)::
   python -m benchmarks.bench_coattention --framework jax --dtype bfloat16
   python -m benchmarks.bench_coattention --framework torch
 
-Collection time (``--extra collection``): ``coseg_jax.coattention_train.
+Collection time (``--extra collection``): ``coseg_jax.runtime.trainers.collection.
 train_on_images`` — the real per-collection training (stage 1, stage 2 with
 the per-epoch proposal re-selection), timed on a second, identical call
 after a first one that compiles — on a collection of random images with random box proposals: 100 images and the paper's 20 + 40
@@ -36,7 +36,7 @@ from benchmarks import common
 
 BENCH = common.MethodBench(
     name="coattention",
-    config="configs.coattention_voc",
+    config="configs.coattention_pascal_voc_coseg",
     config_arg=None,
     image_size=384, batch=1, group_size=5,
     reduced={"small": (64, 1), "tiny": (32, 1)},
@@ -66,7 +66,7 @@ def _random_proposals(rng, n, h, w, count=6):
 def collection(bench, args):
   """Per-collection training time (see the module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from coseg_jax import coattention_train  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime.trainers import collection as collection_trainer  # pylint: disable=g-import-not-at-top
   paper = args.size == "paper"
   n = 100 if paper else 10
   config = common.make_config(bench, size=args.size, dtype=args.dtype,
@@ -86,10 +86,10 @@ def collection(bench, args):
   # First call: compiles the trainer's step and prediction (cached by
   # shape); the second, identical call is the timed, warm one.
   t0 = time.perf_counter()
-  coattention_train.train_on_images(config, images, proposals)
+  collection_trainer.train_on_images(config, images, proposals)
   cold = time.perf_counter() - t0
   t0 = time.perf_counter()
-  out = coattention_train.train_on_images(config, images, proposals)
+  out = collection_trainer.train_on_images(config, images, proposals)
   wall = time.perf_counter() - t0
   paper_steps = 60 * 20
   per_step = out["train_seconds"] / steps

@@ -18,7 +18,7 @@ from benchmarks import common
 
 BENCH = common.MethodBench(
     name="cosegnet",
-    config="configs.cosegnet_voc",
+    config="configs.cosegnet_voc2012",
     config_arg=None,
     image_size=224, batch=3, group_size=3,
     reduced={"small": (64, 1), "tiny": (32, 1)},

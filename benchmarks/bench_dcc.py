@@ -17,7 +17,7 @@ from benchmarks import common
 
 BENCH = common.MethodBench(
     name="dcc",
-    config="configs.dcc_voc",
+    config="configs.dcc_voc2012",
     config_arg=None,
     image_size=513, batch=5, group_size=2,
     reduced={"small": (65, 1), "tiny": (32, 1)},

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for method in baseline mcat mmul; do
-  python -m coseg_jax.main --config "configs/baselines.py:${method}" \
+  python -m coseg_jax.main --config "configs/baselines_synthetic.py:${method}" \
       --mode benchmark "$@" 2>&1 | grep -v '^[IW][0-9]\{4\} '
 done

@@ -14,7 +14,7 @@ What is measured, and how (identical for both frameworks where possible):
 
 * JAX: ``coseg_jax.benchmark.run_benchmark`` on the method's config with the
   sizes overridden — the exact jitted train step training runs
-  (``coseg_jax.train.make_train_step``: forward, loss, backward, optax
+  (the trainer's own step, ``coseg_jax.runtime.steps``: forward, loss, backward, optax
   update, donated state) and the jitted inference (``model.apply(train=
   False)`` + sigmoid), on a mesh of 1 device or all local devices
   (data-parallel via ``coseg_jax.sharding``; the global batch is then the
@@ -164,10 +164,11 @@ def matmul_peak(dtype: str = "float32", n: Optional[int] = None,
 # JAX side.
 
 def measure_jax(config) -> Dict[str, Any]:
-  """``coseg_jax.benchmark.run_benchmark`` of ``config`` + parameter count."""
+  """``coseg_jax.runtime.benchmark.run_benchmark`` of ``config`` + parameter
+  count."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from coseg_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import benchmark  # pylint: disable=g-import-not-at-top
   from coseg_jax import models  # pylint: disable=g-import-not-at-top
   report = benchmark.run_benchmark(config)
   report["param_count"] = jax_param_count(config)
@@ -224,11 +225,11 @@ def build_torch_model(bench: MethodBench, config):
 def torch_batch(config, device):
   """The JAX benchmark's random batch (same seed) as torch NCHW tensors."""
   import torch  # pylint: disable=g-import-not-at-top
-  from coseg_jax import benchmark  # pylint: disable=g-import-not-at-top
-  from coseg_jax import train  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import benchmark  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import state  # pylint: disable=g-import-not-at-top
   shape = (int(config.train.global_batch_size),) + tuple(
-      train.input_shape(config)[1:])
-  np_batch = benchmark._fake_batch(shape, int(config.train.seed))  # pylint: disable=protected-access
+      state.input_shape(config)[1:])
+  np_batch = benchmark.fake_batch(shape, int(config.train.seed))
   out = {}
   for k, v in np_batch.items():
     t = torch.from_numpy(np.array(v))
@@ -239,7 +240,7 @@ def torch_batch(config, device):
 
 
 def torch_optimizer(params, opt_config):
-  """``torch.optim`` matching ``coseg_jax.train.make_optimizer`` semantics."""
+  """``torch.optim`` matching ``coseg_jax.runtime.optimizer`` semantics."""
   import torch  # pylint: disable=g-import-not-at-top
   name = opt_config.get("name", "adam")
   lr = float(opt_config.get("learning_rate", 1e-3))

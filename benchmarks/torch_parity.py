@@ -14,46 +14,31 @@ Usage::
 """
 
 import argparse
-import importlib
-import os
-import sys
 
-import jax
-import numpy as np
+import torch
 
 from benchmarks import common
 from benchmarks.torch_impl import blocks
-
-METHODS = ("cyclesegnet", "cosegnet", "dcc", "coattention", "macosnet")
+from benchmarks.torch_impl import parity
 
 
 def main(argv=None):
-  import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), "tests"))
-  import test_benchmarks as tb  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--methods", default=",".join(parity.METHODS))
   args = p.parse_args(argv)
   print("| method | params (paper config): JAX | torch | params (tiny): JAX "
         "| torch | tiny output max abs diff / max abs |")
   print("|---|---|---|---|---|---|")
   for method in args.methods.split(","):
-    bench = importlib.import_module(f"benchmarks.bench_{method}").BENCH
+    bench = parity.bench_of(method)
     counts = []
     for size in ("paper", "tiny"):
       config = common.make_config(bench, size=size)
       with torch.device("meta"):
         tm = common.build_torch_model(bench, config)
       counts += [common.jax_param_count(config), blocks.torch_param_count(tm)]
-    model, v, tm, x = tb._parity(method)  # pylint: disable=protected-access
-    ours = jax.jit(lambda v, x, m=model: m.apply(v, x).mask_logits)(v, x)
-    with torch.no_grad():
-      out = tm(tb.to_nchw(x))
-    out = out[0] if isinstance(out, tuple) else out
-    ref = out.permute(0, 1, 3, 4, 2).numpy()
-    ours = np.asarray(ours)
-    err = np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-3)
+    ours, ref = parity.mask_logits_pair(*parity.parity_models(method))
+    err = parity.relative_error(ours, ref)
     print(f"| {method} | {counts[0]:,} | {counts[1]:,} | {counts[2]:,} | "
           f"{counts[3]:,} | {err:.1e} |", flush=True)
 

@@ -29,31 +29,18 @@ ImageNet ResNet-34 weights: ``--config.init.backbone_weights=resnet34.pth``
 
 import ml_collections
 
-from configs import common
+from configs import args
+from configs import base
 
 ABLATIONS = ("mcycle", "mcross", "baseline", "mcat", "mmul")
 
 
-def parse_arg(arg):
-  """'ablation[,single][,runlocal]' -> (ablation, single, runlocal)."""
-  ablation, single, runlocal = "mcycle", False, False
-  for t in [t for t in (arg or "").split(",") if t]:
-    if t in ABLATIONS:
-      ablation = t
-    elif t == "single":
-      single = True
-    elif t == "runlocal":
-      runlocal = True
-    else:
-      raise ValueError(f"unknown config variant {t!r}; expected one of "
-                       f"{', '.join(ABLATIONS)}, 'single', 'runlocal'")
-  return ablation, single, runlocal
-
-
 def get_config(arg=None):
   """Returns the paper's config (or an ablation / runlocal variant)."""
-  ablation, single, runlocal = parse_arg(arg)
-  config = common.get_base_config()
+  a = args.parse(arg, config="cyclesegnet_voc2012",
+                 groups={"ablation": ABLATIONS}, flags=("single", "runlocal"))
+  ablation, single, runlocal = a.ablation, a.single, a.runlocal
+  config = base.get_base_config()
   config.method = ("cyclesegnet" if ablation in ("mcycle", "mcross")
                    else ablation)
 

@@ -5,28 +5,28 @@ synthetic set is rendered locally, nothing is downloaded):
 
   python -m coseg_jax.main --config configs/demo.py --workdir /tmp/coseg_demo
 
-It runs in two stages, both on the synthetic training split (``same64``: each
-image shows its group's object and one distractor from another group, every
-object in its category's texture, so a single image does not say which object
-is common and a pair does):
+It runs two stages (``config.stages``), both on the synthetic training split
+(``same64``: each image shows its group's object and one distractor from
+another group, every object in its category's texture, so a single image does
+not say which object is common and a pair does):
 
-1. Encoder pre-training (``config.pretrain_encoder``, 600 steps, about 45 s):
-   the tiny CNN encoder learns to name the category of every pixel inside the
-   training masks (``coseg_jax.models.dense_category``). This stands in for
-   the paper's ImageNet weights, which a from-scratch encoder lacks.
-2. CycleSegNet (multi-level Cycle Refinement with 3 ConvLSTM steps, Lovász
-   loss) on top of that encoder, kept frozen (``optimizer.lr_multipliers``),
-   2,000 steps.
+1. ``encoder_pretrain`` (600 steps, about 45 s): the tiny CNN encoder learns
+   to name the category of every pixel inside the training masks
+   (``coseg_jax.models.dense_category``). This stands in for the paper's
+   ImageNet weights, which a from-scratch encoder lacks.
+2. ``main``: CycleSegNet (multi-level Cycle Refinement with 3 ConvLSTM
+   steps, Lovász loss) on top of that encoder, kept frozen
+   (``optimizer.lr_multipliers``), 2,000 steps.
 
-It then evaluates on the held-out synthetic test groups (prints P and J per
-class and the class average) and writes masks, overlays and a per-refinement-
-step strip for a few held-out groups to ``/tmp/coseg_demo/figures``.
-Afterwards:
+It then evaluates on the held-out synthetic test groups (P and J per class,
+the class average, and the all-foreground and centre references) and writes
+masks, overlays and a per-refinement-step strip for a few held-out groups to
+``<workdir>/figures``. Afterwards:
 
   python -m coseg_jax.main --config configs/demo.py --workdir /tmp/coseg_demo \\
       --mode eval
   python -m coseg_jax.main --config configs/demo.py --workdir /tmp/coseg_demo \\
-      --mode predict --images '/path/to/photos/*.jpg' --out /tmp/coseg_demo/pred
+      --mode predict --images 'photos/*.jpg' --out /tmp/coseg_demo/pred
 
 ``configs/demo.py:runlocal`` is a seconds-long version for tests.
 
@@ -38,32 +38,27 @@ refinement steps instead of 7 (the per-step strip shows what the steps do);
 encoder skips into the decoder for sharper edges at 64 px. Two RCM options
 that are not in the paper: ``regions='raw'`` (every pixel of the partner is a
 region, where the paper pools 2x2) and ``match_score`` (each pixel's best
-query-key match as one more channel).
-
-Measured (benchmarks/RESULTS.md, session 6): held-out Avg. J 0.806 in
-7 min 8 s of wall time on a 2-core CPU (seeds 1 and 2: 0.823, 0.803). With
-the paper's RCM (2x2 pooled regions, no match channel) the same run gives
-0.785. Without the pre-trained frozen encoder every variant tried ended at
-0.71-0.75: trained end to end, the encoder learns single-image cues (object
-size, stacking order) instead of features that match across the pair.
+query-key match as one more channel). Measured figures: docs/results.md.
 """
 
-from configs import baselines
+from configs import args
+from configs import base
 from configs import cyclesegnet_voc2012
 
 
 def get_config(arg=None):
   """CycleSegNet on 64 px synthetic pairs; ``runlocal`` shrinks it for tests."""
-  _, runlocal = baselines.parse_arg(arg, methods=())
+  runlocal = args.parse(arg, config="demo", flags=("runlocal",)).runlocal
   config = cyclesegnet_voc2012.get_config("mcycle,runlocal")
   config.model.num_steps = 3
   config.visualise.num_groups = 2 if runlocal else 4
   # The tiny encoder has no ImageNet weights: a first stage trains it to name
   # the class of every pixel inside the training masks, and the CycleSegNet
-  # stage keeps it frozen (coseg_jax.encoder_pretrain; RESULTS.md session 6).
-  config.pretrain_encoder.num_steps = 2 if runlocal else 600
-  config.pretrain_encoder.global_batch_size = 2 if runlocal else 16
-  config.pretrain_encoder.learning_rate = 3e-3
+  # stage keeps it frozen.
+  config.stages = ("encoder_pretrain", "main")
+  config.encoder_pretrain = base.encoder_pretrain_section(
+      num_steps=2 if runlocal else 600,
+      global_batch_size=2 if runlocal else 16, learning_rate=3e-3)
   config.optimizer.lr_multipliers = {"backbone": 0.0}
   # Not in the paper: every pixel of the partner is a region, and the RCM
   # appends each pixel's best query-key match (region_attention docstring).
@@ -91,7 +86,6 @@ def get_config(arg=None):
     config.train.log_every = 50
     config.train.eval_every = 2000
     config.train.checkpoint_every = 200
-    config.train.progress_bar = False
     config.eval.strategy = "pairs"
     config.eval.max_groups = -1
     config.eval.batch_size = 16

@@ -6,13 +6,12 @@ same class from the PF-PASCAL training split.
 
   python -m coseg_jax.main --config configs/macosnet_pf_pascal.py \\
       --workdir /tmp/macos_pf --mode train \\
-      --config.init.from_checkpoint=/tmp/macos_pre \\
       --config.data.manual_dir=/path/to/PF-PASCAL
 
 Variants: ``:lite0``, ``:no_<term>``, ``:runlocal``.
 """
 
-from configs import macosnet_common
+from configs import macosnet_base
 
 PCK_ALPHAS = (0.05, 0.1, 0.15)  # Sec. 5.1, bounding-box reference size
 
@@ -20,7 +19,8 @@ PCK_ALPHAS = (0.05, 0.1, 0.15)  # Sec. 5.1, bounding-box reference size
 def get_config(arg=None):
   """PF-PASCAL setting; arg = '[runlocal][,lite0][,no_<term>]...'."""
   # Paper weights for PF-PASCAL: cycle/trans/contrast/task = 20/10/2.5/2.5.
-  config = macosnet_common.base(arg, weights=(20.0, 10.0, 2.5, 2.5),
-                                dataset="pf_pascal")
+  config = macosnet_base.base(arg, weights=(20.0, 10.0, 2.5, 2.5),
+                              dataset="pf_pascal",
+                              config_name="macosnet_pf_pascal")
   config.eval.pck_alphas = PCK_ALPHAS
   return config

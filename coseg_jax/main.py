@@ -5,27 +5,37 @@
       [--config.train.num_steps=100 ...] [--images DIR_OR_GLOB] [--out DIR]
 
 Modes:
-- ``train``: ``coseg_jax.train.train_and_evaluate(config, workdir)``
-  (resumes from the workdir's latest checkpoint).
-- ``eval``: restores the latest checkpoint of ``--workdir`` and prints the
-  labelled figures of ``coseg_jax.evaluate.evaluate_dataset``; they are also
-  written to ``<workdir>/eval_<split>_step<N>.json``.
+- ``train``: ``coseg_jax.runtime.stages.run(config, workdir)``: the config's
+  stages (pre-training stages, then the main run with ``config.trainer``);
+  resumes from the workdir.
+- ``eval``: restores the latest checkpoint of ``--workdir`` and runs the
+  config's evaluators (``config.eval.evaluators``: co-segmentation P/J,
+  matching PCK, decision accuracy); the figures are printed and written to
+  ``<workdir>/eval_<split>_step<N>.json``.
 - ``predict``: co-segments the images of ``--images`` (a folder or a glob)
   with the latest checkpoint; masks, overlays and a contact sheet go to
-  ``--out`` (default ``<workdir>/predictions``).
-- ``benchmark``: compiles the config's train step and inference on random
-  inputs of the configured shapes and prints compile time, step time,
-  examples/s and peak memory (``coseg_jax.benchmark``); needs no data and no
-  workdir.
+  ``--out`` (default ``<workdir>/predictions``). Unreadable files are
+  skipped with a warning that lists them (``config.predict.on_unreadable=
+  'error'`` stops instead).
+- ``benchmark``: compiles the trainer's own train step and the inference on
+  random inputs of the configured shapes and prints compile time, step time,
+  examples/s and peak memory (``coseg_jax.runtime.benchmark``); needs no
+  data and no workdir.
 
 Every usage problem is found before anything is built or compiled and
 reported as one line ``ERROR: ...`` on stderr with exit code 2 (no
 traceback): a config file that does not load, an unknown ``--config.*``
-field or a bad value, an unknown method or backbone, an unknown dataset, a
-dataset directory that does not exist, a missing ``--workdir``, no
-checkpoint for eval/predict, a missing ``--images`` or one that names no
-image. This module only parses and checks flags; the work is in
-``train``, ``evaluate``, ``predict`` and ``benchmark``.
+field or a bad value, an unknown method, backbone, trainer, stage or
+evaluator, an unknown dataset, a dataset directory that does not exist, a
+missing ``--workdir``, no checkpoint for eval/predict, a missing
+``--images`` or one that names no image. Bad input found while running (a
+corrupt or missing data file, a weights file that does not fit, unreadable
+images with ``on_unreadable='error'``) is one line ``ERROR: ...`` naming the
+file, exit code 1.
+
+The console shows what a user reads (config summary, progress, metrics
+lines, results, where files went); library INFO logs are off unless
+``--verbosity=0`` (absl's flag) asks for them.
 """
 
 import json
@@ -36,8 +46,25 @@ from typing import List, Optional
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
+
+from coseg_jax import backbones
+from coseg_jax import models
+from coseg_jax import postprocess
+from coseg_jax.backbones import weights as weights_lib
+from coseg_jax.runtime import benchmark
+from coseg_jax.runtime import checkpoint
+from coseg_jax.runtime import console
+from coseg_jax.runtime import evaluators
+from coseg_jax.runtime import predict
+from coseg_jax.runtime import sharding
+from coseg_jax.runtime import stages
+from coseg_jax.runtime import trainers
+from data_pipelines import config as data_config
+from data_pipelines import io as data_io
+from data_pipelines import registry
 
 FLAGS = flags.FLAGS
 MODES = ("train", "eval", "predict", "benchmark")
@@ -109,7 +136,7 @@ def parse_flags(argv: List[str]) -> List[str]:
     where = bad[0].lstrip("-") if bad else key
     _fail(f"unknown config field {where!r} (the config has no field "
           f"{key!r}{f'; did you mean {hint.group(1)!r}?' if hint else ''}; see "
-          f"configs/common.py for the fields)")
+          f"configs/base.py for the fields)")
   except Exception as e:  # pylint: disable=broad-except
     _fail(f"could not parse the flags: {type(e).__name__}: {_last_line(e)}")
   return rest
@@ -133,17 +160,18 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
   """
   if not isinstance(config, ml_collections.ConfigDict):
     raise UsageError("--config is required (e.g. --config "
-                     "configs/baselines.py:baseline,runlocal)")
+                     "configs/baselines_synthetic.py:baseline,runlocal)")
   for section in ("method", "model", "data", "eval", "predict"):
     if section not in config:
       raise UsageError(f"the config has no '{section}' section; build it on "
-                       "configs.common.get_base_config()")
-  from coseg_jax import backbones  # pylint: disable=g-import-not-at-top
-  from coseg_jax import models  # pylint: disable=g-import-not-at-top
+                       "configs.base.get_base_config()")
   try:
     models.get_method(config.method)
+    trainers.get_trainer(config.get("trainer", "supervised"))
+    stages.stage_names(config)
+    evaluators.configured(config)
   except ValueError as e:
-    raise UsageError(f"config.method: {e}") from None
+    raise UsageError(str(e)) from None
   backbone = config.model.get("backbone")
   if backbone is not None and backbone not in backbones.available_backbones():
     raise UsageError(f"config.model.backbone: unknown backbone {backbone!r}; "
@@ -157,7 +185,6 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
       raise UsageError(f"config.eval.strategy must be one of {strategies}, "
                        f"got {config.eval.strategy!r}")
   if mode in ("train", "eval", "predict"):
-    from coseg_jax import postprocess  # pylint: disable=g-import-not-at-top
     method = config.eval.get("postprocess", "threshold")
     if method not in postprocess.METHODS:
       raise UsageError(f"config.eval.postprocess must be one of "
@@ -166,10 +193,13 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
     raise UsageError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}"
                      f" (train first with --mode train --workdir {workdir})")
   if mode == "predict":
-    from coseg_jax import predict  # pylint: disable=g-import-not-at-top
     if not images:
       raise UsageError("--images is required for --mode predict (a folder "
                        "or a glob such as 'photos/*.jpg')")
+    on_unreadable = config.predict.get("on_unreadable", "skip")
+    if on_unreadable not in predict.ON_UNREADABLE:
+      raise UsageError(f"config.predict.on_unreadable must be one of "
+                       f"{predict.ON_UNREADABLE}, got {on_unreadable!r}")
     try:
       files = predict.list_images(images)
       predict.make_groups(len(files), config.predict.group_strategy)
@@ -179,7 +209,6 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
 
 def _validate_data(config) -> None:
   """Dataset name and directories (the synthetic set needs none)."""
-  from data_pipelines import registry  # pylint: disable=g-import-not-at-top
   data = config.data
   if data.name not in registry.available_datasets():
     raise UsageError(f"config.data.name: unknown dataset {data.name!r}; "
@@ -197,12 +226,13 @@ def _validate_data(config) -> None:
         return
     except Exception:  # pylint: disable=broad-except
       pass  # An unknown builder config is reported by the build itself.
-  manual = data.get("manual_dir")
+  manual = data_config.resolve_manual_dir(data)
   if not manual:
     raise UsageError(
         f"config.data.manual_dir is not set and dataset {data.name!r} is not "
         f"built in config.data.data_dir={data_dir}; set "
-        f"--config.data.manual_dir to the dataset's original layout")
+        f"--config.data.manual_dir (or COSEG_DATA_DIR) to the dataset's "
+        f"original layout")
   manual = os.path.expanduser(str(manual))
   if not os.path.isdir(manual):
     raise UsageError(f"config.data.manual_dir={manual} does not exist "
@@ -214,8 +244,6 @@ def _validate_data(config) -> None:
 
 def _restore(config, workdir):
   """(model, variables, step) of the latest checkpoint in ``workdir``."""
-  from coseg_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from coseg_jax import models  # pylint: disable=g-import-not-at-top
   model = models.get_method(config.method).build_model(config.model)
   variables, step = checkpoint.load_variables(workdir)
   if not variables.get("batch_stats"):
@@ -223,56 +251,91 @@ def _restore(config, workdir):
   return model, variables, step
 
 
+def config_summary(config, *, mode: str, workdir: Optional[str]) -> str:
+  """One line a user reads first: what runs, on what, where."""
+  size = config.data.get("image_size")
+  parts = [f"{mode}: {config.method}", f"backbone {config.model.get('backbone')}",
+           f"data {config.data.name}"]
+  if mode == "train":
+    names = stages.stage_names(config)
+    if len(names) > 1:
+      parts.append("stages " + " -> ".join(names))
+    parts.append(f"{int(config.train.num_steps)} steps of "
+                 f"{int(config.train.global_batch_size)} groups at {size} px")
+  if workdir:
+    parts.append(f"workdir {workdir}")
+  return ", ".join(parts)
+
+
 def run(config, *, mode, workdir, images=None, out=None):
   """Runs one mode (after ``validate``)."""
+  console.info(config_summary(config, mode=mode, workdir=workdir))
   if mode == "train":
-    from coseg_jax import models  # pylint: disable=g-import-not-at-top
-    from coseg_jax import train  # pylint: disable=g-import-not-at-top
-    spec = models.get_method(config.method)
-    if spec.train_fn is not None:  # a method with its own schedule
-      spec.train_fn(config, workdir)
-    else:
-      train.train_and_evaluate(config, workdir)
+    stages.run(config, workdir)
+    console.info(f"checkpoints and TensorBoard logs in {workdir}")
   elif mode == "eval":
-    from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
     model, variables, step = _restore(config, workdir)
-    print(f"checkpoint step {step} from {workdir}")
-    import jax  # pylint: disable=g-import-not-at-top
-    from coseg_jax import sharding  # pylint: disable=g-import-not-at-top
     # Several devices: shard each evaluation batch over the 'data' axis.
     mesh = (sharding.make_mesh(config.mesh.get("data", -1))
             if jax.device_count() > 1 else None)
-    results = evaluate.evaluate_dataset(config=config, model=model,
-                                        variables=variables, mesh=mesh)
-    path = os.path.join(workdir, f"eval_{results['split']}_step{step}.json")
+    results = evaluators.evaluate(config=config, model=model,
+                                  variables=variables, mesh=mesh)
+    path = os.path.join(workdir, f"eval_{config.eval.split}_step{step}.json")
     with open(path, "w") as f:
       json.dump(dict(results, step=step), f, indent=1)
-    print(f"figures written to {path}")
+    console.info(f"checkpoint step {step}; figures written to {path}")
   elif mode == "predict":
-    from coseg_jax import predict  # pylint: disable=g-import-not-at-top
     model, variables, step = _restore(config, workdir)
     out = out or os.path.join(workdir, "predictions")
-    written = predict.predict_folder(config=config, model=model,
-                                     variables=variables, images=images,
-                                     out_dir=out)
+    written, skipped = predict.predict_folder(
+        config=config, model=model, variables=variables, images=images,
+        out_dir=out)
+    if skipped:
+      console.warning(f"skipped {len(skipped)} unreadable file(s): "
+                      + "; ".join(skipped))
     n = sum(1 for w in written if os.sep + "masks" + os.sep in w)
-    print(f"checkpoint step {step}: {n} masks, {n} overlays and "
-          f"contact_sheet.png written to {out}")
+    console.info(f"checkpoint step {step}: {n} masks, {n} overlays and "
+                 f"contact_sheet.png written to {out}")
   elif mode == "benchmark":
-    from coseg_jax import benchmark  # pylint: disable=g-import-not-at-top
-    benchmark.print_report(benchmark.run_benchmark(config))
+    console.info(benchmark.format_report(benchmark.run_benchmark(config)))
+
+
+# Errors about the input data or files found while running: reported as one
+# line naming the file (their messages do), exit code 1.
+INPUT_ERRORS = (data_io.BadInputError, weights_lib.WeightsError,
+                predict.UnreadableImagesError, FileNotFoundError)
+
+
+def input_error(error: BaseException) -> Optional[BaseException]:
+  """The input error behind ``error`` (TFDS wraps builder errors), or None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, INPUT_ERRORS):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  console.setup(FLAGS.verbosity if FLAGS["verbosity"].present else None)
   try:
     validate(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
              images=FLAGS.images)
   except UsageError as e:
     _fail(str(e))
-  run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
-      images=FLAGS.images, out=FLAGS.out)
+  try:
+    run(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
+        images=FLAGS.images, out=FLAGS.out)
+  except Exception as e:  # pylint: disable=broad-except
+    cause = input_error(e)
+    if cause is None:
+      raise
+    message = " ".join(str(cause).split())
+    print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def entry_point():

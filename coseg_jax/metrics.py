@@ -7,9 +7,11 @@ Conventions (stated once, used everywhere):
 
 * Masks are channels-last, [..., H, W, 1]; every per-image function reduces the
   last three axes and keeps the leading ones (e.g. [B, K]).
-* Binarisation: a pixel is foreground iff its probability is > 0.5, or, with
-  ``from_logits=True``, iff its logit is > 0 (the same set: sigmoid(0) = 0.5).
-  Ground truth is foreground iff > 0.5 (so {0, 1} and {0, 255}/255 both work).
+* Binarisation: a pixel is foreground iff its probability is >= 0.5, or, with
+  ``from_logits=True``, iff its logit is >= 0 (the same set: sigmoid(0) =
+  0.5). Ground truth is foreground iff > 0.5 (so {0, 1} and {0, 255}/255
+  both work). Other conversions of a probability map (Otsu, dense CRF,
+  GrabCut) are ``coseg_jax.postprocess.binarize``.
 * ``valid`` (optional, [..., H, W, 1], bool or {0,1}) excludes pixels, e.g. the
   VOC 255 "void" border or padding; excluded pixels count nowhere.
 * Precision P = correctly labelled valid pixels (fg and bg) / valid pixels.
@@ -44,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 UNKNOWN_FLOW_THRESHOLD = 1e9
+IGNORE = 255  # mask value of pixels that count nowhere
 _AXES = (-3, -2, -1)
 
 
@@ -53,9 +56,10 @@ def _check_mask(x, name):
         f"{name} must be a mask [..., H, W, 1], got shape {x.shape}")
 
 
-def binarize(pred: jnp.ndarray, *, from_logits: bool = False) -> jnp.ndarray:
-  """Boolean foreground: prob > 0.5, or logit > 0 with ``from_logits``."""
-  return pred > (0.0 if from_logits else 0.5)
+def _foreground(pred: jnp.ndarray, *, from_logits: bool = False
+                ) -> jnp.ndarray:
+  """Boolean foreground: prob >= 0.5, or logit >= 0 with ``from_logits``."""
+  return pred >= (0.0 if from_logits else 0.5)
 
 
 def segmentation_counts(*, pred: jnp.ndarray, gt: jnp.ndarray,
@@ -76,7 +80,7 @@ def segmentation_counts(*, pred: jnp.ndarray, gt: jnp.ndarray,
   _check_mask(gt, "gt")
   if pred.shape != gt.shape:
     raise ValueError(f"pred {pred.shape} and gt {gt.shape} shapes differ")
-  p = binarize(pred, from_logits=from_logits)
+  p = _foreground(pred, from_logits=from_logits)
   g = gt > 0.5
   v = (jnp.ones(p.shape, bool) if valid is None else
        jnp.broadcast_to(jnp.asarray(valid) > 0, p.shape))
@@ -193,6 +197,33 @@ def flow_pck(*, pred_flow: jnp.ndarray, gt_flow: jnp.ndarray,
   n = jnp.sum(scored, axis=(-2, -1))
   return jnp.where(n > 0, jnp.sum(ok & scored, axis=(-2, -1)) /
                    jnp.maximum(n, 1), jnp.nan)
+
+
+def score_mask(*, pred: np.ndarray, gt: np.ndarray) -> Dict[str, float]:
+  """Scores of one binary mask against a dataset mask (host side).
+
+  The evaluation of a prediction at an image's original resolution, where
+  every image has its own size.
+
+  Args:
+    pred: bool [H, W] predicted foreground.
+    gt: uint8 [H, W] (or [H, W, 1]) with 0 background, 1 foreground and
+      255 ignore (the data sets' convention).
+
+  Returns:
+    dict of floats: 'jaccard', 'precision', 'intersection', 'union',
+    'correct', 'total' (what :meth:`CosegAccumulator.update` takes).
+  """
+  gt = np.asarray(gt)
+  gt = gt[..., 0] if gt.ndim == 3 else gt
+  pred = np.asarray(pred, bool)
+  if pred.shape != gt.shape:
+    raise ValueError(f"pred {pred.shape} and gt {gt.shape} shapes differ")
+  valid = gt != IGNORE
+  scores = segmentation_scores(pred=pred[..., None].astype(np.float32),
+                               gt=(gt == 1)[..., None].astype(np.float32),
+                               valid=valid[..., None])
+  return {k: float(v) for k, v in scores.items()}
 
 
 class CosegAccumulator:

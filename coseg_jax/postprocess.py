@@ -27,6 +27,7 @@ implementation, and scikit-image's Otsu is the textbook histogram method.
 
 from typing import Callable, Dict, Tuple
 
+import cv2
 import numpy as np
 
 METHODS = ("threshold", "otsu", "crf", "grabcut")
@@ -146,7 +147,6 @@ def grabcut(image: np.ndarray, prob: np.ndarray, *, iterations: int = 5,
   Returns:
     [H, W] boolean mask.
   """
-  import cv2  # pylint: disable=g-import-not-at-top
   image, prob = _check(image, prob)
   fg = prob >= 0.5
   if not fg.any() or fg.all():

@@ -75,6 +75,8 @@ from scipy import ndimage
 from skimage import color as skcolor
 from skimage import segmentation
 
+from coseg_jax import postprocess
+
 SIMILARITIES = ("colour", "texture", "size", "fill")
 COLOUR_SPACES = ("rgb", "hsv", "lab")
 
@@ -451,7 +453,6 @@ def select_object_mask(attention: np.ndarray, proposals: np.ndarray, *,
     lo, hi = s.min(), s.max()
     s = (s - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(s)
   elif target == "otsu":
-    from coseg_jax import postprocess  # pylint: disable=g-import-not-at-top
     s = postprocess.otsu(s.astype(np.float32)).astype(np.float64)
   elif target != "raw":
     raise ValueError(f"select_object_mask: target must be 'raw', 'minmax' "

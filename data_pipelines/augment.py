@@ -189,6 +189,8 @@ def process_record(image, label, *, out_size, resize: str = "stretch",
   Returns:
     dict with ``image`` float32 [H_out, W_out, 3] in [0, 1], ``mask`` float32
     [H_out, W_out, 1] in {0, 1}, ``valid`` float32 [H_out, W_out, 1] in {0, 1},
+    ``label`` the warped uint8 label map [H_out, W_out] (255 outside the
+    source; a class map passed as ``label`` keeps its class indices),
     ``matrix`` the 3x3 forward matrix used, and ``info`` (:class:`ResizeInfo`).
   """
   image = np.asarray(image)
@@ -217,6 +219,7 @@ def process_record(image, label, *, out_size, resize: str = "stretch",
                                          else 1.0),
       "mask": (lab == 1).astype(np.float32)[..., None],
       "valid": (lab != IGNORE).astype(np.float32)[..., None],
+      "label": lab,
       "matrix": matrix,
       "info": info,
   }
@@ -226,13 +229,18 @@ def restore_prediction(pred: np.ndarray, info: ResizeInfo) -> np.ndarray:
   """Maps a model-resolution map back to the original image size.
 
   Args:
-    pred: float [H_out, W_out] or [H_out, W_out, C] (probabilities or logits).
+    pred: float [H_out, W_out] or [H_out, W_out, C] (probabilities or logits);
+      a single channel [H_out, W_out, 1] is squeezed.
     info: the :class:`ResizeInfo` of the preprocessing.
 
   Returns:
-    float32 [H, W] / [H, W, C] at ``info.orig_size`` (bilinear).
+    float32 [H, W] (one channel) or [H, W, C] at ``info.orig_size``
+    (bilinear).
   """
   pred = np.asarray(pred, np.float32)
+  squeeze = pred.ndim == 3 and pred.shape[-1] == 1
+  if squeeze:
+    pred = pred[..., 0]
   if tuple(pred.shape[:2]) != tuple(info.input_size):
     raise ValueError(f"prediction size {pred.shape[:2]} != model input size "
                      f"{info.input_size}")
@@ -243,3 +251,44 @@ def restore_prediction(pred: np.ndarray, info: ResizeInfo) -> np.ndarray:
   if pred.ndim == 3 and out.ndim == 2:
     out = out[..., None]
   return out
+
+
+def as_float_image(image: np.ndarray) -> np.ndarray:
+  """uint8 / float image [H, W(, C)] -> float32 RGB [H, W, 3] in [0, 1]."""
+  image = np.asarray(image)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  image = image[..., :3]
+  if image.dtype == np.uint8:
+    return image.astype(np.float32) / 255.0
+  return np.asarray(image, np.float32)
+
+
+def preprocess_image(image: np.ndarray, *, image_size, resize: str = "stretch"
+                     ) -> tuple[np.ndarray, ResizeInfo]:
+  """Maps an original image to the model input exactly as training does.
+
+  Evaluation, prediction and the figures all go through this function, so a
+  model sees its inputs at inference as the data pipeline showed them.
+
+  Args:
+    image: [H, W, 3] uint8 or float in [0, 1] (grayscale is repeated).
+    image_size: int or (height, width) of the model input.
+    resize: 'stretch' (each axis scaled) or 'pad' (keep aspect, content at
+      the top-left, zeros elsewhere).
+
+  Returns:
+    (float32 [h, w, 3] in [0, 1], the :class:`ResizeInfo` that
+    :func:`restore_prediction` needs to map a prediction back).
+  """
+  if resize not in RESIZE_MODES:
+    raise ValueError(f"data.resize must be one of {RESIZE_MODES}, got "
+                     f"{resize!r}")
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    image = np.clip(np.round(as_float_image(image) * 255.0), 0, 255)
+    image = image.astype(np.uint8)
+  out = process_record(image, None, out_size=image_size, resize=resize)
+  return out["image"], out["info"]

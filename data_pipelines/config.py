@@ -10,8 +10,32 @@ Method configs embed it as ``config.data`` and override fields, e.g.::
 
 from __future__ import annotations
 
+import os
+from typing import Optional
+
 import ml_collections
 from ml_collections import config_dict
+
+# A folder holding the original data sets, each in a subfolder named after
+# the data set (or one of FOLDER_NAMES); used when data.manual_dir is unset.
+DATA_DIR_ENV = "COSEG_DATA_DIR"
+FOLDER_NAMES = {"tss": ("tss", "tss_sample")}
+
+
+def resolve_manual_dir(data_config) -> Optional[str]:
+  """``data.manual_dir``, else ``$COSEG_DATA_DIR/<data set folder>`` when that
+  folder exists, else None."""
+  manual = data_config.get("manual_dir")
+  if manual:
+    return os.path.expanduser(str(manual))
+  root = os.environ.get(DATA_DIR_ENV)
+  if not root:
+    return None
+  for folder in FOLDER_NAMES.get(data_config.name, (data_config.name,)):
+    path = os.path.join(os.path.expanduser(root), folder)
+    if os.path.isdir(path):
+      return path
+  return None
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -20,8 +44,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   Fields:
     name: dataset name, one of ``registry.available_datasets()``.
     data_dir: where TFDS builds live (``<data_dir>/<name>/<config>/<version>``).
-    manual_dir: the original distribution layout (None for 'synthetic' or when
-      already built).
+    manual_dir: the original distribution layout (None for 'synthetic', when
+      already built, or to use ``$COSEG_DATA_DIR/<name>``).
     builder_config: TFDS builder config name (None = the builder's default;
       for 'synthetic' None means "build from the ``synthetic.*`` fields").
     train_split / eval_split: split names used by training / evaluation.
@@ -38,8 +62,21 @@ def default_data_config() -> ml_collections.ConfigDict:
       of records in the split).
     classes: class names to keep (empty = all).
     exclude_classes: class names to drop.
+    class_slice: (start, stop) into the builder's sorted class names, or
+      None (all); combined with ``classes`` / ``exclude_classes``.
+    holdout_fraction / holdout_seed / holdout_part: a fixed per-class split
+      of the records ('train' or 'test' part; 'all' = no split), see
+      ``pipeline.holdout_selection``.
     max_keypoints: keypoints per image are padded with NaN to this count
       (pf_* datasets).
+    composites.*: composite training scenes (``data_pipelines.scenes``):
+      per_record (their number per training record; 0 = none), seed,
+      background ('inpaint' | 'side_by_side'), scale_min / scale_max,
+      size (canvas side; None = image_size).
+    feature_cache.*: train from cached frozen-encoder features
+      (``data_pipelines.feature_cache``): enabled, views (V), dir (None:
+      ``<workdir>/feature_cache``), dtype (storage), chunk_size (scenes per
+      file), batch_size (encoder batch while building).
     augment.enabled: random geometric augmentation in training.
     augment.scale_min / scale_max: zoom range (log-uniform).
     augment.max_rotation_deg: rotation range +- (degrees).
@@ -72,7 +109,35 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.eval_groups_per_split = config_dict.placeholder(int)
   c.classes = ()
   c.exclude_classes = ()
+  c.class_slice = config_dict.placeholder(tuple)
+  c.holdout_fraction = 0.0
+  c.holdout_seed = 0
+  c.holdout_part = "all"
   c.max_keypoints = 32
+
+  # Composite scenes for training (data_pipelines.composites): two objects
+  # of different training classes on one background, a member of both
+  # classes; per_record x (training records) of them join the sampled
+  # scenes. 0 disables them.
+  c.composites = ml_collections.ConfigDict()
+  c.composites.per_record = 0.0
+  c.composites.seed = 0
+  c.composites.background = "inpaint"  # 'inpaint' | 'side_by_side'
+  c.composites.scale_min = 0.45  # object box's longer side / canvas height
+  c.composites.scale_max = 0.7
+  c.composites.size = config_dict.placeholder(int)  # canvas; None: image_size
+
+  # The frozen-encoder feature cache (data_pipelines.feature_cache and
+  # coseg_jax.runtime.feature_cache): with a frozen backbone in evaluation
+  # mode, train the heads from encoder features computed once per scene and
+  # view. Off by default (the live pipeline).
+  c.feature_cache = ml_collections.ConfigDict()
+  c.feature_cache.enabled = False
+  c.feature_cache.views = 4  # view 0 = plain resize, others augmented
+  c.feature_cache.dir = config_dict.placeholder(str)  # None: <workdir>/...
+  c.feature_cache.dtype = "float16"  # storage: 'float16' | 'float32'
+  c.feature_cache.chunk_size = 16  # scenes per chunk file
+  c.feature_cache.batch_size = 16  # images per encoder call while building
 
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = True

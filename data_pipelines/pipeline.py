@@ -44,21 +44,22 @@ import os
 import threading
 from typing import Any, Optional, Sequence
 
+from absl import flags
+import cv2
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import augment as augment_lib
+from data_pipelines import config as config_lib
+from data_pipelines import registry
 from data_pipelines import samplers
+from data_pipelines import scenes as scenes_lib
+from data_pipelines import synthetic
 
 PAIR_RECORD_DATASETS = ("tss", "pf_pascal", "pf_willow")
 # Epochs in the virtual training index space: effectively endless.
 _MAX_EPOCHS = 1_000_000
-
-# Re-exported for evaluation and prediction.
-ResizeInfo = augment_lib.ResizeInfo
-restore_prediction = augment_lib.restore_prediction
-
 
 def _expand(path):
   return None if path is None else os.path.expanduser(os.fspath(path))
@@ -69,7 +70,6 @@ def builder_config_for(data_config) -> Any:
   if data_config.builder_config is not None:
     return data_config.builder_config
   if data_config.name == "synthetic":
-    from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
     s = data_config.synthetic
     colours = bool(s.get("category_colours", False))
     textures = bool(s.get("category_textures", False))
@@ -92,14 +92,13 @@ def builder_config_for(data_config) -> Any:
 
 def load_source(data_config, split: str):
   """Prepares the dataset when needed and returns its data source."""
-  from data_pipelines import registry  # pylint: disable=g-import-not-at-top
   cfg = builder_config_for(data_config)
   data_dir = _expand(data_config.data_dir)
   path = registry.dataset_path(data_config.name, data_dir=data_dir,
                                builder_config=cfg)
   if not (path / "dataset_info.json").exists():
     registry.prepare(data_config.name, data_dir=data_dir,
-                     manual_dir=_expand(data_config.manual_dir),
+                     manual_dir=config_lib.resolve_manual_dir(data_config),
                      builder_config=cfg)
   return registry.load_source(data_config.name, data_dir=data_dir,
                               split=split, builder_config=cfg)
@@ -127,10 +126,10 @@ def _skip_image_decoders(features):
 def record_index(data_config, split: str) -> RecordIndex:
   """Reads labels of a split (images are not decoded)."""
   source = load_source(data_config, split)
-  return _record_index_from_source(source, data_config)
+  return record_index_of(source, data_config)
 
 
-def _record_index_from_source(source, data_config) -> RecordIndex:
+def record_index_of(source, data_config) -> RecordIndex:
   info = source.dataset_info
   features = info.features
   builder = tfds.builder_from_directory(os.fspath(info.data_dir))
@@ -150,7 +149,28 @@ def _record_index_from_source(source, data_config) -> RecordIndex:
   else:
     raise ValueError(f"dataset {data_config.name!r}: records have neither "
                      "'label' nor 'labels'")
+  keep = class_selection(data_config, names)
+  records = holdout_selection(data_config, m & keep[None])
+  return RecordIndex(m & keep[None] & records[:, None], names, multilabel)
+
+
+def class_selection(data_config, names: Sequence[str]) -> np.ndarray:
+  """bool [C]: the classes ``data.class_slice`` / ``classes`` /
+  ``exclude_classes`` keep, out of the builder's class ``names``.
+
+  ``class_slice`` = (start, stop) indexes the builder's (sorted) class list,
+  so a protocol such as "train on the first ten classes, evaluate on the
+  other ten" needs no class names written into a config.
+  """
   keep = np.ones(len(names), bool)
+  class_slice = data_config.get("class_slice")
+  if class_slice:
+    start, stop = (int(v) for v in class_slice)
+    if not 0 <= start < stop <= len(names):
+      raise ValueError(f"data.class_slice={tuple(class_slice)} is outside the "
+                       f"{len(names)} classes of {data_config.name!r}")
+    keep[:] = False
+    keep[start:stop] = True
   unknown = set(data_config.classes) | set(data_config.exclude_classes)
   unknown -= set(names)
   if unknown:
@@ -160,7 +180,42 @@ def _record_index_from_source(source, data_config) -> RecordIndex:
     keep &= np.isin(names, list(data_config.classes))
   if data_config.exclude_classes:
     keep &= ~np.isin(names, list(data_config.exclude_classes))
-  return RecordIndex(m & keep[None], names, multilabel)
+  return keep
+
+
+HOLDOUT_PARTS = ("all", "train", "test")
+
+
+def holdout_selection(data_config, membership: np.ndarray) -> np.ndarray:
+  """bool [N]: the records of ``data.holdout_part`` of a per-class split.
+
+  With ``holdout_fraction`` f > 0, the records of every class are split once
+  by a permutation seeded with (``holdout_seed``, class index): the first
+  round(f x n_c) records of the permutation (at least one) are the 'test'
+  part, the rest the 'train' part. A record is assigned by its first class,
+  so the parts are disjoint; the split depends only on the seed and the
+  records, never on the order of training. 'all' keeps every record.
+  """
+  part = data_config.get("holdout_part", "all") or "all"
+  fraction = float(data_config.get("holdout_fraction", 0.0) or 0.0)
+  if part not in HOLDOUT_PARTS:
+    raise ValueError(f"data.holdout_part must be one of {HOLDOUT_PARTS}, got "
+                     f"{part!r}")
+  n = membership.shape[0]
+  if part == "all":
+    return np.ones(n, bool)
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f"data.holdout_part={part!r} needs 0 < "
+                     f"data.holdout_fraction < 1, got {fraction}")
+  seed = int(data_config.get("holdout_seed", 0) or 0)
+  first = np.where(membership.any(1), membership.argmax(1), -1)
+  test = np.zeros(n, bool)
+  for c in range(membership.shape[1]):
+    members = np.flatnonzero(first == c)
+    if members.size:
+      order = np.random.default_rng((seed, c)).permutation(members)
+      test[order[:max(1, int(round(fraction * members.size)))]] = True
+  return test if part == "test" else ~test & (first >= 0)
 
 
 def _augment_params(data_config) -> Optional[augment_lib.AugmentParams]:
@@ -173,7 +228,21 @@ def _augment_params(data_config) -> Optional[augment_lib.AugmentParams]:
       flip_prob=float(a.flip_prob), crop=bool(a.crop))
 
 
-class _GroupSequence:
+def group_sequence(data_config, membership, *, groups_per_epoch: int,
+                   seed: int, num_epochs: int) -> "GroupSequence":
+  """The sampled groups of ``data_config.sampler`` over ``membership``."""
+  group_size = {"pairs": 2, "triplets": 3}.get(data_config.sampler,
+                                               data_config.group_size)
+  groups = GroupSequence(
+      membership, sampler=data_config.sampler, group_size=group_size,
+      negative_fraction=float(data_config.negative_fraction),
+      groups_per_epoch=int(groups_per_epoch), seed=seed,
+      num_epochs=num_epochs)
+  groups.epoch(0)  # Fail early on an impossible sampler / class filter.
+  return groups
+
+
+class GroupSequence:
   """Random-access sequence of sampled groups over many epochs.
 
   Element ``i`` is group ``i % G`` of epoch ``i // G``; an epoch's groups are
@@ -227,36 +296,16 @@ class _GroupSequence:
     self._lock = threading.Lock()
 
 
-def _target_label_map(record, target, multilabel, name):
-  """uint8 {0, 1, 255} map of one member's target."""
-  if multilabel:
-    cm = np.asarray(record["class_mask"])[..., 0]
-    fg = np.isin(cm, np.flatnonzero(target) + 1)
-    return np.where(cm == augment_lib.IGNORE, augment_lib.IGNORE,
-                    fg).astype(np.uint8)
-  mask = np.asarray(record["mask"])[..., 0]
-  bad = ~np.isin(mask, (0, 1, augment_lib.IGNORE))
-  if bad.any():
-    raise ValueError(f"{name}: record {record.get('image_id')!r} has mask "
-                     f"values {np.unique(mask[bad])[:5]} outside {{0,1,255}}")
-  if target[int(record["label"])]:
-    return mask
-  return np.where(mask == augment_lib.IGNORE, augment_lib.IGNORE,
-                  0).astype(np.uint8)
-
-
 class _LoadGroup(grain.transforms.MapWithIndex):
-  """Loads and augments the K records of one group (seeded by its index)."""
+  """Loads and augments the K scenes of one group (seeded by its index)."""
 
-  def __init__(self, source, *, multilabel, out_size, resize, params, seed,
-               name):
-    self._source = source
-    self._multilabel = multilabel
+  def __init__(self, scenes: scenes_lib.Scenes, *, out_size, resize, params,
+               seed):
+    self._scenes = scenes
     self._out_size = out_size
     self._resize = resize
     self._params = params
     self._seed = seed
-    self._name = name
 
   def map_with_index(self, index, element):
     ids, has_common, targets = element
@@ -265,23 +314,17 @@ class _LoadGroup(grain.transforms.MapWithIndex):
       rng = np.random.default_rng(
           np.random.SeedSequence([self._seed, 0x5EED, int(index)]))
     out = {"images": [], "masks": [], "valid": [], "class_ids": []}
-    for rid, target in zip(ids, targets):
-      rec = self._source[int(rid)]
-      lab = _target_label_map(rec, target, self._multilabel, self._name)
-      p = augment_lib.process_record(rec["image"], lab,
+    for sid, target in zip(ids, targets):
+      scene = self._scenes[int(sid)]
+      lab = scenes_lib.target_label_map(scene["class_map"], target)
+      p = augment_lib.process_record(scene["image"], lab,
                                      out_size=self._out_size,
                                      resize=self._resize, rng=rng,
                                      params=self._params)
       out["images"].append(p["image"])
       out["masks"].append(p["mask"])
       out["valid"].append(p["valid"])
-      if self._multilabel:
-        present = np.flatnonzero(np.asarray(target))
-        if present.size == 0:
-          present = np.sort(np.asarray(rec["labels"], np.int64))
-        out["class_ids"].append(int(present[0]) if present.size else -1)
-      else:
-        out["class_ids"].append(int(rec["label"]))
+      out["class_ids"].append(self._scenes.scene_class(int(sid), target))
     batch = {k: np.stack(v) for k, v in out.items()}
     batch["class_ids"] = batch["class_ids"].astype(np.int32)
     batch["has_common"] = np.int32(has_common)
@@ -347,7 +390,6 @@ def _resize_flow(flow, m_src, m_dst, out_hw):
   ``m_dst (x + flow) - x'``. Flow values are sampled with nearest neighbour so
   unknown (NaN) entries stay NaN and do not bleed into their neighbours.
   """
-  import cv2  # pylint: disable=g-import-not-at-top
   oh, ow = out_hw
   u = cv2.warpAffine(np.ascontiguousarray(flow, np.float32),
                      np.asarray(m_src, np.float64)[:2], (ow, oh),
@@ -407,7 +449,7 @@ def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
                                 max_keypoints=data_config.max_keypoints,
                                 name=name))
   else:
-    index = _record_index_from_source(source, data_config)
+    index = record_index_of(source, data_config)
     n_records = int(index.membership.any(1).sum())
     if train:
       per_epoch = data_config.groups_per_epoch or n_records
@@ -417,23 +459,19 @@ def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
       per_epoch = data_config.eval_groups_per_split or n_records
       epochs = 1
       params = None
-    group_size = {"pairs": 2, "triplets": 3}.get(data_config.sampler,
-                                                 data_config.group_size)
-    groups = _GroupSequence(
-        index.membership, sampler=data_config.sampler, group_size=group_size,
-        negative_fraction=float(data_config.negative_fraction),
-        groups_per_epoch=int(per_epoch), seed=seed, num_epochs=epochs)
-    groups.epoch(0)  # Fail early on an impossible sampler / class filter.
+    scenes = scenes_lib.Scenes(source, index, data_config, train=train)
+    groups = group_sequence(data_config, scenes.membership,
+                            groups_per_epoch=int(per_epoch), seed=seed,
+                            num_epochs=epochs)
     ds = grain.MapDataset.source(groups)[process_index::process_count]
     ds = ds.map_with_index(_LoadGroup(
-        source, multilabel=index.multilabel, out_size=out_size,
-        resize=data_config.resize, params=params, seed=seed, name=name))
+        scenes, out_size=out_size, resize=data_config.resize, params=params,
+        seed=seed))
 
   it = ds.to_iter_dataset().batch(batch_size, drop_remainder=train)
   if data_config.num_workers > 0:
     # grain's worker start-up reads absl flags; outside an absl app (tests,
     # notebooks, scripts) they are unparsed, so accept their defaults.
-    from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
@@ -474,54 +512,3 @@ def eval_groups(data_config, *, split: Optional[str] = None,
           members, strategy=strategy, k=min(k, members.size),
           seed=(seed, c), max_tuples=max_tuples)
   return out
-
-
-def preprocess_for_eval(image: np.ndarray, *, image_size,
-                        resize: str = "stretch"):
-  """Resizes one original image to the model input.
-
-  Args:
-    image: uint8 [H, W, 3] (grayscale is repeated to RGB).
-    image_size: int or (H_out, W_out).
-    resize: 'stretch' or 'pad'.
-
-  Returns:
-    ``(image, valid, info)``: float32 [H_out, W_out, 3] in [0, 1], float32
-    [H_out, W_out, 1] validity (0 on padding) and the :class:`ResizeInfo` that
-    ``restore_prediction`` needs to map predictions back to [H, W].
-  """
-  p = augment_lib.process_record(image, None, out_size=image_size,
-                                 resize=resize)
-  return p["image"], p["valid"], p["info"]
-
-
-def eval_batches(data_config, *, source, tuples: samplers.EvalTuples,
-                 batch_size: int):
-  """Yields model-input batches for evaluation tuples (no augmentation).
-
-  Each yielded dict has ``images`` [b, k, H, W, 3], ``valid`` [b, k, H, W, 1],
-  ``record_ids`` int32 [b, k], ``score`` bool [b, k] and ``infos`` (a list of
-  b lists of k :class:`ResizeInfo`). The last batch may be smaller.
-  """
-  cache = {}
-
-  def prep(rid):
-    if rid not in cache:
-      rec = source[rid]
-      if len(cache) > 256:  # Tuples of one group reuse few images: bound it.
-        cache.clear()
-      cache[rid] = preprocess_for_eval(rec["image"],
-                                       image_size=data_config.image_size,
-                                       resize=data_config.resize)
-    return cache[rid]
-
-  for s in range(0, len(tuples), batch_size):
-    rows = tuples.indices[s:s + batch_size]
-    items = [[prep(int(r)) for r in row] for row in rows]
-    yield {
-        "images": np.stack([[it[0] for it in row] for row in items]),
-        "valid": np.stack([[it[1] for it in row] for row in items]),
-        "record_ids": rows.astype(np.int32),
-        "score": tuples.score[s:s + batch_size],
-        "infos": [[it[2] for it in row] for row in items],
-    }

@@ -18,11 +18,14 @@ counts are computed once from the written records and then stored the same way.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
+import io
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
+from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
@@ -127,8 +130,18 @@ def format_counts(name: str, counts: Mapping[str, Mapping[str, int]]) -> str:
   return "\n".join(lines)
 
 
+def summarise_counts(name: str, counts: Mapping[str, Mapping[str, int]]
+                     ) -> str:
+  """One line: records and classes per split."""
+  parts = [f"{split} {per_class.get(TOTAL_KEY, 0):,} records in "
+           f"{sum(1 for c in per_class if c != TOTAL_KEY)} classes"
+           for split, per_class in counts.items()]
+  return f"{name}: " + "; ".join(parts)
+
+
 def prepare(name: str, *, data_dir, manual_dir=None, builder_config=None,
-            force: bool = False, verbose: bool = True) -> epath.Path:
+            force: bool = False, verbose: Optional[bool] = None
+            ) -> epath.Path:
   """Builds dataset `name` as array_record into `data_dir` unless already built.
 
   Args:
@@ -138,7 +151,10 @@ def prepare(name: str, *, data_dir, manual_dir=None, builder_config=None,
       docstring); not needed by `synthetic` or when already built.
     builder_config: a config name or `BuilderConfig` (e.g. 'subset100').
     force: rebuild even when a complete build exists.
-    verbose: print the per-split, per-class counts.
+    verbose: after a build, print TFDS's own progress and the per-split,
+      per-class table (True), or one summary line (False); None follows the
+      absl log level (INFO and below: verbose), which the command line keeps
+      at WARNING unless ``--verbosity`` asks for more.
 
   Returns:
     The built dataset directory, to pass to `tfds.builder_from_directory`. Its
@@ -156,18 +172,29 @@ def prepare(name: str, *, data_dir, manual_dir=None, builder_config=None,
     path.rmtree()
     builder = _make_builder(name, data_dir, builder_config)
     built = False
+  if verbose is None:
+    verbose = logging.get_verbosity() >= logging.INFO
   if not built:
     download_config = tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual_dir) if manual_dir is not None else None)
-    builder.download_and_prepare(download_config=download_config,
-                                 file_format="array_record")
+    quiet = contextlib.ExitStack()
+    if not verbose:  # TFDS prints its progress bars and banners itself
+      quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+      quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+      tfds.display_progress_bar(False)
+    try:
+      with quiet:
+        builder.download_and_prepare(download_config=download_config,
+                                     file_format="array_record")
+    finally:
+      tfds.display_progress_bar(True)
     path = epath.Path(builder.data_dir)
     tally = getattr(builder, "record_counts", None)
     if tally:
       (path / COUNTS_FILENAME).write_text(json.dumps(tally, indent=1))
-  counts = read_counts(path)
-  if verbose:
-    print(format_counts(name, counts))
+    counts = read_counts(path)
+    print(format_counts(name, counts) if verbose else
+          f"built {summarise_counts(name, counts)} (in {path})")
   return path
 
 

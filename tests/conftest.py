@@ -18,7 +18,7 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Real third-party data lives beside the checkout, never inside it.
 SHARED_DATA = pathlib.Path(
-    os.environ.get("COSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    os.environ.get("COSEG_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def _optimise_slow_tests(request, monkeypatch):
 def shared_data():
   """Path to ../shared/data; skips the test where it is absent."""
   if not SHARED_DATA.is_dir():
-    pytest.skip(f"real data not found at {SHARED_DATA} (set COSEG_SHARED_DATA)")
+    pytest.skip(f"real data not found at {SHARED_DATA} (set COSEG_DATA_DIR)")
   return SHARED_DATA
 
 

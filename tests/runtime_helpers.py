@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import base
+from coseg_jax import losses
 from coseg_jax import models
+from coseg_jax.models import registry
+from coseg_jax.runtime import state as state_lib
 
 
 @flax.struct.dataclass
@@ -27,7 +31,6 @@ class ToyModel(nn.Module):
 
 
 def toy_loss(*, outputs, batch, loss_config):
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   terms = {"bce": losses.get_loss("sigmoid_bce")(
       logits=outputs.mask_logits, labels=batch["masks"],
       valid=batch["valid"])}
@@ -36,7 +39,7 @@ def toy_loss(*, outputs, batch, loss_config):
 
 def register_toy():
   name = "toy_runtime_test"
-  if name not in models._REGISTRY:  # pylint: disable=protected-access
+  if name not in registry._REGISTRY:  # pylint: disable=protected-access
     models.register_method(name, models.MethodSpec(
         build_model=lambda cfg: ToyModel(), loss_fn=toy_loss,
         default_loss={"bce": 1.0}))
@@ -67,8 +70,7 @@ def list_dataset_fn(batches):
 
 
 def toy_config(*, steps=4, size=8, batch=2):
-  from configs import common  # pylint: disable=g-import-not-at-top
-  c = common.get_base_config()
+  c = base.get_base_config()
   c.method = register_toy()
   c.data.image_size = size
   c.data.group_size = 2
@@ -82,3 +84,12 @@ def toy_config(*, steps=4, size=8, batch=2):
   c.train.progress_bar = False
   c.mesh.data = 1
   return c
+
+
+def make_state(model, tx, sample_shape=(1, 2, 8, 8, 3), seed=0):
+  """A fresh TrainState of ``model`` with optimiser ``tx`` (no mesh)."""
+  config = toy_config()
+  config.train.seed = seed
+  state, _ = state_lib.create_train_state(config, model, tx=tx,
+                                          sample_shape=sample_shape)
+  return state

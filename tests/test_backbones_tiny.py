@@ -1,12 +1,16 @@
 """Tests for the registry and the tiny backbone."""
 
+import importlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
 from coseg_jax import backbones
+from coseg_jax import models
 
 
 def test_unknown_backbone_names_the_known_ones():
@@ -81,21 +85,18 @@ def test_group_features_eval_mode_keeps_batchnorm_statistics():
 
 @pytest.mark.parametrize("method,config_module,arg", [
     ("cyclesegnet", "cyclesegnet_voc2012", "runlocal"),
-    ("cosegnet", "cosegnet_voc", "cosegnet,runlocal"),
-    ("cosegnet_base", "cosegnet_voc", "base,runlocal"),
-    ("baseline", "baselines", "baseline,runlocal"),
+    ("cosegnet", "cosegnet_voc2012", "cosegnet,runlocal"),
+    ("cosegnet_base", "cosegnet_voc2012", "base,runlocal"),
+    ("baseline", "baselines_synthetic", "baseline,runlocal"),
     ("dense_category", None, None),
 ])
 def test_models_read_backbone_eval_mode_from_the_config(method, config_module,
                                                         arg):
-  import importlib  # pylint: disable=g-import-not-at-top
-  from coseg_jax import models  # pylint: disable=g-import-not-at-top
-  from configs import common  # pylint: disable=g-import-not-at-top
   if config_module:
     config = importlib.import_module(f"configs.{config_module}").get_config(
         arg)
   else:
-    config = common.get_base_config()
+    config = base.get_base_config()
     config.method = method
     config.model.num_classes = 3
   assert config.method == method

@@ -1,14 +1,21 @@
 """Tests of the Table 1 baselines, the UpsampleDecoder and the registry."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from coseg_jax import backbones
+from coseg_jax import losses
 from coseg_jax import models
 from coseg_jax.models import baselines
 from coseg_jax.nn import decoders
+from coseg_jax.runtime import state as state_lib
+from coseg_jax.runtime.evaluators import coseg
+from coseg_jax.runtime.trainers import supervised
+import train_runner
 
 BB_WIDTHS = (4, 8, 8, 8, 8)
 DEC_WIDTHS = (8, 8, 8, 8, 8)
@@ -103,7 +110,6 @@ def test_mmul_multiplies_by_the_other_pooled_feature():
 
   with nn_intercept(grab):
     model.apply(variables, x)
-  from coseg_jax import backbones
   enc = backbones.get_backbone("tiny", widths=BB_WIDTHS)
   feats = enc.apply({"params": variables["params"]["backbone"],
                      "batch_stats": variables["batch_stats"]["backbone"]},
@@ -114,7 +120,6 @@ def test_mmul_multiplies_by_the_other_pooled_feature():
 
 
 def nn_intercept(fn):
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.intercept_methods(fn)
 
 
@@ -147,7 +152,6 @@ def test_bilinear_resize_matches_numpy_on_linear_ramp():
 
 
 def test_loss_fn_matches_lovasz_with_ignore_and_weights():
-  from coseg_jax import losses
   rng = np.random.default_rng(3)
   logits = rng.normal(size=(2, 2, 8, 8, 1)).astype(np.float32)
   masks = (rng.uniform(size=logits.shape) > 0.5).astype(np.float32)
@@ -192,13 +196,10 @@ SLOW_STEPS = 120
 def test_trains_on_synthetic_and_beats_untrained_j(name, tmp_path_factory):
   """120 Adam steps on synthetic 64 px pairs raise Avg. J clearly.
 
-  Evaluation is ``coseg_jax.evaluate.evaluate_dataset`` on held-out 'test'
-  groups (threshold 0.5 at original size); the untrained model is the same
-  initialisation (seed 0) before any step.
+  Evaluation is ``coseg_jax.runtime.evaluators.coseg.evaluate`` on held-out
+  'test' groups (threshold 0.5 at original size); the untrained model is the
+  same initialisation (seed 0) before any step.
   """
-  from coseg_jax import evaluate
-  from coseg_jax import train
-  import train_runner
   data_dir = tmp_path_factory.getbasetemp() / "tfds_small64"
   config = train_runner.tiny_config(
       data_dir=str(data_dir), steps=SLOW_STEPS, method=name, batch=8,
@@ -215,17 +216,13 @@ def test_trains_on_synthetic_and_beats_untrained_j(name, tmp_path_factory):
   scores = {}
 
   def eval_fn(variables, step):
-    scores[step] = evaluate.evaluate_dataset(
-        config=config, model=model, variables=variables)["avg_J_over_classes"]
+    scores[step] = coseg.evaluate(
+        config=config, model=model, variables=variables)["avg_J"]
     return {}
 
-  tx, _ = train.make_optimizer(config.optimizer, SLOW_STEPS)
-  init, _ = train.create_train_state(
-      model=model, tx=tx, rng=jax.random.PRNGKey(config.train.seed),
-      sample_shape=train.input_shape(config))
-  train.train_and_evaluate(config, str(tmp_path_factory.mktemp(name)),
-                           eval_fn=eval_fn)
-  untrained = evaluate.evaluate_dataset(
-      config=config, model=model, variables=init.variables())[
-          "avg_J_over_classes"]
+  init, _ = state_lib.create_train_state(config, model)
+  supervised.train_and_evaluate(config, str(tmp_path_factory.mktemp(name)),
+                                eval_fn=eval_fn)
+  untrained = coseg.evaluate(
+      config=config, model=model, variables=init.variables())["avg_J"]
   assert scores[SLOW_STEPS] > untrained + 0.1, (untrained, scores)

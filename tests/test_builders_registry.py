@@ -34,15 +34,21 @@ def test_builder_name_and_empty_manual_dir(tmp_path, name):
 def test_prepare_reports_counts_and_is_idempotent(tmp_path, capsys):
   fx.write_tss(tmp_path / "raw")
   path = registry.prepare("tss", data_dir=tmp_path / "tfds",
-                          manual_dir=tmp_path / "raw")
+                          manual_dir=tmp_path / "raw", verbose=True)
   out = capsys.readouterr().out
   assert "split 'test': 3 records" in out and "FG3DCar: 1" in out
   mtime = os.stat(path / "dataset_info.json").st_mtime
-  # Already built: no manual_dir needed, nothing rewritten, same report.
+  # Already built: no manual_dir needed, nothing rewritten or printed.
   again = registry.prepare("tss", data_dir=tmp_path / "tfds")
   assert again == path
   assert os.stat(path / "dataset_info.json").st_mtime == mtime
-  assert "split 'test': 3 records" in capsys.readouterr().out
+  assert capsys.readouterr().out == ""
+  # A quiet build prints one summary line (TFDS's own output is hidden).
+  quiet = registry.prepare("tss", data_dir=tmp_path / "tfds2",
+                           manual_dir=tmp_path / "raw", verbose=False)
+  out = capsys.readouterr()
+  assert out.out.strip() == f"built tss: test 3 records in 3 classes (in {quiet})"
+  assert "Generating" not in out.err
   # Counts recomputed from the records agree with the build-time tally.
   assert registry.count_records(path) == registry.read_counts(path)
 

@@ -5,6 +5,8 @@ once, then awaited, to keep the wall time low on a small machine) with
 ``JAX_LOG_COMPILES=1``: a compiled computation would log "Compiling", so its
 absence shows the check happened before anything was built. Each must exit
 with code 2 and print exactly one ``ERROR: ...`` line, no traceback.
+
+The end-to-end tests share one 2-step training run of the runlocal config.
 """
 
 import os
@@ -16,8 +18,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from configs import baselines_synthetic
+from coseg_jax import main
+from data_pipelines import io as data_io
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "baselines.py")
+CONFIG = str(REPO / "configs" / "baselines_synthetic.py")
 
 
 def _env():
@@ -53,7 +59,7 @@ CASES = {
     "missing_config_file": (["--config", "{r}/nope.py"],
                             ["no such config file", "nope.py"]),
     "unknown_variant": (["--config", CONFIG + ":resnet9"],
-                        ["unknown config variant 'resnet9'"]),
+                        ["unknown argument 'resnet9'", "mcat", "runlocal"]),
     "unknown_field": ([f"--config={CONFIG}", "--config.train.num_stepz=3"],
                       ["unknown config field 'config.train.num_stepz'"]),
     "unknown_section": ([f"--config={CONFIG}", "--config.trian.seed=3"],
@@ -68,6 +74,20 @@ CASES = {
     "unknown_method": ([f"--config={CONFIG}", "--config.method=cyclesegnet9",
                         "--workdir", "{r}/w"],
                        ["unknown method 'cyclesegnet9'", "baseline"]),
+    "unknown_trainer": ([f"--config={CONFIG}", "--config.trainer=fancy",
+                         "--workdir", "{r}/w"],
+                        ["config.trainer", "unknown trainer 'fancy'",
+                         "supervised"]),
+    "unknown_stage": ([f"--config={CONFIG}",
+                       "--config.stages=('warmup', 'main')", "--workdir",
+                       "{r}/w"],
+                      ["config.stages", "unknown stage 'warmup'",
+                       "encoder_pretrain"]),
+    "unknown_evaluator": ([f"--config={CONFIG}", "--mode=eval",
+                           "--config.eval.evaluators=('coseg', 'pck')",
+                           "--workdir", "{r}/ckpt"],
+                          ["config.eval.evaluators", "unknown ['pck']",
+                           "matching"]),
     "unknown_backbone": ([f"--config={CONFIG}", "--config.model.backbone=r9",
                           "--workdir", "{r}/w"],
                          ["config.model.backbone", "'r9'", "tiny"]),
@@ -154,9 +174,7 @@ def test_error_path_is_one_line_before_compiling(error_runs, name):
 
 
 def test_synthetic_needs_no_dataset_directory(tmp_path):
-  from coseg_jax import main  # pylint: disable=g-import-not-at-top
-  from configs import baselines  # pylint: disable=g-import-not-at-top
-  config = baselines.get_config("runlocal")
+  config = baselines_synthetic.get_config("runlocal")
   config.data.data_dir = str(tmp_path / "nothing_here")
   assert config.data.manual_dir is None
   main.validate(config, mode="train", workdir=str(tmp_path), images=None)
@@ -165,35 +183,82 @@ def test_synthetic_needs_no_dataset_directory(tmp_path):
     main.validate(config, mode="train", workdir=str(tmp_path), images=None)
 
 
-@pytest.mark.slow
-@pytest.mark.compile_bound
-def test_train_eval_predict_benchmark_end_to_end(tmp_path):
-  """The runlocal config through all four modes (2 training steps)."""
-  images = tmp_path / "photos"
-  images.mkdir()
+def test_input_error_finds_the_cause():
+  """A bad input file wrapped by another error (TFDS wraps builder errors)
+  is found through __cause__ and __context__; anything else is not."""
+  bad = data_io.BadInputError("tss: missing file /data/TSS/a/flow1.flo")
+  try:
+    try:
+      raise bad
+    except data_io.BadInputError as e:
+      raise RuntimeError("Failed to build the dataset") from e
+  except RuntimeError as e:
+    wrapped = e
+  assert main.input_error(wrapped) is bad
+  try:
+    try:
+      raise bad
+    except data_io.BadInputError:
+      raise KeyError("while handling it")  # pylint: disable=raise-missing-from
+  except KeyError as e:
+    implicit = e
+  assert main.input_error(implicit) is bad
+  assert main.input_error(bad) is bad
+  assert main.input_error(RuntimeError("no file involved")) is None
+  looped = RuntimeError("a")
+  looped.__context__ = RuntimeError("b")
+  looped.__context__.__context__ = looped  # a cycle ends the search
+  assert main.input_error(looped) is None
+
+
+def _run(args, cwd):
+  return subprocess.run([sys.executable, "-m", "coseg_jax.main", *args],
+                        cwd=cwd, env=_env(), capture_output=True, text=True,
+                        timeout=600)
+
+
+def _photos(folder, sizes):
+  folder.mkdir()
   rng = np.random.default_rng(0)
-  sizes = [(40, 50), (33, 27), (64, 48)]
   for i, (h, w) in enumerate(sizes):
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-        images / f"im{i}.png")
+        folder / f"im{i}.png")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """(common arguments, root) of a 2-step training run of the runlocal
+  config (trained once for the tests below)."""
+  root = tmp_path_factory.mktemp("cli_run")
   common = [f"--config={CONFIG}:mcat,runlocal", "--workdir",
-            str(tmp_path / "run"), f"--config.data.data_dir={tmp_path}/tfds",
+            str(root / "run"), f"--config.data.data_dir={root}/tfds",
             "--config.train.num_steps=2"]
+  proc = _run([*common, "--mode=train"], root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (root / "run" / "checkpoints" / "2").is_dir()
+  return common, root
+
+
+@pytest.mark.slow
+@pytest.mark.compile_bound
+def test_train_eval_predict_benchmark_end_to_end(trained_run, tmp_path):
+  """The runlocal config through all four modes (2 training steps)."""
+  common, root = trained_run
+  sizes = [(40, 50), (33, 27), (64, 48)]
+  images = _photos(tmp_path / "photos", sizes)
 
   def run(*extra):
-    proc = subprocess.run([sys.executable, "-m", "coseg_jax.main", *common,
-                           *extra], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = _run([*common, *extra], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unreadable" not in proc.stderr, proc.stderr[-3000:]
     return proc.stdout
 
-  run("--mode=train")
-  assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
   out = run("--mode=eval")
-  for label in ("avg_J_over_classes", "pooled_J", "mean_J_per_image",
-                "mean_P_per_image", "probability >= 0.5"):
-    assert label in out
-  assert (tmp_path / "run" / "eval_test_step2.json").exists()
+  for label in ("Avg. (classes)", "pooled J", "image-mean J", "J all-fg",
+                "J centre", "probability >= 0.5", "[coseg]"):
+    assert label in out, out
+  assert (root / "run" / "eval_test_step2.json").exists()
   out = run("--mode=predict", f"--images={images}",
             f"--out={tmp_path}/pred")
   assert "3 masks" in out
@@ -207,3 +272,34 @@ def test_train_eval_predict_benchmark_end_to_end(tmp_path):
                 "train examples/s", "inference compile time",
                 "inference step time", "peak memory"):
     assert label in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.compile_bound
+def test_predict_with_a_corrupt_file(trained_run, tmp_path):
+  """One corrupt file among the images: skipped with a one-line warning
+  naming it (exit 0, the good images' masks written), or with
+  on_unreadable='error' one ERROR line naming it and exit code 1."""
+  common, _ = trained_run
+  images = _photos(tmp_path / "photos", [(40, 50), (33, 27)])
+  bad = images / "im9_broken.png"
+  bad.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+  proc = _run([*common, "--mode=predict", f"--images={images}",
+               f"--out={tmp_path}/pred"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # (JAX_LOG_COMPILES adds its own WARNING log lines: look for ours.)
+  warnings = [l for l in proc.stderr.splitlines() if "unreadable" in l]
+  assert len(warnings) == 1, proc.stderr
+  assert warnings[0].startswith("WARNING: skipped 1 unreadable file(s): ")
+  assert str(bad) in warnings[0]
+  assert "2 masks" in proc.stdout
+  assert sorted(p.name for p in (tmp_path / "pred" / "masks").iterdir()) == [
+      "im0.png", "im1.png"]
+  proc = _run([*common, "--mode=predict", f"--images={images}",
+               f"--out={tmp_path}/pred_error",
+               "--config.predict.on_unreadable=error"], tmp_path)
+  assert proc.returncode == 1, (proc.stdout, proc.stderr[-3000:])
+  assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("ERROR:")]
+  assert len(errors) == 1 and str(bad) in errors[0], proc.stderr
+  assert not (tmp_path / "pred_error" / "masks").exists()

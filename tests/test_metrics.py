@@ -57,9 +57,14 @@ def test_logits_threshold_at_zero_and_vmap():
       metrics.jaccard(pred=prob, gt=gt))
   vm = jax.vmap(lambda p, g: metrics.jaccard(pred=p, gt=g))(prob, gt)
   np.testing.assert_allclose(vm, metrics.jaccard(pred=prob, gt=gt))
-  # 0.5 exactly is background (strict threshold).
+  # 0.5 exactly is foreground (probability >= 0.5, logit >= 0), the rule
+  # of the evaluators and of postprocess.threshold.
   half = np.full((1, 2, 2, 1), 0.5, np.float32)
-  assert metrics.jaccard(pred=half, gt=np.ones_like(half)) == 0.0
+  assert metrics.jaccard(pred=half, gt=np.ones_like(half)) == 1.0
+  below = np.full((1, 2, 2, 1), np.nextafter(np.float32(0.5), 0), np.float32)
+  assert metrics.jaccard(pred=below, gt=np.ones_like(below)) == 0.0
+  assert metrics.jaccard(pred=np.zeros_like(half), gt=np.ones_like(half),
+                         from_logits=True) == 1.0
 
 
 def test_empty_conventions():

@@ -1,14 +1,22 @@
 """Every built-in method module imports and registers under its name."""
 
+import jax.numpy as jnp
 import pytest
 
 from coseg_jax import models
+from coseg_jax.models import registry
 
 
-def test_every_method_module_imports():
-  # The registry tolerates a broken module at run time (the other methods
-  # stay usable), so this test is what makes a broken import fail CI.
-  assert models.import_errors() == {}
+def test_registering_twice_and_unknown_names_are_errors():
+  spec = models.get_method("baseline")
+  assert registry.register_method("baseline", spec) is spec  # same: no-op
+  with pytest.raises(ValueError, match="already registered"):
+    registry.register_method("baseline", models.MethodSpec(
+        build_model=spec.build_model, loss_fn=spec.loss_fn))
+  with pytest.raises(TypeError, match="expected a MethodSpec"):
+    registry.register_method("x", object())
+  with pytest.raises(ValueError, match="unknown method 'nope'; available: "):
+    models.get_method("nope")
 
 
 def test_all_five_methods_and_the_baselines_are_registered():
@@ -19,7 +27,6 @@ def test_all_five_methods_and_the_baselines_are_registered():
 
 
 def test_config_dtype_names_and_error():
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   assert models.config_dtype("float32") == jnp.float32
   assert models.config_dtype("bfloat16") == jnp.bfloat16
   assert models.config_dtype(jnp.bfloat16) == jnp.bfloat16  # already a dtype

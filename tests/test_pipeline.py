@@ -7,6 +7,7 @@ from data_pipelines import augment
 from data_pipelines import config as config_lib
 from data_pipelines import pipeline
 from data_pipelines import samplers
+from data_pipelines import scenes
 
 
 @pytest.fixture(scope="module")
@@ -204,24 +205,28 @@ def test_multilabel_target_is_the_union_of_shared_classes():
   # A VOC-style record: class_mask indices 0 = background, c + 1 = class c.
   cm = np.array([[0, 1, 1], [3, 3, 255], [5, 0, 1]], np.uint8)[..., None]
   rec = {"class_mask": cm, "labels": np.array([0, 2, 4])}
+  class_map = scenes.record_class_map(rec, multilabel=True)
   target = np.zeros(20, bool)
   target[[0, 4]] = True
-  lab = pipeline._target_label_map(rec, target, True, "voc")  # pylint: disable=protected-access
+  lab = scenes.target_label_map(class_map, target)
   np.testing.assert_array_equal(lab, [[0, 1, 1], [0, 0, 255], [1, 0, 1]])
-  none = pipeline._target_label_map(rec, np.zeros(20, bool), True, "voc")  # pylint: disable=protected-access
+  none = scenes.target_label_map(class_map, np.zeros(20, bool))
   np.testing.assert_array_equal(none, [[0, 0, 0], [0, 0, 255], [0, 0, 0]])
 
 
-def test_bad_mask_values_are_refused():
-  rec = {"mask": np.array([[0, 2]], np.uint8)[..., None], "label": 0,
+def test_single_label_record_class_map_and_bad_values():
+  rec = {"mask": np.array([[0, 1, 255]], np.uint8)[..., None], "label": 3,
          "image_id": b"x/y.png"}
+  np.testing.assert_array_equal(
+      scenes.record_class_map(rec, multilabel=False), [[0, 4, 255]])
+  rec["mask"] = np.array([[0, 2]], np.uint8)[..., None]
   with pytest.raises(ValueError, match="x/y.png"):
-    pipeline._target_label_map(rec, np.array([True]), False, "d")  # pylint: disable=protected-access
+    scenes.record_class_map(rec, multilabel=False, name="d")
 
 
 @pytest.mark.parametrize("strategy", ["pairs", "a", "c"])
-def test_eval_groups_and_batches_restore_to_original_size(cfg, train_source,
-                                                          strategy):
+def test_eval_groups_and_preprocessing_restore_to_original_size(
+    cfg, train_source, strategy):
   groups = pipeline.eval_groups(cfg, split="train", strategy=strategy, k=3)
   labels = _labels(train_source)
   names = ("arrow", "crescent", "cross")
@@ -231,31 +236,22 @@ def test_eval_groups_and_batches_restore_to_original_size(cfg, train_source,
     scored = np.unique(t.indices[t.score])
     np.testing.assert_array_equal(scored,
                                   np.flatnonzero(labels == names.index(name)))
-  t = groups["cross"]
-  batches = list(pipeline.eval_batches(cfg, source=train_source, tuples=t,
-                                       batch_size=4))
-  assert sum(b["images"].shape[0] for b in batches) == len(t)
-  b = batches[0]
-  k = t.indices.shape[1]
-  assert b["images"].shape[1:] == (k, 24, 24, 3)
+  rec = train_source[int(groups["cross"].indices[0, 0])]
+  x, info = augment.preprocess_image(rec["image"], image_size=24)
+  assert x.shape == (24, 24, 3)
   # Using the resized ground truth as the "prediction" and mapping it back
   # gives the original mask almost everywhere.
-  rec = train_source[int(b["record_ids"][0, 0])]
   p = augment.process_record(rec["image"], rec["mask"], out_size=24)
-  back = pipeline.restore_prediction(p["mask"][..., 0], b["infos"][0][0])
+  back = augment.restore_prediction(p["mask"], info)
   assert back.shape == (32, 32)
   assert np.mean((back > 0.5) == (rec["mask"][..., 0] == 1)) > 0.95
 
 
-def test_preprocess_for_eval_pad():
+def test_preprocess_image_pad():
   img = np.full((20, 40, 3), 200, np.uint8)
-  x, valid, info = pipeline.preprocess_for_eval(img, image_size=16,
-                                                resize="pad")
+  x, info = augment.preprocess_image(img, image_size=16, resize="pad")
   assert x.shape == (16, 16, 3) and info.content_size == (8, 16)
-  assert valid[:8].all() and not valid[8:].any()
-  assert isinstance(samplers.EvalTuples(np.zeros((1, 2), int),
-                                        np.ones((1, 2), bool)),
-                    samplers.EvalTuples)
+  assert x[:8].min() > 0.7 and not x[8:].any()
 
 
 def test_flow_resize_between_images_of_different_sizes():

@@ -1,5 +1,6 @@
-"""predict: a folder of images of different sizes and formats -> masks at
-original resolution, overlays and a contact sheet.
+"""coseg_jax.runtime.predict: a folder of images of different sizes and
+formats -> masks at original resolution, overlays and a contact sheet;
+unreadable files skipped and reported, or refused.
 
 A test-only method whose "model" thresholds the red channel (logit =
 20 * (red - 0.5), no parameters) makes the expected masks known by hand.
@@ -16,7 +17,7 @@ from PIL import Image
 import pytest
 
 from coseg_jax import models
-from coseg_jax import predict
+from coseg_jax.runtime import predict
 
 
 @flax.struct.dataclass
@@ -65,6 +66,18 @@ def _write_images(folder):
           "c_rgba": rgba[..., 0] > 127}
 
 
+def _write_corrupt(path):
+  path.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+  return str(path)
+
+
+def _write_red(path, h=20, w=24):
+  image = np.zeros((h, w, 3), np.uint8)
+  image[:, : w // 2, 0] = 255
+  Image.fromarray(image).save(path)
+  return str(path)
+
+
 @pytest.mark.parametrize("strategy", ["all_pairs", "group"])
 def test_predict_folder_writes_masks_overlays_sheet(tmp_path, strategy):
   _register()
@@ -72,9 +85,10 @@ def test_predict_folder_writes_masks_overlays_sheet(tmp_path, strategy):
   folder.mkdir()
   expected = _write_images(folder)
   out = tmp_path / "out"
-  written = predict.predict_folder(
+  written, skipped = predict.predict_folder(
       config=_config(strategy), model=_RedModel(), variables={},
       images=str(folder), out_dir=str(out))
+  assert skipped == []
   names = sorted(expected)
   assert sorted(os.path.relpath(w, out) for w in written) == sorted(
       [f"masks/{n}.png" for n in names] + [f"overlays/{n}.png" for n in names]
@@ -151,9 +165,84 @@ def test_errors(tmp_path):
     predict.make_groups(1, "all_pairs")
   with pytest.raises(ValueError, match="group_strategy"):
     predict.make_groups(3, "triples")
-  (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-  with pytest.raises(ValueError, match="bad.png"):
-    predict.read_image(str(tmp_path / "bad.png"))
+  bad = _write_corrupt(tmp_path / "bad.png")
+  good = [_write_red(tmp_path / f"{n}.png") for n in ("g1", "g2")]
+  with pytest.raises(predict.UnreadableImagesError, match="bad.png"):
+    predict.read_images([good[0], bad, good[1]], on_unreadable="error")
+  with pytest.raises(ValueError, match="on_unreadable must be one of"):
+    predict.read_images(good, on_unreadable="ignore")
+
+
+def test_read_images_skip_and_error(tmp_path):
+  good = [_write_red(tmp_path / "a.png"), _write_red(tmp_path / "c.png", 8, 6)]
+  bad = _write_corrupt(tmp_path / "b.png")
+  kept, arrays, skipped = predict.read_images([good[0], bad, good[1]])
+  assert kept == good
+  assert [a.shape for a in arrays] == [(20, 24, 3), (8, 6, 3)]
+  assert all(a.dtype == np.uint8 for a in arrays)
+  assert len(skipped) == 1 and bad in skipped[0]
+  assert "\n" not in skipped[0]
+  with pytest.raises(predict.UnreadableImagesError) as e:
+    predict.read_images([good[0], bad, good[1]], on_unreadable="error")
+  assert bad in str(e.value) and "\n" not in str(e.value)
+  # Fewer than two readable images: an error either way, naming the file.
+  for mode in ("skip", "error"):
+    with pytest.raises(predict.UnreadableImagesError, match="b.png"):
+      predict.read_images([good[0], bad], on_unreadable=mode)
+  with pytest.raises(predict.UnreadableImagesError,
+                     match=r"1 readable image\(s\) of 2.*at least 2.*b.png"):
+    predict.read_images([good[0], bad])
+
+
+def test_predict_folder_with_a_corrupt_file(tmp_path):
+  """'skip' (the default) writes the masks of the good images and returns
+  one message naming the corrupt file; 'error' stops, naming it."""
+  _register()
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  expected = _write_images(folder)
+  bad = _write_corrupt(folder / "b_broken.png")
+  out = tmp_path / "out"
+  written, skipped = predict.predict_folder(
+      config=_config("all_pairs"), model=_RedModel(), variables={},
+      images=str(folder), out_dir=str(out))
+  assert len(skipped) == 1 and bad in skipped[0]
+  assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(
+      f"{n}.png" for n in expected)
+  assert len(written) == 2 * len(expected) + 1
+  for name, want in expected.items():
+    mask = np.asarray(Image.open(out / "masks" / f"{name}.png")) == 255
+    assert np.mean(mask == want) > 0.93, name
+  config = _config("all_pairs")
+  config.predict.on_unreadable = "error"
+  with pytest.raises(predict.UnreadableImagesError, match="b_broken.png"):
+    predict.predict_folder(config=config, model=_RedModel(), variables={},
+                           images=str(folder), out_dir=str(tmp_path / "o2"))
+  assert not (tmp_path / "o2").exists()
+
+
+def test_write_outputs_uses_the_binarizer(tmp_path):
+  images = [np.zeros((6, 8, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]
+  probs = [np.full((6, 8), 0.3, np.float32), np.zeros((5, 4), np.float32)]
+  probs[1][:2] = 0.8
+  calls = []
+
+  def binarize(image, prob):
+    calls.append((image.shape, prob.shape))
+    return prob > 0.25
+
+  written = predict.write_outputs(
+      paths=["x/one.jpg", "x/two.png"], images=images, probabilities=probs,
+      out_dir=str(tmp_path), binarize=binarize)
+  assert calls == [((6, 8, 3), (6, 8)), ((5, 4, 3), (5, 4))]
+  assert [os.path.relpath(w, tmp_path) for w in written] == [
+      "masks/one.png", "overlays/one.png", "masks/two.png",
+      "overlays/two.png", "contact_sheet.png"]
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(tmp_path / "masks" / "one.png")), 255)
+  two = np.asarray(Image.open(tmp_path / "masks" / "two.png"))
+  np.testing.assert_array_equal(two[:2], 255)
+  np.testing.assert_array_equal(two[2:], 0)
 
 
 def test_duplicate_stems_do_not_overwrite(tmp_path):

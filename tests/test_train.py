@@ -1,6 +1,7 @@
-"""In-process tests of coseg_jax.train: optimiser semantics against NumPy
-references, gradient accumulation, the non-finite guard, eval/logging wiring
-and mixed precision."""
+"""In-process tests of the runtime's optimiser, train step and supervised
+trainer: optimiser semantics against NumPy references, per-subtree rates,
+frozen subtrees, gradient accumulation, the non-finite guard, eval/logging
+wiring and mixed precision."""
 
 import glob
 import os
@@ -12,9 +13,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from coseg_jax import checkpoint
 from coseg_jax import models
-from coseg_jax import train
+from coseg_jax.runtime import checkpoint
+from coseg_jax.runtime import optimizer
+from coseg_jax.runtime import steps
+from coseg_jax.runtime.trainers import supervised
 import runtime_helpers as rh
 
 
@@ -29,7 +32,7 @@ def _opt_config(**kw):
 
 
 def _run_opt(cfg, grads, p0, steps, num_steps=100):
-  tx, _ = train.make_optimizer(cfg, num_steps)
+  tx, _ = optimizer.make_optimizer(cfg, num_steps)
   p = jnp.asarray(p0, jnp.float32)
   state = tx.init(p)
   out = []
@@ -110,23 +113,23 @@ def test_grad_clip_by_global_norm():
 def test_schedules_match_formulas():
   n, lr = 100, 0.5
   steps = np.array([0, 5, 10, 37, 50, 74, 75, 99])
-  cos = train.make_schedule(_opt_config(learning_rate=lr, schedule="cosine",
+  cos = optimizer.make_schedule(_opt_config(learning_rate=lr, schedule="cosine",
                                         warmup_steps=10), n)
   want = np.where(steps < 10, lr * steps / 10,
                   lr * 0.5 * (1 + np.cos(np.pi * np.minimum(steps - 10, 90)
                                          / 90)))
   np.testing.assert_allclose([cos(s) for s in steps], want, rtol=1e-5,
                              atol=1e-7)
-  poly = train.make_schedule(_opt_config(learning_rate=lr, schedule="poly"), n)
+  poly = optimizer.make_schedule(_opt_config(learning_rate=lr, schedule="poly"), n)
   np.testing.assert_allclose([poly(s) for s in steps],
                              lr * (1 - steps / n)**0.9, rtol=1e-5)
-  step = train.make_schedule(_opt_config(learning_rate=lr, schedule="step"), n)
+  step = optimizer.make_schedule(_opt_config(learning_rate=lr, schedule="step"), n)
   want = lr * np.where(steps >= 75, 0.01, np.where(steps >= 50, 0.1, 1.0))
   np.testing.assert_allclose([step(s) for s in steps], want, rtol=1e-5)
   with pytest.raises(ValueError, match="schedule"):
-    train.make_schedule(_opt_config(schedule="linear"), n)
+    optimizer.make_schedule(_opt_config(schedule="linear"), n)
   with pytest.raises(ValueError, match="optimizer.name"):
-    train.make_optimizer(_opt_config(name="rmsprop"), n)
+    optimizer.make_optimizer(_opt_config(name="rmsprop"), n)
 
 
 def test_lr_multipliers_scale_and_freeze_named_subtrees():
@@ -136,7 +139,7 @@ def test_lr_multipliers_scale_and_freeze_named_subtrees():
            for k, v in params.items()}
   cfg = _opt_config(weight_decay=0.01,
                     lr_multipliers={"backbone": 0.0, "head": 0.25})
-  tx, _ = train.make_optimizer(cfg, 10)
+  tx, _ = optimizer.make_optimizer(cfg, 10)
   updates, _ = tx.update(grads, tx.init(params), params)
   # One Adam step with L2 decay, as the NumPy reference.
   full = _np_adam(P0, GRADS[:1], lr=0.1, wd=0.01, decoupled=False)[0] - P0
@@ -144,10 +147,47 @@ def test_lr_multipliers_scale_and_freeze_named_subtrees():
   np.testing.assert_allclose(np.asarray(updates["head"]), 0.25 * full,
                              rtol=1e-5)
   np.testing.assert_allclose(np.asarray(updates["other"]), full, rtol=1e-5)
-  bad, _ = train.make_optimizer(_opt_config(lr_multipliers={"encoder": 0.1}),
+  bad, _ = optimizer.make_optimizer(_opt_config(lr_multipliers={"encoder": 0.1}),
                                 10)
   with pytest.raises(ValueError, match=r"lr_multipliers names \['encoder'\]"):
     bad.init(params)
+
+
+def test_lr_multipliers_take_nested_paths_and_keep_no_state_when_frozen():
+  params = {"generator": {"backbone": {"w": jnp.asarray(P0)},
+                          "decoder": jnp.asarray(P0)},
+            "extractor_net": {"w": jnp.asarray(P0)}}
+  grads = jax.tree.map(lambda _: jnp.asarray(GRADS[0]), params)
+  cfg = _opt_config(lr_multipliers={"generator/backbone": 0.0,
+                                    "extractor_net": 0.5, "generator": 2.0})
+  tx, _ = optimizer.make_optimizer(cfg, 10)
+  opt_state = tx.init(params)
+  updates, _ = tx.update(grads, opt_state, params)
+  full = _np_adam(P0, GRADS[:1], lr=0.1, wd=0.0, decoupled=False)[0] - P0
+  # The longest matching path decides: generator/backbone is frozen although
+  # 'generator' doubles the rest of the generator.
+  np.testing.assert_array_equal(
+      np.asarray(updates["generator"]["backbone"]["w"]), 0.0)
+  np.testing.assert_allclose(np.asarray(updates["generator"]["decoder"]),
+                             2.0 * full, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(updates["extractor_net"]["w"]),
+                             0.5 * full, rtol=1e-5)
+  # Adam moments exist for the three trained leaves only (mu and nu each).
+  moments = [x for x in jax.tree.leaves(opt_state) if np.shape(x) == (4,)]
+  assert len(moments) == 2 * 2
+  assert optimizer.frozen_paths(cfg) == (("generator", "backbone"),)
+
+
+def test_stop_gradient_at_nested_paths():
+  params = {"a": {"b": jnp.float32(2.0), "c": jnp.float32(3.0)},
+            "d": jnp.float32(4.0)}
+  loss = lambda p: jnp.sum(jnp.asarray(jax.tree.leaves(
+      steps.stop_gradient_at(p, [("a", "b")]))) ** 2)
+  grads = jax.grad(loss)(params)
+  assert float(grads["a"]["b"]) == 0.0
+  assert float(grads["a"]["c"]) == 6.0 and float(grads["d"]) == 8.0
+  with pytest.raises(ValueError, match="frozen parameter subtree 'x'"):
+    steps.stop_gradient_at(params, [("x",)])
 
 
 class _TwoPart(nn.Module):
@@ -168,14 +208,12 @@ def test_frozen_subtrees_get_no_gradient_and_no_backward_pass():
   batch = rh.make_batches(1)[0]
   cfg = _opt_config(name="sgd", momentum=0.0, weight_decay=0.01,
                     lr_multipliers={"backbone": 0.0, "head": 1.0})
-  assert train.frozen_subtrees(cfg) == ("backbone",)
+  assert optimizer.frozen_paths(cfg) == (("backbone",),)
   states, counts = [], []
   for frozen in ((), ("backbone",)):
-    tx, _ = train.make_optimizer(cfg, 10)
-    state, _ = train.create_train_state(
-        model=model, tx=tx, rng=jax.random.PRNGKey(0),
-        sample_shape=(1, 2, 8, 8, 3))
-    step = train.make_train_step(model=model, loss_fn=rh.toy_loss,
+    tx, _ = optimizer.make_optimizer(cfg, 10)
+    state = rh.make_state(model, tx)
+    step = steps.make_train_step(model=model, loss_fn=rh.toy_loss,
                                  loss_config={"bce": 1.0}, donate=False,
                                  frozen=frozen)
     counts.append(str(jax.make_jaxpr(step)(state, batch)).count(
@@ -191,8 +229,8 @@ def test_frozen_subtrees_get_no_gradient_and_no_backward_pass():
   # Forward 2 convs; backward: head weight + head input + backbone weight
   # grads when trained, only the head weight grad when frozen.
   assert counts == [5, 3], counts
-  with pytest.raises(ValueError, match=r"frozen parameter subtrees \['enc'\]"):
-    train.make_train_step(model=model, loss_fn=rh.toy_loss,
+  with pytest.raises(ValueError, match=r"frozen parameter subtree 'enc'"):
+    steps.make_train_step(model=model, loss_fn=rh.toy_loss,
                           loss_config={"bce": 1.0}, donate=False,
                           frozen=("enc",))(state, batch)
 
@@ -206,11 +244,9 @@ def test_grad_accumulation_equals_bigger_batch():
             {k: v[2:] for k, v in big.items()}]
   results = []
   for accum, batches in ((1, [big]), (2, halves)):
-    tx, _ = train.make_optimizer(_opt_config(grad_accum_steps=accum), 10)
-    state, _ = train.create_train_state(
-        model=model, tx=tx, rng=jax.random.PRNGKey(0),
-        sample_shape=(1, 2, 8, 8, 3))
-    step = train.make_train_step(model=model, loss_fn=spec.loss_fn,
+    tx, _ = optimizer.make_optimizer(_opt_config(grad_accum_steps=accum), 10)
+    state = rh.make_state(model, tx)
+    step = steps.make_train_step(model=model, loss_fn=spec.loss_fn,
                                  loss_config={"bce": 1.0}, donate=False)
     p0 = state.params
     for b in batches:
@@ -230,7 +266,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config.train.log_every = 100  # the check before each save must catch it
   batches = rh.make_batches(8, nan_at=4)  # the 5th batch -> step 5
   with pytest.raises(FloatingPointError, match="at step 5"):
-    train.train_and_evaluate(config, str(tmp_path),
+    supervised.train_and_evaluate(config, str(tmp_path),
                              dataset_fn=rh.list_dataset_fn(batches))
   ckpt = checkpoint.Checkpointer(str(tmp_path), create=False)
   assert ckpt.all_steps() == [2, 4]
@@ -248,10 +284,10 @@ def test_train_and_evaluate_calls_eval_logs_and_resumes(tmp_path):
   def eval_fn(variables, step):
     calls.append(step)
     assert set(variables) == {"params"}
-    return {"avg_J_over_classes": 0.25, "per_class": {"a": 1.0}}
+    return {"coseg": {"avg_J": 0.25, "per_class": {"a": 1.0}}}
 
   batches = rh.make_batches(6)
-  state = train.train_and_evaluate(config, str(tmp_path), eval_fn=eval_fn,
+  state = supervised.train_and_evaluate(config, str(tmp_path), eval_fn=eval_fn,
                                    dataset_fn=rh.list_dataset_fn(batches))
   assert int(state.step) == 4 and calls == [2, 4]
   assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.*"))
@@ -260,7 +296,7 @@ def test_train_and_evaluate_calls_eval_logs_and_resumes(tmp_path):
   # A longer run in the same workdir resumes at 4 and only runs 4 -> 6.
   config.train.num_steps = 6
   seen = []
-  state = train.train_and_evaluate(
+  state = supervised.train_and_evaluate(
       config, str(tmp_path), eval_fn=eval_fn,
       dataset_fn=rh.list_dataset_fn(batches),
       step_hooks=[lambda s, st, m: seen.append(s)])
@@ -270,12 +306,12 @@ def test_train_and_evaluate_calls_eval_logs_and_resumes(tmp_path):
 def test_init_from_checkpoint_copies_params(tmp_path):
   config = rh.toy_config(steps=2)
   batches = rh.make_batches(2)
-  first = train.train_and_evaluate(config, str(tmp_path / "a"),
+  first = supervised.train_and_evaluate(config, str(tmp_path / "a"),
                                    dataset_fn=rh.list_dataset_fn(batches))
   want = jax.device_get(first.params)
   config.init.from_checkpoint = str(tmp_path / "a")
   config.train.num_steps = 0
-  second = train.train_and_evaluate(config, str(tmp_path / "b"),
+  second = supervised.train_and_evaluate(config, str(tmp_path / "b"),
                                     dataset_fn=rh.list_dataset_fn(batches))
   got = jax.device_get(second.params)
   jax.tree.map(np.testing.assert_array_equal, got, want)
@@ -288,12 +324,10 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
       backbone_kwargs={"widths": (4, 8, 8, 8, 8)}))
   spec = models.get_method("mcat")
   model = spec.build_model(config)
-  tx, _ = train.make_optimizer(_opt_config(), 10)
-  state, _ = train.create_train_state(model=model, tx=tx,
-                                      rng=jax.random.PRNGKey(0),
-                                      sample_shape=(1, 2, 32, 32, 3))
+  tx, _ = optimizer.make_optimizer(_opt_config(), 10)
+  state = rh.make_state(model, tx, (1, 2, 32, 32, 3))
   batch = rh.make_batches(1, batch=2, size=32)[0]
-  step = train.make_train_step(model=model, loss_fn=spec.loss_fn,
+  step = steps.make_train_step(model=model, loss_fn=spec.loss_fn,
                                loss_config={"lovasz": 1.0, "bce": 0.5})
   state, metrics = step(state, batch)
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {

@@ -36,6 +36,9 @@ import sys
 import numpy as np
 import pytest
 
+from coseg_jax.runtime import checkpoint
+from data_pipelines import registry
+
 pytestmark = pytest.mark.slow
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -120,7 +123,6 @@ def _losses(stdout):
 def root(tmp_path_factory):
   """Prepared synthetic data + the two reference runs' final params."""
   root = tmp_path_factory.mktemp("runtime")
-  from data_pipelines import registry
   registry.prepare("synthetic", data_dir=str(root / "tfds"),
                    builder_config="tiny", verbose=False)
   proc = _run(root, root / "reference", out=root / "reference.npz")
@@ -143,7 +145,6 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted(root):
   rc, seen, out, err = _run_until(root, workdir, term_at, signal.SIGTERM)
   assert rc == 0, err[-3000:]
   assert seen and seen[0] <= kill_at + 1, (kill_at, seen)
-  from coseg_jax import checkpoint
   latest = checkpoint.Checkpointer(str(workdir), create=False).latest_step()
   assert latest is not None and latest >= term_at, (latest, term_at, seen)
   # The SIGTERM checkpoint is usable: the final resume reproduces the
@@ -160,7 +161,6 @@ def test_four_fake_devices_match_one_device_and_restore_on_one(root):
   ref = _load(root / "reference_eq.npz")
   assert _max_diff(ref, _load(root / "four.npz")) <= 1e-5
   # Restore the 4-device checkpoint of step 2 on 1 device and finish.
-  from coseg_jax import checkpoint
   ckpt = checkpoint.Checkpointer(str(workdir), create=False)
   assert ckpt.all_steps() == [2, EQ_STEPS]
   ckpt.close()

@@ -1,9 +1,9 @@
-"""Tests for coseg_jax.viz: exact pixel values of overlays and sheet layout."""
+"""coseg_jax.runtime.viz: exact pixel values of overlays and sheet layout."""
 
 import numpy as np
 import pytest
 
-from coseg_jax import viz
+from coseg_jax.runtime import viz
 
 
 def _image(h=20, w=30):

@@ -14,21 +14,20 @@ from XLA_FLAGS, set by the parent before this process starts.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                ".."))
+from absl import logging
+import jax
+import numpy as np
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+from configs import base
+from coseg_jax.runtime.trainers import supervised
 
 
 def tiny_config(*, data_dir, steps, method="baseline", batch=4, devices=-1,
                 optimizer="adam", lr=0.01, checkpoint_every=2, seed=0,
                 loss="lovasz"):
   """The smallest real configuration: tiny backbone, 32 px synthetic pairs."""
-  from configs import common  # pylint: disable=g-import-not-at-top
-  c = common.get_base_config()
+  c = base.get_base_config()
   c.method = method
   c.model.backbone_kwargs = {"widths": (4, 8, 8, 8, 8)}
   c.model.decoder_widths = (8, 8, 8, 8, 8)
@@ -52,7 +51,6 @@ def tiny_config(*, data_dir, steps, method="baseline", batch=4, devices=-1,
 
 
 def flat_params(params):
-  import jax  # pylint: disable=g-import-not-at-top
   leaves = jax.tree_util.tree_leaves_with_path(params)
   # addressable_data(0): replicated arrays of a multi-process run are not
   # fully addressable, but every process holds a full copy.
@@ -79,10 +77,7 @@ def main():
   p.add_argument("--process_id", type=int, default=None)
   args = p.parse_args()
 
-  from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  import jax  # pylint: disable=g-import-not-at-top
-  from coseg_jax import train  # pylint: disable=g-import-not-at-top
 
   config = tiny_config(data_dir=args.data_dir, steps=args.steps,
                        method=args.method, batch=args.batch,
@@ -98,7 +93,8 @@ def main():
     del state
     print(f"STEP {step} loss {float(metrics['loss']):.8f}", flush=True)
 
-  state = train.train_and_evaluate(config, args.workdir, step_hooks=[report])
+  state = supervised.train_and_evaluate(config, args.workdir,
+                                        step_hooks=[report])
   params = flat_params(state.params)
   if args.out and jax.process_index() == 0:
     np.savez(args.out, **params)

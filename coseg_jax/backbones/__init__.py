@@ -6,71 +6,41 @@ output type and the feature naming scheme shared by every family, and
 (``load_pretrained(name, path, **kwargs)``).
 """
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from coseg_jax.backbones import base
-from coseg_jax.backbones import efficientnet_lite
-from coseg_jax.backbones import resnet
-from coseg_jax.backbones import tiny
-from coseg_jax.backbones import vgg
+from coseg_jax.backbones import registry
 from coseg_jax.backbones import weights
+from coseg_jax.backbones.base import BackboneOutput
+from coseg_jax.backbones.base import FEATURE_LEVELS
+from coseg_jax.backbones.registry import available_backbones
+from coseg_jax.backbones.registry import get_backbone
+from coseg_jax.backbones.registry import register_backbone
 from coseg_jax.backbones.weights import find_lite_weights
 from coseg_jax.backbones.weights import load_pretrained
 from coseg_jax.backbones.weights import WeightsError
-from coseg_jax.backbones.base import BackboneOutput, FEATURE_LEVELS
-
-_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
-    "tiny": tiny.TinyCNN,
-    "resnet18": resnet.resnet18,
-    "resnet34": resnet.resnet34,
-    "resnet50": resnet.resnet50,
-    "resnet101": resnet.resnet101,
-    "vgg16": vgg.vgg16,
-    "vgg16_bn": vgg.vgg16_bn,
-    "efficientnet_lite0": efficientnet_lite.efficientnet_lite0,
-    "efficientnet_lite1": efficientnet_lite.efficientnet_lite1,
-    "efficientnet_lite2": efficientnet_lite.efficientnet_lite2,
-}
-
-
-def register_backbone(name: str, constructor: Callable[..., nn.Module]):
-  """Adds a backbone constructor under ``name`` (used by the family modules)."""
-  _REGISTRY[name] = constructor
-
-
-def available_backbones():
-  return sorted(_REGISTRY)
-
-
-def get_backbone(name: str, **kwargs) -> nn.Module:
-  """Returns the backbone module registered under ``name``.
-
-  Args:
-    name: one of ``available_backbones()``.
-    **kwargs: module attributes (``dtype``, ``truncate_at``, ...).
-
-  Raises:
-    ValueError: for an unknown name, listing the known ones.
-  """
-  if name not in _REGISTRY:
-    raise ValueError(
-        f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
-  return _REGISTRY[name](**kwargs)
 
 
 def group_features(parent: nn.Module, name: str, images: jax.Array, *,
                    train: bool, dtype: Any,
                    kwargs: Optional[Mapping[str, Any]] = None,
-                   eval_mode: bool = False) -> Dict[str, jax.Array]:
+                   eval_mode: bool = False,
+                   features: Optional[Mapping[str, jax.Array]] = None
+                   ) -> Dict[str, jax.Array]:
   """Siamese encoding: one backbone, shared by every image of every group.
 
   Call it from ``parent``'s compact method. The backbone becomes ``parent``'s
   submodule ``'backbone'``, the name that weight loading
   (``init.backbone_weights``) and ``init.from_checkpoint`` rely on; the K
   images of a group are folded into the batch axis.
+
+  With ``features`` (precomputed outputs of this frozen backbone, e.g. from
+  the frozen-encoder feature cache), the backbone is not run: the given
+  levels are returned, folded like the backbone's own output.
 
   Args:
     parent: the model module calling it.
@@ -84,11 +54,21 @@ def group_features(parent: nn.Module, name: str, images: jax.Array, *,
       dropout. The usual setting for a frozen pretrained encoder, whose
       features would otherwise depend on the other images of the batch and
       on drop-connect noise.
+    features: optional {level: [B, K, h, w, C]} to use instead of running
+      the backbone (``images`` then only gives B and K).
 
   Returns:
     The backbone's features {level: [B * K, h, w, C]}.
   """
   b, k, h, w, c = images.shape
+  if features is not None:
+    out = {}
+    for level, x in features.items():
+      if tuple(x.shape[:2]) != (b, k):
+        raise ValueError(f"features[{level!r}] has shape {x.shape}; expected "
+                         f"[{b}, {k}, h, w, C] for images {images.shape}")
+      out[level] = jnp.asarray(x, dtype).reshape(b * k, *x.shape[2:])
+    return out
   # get_backbone's first argument is called `name`, so the submodule name is
   # set by cloning.
   encoder = get_backbone(name, dtype=dtype, **dict(kwargs or {})).clone(

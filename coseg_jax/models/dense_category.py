@@ -45,7 +45,7 @@ import optax
 
 from coseg_jax import backbones
 from coseg_jax import losses
-from coseg_jax import models
+from coseg_jax.models import registry
 
 DEFAULT_LEVELS = ("stride8", "stride16", "stride32")
 
@@ -164,7 +164,7 @@ def _no_masks(**unused_kwargs):
       "evaluated or used for prediction")
 
 
-models.register_method("dense_category", models.MethodSpec(
+registry.register_method("dense_category", registry.MethodSpec(
     build_model=build_model,
     loss_fn=loss_fn,
     predict_fn=_no_masks,

@@ -91,7 +91,11 @@ import ml_collections
 import numpy as np
 
 from coseg_jax import backbones
-from coseg_jax import models
+from coseg_jax import losses
+from coseg_jax import metrics
+from coseg_jax.losses import contrastive
+from coseg_jax.losses import matching
+from coseg_jax.models import registry
 from coseg_jax.nn import correlation as corr_lib
 from coseg_jax.nn import geometry
 
@@ -383,7 +387,6 @@ class MaCoSNet(nn.Module):
   def _points(self, batch):
     key = (self.make_rng("dropout") if self.has_rng("dropout") else
            jax.random.PRNGKey(0))
-    from coseg_jax.losses import matching  # pylint: disable=g-import-not-at-top
     return matching.sample_points(key, batch=batch, num=self.num_points)
 
   # -- forward -------------------------------------------------------------
@@ -511,8 +514,6 @@ def grid_loss(*, theta: jax.Array, theta_gt: jax.Array, kind: str,
 
 def compute_terms(outputs: MaCoSNetOutput, names: Sequence[str]):
   """The unweighted loss terms ``names`` from the model output."""
-  from coseg_jax.losses import contrastive  # pylint: disable=g-import-not-at-top
-  from coseg_jax.losses import matching  # pylint: disable=g-import-not-at-top
   o = outputs.options
   terms = {}
   if "grid" in names:
@@ -593,7 +594,6 @@ def loss_fn(*, outputs: MaCoSNetOutput, batch: Mapping[str, jax.Array],
     (total float32 scalar, weighted terms dict).
   """
   del batch
-  from coseg_jax import losses  # pylint: disable=g-import-not-at-top
   known = PRETRAIN_TERMS if outputs.correlation is None else LOSS_TERMS
   unknown = sorted(set(loss_config) - set(known))
   if unknown:
@@ -640,6 +640,29 @@ def transfer_keypoints(*, theta: jax.Array, points_b: jax.Array,
   return geometry.normalized_to_pixels(mapped, tuple(size_a))
 
 
+def dense_flow(*, theta: jax.Array, src_size: Tuple[int, int],
+               dst_size: Tuple[int, int]) -> jax.Array:
+  """Flow [H1, W1, 2] (dx, dy pixels) of every pixel of image 1 into image 2.
+
+  TSS's flow-PCK protocol: ``theta`` [24] is the 'affine_tps' theta whose
+  point map sends image 1's frame to image 2's, i.e. the theta of the pair
+  (2 -> 1) (it warps image 2 onto image 1). Both frames are normalised with
+  their own original size, as stretching both to the model input does.
+
+  Args:
+    theta: [24] theta of the pair (image 2 -> image 1).
+    src_size: (H1, W1) of image 1; dst_size: (H2, W2) of image 2.
+  """
+  h, w = src_size
+  ys, xs = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
+  pixels = jnp.stack([xs, ys], -1).astype(jnp.float32).reshape(1, -1, 2)
+  points = geometry.transform_points(
+      points=geometry.pixels_to_normalized(pixels, (h, w)),
+      theta=jnp.asarray(theta)[None], kind=KIND)
+  target = geometry.normalized_to_pixels(points, tuple(dst_size))[0]
+  return target.reshape(h, w, 2) - pixels.reshape(h, w, 2)
+
+
 def keypoint_pck(*, theta: jax.Array, points_a: jax.Array,
                  points_b: jax.Array, size_a: Tuple[int, int],
                  size_b: Tuple[int, int], alphas: Sequence[float] = PCK_ALPHAS,
@@ -658,7 +681,6 @@ def keypoint_pck(*, theta: jax.Array, points_a: jax.Array,
   Returns:
     dict alpha -> [B] fraction of A's keypoints within alpha * L.
   """
-  from coseg_jax import metrics  # pylint: disable=g-import-not-at-top
   valid = jnp.all(jnp.isfinite(points_a) & jnp.isfinite(points_b), axis=-1)
   pred = transfer_keypoints(theta=theta, points_b=points_b, size_a=size_a,
                             size_b=size_b)
@@ -706,17 +728,17 @@ def build_model(model_config: ml_collections.ConfigDict,
       decoder_final_width=int(get("decoder_final_width", 32)),
       num_points=int(get("num_points", 100)),
       synthetic=dict(synthetic) if synthetic else None,
-      options=options, dtype=models.config_dtype(get("dtype", "float32")))
+      options=options, dtype=registry.config_dtype(get("dtype", "float32")))
 
 
 def _register():
-  models.register_method("macosnet", models.MethodSpec(
+  registry.register_method("macosnet", registry.MethodSpec(
       build_model=lambda cfg: build_model(cfg, "joint"), loss_fn=loss_fn,
       default_loss={"matching": 1.0, "cycle": 5.0, "transitivity": 5.0,
                     "contrastive": 10.0, "cross_consistency": 10.0},
       description="MaCoSNet: joint semantic matching and co-segmentation "
                   "(weakly supervised)"))
-  models.register_method("macosnet_pretrain", models.MethodSpec(
+  registry.register_method("macosnet_pretrain", registry.MethodSpec(
       build_model=lambda cfg: build_model(cfg, "pretrain"), loss_fn=loss_fn,
       default_loss={"grid": 1.0},
       description="MaCoSNet's transformation predictor pre-trained on "

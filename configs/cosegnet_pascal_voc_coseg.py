@@ -1,0 +1,53 @@
+"""CoSegNet on the PASCAL-VOC co-segmentation set: the real-photo recipe.
+
+Argument: ``[disjoint|split|all][,cosegnet|base][,runlocal]`` (protocols:
+``configs/pascal_voc_coseg.py``; ``base`` is the Table 5 baseline).
+
+  python -m coseg_jax.main --config configs/cosegnet_pascal_voc_coseg.py:disjoint \\
+      --config.data.manual_dir=/path/to/pascal_voc_coseg --workdir /tmp/cosegnet_pascal
+
+Evaluation reports the gated masks (P/J) and the decision accuracy on
+positive and cross-class negative pairs. The recipe: EfficientNet-Lite2 with
+its ImageNet weights, frozen and in evaluation mode, under CoSegNet's
+13-layer transposed-convolution decoder (at a width multiplier), metric and
+decision nets; triplets (anchor, positive, negative); Adam. Departures from
+the paper (``configs/cosegnet_voc2012.py``: VGG16 at 224 px, SGD 1e-5) are
+listed in docs/methods/cosegnet.md.
+"""
+
+from configs import args
+from configs import cosegnet_voc2012
+from configs import pascal_voc_coseg
+
+
+def get_config(arg=None):
+  """'disjoint'|'split'|'all' [,cosegnet|base] [,runlocal]."""
+  a = args.parse(arg, config="cosegnet_pascal_voc_coseg",
+                 groups={"protocol": pascal_voc_coseg.PROTOCOLS,
+                         "variant": cosegnet_voc2012.METHODS},
+                 flags=("runlocal",))
+  config = cosegnet_voc2012.get_config(a.variant)
+  pascal_voc_coseg.apply_protocol(config, a.protocol)
+  pascal_voc_coseg.frozen_pretrained_backbone(config, "efficientnet_lite2")
+  config.model.width_multiplier = 0.25
+  config.data.image_size = 224
+  o = config.optimizer
+  o.name = "adam"
+  o.learning_rate = 1e-3
+  o.momentum = 0.9
+  o.weight_decay = 0.0
+  o.schedule = "cosine"
+  o.warmup_steps = 50
+  t = config.train
+  t.num_steps = 1000
+  t.global_batch_size = 4
+  t.log_every = 10
+  t.eval_every = 0
+  t.checkpoint_every = 250
+  config.eval.max_groups = 300
+  config.eval.batch_size = 8
+  config.predict.image_size = 224
+  if a.runlocal:
+    pascal_voc_coseg.runlocal(config)
+    config.model.width_multiplier = 1 / 16
+  return config

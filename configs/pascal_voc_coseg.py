@@ -1,0 +1,78 @@
+"""The PASCAL-VOC co-segmentation set and its three protocols (shared part).
+
+Not a launchable config: ``cyclesegnet_pascal_voc_coseg.py``,
+``dcc_pascal_voc_coseg.py``, ``cosegnet_pascal_voc_coseg.py`` and
+``coattention_pascal_voc_coseg.py`` build on it.
+
+The set (``pascal_voc_coseg``: Faktor & Irani, 1,037 images, 20 classes, one
+split) is found through ``--config.data.manual_dir`` or ``$COSEG_DATA_DIR/
+pascal_voc_coseg``. Protocols (the config argument's first token):
+
+* ``disjoint``: train on the first ten classes of the builder's sorted list
+  (Aero .. Cow), evaluate on the other ten (Dog .. Train), which training
+  never sees: the model must find the common object of classes it does not
+  know.
+* ``split``: all 20 classes; a fixed per-class split of the images
+  (``data.holdout_fraction`` 0.25 to test, seed ``data.holdout_seed``;
+  ``data_pipelines.pipeline.holdout_selection``); no test image is trained
+  on.
+* ``all``: every image, for the model a user then runs ``--mode predict``
+  with; evaluated on the training images (not a held-out figure).
+"""
+
+import ml_collections
+
+PROTOCOLS = ("disjoint", "split", "all")
+NUM_CLASSES = 20
+
+
+def apply_protocol(config: ml_collections.ConfigDict, protocol: str):
+  """Sets ``config.data`` and ``config.eval.data`` for a protocol."""
+  d = config.data
+  d.name = "pascal_voc_coseg"
+  d.builder_config = None
+  d.train_split = "train"
+  d.eval_split = "train"
+  config.eval.split = "train"  # one split; classes or the holdout separate
+  config.eval.data = ml_collections.ConfigDict()
+  if protocol == "disjoint":
+    d.class_slice = (0, NUM_CLASSES // 2)
+    config.eval.data.class_slice = (NUM_CLASSES // 2, NUM_CLASSES)
+  elif protocol == "split":
+    d.holdout_fraction = 0.25
+    d.holdout_seed = 0
+    d.holdout_part = "train"
+    config.eval.data.holdout_part = "test"
+  elif protocol != "all":
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of "
+                     f"{PROTOCOLS}")
+  return config
+
+
+def frozen_pretrained_backbone(config: ml_collections.ConfigDict,
+                               backbone: str):
+  """A backbone with its ImageNet weights, frozen and in evaluation mode."""
+  config.model.backbone = backbone
+  config.model.backbone_kwargs = ml_collections.ConfigDict()
+  config.model.backbone_eval_mode = True
+  config.init.pretrained = ml_collections.ConfigDict({
+      "backbone": {"backbone": backbone, "path": "", "kwargs": {}}})
+  config.optimizer.lr_multipliers = {"backbone": 0.0}
+  return config
+
+
+def runlocal(config: ml_collections.ConfigDict):
+  """Seconds-long variant for tests: 64 px, 2 steps, a few groups."""
+  config.data.image_size = 64
+  config.predict.image_size = 64
+  t = config.train
+  t.num_steps = 2
+  t.global_batch_size = 2
+  t.log_every = 1
+  t.checkpoint_every = 2
+  t.progress_bar = False
+  config.optimizer.warmup_steps = 0
+  config.eval.max_groups = 10
+  config.eval.batch_size = 2
+  return config
+

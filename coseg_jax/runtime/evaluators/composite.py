@@ -1,0 +1,157 @@
+"""Composite evaluator: does the partner decide which object is segmented?
+
+Composites (``data_pipelines.composites``) of two objects of different
+classes c_a and c_b, cut from the evaluation data with their ground-truth
+masks and pasted on a real background, are each co-segmented twice: with a
+partner image of c_a (target: the c_a object only) and with a partner image
+of c_b (target: the c_b object only). A partner-blind model gives the same
+mask both times.
+
+Figures, over the 2 x ``config.eval.composites`` predictions (the composite
+canvas is ``data.image_size``; partners are preprocessed as in evaluation):
+
+* ``conditional_J``: mean J of the mask against the partner's object;
+* ``wrong_object_rate``: share of masks that cover more of the other object
+  than of the target (|M n other| > |M n target|);
+* ``both_rate``: share of masks that cover at least half of each object;
+* ``mask_iou_between_partners``: mean IoU of a composite's two masks (1:
+  the partner changes nothing);
+* ``per_class``: conditional J by target class.
+
+Deterministic: composites and partners are drawn with ``config.eval.seed``
+from the evaluation data (``config.eval.data``), so the unseen classes of a
+class-disjoint protocol give composites of unseen classes only.
+"""
+
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from coseg_jax.runtime import steps
+from coseg_jax.runtime.evaluators import common
+from data_pipelines import augment
+from data_pipelines import composites as composites_lib
+from data_pipelines import pipeline
+from data_pipelines import scenes as scenes_lib
+
+DEFAULT_COUNT = 100
+
+
+def composite_cases(config, *, count: int = None) -> Tuple[list, Any, Any]:
+  """(cases, scenes, data config) of the evaluation composites.
+
+  A case is (spec, partner of c_a, partner of c_b): record indices drawn
+  with ``config.eval.seed`` among the other records of each class.
+  """
+  data = common.eval_data_config(config)
+  source = pipeline.load_source(data, config.eval.split)
+  index = pipeline.record_index_of(source, data)
+  scenes = scenes_lib.Scenes(source, index, data, train=False)
+  count = int(count if count is not None else
+              config.eval.get("composites", DEFAULT_COUNT))
+  seed = int(config.eval.get("seed", 0))
+  specs = composites_lib.composite_specs(
+      index.membership, count=count, seed=(seed, 0xC0DE),
+      background=config.eval.get("composite_background", "inpaint"))
+  rng = np.random.default_rng(np.random.SeedSequence((seed, 0xFA27)))
+  cases = []
+  for spec in specs:
+    partners = []
+    for c in spec.classes:
+      pool = np.setdiff1d(np.flatnonzero(index.membership[:, c]),
+                          list(spec.records) + [spec.background])
+      if pool.size == 0:
+        raise ValueError(f"class {index.class_names[c]!r} has no record left "
+                         f"to be a composite's partner")
+      partners.append(int(rng.choice(pool)))
+    cases.append((spec, partners[0], partners[1]))
+  return cases, scenes, data
+
+
+def _size(data) -> Tuple[int, int]:
+  s = data.image_size
+  return (s, s) if isinstance(s, int) else tuple(s)
+
+
+def predictions(*, config, model, variables, cases, scenes, data,
+                mesh=None) -> List[Dict[str, Any]]:
+  """For every case and both partners: the composite, its class map, the
+  partner image and the predicted probability map (model input size)."""
+  size = _size(data)
+  predict_batch = steps.make_predict_batch(config=config, model=model,
+                                           variables=variables, mesh=mesh)
+  batch_size = common.eval_batch_size(config, mesh)
+  items = []
+  for spec, pa, pb in cases:
+    canvas, class_map = composites_lib.render(spec, scenes.record, size=size)
+    image = canvas.astype(np.float32) / 255.0
+    for target, partner in ((0, pa), (1, pb)):
+      partner_image, _ = augment.preprocess_image(
+          scenes.record(partner)[0], image_size=size,
+          resize=data.get("resize", "stretch"))
+      items.append({"spec": spec, "target": target, "canvas": canvas,
+                    "class_map": class_map, "input": image,
+                    "partner": partner_image})
+  for s in range(0, len(items), batch_size):
+    chunk = items[s:s + batch_size]
+    groups = np.stack([np.stack([it["input"], it["partner"]])
+                       for it in chunk])
+    pad = batch_size - len(chunk)
+    if pad:
+      groups = np.concatenate([groups, np.repeat(groups[-1:], pad, 0)])
+    probs = predict_batch(groups)[:len(chunk), 0, ..., 0]
+    for it, p in zip(chunk, probs):
+      it["prob"] = p
+  return items
+
+
+def score(items, binarize, class_names) -> Dict[str, Any]:
+  """The figures of the module docstring from :func:`predictions`."""
+  js, wrong, both, per_class = [], [], [], {}
+  masks = {}
+  for it in items:
+    spec, t = it["spec"], it["target"]
+    target = it["class_map"] == spec.classes[t] + 1
+    other = it["class_map"] == spec.classes[1 - t] + 1
+    pred = np.asarray(binarize(it["canvas"], it["prob"]), bool)
+    union = np.sum(pred | target)
+    j = float(np.sum(pred & target) / union) if union else 1.0
+    js.append(j)
+    wrong.append(np.sum(pred & other) > np.sum(pred & target))
+    both.append(np.sum(pred & target) >= 0.5 * max(target.sum(), 1) and
+                np.sum(pred & other) >= 0.5 * max(other.sum(), 1))
+    per_class.setdefault(class_names[spec.classes[t]], []).append(j)
+    masks.setdefault(id(spec), []).append(pred)
+  ious = []
+  for pair in masks.values():
+    if len(pair) == 2:
+      u = np.sum(pair[0] | pair[1])
+      ious.append(float(np.sum(pair[0] & pair[1]) / u) if u else 1.0)
+  return {
+      "conditional_J": float(np.mean(js)),
+      "wrong_object_rate": float(np.mean(wrong)),
+      "both_rate": float(np.mean(both)),
+      "mask_iou_between_partners": float(np.mean(ious)),
+      "per_class": {c: float(np.mean(v)) for c, v in sorted(
+          per_class.items())},
+      "num_composites": len(masks),
+  }
+
+
+def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
+  """Composite co-segmentation figures (module docstring)."""
+  cases, scenes, data = composite_cases(config)
+  items = predictions(config=config, model=model, variables=variables,
+                      cases=cases, scenes=scenes, data=data, mesh=mesh)
+  results = score(items, common.binarizer(config.eval), scenes.class_names)
+  results["rule"] = common.binarizer_rule(config.eval)
+  return results
+
+
+def format_results(results: Dict[str, Any]) -> str:
+  return (f"{results['num_composites']} composites x 2 partners: conditional "
+          f"J {results['conditional_J']:.3f}, wrong object "
+          f"{100 * results['wrong_object_rate']:.1f}%, both objects "
+          f"{100 * results['both_rate']:.1f}%, IoU of the two masks "
+          f"{results['mask_iou_between_partners']:.3f} "
+          f"({results['rule']})")

@@ -1,0 +1,79 @@
+"""Decision-accuracy evaluator: does the model say whether a pair shares an
+object? (CoSegNet's decision network, Banerjee et al. Sec. 3.2.)
+
+Pairs come from ``config.data`` (its classes and evaluation split) through
+the training pipeline's pair sampler with half of them negatives (two images
+with no class in common), without augmentation: ``config.eval.
+decision_pairs`` pairs, seed ``config.eval.seed``. A pair is called positive
+when sigmoid(decision logit) > ``config.model.decision_threshold`` (0.5).
+
+Figures: ``accuracy`` over all pairs, ``positive_accuracy`` and
+``negative_accuracy`` (each side's share called right), the counts.
+"""
+
+from typing import Any, Dict
+
+import jax
+import numpy as np
+
+from coseg_jax.runtime import sharding as sharding_lib
+from coseg_jax.runtime.evaluators import common
+from data_pipelines import pipeline
+
+
+def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
+  """Decision accuracy of ``model`` on positive and negative pairs.
+
+  Raises:
+    ValueError: when the method's outputs have no ``decision_logits``.
+  """
+  d = common.eval_data_config(config)
+  with d.unlocked():
+    d.sampler = "pairs"
+    d.group_size = 2
+    d.negative_fraction = 0.5
+    d.eval_groups_per_split = int(config.eval.get("decision_pairs", 200))
+  batch_size = common.eval_batch_size(config, mesh)
+  dataset = pipeline.make_dataset(
+      d, split=config.eval.split,
+      batch_size=batch_size, train=False, seed=int(config.eval.get("seed", 0)))
+  threshold = float(config.model.get("decision_threshold", 0.5))
+
+  def decide(v, x):
+    out = model.apply(v, x, train=False)
+    if getattr(out, "decision_logits", None) is None:
+      raise ValueError(f"the 'decision' evaluator needs a method with a "
+                       f"decision output; {config.method} has none")
+    return out.decision_logits[:, 0]
+
+  run = jax.jit(decide)
+  right = {0: 0, 1: 0}
+  total = {0: 0, 1: 0}
+  for batch in dataset:
+    n = batch["images"].shape[0]
+    images = batch["images"]
+    if n < batch_size:  # pad the last batch to the compiled shape
+      images = np.concatenate([images, np.repeat(images[-1:],
+                                                 batch_size - n, 0)])
+    if mesh is not None:
+      images = jax.device_put(images, sharding_lib.data_sharding(mesh))
+    logits = np.asarray(jax.device_get(run(variables, images)))[:n]
+    said = 1.0 / (1.0 + np.exp(-logits)) > threshold
+    for yes, label in zip(said, batch["has_common"]):
+      total[int(label)] += 1
+      right[int(label)] += int(bool(yes) == bool(label))
+  n = total[0] + total[1]
+  if not n:
+    raise ValueError("the 'decision' evaluator drew no pairs (empty split?)")
+  return {"accuracy": (right[0] + right[1]) / n,
+          "positive_accuracy": right[1] / max(total[1], 1),
+          "negative_accuracy": right[0] / max(total[0], 1),
+          "num_positive": total[1], "num_negative": total[0],
+          "threshold": threshold}
+
+
+def format_results(results: Dict[str, Any]) -> str:
+  return (f"decision accuracy {results['accuracy']:.3f} (positive pairs "
+          f"{results['positive_accuracy']:.3f} of {results['num_positive']}, "
+          f"negative pairs {results['negative_accuracy']:.3f} of "
+          f"{results['num_negative']}; sigmoid > {results['threshold']:g})")
