@@ -207,10 +207,16 @@ def test_torch_losses_equal_coseg_jax():
   np.testing.assert_allclose(float(ref), float(ours), rtol=1e-5)
   s_logits = rng.normal(size=(3, 5, 5)).astype(np.float32)
   obj = (rng.rand(3, 5, 5) > 0.5).astype(np.float32)
+  fixed = (rng.rand(3, 5, 5) > 0.5).astype(np.float32)
   ours = losses.get_loss("coattention_mask")(
-      object_mask=obj, attention_logits=s_logits, beta=0.95)
-  ref = tco.mask_loss(torch.from_numpy(s_logits).reshape(3, -1),
-                      torch.from_numpy(obj).reshape(3, -1))
+      object_mask=obj, fixed_mask=fixed, attention_logits=s_logits, beta=0.95)
+  flat = lambda a: torch.from_numpy(a).reshape(3, -1)
+  ref = tco.mask_loss(flat(s_logits), flat(obj), flat(fixed))
+  np.testing.assert_allclose(float(ref), float(ours), rtol=1e-5)
+  ours = losses.get_loss("coattention_mask")(
+      object_mask=obj, attention_logits=s_logits, beta=0.95,
+      target="self_bootstrap")
+  ref = tco.mask_loss(flat(s_logits), flat(obj), target="self_bootstrap")
   np.testing.assert_allclose(float(ref), float(ours), rtol=1e-5)
 
 

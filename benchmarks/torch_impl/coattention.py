@@ -10,9 +10,11 @@ Generator BN in inference mode unless ``generator_bn_train`` (the config's
 default keeps it in inference mode, as the Flax model).
 
 Loss: the co-attention loss (eq. 3-6; mean over ordered pairs inside each
-group, squared distances / c, softplus(d+ - d-)) and the bootstrapped mask
-loss (eq. 7, beta 0.95) against ``batch['object_masks']``, weighted by
-``config.loss`` — the same formulas as ``coseg_jax.losses.coattention``.
+group, squared distances / c, softplus(d+ - d-)) and the mask loss (eq. 7,
+beta 0.95; target beta * ``batch['fixed_masks']`` + (1 - beta) *
+``batch['object_masks']``, no gradient through it), weighted by
+``config.loss`` — the same formulas as ``coseg_jax.losses.coattention``
+(``mask_loss(..., target='self_bootstrap')`` is the earlier form).
 """
 
 from typing import Any, Mapping, Optional, Sequence
@@ -122,13 +124,23 @@ def coattention_loss(fo: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
 
 
 def mask_loss(logits: torch.Tensor, object_mask: torch.Tensor,
-              beta: float = 0.95) -> torch.Tensor:
-  """Eq. 7: bootstrapped BCE, per-image mean over pixels, mean over images."""
+              fixed_mask: Optional[torch.Tensor] = None, beta: float = 0.95,
+              target: str = "paper") -> torch.Tensor:
+  """Eq. 7, per-image mean over pixels, mean over images.
+
+  'paper': t = beta * M~ (``fixed_mask``) + (1 - beta) * M, detached;
+  'self_bootstrap': t = beta * M + (1 - beta) * S, gradient through S.
+  """
   logits = logits.float()
   s = torch.sigmoid(logits)
-  target = beta * object_mask.float() + (1.0 - beta) * s
-  per_pixel = -(target * F.logsigmoid(logits) +
-                (1.0 - target) * F.logsigmoid(-logits))
+  if target == "paper":
+    t = (beta * fixed_mask.float() + (1.0 - beta) * object_mask.float()
+         ).detach()
+  elif target == "self_bootstrap":
+    t = beta * object_mask.float() + (1.0 - beta) * s
+  else:
+    raise ValueError(f"torch mask_loss: unknown target {target!r}")
+  per_pixel = -(t * F.logsigmoid(logits) + (1.0 - t) * F.logsigmoid(-logits))
   return per_pixel.flatten(1).mean(1).mean()
 
 
@@ -151,7 +163,8 @@ def train_loss(model: CoattentionNet, images, batch: Mapping[str, Any],
   if weights.get("coattention_mask"):
     b, k = logits.shape[:2]
     total = total + weights["coattention_mask"] * mask_loss(
-        logits.reshape(b * k, -1), batch["object_masks"].reshape(b * k, -1))
+        logits.reshape(b * k, -1), batch["object_masks"].reshape(b * k, -1),
+        batch["fixed_masks"].reshape(b * k, -1))
   return total
 
 

@@ -26,25 +26,39 @@ Note on the wording "object vs background": eq. 6 compares each object with
 the background of *its own* image (intra-image separation), which is what is
 implemented; nothing compares f_n^o with f_m^b.
 
-Mask loss (paper eq. 7): a bootstrapped binary cross-entropy (Reed et al.,
-2015) between S_n and the selected object proposal O_n, whose target mixes the
-hard proposal and the soft prediction:
+Mask loss (paper Sec. 3.3, eq. 7): a binary cross-entropy between S_n and a
+target that mixes two object masks chosen from unsupervised proposals:
 
-    t = beta * O + (1 - beta) * S,    beta = 0.95,
-    l_m(n) = -mean_p [t log S + (1 - t) log(1 - S)].
+    t = beta * M~_n + (1 - beta) * M_n,    beta = 0.95,
+    l_m(n) = -(1 / |K|) sum_{k in K} [t log S_n(k) + (1 - t) log(1 - S_n(k))],
 
-As in Reed et al.'s soft bootstrapping, the gradient also flows through the
-``(1 - beta) * S`` part of the target (it acts as a minimum-entropy term that
-sharpens S). The paper's total objective is L_c + lambda * L_m with lambda = 9:
-apply lambda through :func:`coseg_jax.losses.compute_total_loss`, e.g.
-``weights={'coattention': 1.0, 'coattention_mask': 9.0}`` (and weight 0 for the
-mask loss in the first training stage).
+where M~_n is the proposal picked once from the stage-1 maps S~_n (at the end
+of the first stage) and kept fixed for the whole second stage, and M_n is the
+mask re-selected from the current map S_n (with the iterative multi-object
+refinement) at every stage-2 epoch. Both masks are data: the target is built
+under ``jax.lax.stop_gradient`` and only S_n receives gradient
+(``target='paper'``, the default). The paper calls this bootstrapping after
+Reed et al. (2015): the fixed early selection is the "label", the current
+selection the model's own, slowly moving estimate.
 
-Reductions: the paper writes both losses as sums (over pairs, over images).
-``reduction='sum'`` reproduces that; the default ``'mean'`` (over ordered pairs,
-over images) keeps the scale independent of the collection batch size. The
-relative weight lambda = 9 only matches the paper when both use the same
-reduction and N is as in the paper; state the choice in the config.
+``target='self_bootstrap'`` keeps this library's earlier form, Reed et al.'s
+soft bootstrapping with the current selection as the label,
+``t = beta * M_n + (1 - beta) * S_n``, with the gradient flowing through the
+``(1 - beta) * S_n`` part (a minimum-entropy term that sharpens S). It needs
+no fixed mask.
+
+The paper's total objective is L_c + lambda * sum_n l_m(n) with lambda = 9
+(eq. 1): apply lambda through :func:`coseg_jax.losses.compute_total_loss`,
+e.g. ``weights={'coattention': 1.0, 'coattention_mask': 9.0}`` (and weight 0
+for the mask loss in the first training stage).
+
+Reductions: eq. 3 sums over ordered pairs and eq. 1 over images; eq. 7
+averages over the pixels of an image (the 1/|K|). ``reduction='sum'`` with
+``pixel_reduction='mean'`` is the paper's form; ``reduction='mean'`` (over
+ordered pairs, over images) keeps the scale independent of the collection
+batch size, and ``pixel_reduction='sum'`` (MatConvNet's loss layers sum over
+pixels) weighs the mask term |K| times more. The relative weight lambda = 9
+only matches the paper with its reductions; state the choice in the config.
 """
 
 from typing import Optional
@@ -55,6 +69,7 @@ import jax.numpy as jnp
 from coseg_jax.losses.registry import register_loss
 
 _REDUCTIONS = ("mean", "sum")
+MASK_TARGETS = ("paper", "self_bootstrap")
 
 
 def _check_reduction(fn, reduction):
@@ -148,37 +163,47 @@ def mask_loss(
     object_mask: jax.Array,
     attention: Optional[jax.Array] = None,
     attention_logits: Optional[jax.Array] = None,
+    fixed_mask: Optional[jax.Array] = None,
     beta: float = 0.95,
+    target: str = "paper",
     valid: Optional[jax.Array] = None,
     reduction: str = "mean",
     eps: float = 1e-6,
     pixel_reduction: str = "mean",
 ) -> jax.Array:
-  """Bootstrapped mask loss between co-attention maps and proposals (eq. 7).
+  """Mask loss between co-attention maps and selected proposals (eq. 7).
 
   Give exactly one of ``attention`` (probabilities S, clipped to
   [eps, 1 - eps] before the logs) or ``attention_logits`` (the pre-sigmoid
   map; preferred: exact, log-sigmoid form, no clipping).
 
   Args:
-    object_mask: [N, ...] selected object proposal O_n in {0, 1} (or [0, 1]).
+    object_mask: [N, ...] M_n, the mask selected from the current maps (in
+      {0, 1}, or [0, 1]).
     attention: [N, ...] co-attention maps S_n in [0, 1], same shape.
     attention_logits: [N, ...] logits of S_n, same shape.
-    beta: weight of the proposal in the bootstrapped target (paper: 0.95).
+    fixed_mask: [N, ...] M~_n, the proposal picked once from the stage-1
+      maps (``target='paper'``; must be None for 'self_bootstrap').
+    beta: weight of M~_n ('paper') or of M_n ('self_bootstrap') in the
+      target (paper: 0.95).
+    target: 'paper': t = stop_gradient(beta M~ + (1 - beta) M) (eq. 7);
+      'self_bootstrap': t = beta M + (1 - beta) S, gradient through S (see
+      the module docstring).
     valid: optional [N, ...] bool mask of pixels that count (broadcastable).
     reduction: per-image loss, then 'mean' or 'sum' over the N images. An
       image without valid pixels contributes 0.
     eps: clipping of ``attention`` (unused with ``attention_logits``).
-    pixel_reduction: the per-image loss is the 'mean' over valid pixels, or
-      their 'sum' (MatConvNet's loss layers, which the paper used, sum over
-      pixels: this sets the mask term's weight against the co-attention
-      term, see ``coseg_jax.coattention_train``).
+    pixel_reduction: the per-image loss is the 'mean' over valid pixels (eq.
+      7's 1/|K|, the paper) or their 'sum' (MatConvNet's loss layers).
 
   Returns:
     Scalar float32 loss.
   """
   _check_reduction("mask_loss", reduction)
   _check_reduction("mask_loss pixel", pixel_reduction)
+  if target not in MASK_TARGETS:
+    raise ValueError(f"mask_loss: target must be one of {MASK_TARGETS}, got "
+                     f"{target!r}")
   if (attention is None) == (attention_logits is None):
     raise ValueError(
         "mask_loss: give exactly one of attention= or attention_logits=")
@@ -189,6 +214,17 @@ def mask_loss(
     raise ValueError(
         f"mask_loss: object_mask shape {jnp.shape(object_mask)} must equal "
         f"{name} shape {shape}")
+  if target == "paper":
+    if fixed_mask is None:
+      raise ValueError(
+          "mask_loss: target='paper' needs fixed_mask= (M~, the proposal "
+          "picked from the stage-1 maps); target='self_bootstrap' does not")
+    if jnp.shape(fixed_mask) != shape:
+      raise ValueError(
+          f"mask_loss: fixed_mask shape {jnp.shape(fixed_mask)} must equal "
+          f"{name} shape {shape}")
+  elif fixed_mask is not None:
+    raise ValueError("mask_loss: target='self_bootstrap' takes no fixed_mask")
   if len(shape) < 1:
     raise ValueError(f"mask_loss: {name} needs a leading image axis")
   pred = jnp.asarray(pred, jnp.float32)
@@ -198,8 +234,16 @@ def mask_loss(
   else:
     s = jax.nn.sigmoid(pred)
     log_s, log_1ms = jax.nn.log_sigmoid(pred), jax.nn.log_sigmoid(-pred)
-  target = beta * jnp.asarray(object_mask, jnp.float32) + (1.0 - beta) * s
-  per_pixel = -(target * log_s + (1.0 - target) * log_1ms)
+  current = jnp.asarray(object_mask, jnp.float32)
+  if target == "paper":
+    # Eq. 7: both masks are selections (data), so the target is a constant
+    # of the step; stop_gradient also keeps d loss / d mask exactly 0 when a
+    # caller differentiates with respect to the masks.
+    t = jax.lax.stop_gradient(
+        beta * jnp.asarray(fixed_mask, jnp.float32) + (1.0 - beta) * current)
+  else:
+    t = beta * current + (1.0 - beta) * s
+  per_pixel = -(t * log_s + (1.0 - t) * log_1ms)
   if valid is None:
     mask = jnp.ones(shape, bool)
   else:

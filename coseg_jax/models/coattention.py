@@ -11,32 +11,34 @@ Given only a collection of images of one class, two CNNs co-operate:
 
 g is trained by the co-attention loss (eq. 3-6: objects of different images
 close, object and background of the same image far apart, over all pairs)
-and, in a second stage, by the bootstrapped mask loss (eq. 7) against object
-masks chosen from unsupervised proposals (``coseg_jax.proposals``). The loss
-functions are ``coseg_jax.losses.coattention``; the per-collection, two-stage
-training with the per-epoch mask re-selection is
-``coseg_jax.coattention_train``.
+and, in a second stage, by the mask loss (eq. 7) against object masks chosen
+from unsupervised proposals (``coseg_jax.proposals``): M~, picked once from
+the stage-1 maps, and M, re-selected from the current maps every epoch. The
+loss functions are ``coseg_jax.losses.coattention``; the per-collection,
+two-stage training with both selections is
+``coseg_jax.runtime.trainers.collection``.
 
 Model contract: ``images`` [B, K, H, W, 3] in [0, 1]; the K images of a group
 are the images of one collection (or a mini-batch of it); the co-attention
 loss takes every ordered pair inside each group.
 
 What we observed (benchmarks/RESULTS.md, "Co-attention CNN: constructed
-synthetic collection"): with a frozen extractor, eq. 3-6 has a trivial
-minimum at S = 0 (every object image is the same blank image, d+ = 0), and on
-real PASCAL images it is below the ground truth's loss at 64, 128 and 224 px
+synthetic collection"; these runs used the earlier ``self_bootstrap`` mask
+target): with a frozen extractor, eq. 3-6 has a trivial minimum at S = 0
+(every object image is the same blank image, d+ = 0), and on real PASCAL
+images it is below the ground truth's loss at 64, 128 and 224 px
 (``benchmarks/coattention_diagnose.py``), where stage 1 moves S away from
-the object from the first update. From
-the near-uniform initial maps (S ~ 0.5, d- ~ 0) the first updates do find the
-common object, and then S drifts to 0. What keeps the method away from it is
-the balance of the two terms in stage 2: with the paper's MatConvNet sums
-(the mask loss summed over pixels, ``mask_pixel_reduction='sum'``) the
-selected proposals dominate and S follows them; with lambda = 9 on per-pixel
-means the co-attention term wins and S collapses. The masked-out pixels'
-value matters too: black (fill 0) is a strong input of its own for f;
-mid-grey (fill 0.5, zero after f's normalisation, like the paper's
-mean-subtracted inputs) makes the ground truth clearly the lower loss on
-the synthetic collection.
+the object from the first update. From the near-uniform initial maps
+(S ~ 0.5, d- ~ 0) the first updates do find the common object, and then S
+drifts to 0. What keeps the method away from it is stage 2, as long as S
+follows one selection for several updates before the next: with 20 updates
+per selection the learned maps reached J 0.79 with the mask term summed over
+pixels (MatConvNet's loss layers, ``mask_pixel_reduction='sum'``) and 0.78
+with per-pixel and per-pair means; with a selection after every update S
+collapsed. The masked-out pixels' value matters too: black (fill 0) is a
+strong input of its own for f; mid-grey (fill 0.5, zero after f's
+normalisation, like the paper's mean-subtracted inputs) makes the ground
+truth clearly the lower loss on the synthetic collection.
 
 Choices the paper leaves open (all ``CoattentionNet`` attributes, set from
 ``config.model``):
@@ -267,25 +269,32 @@ def build_model(model_config: ml_collections.ConfigDict) -> CoattentionNet:
 def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
             loss_config: Mapping[str, float], beta: float = 0.95,
             squared: bool = True, reduction: str = "mean",
-            mask_pixel_reduction: str = "mean"):
+            mask_pixel_reduction: str = "mean", target: str = "paper"):
   """Co-attention loss (eq. 3-6) and mask loss (eq. 7), weighted.
 
   The co-attention loss is computed over the ordered pairs of each group's K
-  images and averaged over the B groups; the mask loss over all B * K maps.
+  images and averaged (or summed) over the B groups; the mask loss over all
+  B * K maps.
 
   Args:
     outputs: the model output.
-    batch: ``images``; ``object_masks`` [B, K, H, W, 1] in {0, 1} (the
-      selected proposals) when the mask term has a non-zero weight; optional
+    batch: ``images``; when the mask term has a non-zero weight,
+      ``object_masks`` [B, K, H, W, 1] in {0, 1} (M, the masks selected from
+      the current maps) and, for ``target='paper'``, ``fixed_masks`` (same
+      shape; M~, the proposals picked once from the stage-1 maps); optional
       ``valid`` [B, K, H, W, 1] (0 = padding, not counted by the mask loss).
     loss_config: term name ('coattention', 'coattention_mask') -> weight
       (the paper: 1 and lambda = 9; the mask weight 0 in stage 1).
-    beta: bootstrapping weight of eq. 7 (paper 0.95).
+    beta: weight of M~ in eq. 7's target (paper 0.95).
     squared: squared Euclidean distances in eq. 5-6 (paper).
-    reduction: 'mean' (over pairs / images) or 'sum' (the paper's sums),
-      for both terms.
-    mask_pixel_reduction: the mask loss of one image is the 'mean' or the
-      'sum' (MatConvNet, the paper) over its pixels.
+    reduction: 'mean' (over pairs / images) or 'sum' (eq. 3's sum over
+      pairs and eq. 1's sum over images, the paper), for both terms.
+    mask_pixel_reduction: the mask loss of one image is the 'mean' (eq. 7's
+      1/|K|, the paper) or the 'sum' (MatConvNet's loss layers) over its
+      pixels.
+    target: 'paper' (eq. 7: stop_gradient(beta M~ + (1 - beta) M)) or
+      'self_bootstrap' (beta M + (1 - beta) S, gradient through S; no
+      ``fixed_masks`` needed); see ``coseg_jax.losses.coattention``.
 
   Returns:
     (total float32 scalar, weighted terms dict).
@@ -305,24 +314,33 @@ def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
                             else jnp.mean(per_group))
   if "coattention_mask" in loss_config:
     weight = loss_config["coattention_mask"]
-    if "object_masks" not in batch:
+    needed = ["object_masks"] + (["fixed_masks"] if target == "paper" else [])
+    missing = [k for k in needed if k not in batch]
+    if missing:
       if isinstance(weight, (int, float)) and float(weight) == 0.0:
         terms["coattention_mask"] = jnp.zeros((), jnp.float32)
       else:
-        raise ValueError("the coattention mask loss needs batch"
-                         "['object_masks'] (selected proposals)")
+        raise ValueError(
+            f"the coattention mask loss (target={target!r}) needs batch"
+            f"{missing} (object_masks: M selected from the current maps; "
+            "fixed_masks: M~ picked from the stage-1 maps)")
     else:
       logits = outputs.mask_logits.astype(jnp.float32)
       n = logits.shape[0] * logits.shape[1]
       flat = logits.reshape(n, *logits.shape[2:])
       masks = jnp.asarray(batch["object_masks"], jnp.float32).reshape(
           flat.shape)
+      fixed = None
+      if target == "paper":
+        fixed = jnp.asarray(batch["fixed_masks"], jnp.float32).reshape(
+            flat.shape)
       valid = batch.get("valid")
       if valid is not None:
         valid = jnp.asarray(valid).reshape(flat.shape) > 0
       terms["coattention_mask"] = losses.get_loss("coattention_mask")(
-          object_mask=masks, attention_logits=flat, beta=beta, valid=valid,
-          reduction=reduction, pixel_reduction=mask_pixel_reduction)
+          object_mask=masks, fixed_mask=fixed, attention_logits=flat,
+          beta=beta, target=target, valid=valid, reduction=reduction,
+          pixel_reduction=mask_pixel_reduction)
   return losses.compute_total_loss(terms, dict(loss_config))
 
 

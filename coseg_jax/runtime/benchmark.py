@@ -60,11 +60,15 @@ def fake_batch(shape, seed: int, feature_shapes=None,
                  class_ids=np.zeros((b, k), np.int32),
                  record_ids=np.arange(b * k, dtype=np.int32).reshape(b, k))
     return batch
+  images = rng.uniform(size=shape).astype(np.float32)
   return {
-      "images": rng.uniform(size=shape).astype(np.float32),
+      "images": images,
       "masks": masks,
-      # The co-attention mask loss (stage 2) reads the selected proposals.
+      # The co-attention mask loss (stage 2, eq. 7) reads the proposals
+      # selected from the current maps (M) and from the stage-1 maps (M~).
       "object_masks": masks,
+      "fixed_masks": (rng.uniform(size=(b, k, h, w, 1)) > 0.5).astype(
+          np.float32),
       "valid": np.ones((b, k, h, w, 1), np.float32),
       "has_common": np.ones((b,), np.int32),
       "class_ids": np.zeros((b, k), np.int32),

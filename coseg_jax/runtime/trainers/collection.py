@@ -12,9 +12,15 @@ runs, for one collection or for every class of a dataset in turn:
    cached in ``<workdir>/proposals/<class>.npz``;
 3. stage 1: ``config.coattention.stage1_epochs`` epochs with the co-attention
    loss only (paper: 20); stage 2: ``stage2_epochs`` epochs (paper: 40) with
-   the mask loss weighted by ``mask_weight`` (paper lambda = 9), the object
-   masks re-selected from the proposals with the current maps at the start of
-   every stage-2 epoch (paper Sec. 3.3; multi-object merge by default);
+   the mask loss of eq. 7 weighted by ``mask_weight`` (paper lambda = 9).
+   With ``config.coattention.target = 'paper'`` (Sec. 3.3): at the end of
+   stage 1 the proposal closest to each stage-1 map S~, M~ = argmin_O
+   ||S~ - O||^2 (a single proposal, ``fixed_multi_object=False``), is picked
+   once and kept for all of stage 2; at the start of every stage-2 epoch M is
+   re-selected from the current maps (iterative multi-object merge by
+   default); the target beta M~ + (1 - beta) M carries no gradient. With
+   ``'self_bootstrap'`` (the earlier form) there is no M~: the target is
+   beta M + (1 - beta) S;
 4. the final maps S, restored to each image's original size, binarised by
    every method of ``config.coattention.postprocess_eval`` (threshold / Otsu /
    dense CRF / GrabCut, ``coseg_jax.postprocess``) and scored against the
@@ -25,7 +31,9 @@ runs, for one collection or for every class of a dataset in turn:
    share, the floor any useful map must beat); with
    ``config.coattention.also_without_mask_loss`` a second model is trained
    on the collection with the mask weight 0 for the whole schedule (the
-   Table 4 "w/o mask loss" ablation, scored as ``nomask/<method>``);
+   "w/o l_m" ablation of Table 1 and Sec. 4.2, scored as
+   ``nomask/<method>``); the selections M (last epoch) and M~ are scored as
+   ``object_masks/selected`` and ``fixed_masks/selected``;
 5. masks of the primary ``config.coattention.postprocess`` method written to
    ``<workdir>/masks/<class>/<image_id>.png`` (0/255, original size) and the
    figures to ``<workdir>/results/<class>.json``; a class whose results file
@@ -50,14 +58,13 @@ Optimiser: Adam (``config.optimizer``, via
 through ``optimizer.lr_multipliers['extractor_net']``). Initial weights come
 from ``config.init.pretrained`` (``'generator/backbone'`` and
 ``'extractor_net'``), applied by ``coseg_jax.runtime.state``.
-The paper's 1e-6 was for MatConvNet losses summed over pairs and pixels. Adam
+The paper (Sec. 3.5) trains with a fixed rate of 1e-6, weight decay 5e-4 and
+momentum 0.9 (Adam's beta1), batch 5; the paper config uses these. Adam
 normalises the gradient by its running RMS, so a constant rescaling of the
-whole loss leaves its steps unchanged (up to eps): 1e-6 on sums is 1e-6 on
-means. What the reductions do change is the balance of the two terms
-(``reduction``, ``mask_pixel_reduction``; the configs use the paper's sums;
-on the synthetic collection per-pixel means did as well: J 0.78 vs 0.79).
-The learning rates actually used are larger (1e-4 full, 1e-3 on the
-synthetic collection) because our runs take far fewer updates; with them the
+whole loss leaves its steps unchanged (up to eps): what the reductions change
+is the balance of the two terms (``reduction``, ``mask_pixel_reduction``).
+Our measured runs use larger rates (3e-4 in the 'cpu' variant, 1e-3 on the
+synthetic collection) because they take far fewer updates; with them the
 stage-1 length is a number of updates, not the paper's 20 epochs: on the
 synthetic collection J peaks after about 4 stage-1 updates at 1e-3 and S
 then drifts to the trivial S = 0.
@@ -75,6 +82,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from coseg_jax import losses as losses_lib
 from coseg_jax import metrics
 from coseg_jax import models
 from coseg_jax import postprocess
@@ -160,7 +168,7 @@ def _batches(n: int, batch: int, rng: np.random.RandomState):
 
 
 def _staged_loss(*, outputs, batch, loss_config, beta, squared, reduction,
-                 mask_pixel_reduction="mean"):
+                 mask_pixel_reduction="mean", target="paper"):
   """The method's loss with the mask weight read from the batch.
 
   One compiled step serves both stages: ``batch['mask_weight']`` (a float32
@@ -172,6 +180,7 @@ def _staged_loss(*, outputs, batch, loss_config, beta, squared, reduction,
   return model_lib.loss_fn(
       outputs=outputs, batch=batch, beta=beta, squared=squared,
       reduction=reduction, mask_pixel_reduction=mask_pixel_reduction,
+      target=target,
       loss_config={"coattention": 1.0,
                    "coattention_mask": batch["mask_weight"]})
 
@@ -182,7 +191,8 @@ def staged_loss_fn(config):
   return functools.partial(
       _staged_loss, beta=float(cfg.beta), squared=bool(cfg.squared_distance),
       reduction=str(cfg.reduction),
-      mask_pixel_reduction=str(cfg.get("mask_pixel_reduction", "mean")))
+      mask_pixel_reduction=str(cfg.get("mask_pixel_reduction", "mean")),
+      target=str(cfg.get("target", "paper")))
 
 
 def _with_schedule_length(config, num_steps: int):
@@ -207,7 +217,8 @@ def build_program(config, *, mesh=None, group: Optional[int] = None,
 
   Returns:
     A ``TrainProgram`` whose step takes ``{'images' [1, group, H, W, 3],
-    'object_masks' [1, group, H, W, 1], 'mask_weight' float32 scalar}``.
+    'object_masks' [1, group, H, W, 1] (M), 'fixed_masks' [1, group, H, W,
+    1] (M~), 'mask_weight' float32 scalar}``.
   """
   del mesh
   group = int(group or config.coattention.batch_size)
@@ -329,8 +340,10 @@ def train_on_images(config, images: np.ndarray,
 
   Returns:
     dict with 'initial', 'stage1', 'final' maps (float32 [N, H, W]), 'losses'
-    (list of per-step metric dicts), 'object_masks' (the last selection or
-    None), 'state' (the final TrainState) and timings.
+    (list of per-step metric dicts), 'object_masks' (M of the last stage-2
+    epoch, bool [N, H, W], or None), 'fixed_masks' (M~, picked once from the
+    stage-1 maps with ``target='paper'``, or None), 'state' (the final
+    TrainState) and timings.
   """
   cfg = config.coattention
   n, h, w, _ = images.shape
@@ -338,6 +351,10 @@ def train_on_images(config, images: np.ndarray,
   stage1, stage2 = int(cfg.stage1_epochs), int(cfg.stage2_epochs)
   mask_weight = float(cfg.mask_weight if mask_weight is None
                       else mask_weight)
+  target = str(cfg.get("target", "paper"))
+  if target not in losses_lib.coattention.MASK_TARGETS:
+    raise ValueError(f"config.coattention.target must be one of "
+                     f"{losses_lib.coattention.MASK_TARGETS}, got {target!r}")
   use_masks = stage2 > 0 and mask_weight > 0
   if use_masks and proposals is None:
     raise ValueError("stage 2 with a mask loss needs proposals")
@@ -355,7 +372,11 @@ def train_on_images(config, images: np.ndarray,
                    max_objects=int(cfg.max_objects),
                    overlap=float(cfg.overlap),
                    target=str(cfg.get("selection_target", "raw")))
-  out = {"losses": [], "object_masks": None}
+  # M~ = argmin_O ||S~ - O||^2 (Sec. 3.3): one proposal, the refinement is
+  # described for M only.
+  fixed_kw = dict(select_kw,
+                  multi_object=bool(cfg.get("fixed_multi_object", False)))
+  out = {"losses": [], "object_masks": None, "fixed_masks": None}
   out["initial"] = trainer.predict(state.variables(), images)
   out["stage1"] = out["initial"]
   t0 = time.time()
@@ -363,10 +384,17 @@ def train_on_images(config, images: np.ndarray,
   no_masks = np.zeros((n, h, w), bool)
   for epoch in range(stage1 + stage2):
     in_stage2 = epoch >= stage1
-    masks, weight = no_masks, 0.0
+    masks, fixed, weight = no_masks, no_masks, 0.0
     if in_stage2 and use_masks:
       ts = time.time()
       current = trainer.predict(state.variables(), images)
+      if target == "paper":
+        if out["fixed_masks"] is None:
+          # The first stage-2 epoch starts from the stage-1 maps S~: M~ is
+          # picked here, once, and kept for the rest of stage 2.
+          out["fixed_masks"] = proposals_lib.select_collection(
+              current, proposals, **fixed_kw)
+        fixed = out["fixed_masks"]
       masks = proposals_lib.select_collection(current, proposals, **select_kw)
       out["object_masks"] = masks
       weight = mask_weight
@@ -377,6 +405,8 @@ def train_on_images(config, images: np.ndarray,
       batch = {"images": jnp.asarray(images[idx][None]),
                "object_masks": jnp.asarray(
                    masks[idx][None, ..., None].astype(np.float32)),
+               "fixed_masks": jnp.asarray(
+                   fixed[idx][None, ..., None].astype(np.float32)),
                "mask_weight": jnp.float32(weight)}
       state, metrics = trainer.step(state, batch)
       out["losses"].append({k: float(v) for k, v in
@@ -488,16 +518,17 @@ def run_collection(config, collection: Collection, workdir: str,
     for method in cfg.postprocess_eval:
       scores[f"final/{method}"] = _scores(
           binarize(result["final"], method=method), collection)
-    if result["object_masks"] is not None:
-      scores["object_masks/selected"] = _scores(binarize(
-          result["object_masks"].astype(np.float32), method="threshold",
-          at_input_size=True), collection)
+    for key in ("object_masks", "fixed_masks"):
+      if result[key] is not None:  # M (last epoch) and M~ (after stage 1)
+        scores[f"{key}/selected"] = _scores(binarize(
+            result[key].astype(np.float32), method="threshold",
+            at_input_size=True), collection)
     # The trivial map that marks every pixel: its J is the foreground share.
     # An unsupervised method that scores below it has found nothing.
     scores["reference/all_foreground"] = _scores(
         [np.ones(m.shape[:2], bool) for m in collection.masks], collection)
     if bool(cfg.get("also_without_mask_loss", False)):
-      # The Table 4 ablation on the same collection and compiled step: the
+      # The Table 1 "w/o l_m" ablation on the same collection and compiled step: the
       # same schedule with the mask weight 0.
       ablation = train_on_images(config, images, None, log=log,
                                  mask_weight=0.0)
