@@ -25,6 +25,22 @@ pairs and (0, 0.5, 0.5) on negative pairs, metric net on cT9 (Table 6:
 'f', 'cT3', 'cT6', 'cT9', 'cT11' via ``--config.model.metric_layer``). The
 number of iterations is not given in the text we could read: 50k is our
 choice. Evaluation: every pair of each class, masks gated by the decision.
+
+Loss reduction (``model.loss_reduction``): 'sum', eq. 2-4 as written (the
+mask BCE summed over pixels, images and triplets; the triplet and decision
+terms summed over the batch), the scale the paper's SGD rate of 1e-5 was
+set for. 'mean' (per-pixel mean, batch means) is the earlier form, with the
+mask term about 2 x 224 x 224 ~ 10^5 times lighter relative to the others.
+
+Data protocol: this config trains on VOC 2012 co-segmentation pairs
+(``voc2012_coseg``: VOC's train list; VOC's val list divided into
+validation and test), the DOCS-style pair protocol the DCC config uses too.
+CoSegNet's own PASCAL-VOC protocol (Sec. 4.2) is a random 3:1:1
+train/validation/test split of the 20-class co-segmentation set over the
+same classes, repeated 100 times; ``configs/cosegnet_pascal_voc_coseg.py``
+offers that set under the class-disjoint, per-class-split (3:1, one fixed
+split, no validation part) and all-images protocols of
+``configs/pascal_voc_coseg.py``.
 """
 
 from configs import args
@@ -50,6 +66,9 @@ def get_config(arg=None):
   m.metric_widths = (128, 64)  # FC128-ReLU-FC64
   m.decision_hidden = 32  # FC32-ReLU-FC1-sigmoid
   m.decision_threshold = 0.5
+  # Eq. 2-4 sum over pixels, images and the batch; 'mean' is the earlier
+  # per-pixel / per-batch average (see the module docstring).
+  m.loss_reduction = "sum"
   m.dtype = "float32"
 
   d = config.data

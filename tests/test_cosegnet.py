@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -197,18 +198,20 @@ def _np_bce(x, y):
   return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
 
 
-def _fake_outputs(k=3, seed=3):
+def _fake_outputs(k=3, seed=3, loss_reduction="mean"):
   rng = np.random.default_rng(seed)
   masks = np.zeros((2, k, 16, 16, 1), np.float32)
   masks[:, :2, 4:10, 5:12] = 1.0
   out = cosegnet.CoSegNetOutput(
       mask_logits=jnp.asarray(rng.normal(size=masks.shape) * 2, jnp.float32),
       embeddings=jnp.asarray(rng.normal(size=(2, k, 64)) * 0.1, jnp.float32),
-      decision_logits=jnp.asarray(rng.normal(size=(2, k - 1)), jnp.float32))
+      decision_logits=jnp.asarray(rng.normal(size=(2, k - 1)), jnp.float32),
+      loss_reduction=loss_reduction)
   return out, {"masks": jnp.asarray(masks)}
 
 
 def test_loss_matches_numpy_reference():
+  """The 'mean' form: per-pixel mean of the mask BCE, batch means."""
   out, batch = _fake_outputs()
   valid = np.ones(batch["masks"].shape, np.float32)
   valid[:, :, :3] = 0  # void rows are ignored
@@ -236,6 +239,80 @@ def test_loss_matches_numpy_reference():
                                rtol=1e-5, atol=1e-7, err_msg=name)
   np.testing.assert_allclose(float(total), sum(
       weights[n] * v for n, v in ref.items()), rtol=1e-5)
+
+
+def _np_eq2_to_4(x, y, valid, e, d, margin=1.0):
+  """Eq. 2-4 as written, with explicit loops: L1 sums the pixel BCE over the
+  triplets i, the images l of a pair and the pixels (j, k); L2 sums the
+  hinge and L3 the decision BCE over the triplets."""
+  b, k, h, w, _ = x.shape
+  mask_pos = mask_neg = 0.0
+  for i in range(b):
+    for l in range(k):
+      for j in range(h):
+        for kk in range(w):
+          if valid[i, l, j, kk, 0]:
+            v = _np_bce(x[i, l, j, kk, 0], y[i, l, j, kk, 0])
+            if l < 2:
+              mask_pos += v  # the positive pair (a, p)
+            else:
+              mask_neg += v
+  trip = dec_pos = dec_neg = 0.0
+  for i in range(b):
+    trip += max(0.0, ((e[i, 0] - e[i, 1])**2).sum() -
+                ((e[i, 0] - e[i, 2])**2).sum() + margin)
+    dec_pos += _np_bce(d[i, 0], 1.0)
+    dec_neg += _np_bce(d[i, 1], 0.0)
+  return {"mask_pos": mask_pos, "mask_neg": mask_neg, "triplet_pos": trip,
+          "triplet_neg": trip, "decision_pos": dec_pos,
+          "decision_neg": dec_neg}
+
+
+def test_summed_loss_is_eq2_to_4():
+  """``loss_reduction='sum'`` (the model default): L1 is the sum over
+  pixels and images of the per-pixel BCE, against triplet and decision sums
+  over the batch, weighted as eq. 1 with the paper's w+ and w-."""
+  out, batch = _fake_outputs(loss_reduction="sum")
+  valid = np.ones(batch["masks"].shape, np.float32)
+  valid[:, :, :3] = 0
+  batch = dict(batch, valid=jnp.asarray(valid))
+  weights = dict(cosegnet.PAPER_LOSS, mask_neg=0.2)
+  total, terms = jax.jit(functools.partial(
+      cosegnet.loss_fn, loss_config=weights))(outputs=out, batch=batch)
+  x = np.asarray(out.mask_logits, np.float64)
+  y = np.asarray(batch["masks"], np.float64)
+  ref = _np_eq2_to_4(x, y, valid, np.asarray(out.embeddings, np.float64),
+                     np.asarray(out.decision_logits, np.float64))
+  for name, value in ref.items():
+    np.testing.assert_allclose(float(terms[name]), weights[name] * value,
+                               rtol=1e-5, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(float(total), sum(
+      weights[n] * v for n, v in ref.items()), rtol=1e-5)
+  # Against the per-pixel mean form: the mask term is heavier by the valid
+  # pixel count of the batch's positive pairs, the others by the batch size.
+  _, mean_terms = cosegnet.loss_fn(outputs=out, batch=batch,
+                                   loss_config=weights, reduction="mean")
+  count, b = valid[:, :2].sum(), x.shape[0]
+  np.testing.assert_allclose(float(terms["mask_pos"]),
+                             count * float(mean_terms["mask_pos"]), rtol=1e-5)
+  for name in ("triplet_pos", "decision_pos", "decision_neg"):
+    np.testing.assert_allclose(float(terms[name]),
+                               b * float(mean_terms[name]), rtol=1e-5)
+
+
+def test_loss_reduction_follows_the_config_and_is_the_papers_by_default():
+  assert cosegnet.CoSegNet().loss_reduction == "sum"
+  assert cosegnet_voc2012.get_config().model.loss_reduction == "sum"
+  for reduction in ("sum", "mean"):
+    model = cosegnet.build_model(ml_collections.ConfigDict(
+        dict(TINY, loss_reduction=reduction)))
+    out = jax.eval_shape(functools.partial(model.apply, train=False),
+                         _abstract(model, (1, 3, 32, 32, 3)),
+                         jnp.zeros((1, 3, 32, 32, 3)))
+    assert out.loss_reduction == reduction
+  with pytest.raises(ValueError, match="loss_reduction"):
+    _abstract(cosegnet.CoSegNet(loss_reduction="max", **TINY),
+              (1, 3, 32, 32, 3))
 
 
 def test_loss_needs_triplets_and_known_terms():
@@ -297,6 +374,11 @@ def test_base_variant_uses_the_partner_and_trains_negatives_to_null():
   total, terms = cosegnet.base_loss_fn(outputs=out, batch={"masks": masks},
                                        loss_config={"bce": 1.0})
   x = np.asarray(out.mask_logits, np.float64)
+  # The model's default reduction is eq. 2's sum over pixels and images.
+  np.testing.assert_allclose(float(total), _np_bce(x, 0.0).sum(), rtol=1e-5)
+  total, _ = cosegnet.base_loss_fn(outputs=out, batch={"masks": masks},
+                                   loss_config={"bce": 1.0},
+                                   reduction="mean")
   np.testing.assert_allclose(float(total), _np_bce(x, 0.0).mean(), rtol=1e-5)
   assert set(terms) == {"bce"}
 
@@ -312,6 +394,7 @@ def _synthetic_config(*, num_steps, data_dir, image_size=64, batch=4):
   are set by the caller): a random tiny encoder, the paper's loss weights,
   Adam 1e-3 with a cosine schedule, augmentation on."""
   c = cosegnet_voc2012.get_config("cosegnet,runlocal")
+  c.model.loss_reduction = "mean"  # the balance of the recorded runs
   c.model.width_multiplier = 1 / 8
   c.model.backbone_kwargs = {"widths": (16, 32, 32, 64, 64)}
   c.data.data_dir = data_dir
@@ -388,7 +471,7 @@ def test_metric_path_fits_fixed_training_triplets():
   rng = np.random.default_rng(0)
   model = cosegnet.CoSegNet(backbone="tiny",
                             backbone_kwargs={"widths": (16, 32, 32, 64, 64)},
-                            width_multiplier=1 / 8)
+                            width_multiplier=1 / 8, loss_reduction="mean")
   state = rh.make_state(model, optax.adam(3e-4),
                         sample_shape=(1, 3, size, size, 3))
   step = steps.make_train_step(model=model, loss_fn=cosegnet.loss_fn,

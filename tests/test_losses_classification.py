@@ -146,13 +146,22 @@ def test_decision_bce_matches_numpy_and_gradient():
   np.testing.assert_allclose(vm, np_bce(logits, labels)[:, 0], rtol=RTOL)
   with pytest.raises(ValueError, match="labels shape"):
     classification.decision_bce(logits=logits, labels=labels[:, 0])
+  # CoSegNet's eq. 4 sums over the pairs.
+  np.testing.assert_allclose(
+      classification.decision_bce(logits=logits, labels=labels,
+                                  reduction="sum"),
+      np_bce(logits, labels).sum(), rtol=RTOL)
+  with pytest.raises(ValueError, match="reduction"):
+    classification.decision_bce(logits=logits, labels=labels,
+                                reduction="none")
 
 
-def np_triplet(a, p, n, margin):
+def np_triplet(a, p, n, margin, reduction="mean"):
   a, p, n = (np.asarray(v, np.float64) for v in (a, p, n))
   d_pos = ((a - p) ** 2).sum(-1)
   d_neg = ((a - n) ** 2).sum(-1)
-  return np.maximum(d_pos - d_neg + margin, 0.0).mean()
+  hinge = np.maximum(d_pos - d_neg + margin, 0.0)
+  return hinge.sum() if reduction == "sum" else hinge.mean()
 
 
 def _triplets(seed, b=6, d=8):
@@ -164,11 +173,13 @@ def _triplets(seed, b=6, d=8):
 
 
 @pytest.mark.parametrize("margin", [1.0, 3.0])
-def test_triplet_matches_numpy(margin):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_triplet_matches_numpy(margin, reduction):
   a, p, n = _triplets(7)
   got = jax.jit(lambda a, p, n: metric_learning.triplet_loss(
-      anchor=a, positive=p, negative=n, margin=margin))(a, p, n)
-  want = np_triplet(a, p, n, margin)
+      anchor=a, positive=p, negative=n, margin=margin,
+      reduction=reduction))(a, p, n)
+  want = np_triplet(a, p, n, margin, reduction)
   np.testing.assert_allclose(got, want, rtol=RTOL)
   # Some triplets are active and some are not: the hinge is exercised.
   args = ((a - p) ** 2).sum(-1) - ((a - n) ** 2).sum(-1) + margin
@@ -214,6 +225,10 @@ def test_triplet_bad_shapes():
     metric_learning.triplet_loss(anchor=jnp.zeros((2, 3)),
                                  positive=jnp.zeros((2, 3)),
                                  negative=jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match="reduction"):
+    metric_learning.triplet_loss(anchor=jnp.zeros((2, 3)),
+                                 positive=jnp.zeros((2, 3)),
+                                 negative=jnp.zeros((2, 3)), reduction="max")
 
 
 def test_registered():

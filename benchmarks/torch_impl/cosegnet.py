@@ -10,8 +10,9 @@ FC64) and the decision net on [e_0 ; e_j] (FC32-ReLU-FC1).
 
 Training step on triplets (K = 3: anchor, positive, negative), the paper's
 weights (``PAPER_LOSS``): pixel BCE of the positive pair's masks, triplet
-loss (margin 1, squared distances) and decision BCE of both pairs — the
-formulas of ``coseg_jax.models.cosegnet.loss_fn``.
+loss (margin 1, squared distances) and decision BCE of both pairs, summed
+(eq. 2-4) or averaged as ``loss_reduction`` says — the formulas of
+``coseg_jax.models.cosegnet.loss_fn``.
 """
 
 import math
@@ -83,8 +84,10 @@ class CoSegNet(nn.Module):
                decoder_widths: Sequence[int] = DECODER_WIDTHS,
                width_multiplier: float = 1.0, metric_layer: str = "cT9",
                metric_widths: Sequence[int] = (128, 64),
-               decision_hidden: int = 32, **unused: Any):
+               decision_hidden: int = 32, loss_reduction: str = "sum",
+               **unused: Any):
     super().__init__()
+    self.loss_reduction = loss_reduction
     self.backbone, cin, self._normalize = make_encoder(backbone)
     widths = scaled_widths(decoder_widths, width_multiplier)
     self.decoder = Decoder(cin, widths)
@@ -116,24 +119,27 @@ def build_model(model_config) -> CoSegNet:
                      if k not in ("backbone_kwargs", "dtype")})
 
 
-def _bce(logits, labels):
-  return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+def _bce(logits, labels, reduction="mean"):
+  return F.binary_cross_entropy_with_logits(logits.float(), labels.float(),
+                                            reduction=reduction)
 
 
 def train_loss(model: CoSegNet, images, batch: Mapping[str, Any],
                weights: Optional[Mapping[str, float]] = None):
   """The triplet objective with the paper's weights (zero terms dropped)."""
   w = weights or PAPER_LOSS
+  r = model.loss_reduction
   logits, e, d = model(images)
   masks = batch["masks"]
-  trip = F.relu((e[:, 0] - e[:, 1]).square().sum(-1) -
-                (e[:, 0] - e[:, 2]).square().sum(-1) + 1.0).mean()
+  hinge = F.relu((e[:, 0] - e[:, 1]).square().sum(-1) -
+                 (e[:, 0] - e[:, 2]).square().sum(-1) + 1.0)
+  trip = hinge.sum() if r == "sum" else hinge.mean()
   terms = {
-      "mask_pos": lambda: _bce(logits[:, :2], masks[:, :2]),
-      "mask_neg": lambda: _bce(logits[:, 2], masks[:, 2]),
+      "mask_pos": lambda: _bce(logits[:, :2], masks[:, :2], r),
+      "mask_neg": lambda: _bce(logits[:, 2], masks[:, 2], r),
       "triplet_pos": lambda: trip, "triplet_neg": lambda: trip,
-      "decision_pos": lambda: _bce(d[:, 0], torch.ones_like(d[:, 0])),
-      "decision_neg": lambda: _bce(d[:, 1], torch.zeros_like(d[:, 1])),
+      "decision_pos": lambda: _bce(d[:, 0], torch.ones_like(d[:, 0]), r),
+      "decision_neg": lambda: _bce(d[:, 1], torch.zeros_like(d[:, 1]), r),
   }
   return sum(wt * terms[n]() for n, wt in w.items() if wt)
 

@@ -8,7 +8,8 @@
   does; with no valid pixel at all the loss is 0 with zero gradient instead of
   0/0.
 * :func:`decision_bce` is CoSegNet's "do these images share an object" loss on
-  one logit per pair, averaged over the batch.
+  one logit per pair, averaged (or, as the paper's eq. 4, summed) over the
+  batch.
 
 Both use ``optax.sigmoid_binary_cross_entropy`` (the log-sum-exp stable form)
 and compute in float32 whatever the input dtype.
@@ -91,20 +92,26 @@ def sigmoid_bce(
 
 
 @register_loss("decision_bce")
-def decision_bce(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean binary cross-entropy of per-pair decision logits (CoSegNet).
+def decision_bce(*, logits: jax.Array, labels: jax.Array,
+                 reduction: str = "mean") -> jax.Array:
+  """Binary cross-entropy of per-pair decision logits (CoSegNet).
 
   Args:
     logits: [B] or [B, 1] logits of "the pair shares an object".
     labels: same shape, {0, 1} (1 = positive pair).
+    reduction: 'mean' or 'sum' (CoSegNet eq. 4) over the pairs.
 
   Returns:
-    Scalar float32 mean over the batch.
+    Scalar float32 mean (or sum) over the batch.
   """
+  if reduction not in ("mean", "sum"):
+    raise ValueError(f"decision_bce: reduction must be 'mean' or 'sum', got "
+                     f"{reduction!r}")
   if jnp.shape(labels) != jnp.shape(logits):
     raise ValueError(
         f"decision_bce: labels shape {jnp.shape(labels)} must equal logits "
         f"shape {jnp.shape(logits)}")
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels, jnp.float32)
-  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
+  per_pair = optax.sigmoid_binary_cross_entropy(logits, labels)
+  return jnp.sum(per_pair) if reduction == "sum" else jnp.mean(per_pair)

@@ -36,7 +36,23 @@ pair (a, p) and the negative pair (a, n) each contribute three terms:
 
 with L1 the pixel BCE of the masks (void pixels ignored), L2 the triplet
 loss with margin 1 on the embeddings (squared distances, see
-``losses.metric_learning``), L3 the decision BCE. The paper's weights are
+``losses.metric_learning``), L3 the decision BCE.
+
+Reductions (``loss_reduction``, a model attribute carried to the loss on the
+output): the paper writes every term as a sum (Sec. 3.4): L1 (eq. 2) over
+the triplets, the images of each pair and their pixels, L2 (eq. 3) over the
+triplets, L3 (eq. 4) over the pairs. ``'sum'`` (default) is that form; the
+relative weight of a mask term against the triplet and decision terms is
+then set by the pixel count (2 x 224 x 224 BCE values per positive pair
+against one hinge and one decision value), and the paper's SGD rate of
+1e-5 applies to that scale. ``'mean'`` (the earlier form) averages L1 over
+the valid pixels of the pair's images and L2, L3 over the batch, which
+makes the mask term about 10^5 times lighter relative to the other two than
+eq. 1-4 write. The extraction of eq. 2 shows only the M log M^ part; its
+text calls it the pixel-wise binary cross-entropy, which is what is
+implemented (both the foreground and the background part).
+
+The paper's weights are
 w+ = (0.33, 0.33, 0.33) and w- = (0, 0.5, 0.5) (term names ``mask_pos``,
 ``triplet_pos``, ``decision_pos``, ``mask_neg``, ``triplet_neg``,
 ``decision_neg``). The triplet loss needs all three images, so it is shared
@@ -78,6 +94,7 @@ Choices the paper leaves open, all config fields (``config.model``):
   weights for CPU runs, 'tiny' for tests.
 """
 
+import functools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -103,6 +120,7 @@ VARIANTS = ("conditional", "concat")
 HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 LOSS_TERMS = ("mask_pos", "triplet_pos", "decision_pos", "mask_neg",
               "triplet_neg", "decision_neg")
+LOSS_REDUCTIONS = ("sum", "mean")
 BASE_LOSS_TERMS = ("bce",)
 PAPER_LOSS = {"mask_pos": 0.33, "triplet_pos": 0.33, "decision_pos": 0.33,
               "mask_neg": 0.0, "triplet_neg": 0.5, "decision_neg": 0.5}
@@ -117,10 +135,12 @@ class CoSegNetOutput:
     embeddings: [B, K, 64] float32 metric embeddings (None for 'concat').
     decision_logits: [B, K - 1] float32 logits of pairs (0, j), j = 1..K-1
       (None for 'concat').
+    loss_reduction: 'sum' (eq. 1-4) or 'mean' (static; read by the loss).
   """
   mask_logits: jax.Array
   embeddings: Optional[jax.Array] = None
   decision_logits: Optional[jax.Array] = None
+  loss_reduction: str = flax.struct.field(pytree_node=False, default="sum")
 
 
 def scaled_widths(widths: Sequence[int], multiplier: float) -> tuple:
@@ -186,6 +206,8 @@ class CoSegNet(nn.Module):
     metric_layer: 'f', 'cT3', 'cT6', 'cT9' or 'cT11'.
     metric_widths: the metric net's FC widths (128, 64).
     decision_hidden: the decision net's hidden FC width (32).
+    loss_reduction: 'sum' (the paper's eq. 1-4) or 'mean'; see the module
+      docstring. No parameter depends on it.
     dtype: computation dtype (parameters float32).
   """
   variant: str = "conditional"
@@ -197,6 +219,7 @@ class CoSegNet(nn.Module):
   metric_layer: str = "cT9"
   metric_widths: Sequence[int] = (128, 64)
   decision_hidden: int = 32
+  loss_reduction: str = "sum"
   dtype: Any = jnp.float32
 
   @property
@@ -220,6 +243,9 @@ class CoSegNet(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f"variant must be one of {VARIANTS}, got "
                        f"{self.variant!r}")
+    if self.loss_reduction not in LOSS_REDUCTIONS:
+      raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got "
+                       f"{self.loss_reduction!r}")
     if self.metric_layer not in METRIC_LAYERS:
       raise ValueError(f"metric_layer must be one of {METRIC_LAYERS}, got "
                        f"{self.metric_layer!r}")
@@ -241,7 +267,8 @@ class CoSegNet(nn.Module):
                                    name="decoder")(x, output_size=(h, w))
     mask_logits = logits.astype(jnp.float32).reshape(b, k, h, w, -1)
     if self.variant == "concat":
-      return CoSegNetOutput(mask_logits=mask_logits)
+      return CoSegNetOutput(mask_logits=mask_logits,
+                            loss_reduction=self.loss_reduction)
 
     taps["f"] = f
     # GAP in float32 (a bf16 mean over 56x56 positions loses precision).
@@ -254,7 +281,8 @@ class CoSegNet(nn.Module):
     d = nn.relu(nn.Dense(self.decision_hidden, name="decision_fc1")(pair))
     d = nn.Dense(1, name="decision_fc2")(d)[..., 0]
     return CoSegNetOutput(mask_logits=mask_logits, embeddings=e,
-                          decision_logits=d)
+                          decision_logits=d,
+                          loss_reduction=self.loss_reduction)
 
 
 def build_model(model_config: ml_collections.ConfigDict,
@@ -271,6 +299,7 @@ def build_model(model_config: ml_collections.ConfigDict,
       metric_layer=get("metric_layer", "cT9"),
       metric_widths=tuple(get("metric_widths", (128, 64))),
       decision_hidden=int(get("decision_hidden", 32)),
+      loss_reduction=str(get("loss_reduction", "sum")),
       dtype=registry.config_dtype(get("dtype", "float32")))
 
 
@@ -280,7 +309,8 @@ def _valid(batch, masks):
 
 
 def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
-            loss_config: Mapping[str, float], margin: float = 1.0):
+            loss_config: Mapping[str, float], margin: float = 1.0,
+            reduction: Optional[str] = None):
   """CoSegNet's triplet training loss (module docstring).
 
   Args:
@@ -290,10 +320,18 @@ def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
       ``valid`` (same shape).
     loss_config: weight per term in ``LOSS_TERMS`` (paper: ``PAPER_LOSS``).
     margin: triplet margin (paper: 1).
+    reduction: 'sum' (eq. 2-4: the mask terms summed over the valid pixels
+      of their images and over the batch, triplet and decision terms summed
+      over the batch) or 'mean' (per-pixel mean, batch means); default
+      ``outputs.loss_reduction`` (the model's ``loss_reduction``).
 
   Returns:
     (total float32 scalar, weighted terms).
   """
+  reduction = reduction or outputs.loss_reduction
+  if reduction not in LOSS_REDUCTIONS:
+    raise ValueError(f"cosegnet loss: reduction must be one of "
+                     f"{LOSS_REDUCTIONS}, got {reduction!r}")
   unknown = sorted(set(loss_config) - set(LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for cosegnet; "
@@ -308,12 +346,14 @@ def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
   logits = outputs.mask_logits.astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
   valid = _valid(batch, masks)
-  bce = losses.get_loss("sigmoid_bce")
+  bce = functools.partial(losses.get_loss("sigmoid_bce"), reduction=reduction)
   e = outputs.embeddings.astype(jnp.float32)
   trip = losses.get_loss("triplet")(anchor=e[:, 0], positive=e[:, 1],
-                                    negative=e[:, 2], margin=margin)
+                                    negative=e[:, 2], margin=margin,
+                                    reduction=reduction)
   dec = outputs.decision_logits.astype(jnp.float32)
-  decision = losses.get_loss("decision_bce")
+  decision = functools.partial(losses.get_loss("decision_bce"),
+                               reduction=reduction)
   nb = dec.shape[0]
   terms = {
       "mask_pos": bce(logits=logits[:, :2], labels=masks[:, :2],
@@ -330,8 +370,15 @@ def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
 
 
 def base_loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
-                 loss_config: Mapping[str, float]):
-  """``cosegnet_base``: pixel BCE on every image (negatives: null targets)."""
+                 loss_config: Mapping[str, float],
+                 reduction: Optional[str] = None):
+  """``cosegnet_base``: pixel BCE on every image (negatives: null targets),
+  summed or averaged over the valid pixels (``reduction``, default
+  ``outputs.loss_reduction``, as eq. 2)."""
+  reduction = reduction or outputs.loss_reduction
+  if reduction not in LOSS_REDUCTIONS:
+    raise ValueError(f"cosegnet_base loss: reduction must be one of "
+                     f"{LOSS_REDUCTIONS}, got {reduction!r}")
   unknown = sorted(set(loss_config) - set(BASE_LOSS_TERMS))
   if unknown:
     raise ValueError(f"config.loss: unknown term(s) {unknown} for "
@@ -339,7 +386,7 @@ def base_loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
   masks = batch["masks"].astype(jnp.float32)
   terms = {"bce": losses.get_loss("sigmoid_bce")(
       logits=outputs.mask_logits.astype(jnp.float32), labels=masks,
-      valid=_valid(batch, masks))}
+      valid=_valid(batch, masks), reduction=reduction)}
   return losses.compute_total_loss(terms, dict(loss_config))
 
 
