@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 
 from coseg_jax.backbones import base
+from coseg_jax.nn import depthwise
 
 # (repeats, kernel, stride, expand_ratio, in, out): EfficientNet-B0's blocks.
 B0_BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
@@ -74,9 +75,17 @@ LITE_VARIANTS = {
     "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
     "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
 }
+# The colour that the input mapping below sends to 0 (per channel).
+INPUT_MEAN = (127.0 / 255.0,) * 3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 _BN = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
+
+
+def lite_normalize(images, dtype):
+  """[N, H, W, 3] in [0, 1] -> (255 x - 127) / 128 (TF Lite's), as ``dtype``."""
+  return ((jnp.asarray(images, jnp.float32) * 255.0 - 127.0) / 128.0).astype(
+      dtype)
 
 
 def round_filters(channels: int, width_coefficient: float,
@@ -150,11 +159,12 @@ class MBConvLite(nn.Module):
                   dtype=self.dtype, name="_expand_conv")(y)
       y = nn.relu6(bn(name="_bn0")(y))
     width = y.shape[-1]
-    y = nn.Conv(width, (self.kernel, self.kernel),
-                strides=(self.stride, self.stride), padding="SAME",
-                kernel_dilation=(self.dilation, self.dilation),
-                feature_group_count=width, use_bias=False, dtype=self.dtype,
-                name="_depthwise_conv")(y)
+    # nn.Conv(feature_group_count=width)'s parameters, computed as shifted
+    # multiply-adds on CPU (coseg_jax.nn.depthwise: XLA's grouped
+    # convolution is several times slower there).
+    y = depthwise.DepthwiseConv(self.kernel, strides=self.stride,
+                                dilation=self.dilation, dtype=self.dtype,
+                                name="_depthwise_conv")(y)
     y = nn.relu6(bn(name="_bn1")(y))
     y = nn.Conv(self.out_channels, (1, 1), use_bias=False, dtype=self.dtype,
                 name="_project_conv")(y)
@@ -217,8 +227,7 @@ class EfficientNetLite(nn.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [N, H, W, 3], got {images.shape}")
     bn = functools.partial(_BN, use_running_average=not train, dtype=self.dtype)
-    x = ((jnp.asarray(images, jnp.float32) * 255.0 - 127.0) / 128.0).astype(
-        self.dtype)
+    x = lite_normalize(images, self.dtype)
     x = nn.Conv(STEM_CHANNELS, (3, 3), strides=(2, 2), padding="SAME",
                 use_bias=False, dtype=self.dtype, name="_conv_stem")(x)
     x = nn.relu6(bn(name="_bn0")(x))
