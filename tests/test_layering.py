@@ -16,7 +16,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("coseg_jax", "data_pipelines", "configs")
+PACKAGES = ("coseg_jax", "data_pipelines", "configs", "experiments")
 
 CORE = ("coseg_jax.nn", "coseg_jax.backbones", "coseg_jax.losses",
         "coseg_jax.metrics", "coseg_jax.postprocess", "coseg_jax.proposals")
@@ -30,6 +30,9 @@ LAYERS = (
     ("main", ("coseg_jax.main",),
      CORE + ("coseg_jax.models", "coseg_jax.runtime", "data_pipelines")),
     ("configs", ("configs",), ("configs", "data_pipelines.config")),
+    # Experiments use the public API of everything (never the tests).
+    ("experiments", ("experiments",),
+     ("coseg_jax", "data_pipelines", "configs", "experiments")),
 )
 # Optional third-party packages that may be imported where they are used
 # (an install extra or a test-time reference), never at module top.

@@ -1,0 +1,1 @@
+"""Accuracy experiments and diagnostics, on the public API (see README.md)."""

@@ -1,0 +1,160 @@
+r"""Run one accuracy experiment through the public API and record it.
+
+Trains a config (its pre-stages, then the main run, as ``--mode train``
+does), evaluates it with every evaluator the config names (as ``--mode
+eval``), and writes ``<workdir>/experiment.json``: the command, the machine,
+the date, the git commit, the wall time of each phase (feature-cache build,
+training, evaluation), the learning curve (the evaluators' figures every
+``--curve_every`` steps, with the wall time since the run started) and the
+final figures. Overrides are the command line's ``--config.x=y``.
+
+  python -m experiments.run \
+      --config configs/cyclesegnet_pascal_voc_coseg.py:disjoint \
+      --workdir /tmp/exp/csn_disjoint --curve_every 200 \
+      --config.data.manual_dir=/path/to/pascal_voc_coseg
+
+``experiments/README.md`` lists the experiments of the results page with
+their commands; ``python -m experiments.plot_curves`` draws J against
+training minutes from several ``experiment.json`` files.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from coseg_jax import models
+from coseg_jax.runtime import checkpoint
+from coseg_jax.runtime import console
+from coseg_jax.runtime import evaluators
+from coseg_jax.runtime import feature_cache
+from coseg_jax.runtime import stages
+from coseg_jax.runtime import steps
+from coseg_jax.runtime.trainers import supervised
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory.")
+flags.DEFINE_integer("curve_every", 0, "Evaluate (the 'coseg' evaluator) "
+                     "every this many steps for the learning curve; 0: only "
+                     "at the end.")
+flags.DEFINE_bool("skip_train", False, "Evaluate the latest checkpoint only.")
+
+
+def _git_commit() -> str:
+  try:
+    return subprocess.check_output(
+        ["git", "rev-parse", "--short", "HEAD"], text=True,
+        stderr=subprocess.DEVNULL,
+        cwd=os.path.dirname(os.path.abspath(__file__))).strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def machine() -> str:
+  """One line: CPU count and model / accelerator, for the results page."""
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    name = platform.processor() or platform.machine()
+    try:
+      with open("/proc/cpuinfo") as f:
+        for line in f:
+          if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    except OSError:
+      pass
+    return f"{os.cpu_count()}-core CPU ({name})"
+  return f"{jax.device_count()} x {dev.device_kind}"
+
+
+def _scalars(results):
+  """The headline numbers of each evaluator (for the curve)."""
+  out = {}
+  coseg = results.get("coseg")
+  if coseg:
+    out["avg_J"] = coseg["avg_J"]
+    out["avg_P"] = coseg["avg_P"]
+  return out
+
+
+def main(argv):
+  del argv
+  console.setup(None)
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if config is None or not workdir:
+    raise app.UsageError("--config and --workdir are required")
+  os.makedirs(workdir, exist_ok=True)
+  record = {"command": " ".join(["python -m experiments.run"] + sys.argv[1:]),
+            "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+            "commit": _git_commit(), "config": checkpoint.config_to_dict(
+                config)}
+  start = time.time()
+  curve = []
+  if not FLAGS.skip_train:
+    main_config = stages.prepare(config, workdir)
+    record["pre_stage_minutes"] = (time.time() - start) / 60
+    model = models.get_method(main_config.method).build_model(
+        main_config.model)
+    eval_fn = None
+    if FLAGS.curve_every:
+      with main_config.unlocked():
+        main_config.train.eval_every = int(FLAGS.curve_every)
+
+      def eval_fn(variables, step):
+        t = time.time()
+        res = {"coseg": evaluators.EVALUATORS["coseg"].evaluate(
+            config=main_config, model=model, variables=variables)}
+        curve.append({"step": step, "minutes": (t - start) / 60,
+                      "eval_minutes": (time.time() - t) / 60,
+                      **_scalars(res)})
+        console.info(f"curve: step {step}, {curve[-1]['minutes']:.1f} min, "
+                     f"Avg. J {curve[-1].get('avg_J', float('nan')):.3f}")
+        return res
+
+    if feature_cache.enabled(main_config):
+      # The cache is part of the run's time: built (or reused) here, then
+      # the trainer streams from it.
+      t = time.time()
+      program = steps.build_train_program(main_config)
+      directory, membership = feature_cache.build(main_config, program,
+                                                  workdir)
+      record["cache_minutes"] = (time.time() - t) / 60
+      record["cache_dir"] = directory
+      dataset_fn = feature_cache.make_dataset_fn(directory, membership)
+      del program
+    else:
+      dataset_fn = None
+    t = time.time()
+    supervised.train_and_evaluate(main_config, workdir, eval_fn=eval_fn,
+                                  dataset_fn=dataset_fn)
+    record["train_minutes"] = (time.time() - t) / 60
+  record["total_train_minutes"] = (time.time() - start) / 60
+  # Final evaluation of the saved checkpoint with every configured
+  # evaluator (the curve's evaluation time is not in train_minutes).
+  t = time.time()
+  model = models.get_method(config.method).build_model(config.model)
+  variables, step = checkpoint.load_variables(workdir)
+  if not variables.get("batch_stats"):
+    variables = {"params": variables["params"]}
+  record["final_step"] = step
+  record["results"] = evaluators.evaluate(config=config, model=model,
+                                          variables=variables)
+  record["eval_minutes"] = (time.time() - t) / 60
+  record["curve"] = curve
+  path = os.path.join(workdir, "experiment.json")
+  with open(path, "w") as f:
+    json.dump(record, f, indent=1, default=float)
+  console.info(f"experiment record written to {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
