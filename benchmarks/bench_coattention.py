@@ -1,4 +1,4 @@
-r"""Co-attention CNN speed/memory benchmark, JAX vs PyTorch (issue 10).
+r"""Co-attention CNN speed/memory benchmark, JAX vs PyTorch.
 
 Setting: 384x384 images, 5 images per step (one group of K = 5: the
 co-attention loss takes all ordered pairs inside it), stage-2 loss

@@ -1,4 +1,4 @@
-r"""CoSegNet speed/memory benchmark, JAX vs PyTorch (issue 10).
+r"""CoSegNet speed/memory benchmark, JAX vs PyTorch.
 
 Paper setting (Banerjee et al., IJCAI 2019, Sec. 4): 224x224, batch 3
 triplets (anchor, positive, negative: K = 3), VGG16 encoder + 13-layer

@@ -1,4 +1,4 @@
-r"""CycleSegNet speed/memory benchmark, JAX vs PyTorch (issue 10).
+r"""CycleSegNet speed/memory benchmark, JAX vs PyTorch.
 
 Paper setting (Zhang et al., TIP 2021, Sec. 4.1): 512x512 pairs, batch 4,
 multi-level ResNet-34, N = 7 refinement steps, Adam; the paper reports

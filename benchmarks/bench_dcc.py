@@ -1,4 +1,4 @@
-r"""DCC speed/memory benchmark, JAX vs PyTorch (issue 10).
+r"""DCC speed/memory benchmark, JAX vs PyTorch.
 
 Setting (``configs/dcc_voc.py``): 513x513 pairs, batch 5, VGG16-BN encoder
 to relu5_3, depth-wise cross-correlation at kernel scales 1, 3, 5, the

@@ -1,4 +1,4 @@
-r"""MaCoSNet speed/memory benchmark, JAX vs PyTorch (issue 10).
+r"""MaCoSNet speed/memory benchmark, JAX vs PyTorch.
 
 Setting (``configs/macosnet_internet.py``, the authors' code): 240x240
 pairs, batch 4 (the brief's paper batch; the config trains with 16),

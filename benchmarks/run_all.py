@@ -1,4 +1,4 @@
-r"""The whole speed/memory suite, JAX vs PyTorch, in one command (issue 10).
+r"""The whole speed/memory suite, JAX vs PyTorch, in one command.
 
 Runs every cell (method x precision x {JAX 1 device, JAX all local devices,
 PyTorch eager, torch.compile}) of ``benchmarks/bench_<method>.py`` in its own
@@ -8,17 +8,17 @@ group scaling (K = 2..16), the co-attention per-collection time for 100
 images, and the grain input pipeline against the training step's consumption
 rate. Writes a Markdown report (``--out``), the raw cells as JSON beside it,
 a PNG of the speed ratios (``--plot``), and replaces its own section of
-``benchmarks/RESULTS.md`` (``--results_md``; between markers naming the
+``docs/results.md`` (``--results_md``; between markers naming the
 size, so a rerun replaces rather than appends).
 
 GPU (the paper's sizes; what a session with a GPU should run)::
 
-  python -m benchmarks.run_all --size paper --out benchmarks/RESULTS_suite.md
+  python -m benchmarks.run_all --size paper --out /tmp/coseg_suite.md
 
 CPU (reduced sizes; runs anywhere, figures are not speed claims)::
 
   python -m benchmarks.run_all --size small --fake_cpu_devices 2 \
-      --out benchmarks/RESULTS_suite_cpu.md
+      --out /tmp/coseg_suite_cpu.md
 
 Tiny smoke run (the test)::
 
@@ -305,7 +305,7 @@ def _render_targets(results, summary, args):
     if value is None:
       return "n/a"
     return "met" if ok(value) else "missed"
-  out = ["### Targets (issue 10)", ""]
+  out = ["### Targets", ""]
   if args.size != "paper":
     out += ["Reduced sizes: the verdicts below do not speak to the targets, "
             "which are defined at the paper's sizes on a GPU.", ""]
@@ -455,10 +455,10 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--loader_batches", type=int, default=20)
   p.add_argument("--timeout", type=float, default=3600)
-  p.add_argument("--out", default="benchmarks/RESULTS_suite.md")
+  p.add_argument("--out", default="/tmp/coseg_suite.md")
   p.add_argument("--plot", default=None,
                  help="PNG path (default: --out with .png)")
-  p.add_argument("--results_md", default="benchmarks/RESULTS.md",
+  p.add_argument("--results_md", default="docs/results.md",
                  help="file whose suite section is replaced ('' = none)")
   p.add_argument("--tag", default=None,
                  help="name of this run's RESULTS.md section (default: the "

@@ -12,7 +12,7 @@ access). Because every step is a deterministic function of the element index,
 the iterator state is just a position: ``get_state()`` / ``set_state()``
 restore a run exactly, with or without workers.
 
-Batches (B = per-process batch, K = group size), see DESIGN.md:
+Batches (B = per-process batch, K = group size; docs/design.md):
   images float32 [B, K, H, W, 3] in [0, 1]; masks float32 [B, K, H, W, 1] in
   {0, 1}; valid float32 [B, K, H, W, 1]; has_common int32 [B]; class_ids int32
   [B, K]; record_ids int32 [B, K]. Pair-record datasets (tss, pf_pascal,

@@ -35,7 +35,7 @@ PARAM_COUNTS = {
     "efficientnet_lite2": 6_092_072,
 }
 # bfloat16 compute is checked on one model per block type (compile time on a
-# 2-core machine); all seven passed 2e-2 when measured (benchmarks/RESULTS.md).
+# 2-core machine); all seven pass 2e-2 (benchmarks/backbone_parity.py).
 BF16_CHECKED = ("resnet18", "resnet50", "vgg16_bn", "efficientnet_lite0")
 IMAGE = np.random.RandomState(0).rand(2, 64, 64, 3).astype(np.float32)
 

@@ -7,7 +7,7 @@ encoder of the offline demo, or any backbone without released weights) has
 no such start, and co-segmentation training alone does not give it one: on
 the demo's synthetic pairs the encoder learns single-image cues (size,
 stacking order) instead of appearance that can be matched
-(benchmarks/RESULTS.md, session 6).
+(the demo's record in docs/notes/lab_notebook.md).
 
 This method is the stand-in: the encoder plus one 1x1 convolution per level,
 trained to name the category of every pixel *inside the common-object mask*

@@ -28,7 +28,8 @@ on the same footing (a 1x1 kernel is the other image's global average); it is
 the choice made here, no paper fixes it. Two equal implementations:
 ``method='shift'`` (default) sums k*k shifted products of the padded map
 (XLA fuses them into one loop; ~100x faster than the grouped convolution on
-CPU at 20x20x512, k=5, see benchmarks/RESULTS.md), and ``method='conv'``, one
+CPU at 20x20x512, k=5; ``benchmarks/ops_correlation.py`` measures it), and
+``method='conv'``, one
 grouped ``conv_general_dilated`` with the batch folded into the channels. No
 Python loop over the batch either way.
 

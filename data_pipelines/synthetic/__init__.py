@@ -30,19 +30,19 @@ Configs (``name``: classes x train/test images per class, side in px):
     distractor diameters 0.3-0.5 of the side, so that the gap fits). In
     ``same64`` three distractors in four touch the object; ``apart64``
     tests whether that is what makes the demo's model keep distractors (it is
-    not the main cause: benchmarks/RESULTS.md).
+    not the main cause: docs/notes/lab_notebook.md).
   * ``distinct64``: as ``same64`` with textures made distinct by
     construction (``distinct_textures``: category k has hue k/10 of the
     circle and pattern kind k mod 4). With ``same64``'s random textures a
     few categories look alike (two bright solids, warm stripes), and the
     demo's model marks both objects of exactly those category pairs (with
-    distinct textures it still ends at the same J: benchmarks/RESULTS.md).
+    distinct textures it still ends at the same J: docs/notes/lab_notebook.md).
   * ``equal64``: as ``same64`` with the common object and the distractor
     drawn from one size range (diameters 0.3-0.55 of the side) and kept
     3 px apart, so neither size nor occlusion says which one is common. In
     ``same64`` the common object is the larger of the two in 85 of 100
     renders (61 in ``equal64``), and a model that never sees the partner
-    reaches held-out J 0.68 there against 0.49 here (benchmarks/RESULTS.md).
+    reaches held-out J 0.68 there against 0.49 here (docs/notes/lab_notebook.md).
   * ``bench512``: 4 x 16/4 at 512 px (loader throughput benchmark).
 A ``SyntheticConfig`` with other values can be passed as ``config=``.
 """
