@@ -11,7 +11,14 @@ evaluation mode; depth-wise cross-correlation of the stride-16 maps at kernel
 sizes 1, 3, 5; the bilinear decoder with encoder skips; CE_A + CE_B; Adam
 with a cosine schedule. Departures from the paper's setting
 (``configs/dcc_voc2012.py``: VGG16-BN fine-tuned at 513 px) are CPU-driven
-and listed in docs/methods/dcc.md.
+and listed in docs/methods/dcc.md. The matched map enters the decoder
+un-normalised and beside the image's own features (``match_norm='none'``,
+``include_features=True``), the form of this recipe's recorded runs; the
+appendix's form is ``--config.model.match_norm=batchnorm
+--config.model.include_features=False``.
+
+Protocols: the paper trains on VOC 2012 pairs (``dcc_voc2012.py``); the
+three protocols here (class-disjoint, per-class split, all) are ours.
 """
 
 from configs import args
@@ -29,6 +36,8 @@ def get_config(arg=None):
   pascal_voc_coseg.frozen_pretrained_backbone(config, "efficientnet_lite2")
   m = config.model
   m.feature_level = "stride16"
+  m.match_norm = "none"  # the recorded runs (docstring)
+  m.include_features = True
   m.decoder_widths = (128, 64, 64, 32, 16)
   d = config.data
   d.image_size = 224

@@ -14,13 +14,19 @@ converted by ``coseg_jax.backbones.weights``):
   python -m coseg_jax.main --config configs/dcc_voc2012.py:runlocal \\
       --workdir /tmp/dcc_smoke --mode train
 
-Paper settings: Siamese VGG16-BN encoder, 513x513 training crops with random
-scale, crop and rotation, Adam with learning rate 1e-5, batch 5 pairs, loss
-CE_A + CE_B. Our choices where the paper is silent (module docstring of
-``coseg_jax.models.dcc``): matching at relu5_3 (stride 16), kernels 1x1,
-3x3, 5x5, L2-normalised features, scales concatenated, own features given to
-the decoder, a five-block bilinear decoder with encoder skips; scale range
-0.5-2.0 and +-15 degrees; 40k iterations.
+Paper settings (appendix, paper 003): Siamese VGG16 encoder with BatchNorm
+from ImageNet (its 13 convolutions, C.2), 513x513 training crops with random
+scale, crop and rotation, Adam with a fixed learning rate of 1e-5, batch 5
+pairs, 10 epochs, "about 335k" updates (C.2), loss CE_A + CE_B (eq. B1); the
+decoder reads the cross-correlation output (appendix B:
+``model.include_features = False``), BatchNorm-normalised as every
+convolution input is (C.2: ``model.match_norm = 'batchnorm'``; see
+``coseg_jax.models.dcc``). Our choices where the appendix is silent (module
+docstring of ``coseg_jax.models.dcc``): matching at relu5_3 (stride 16),
+kernels 1x1, 3x3, 5x5, L2-normalised features, scales concatenated, a
+five-block bilinear decoder with encoder skips; scale range 0.5-2.0 and
++-15 degrees. The earlier form is ``--config.model.include_features=True
+--config.model.match_norm=none``.
 """
 
 from configs import args
@@ -39,7 +45,8 @@ def get_config(arg=None):
   m.kernel_sizes = (1, 3, 5)
   m.combine = "concat"
   m.normalize_features = True
-  m.include_features = True
+  m.match_norm = "batchnorm"  # appendix C.2: BN on every conv input
+  m.include_features = False  # appendix B: the decoder reads the matching
   m.decoder_widths = (256, 128, 64, 32, 16)
   m.convs_per_block = 1
   m.use_skips = True
@@ -66,7 +73,9 @@ def get_config(arg=None):
   o.schedule = "constant"
 
   t = config.train
-  t.num_steps = 40_000
+  # Appendix C.2: 10 epochs over the >160k training pairs, "about 335k"
+  # updates at batch 5.
+  t.num_steps = 335_000
   t.global_batch_size = 5  # batch 5 pairs
   t.log_every = 100
   t.eval_every = 0

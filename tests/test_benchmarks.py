@@ -124,7 +124,15 @@ def test_cyclesegnet_train_loss_parity():
 
 
 def test_dcc_output_parity():
+  # The benchmark config: the appendix's form (BatchNorm'd matched map
+  # alone into the decoder).
   _assert_mask_logits_parity("dcc")
+
+
+@pytest.mark.parametrize("match_norm", ["rms", "none"])
+def test_dcc_output_parity_other_match_norms(match_norm):
+  _assert_mask_logits_parity("dcc", overrides={
+      "match_norm": match_norm, "include_features": True})
 
 
 @pytest.mark.slow

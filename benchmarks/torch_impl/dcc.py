@@ -7,9 +7,13 @@ VGG16-BN encoder (torchvision layout) truncated after the matched level
 images' maps adaptively average-pooled to k x k for k in ``kernel_sizes``,
 averaged over the K - 1 others, used as depth-wise kernels over this
 image's map with XLA 'SAME' zero padding, divided by k*k; scales
-concatenated), [F_A ; responses] into the ``UpsampleDecoder`` with skips
-(VGG's floor-sized skips resized bilinearly to the decoder's ceil grid) and
-a 1x1 head. Loss CE_A + CE_B (per-image mean pixel BCE, summed over K).
+concatenated), the matched map normalised as ``match_norm`` says ('batchnorm':
+``BatchNorm2d`` named ``match_norm``, eps 1e-10; 'rms': unit root mean
+square over channels per position; 'none'), [F_A ; responses] (or the
+responses alone, ``include_features=False``) into the ``UpsampleDecoder``
+with skips (VGG's floor-sized skips resized bilinearly to the decoder's ceil
+grid) and a 1x1 head. Loss CE_A + CE_B (per-image mean pixel BCE, summed over
+K).
 
 The depth-wise correlation is ``F.conv2d`` with ``groups = N * C`` on the
 batch folded into channels (the usual PyTorch way to use per-sample
@@ -25,6 +29,8 @@ import torch.nn.functional as F
 from benchmarks.torch_impl import backbones
 from benchmarks.torch_impl import blocks
 
+MATCH_BN_EPSILON = 1e-10  # coseg_jax.models.dcc.MATCH_BN_EPSILON
+MATCH_RMS_EPSILON = 1e-12
 _VGG_WIDTHS = {"stride2": 128, "stride4": 256, "stride8": 512,
                "stride16": 512, "stride32": 512}
 LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
@@ -83,7 +89,8 @@ class DCCNet(nn.Module):
                feature_level: str = "stride16",
                kernel_sizes: Sequence[int] = (1, 3, 5),
                combine: str = "concat", normalize_features: bool = True,
-               include_features: bool = True,
+               match_norm: str = "batchnorm",
+               include_features: bool = False,
                decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
                convs_per_block: int = 1, use_skips: bool = True,
                **unused: Any):
@@ -96,7 +103,14 @@ class DCCNet(nn.Module):
     self.normalize, self.include_features = normalize_features, include_features
     self.use_skips = use_skips
     c = widths[feature_level]
-    cin = c * len(self.kernel_sizes) + (c if include_features else 0)
+    matched = c * len(self.kernel_sizes)
+    if match_norm not in ("none", "rms", "batchnorm"):
+      raise ValueError(f"torch DCC: unknown match_norm {match_norm!r}")
+    self.match_norm_mode = match_norm
+    if match_norm == "batchnorm":
+      self.match_norm = nn.BatchNorm2d(matched, eps=MATCH_BN_EPSILON,
+                                       momentum=0.1)
+    cin = matched + (c if include_features else 0)
     skip_ch = None
     if use_skips:
       skip_ch = {lv: widths[lv] for lv in ("stride8", "stride4", "stride2")}
@@ -109,7 +123,14 @@ class DCCNet(nn.Module):
     b, k, _, h, w = images.shape
     feats, *_ = self.backbone(self._normalize(images.reshape(b * k, 3, h, w)))
     f = feats[self.level]
-    x = match(f, k, self.kernel_sizes, self.normalize).to(f.dtype)
+    x = match(f, k, self.kernel_sizes, self.normalize)
+    with torch.autocast(device_type=images.device.type, enabled=False):
+      if self.match_norm_mode == "batchnorm":
+        x = self.match_norm(x)
+      elif self.match_norm_mode == "rms":
+        x = x * torch.rsqrt(x.square().mean(1, keepdim=True) +
+                            MATCH_RMS_EPSILON)
+    x = x.to(f.dtype)
     if self.include_features:
       x = torch.cat([f, x], 1)
     skips = None

@@ -13,18 +13,44 @@ There are no learned parameters in this matching and the C channels are kept:
 a channel responds where A has a pattern that B has too (at scale k = 1 the
 kernel is B's global average, so R_1 re-weights A's channels by B's channel
 means; larger k add B's spatial layout). The scales' responses are combined
-(``combine``), optionally concatenated with F_A itself, and decoded by
-bilinear-upsampling + conv blocks into one logit per pixel. The loss is
-CE_A + CE_B: the pixel BCE of each image's mask (void pixels ignored),
-summed over the images of the pair (term ``ce``).
+(``combine``), normalised (``match_norm``), optionally concatenated with F_A
+itself (``include_features``), and decoded by bilinear-upsampling + conv
+blocks into one logit per pixel. The loss is CE_A + CE_B (appendix eq. B1):
+the pixel BCE of each image's mask (void pixels ignored), summed over the
+images of the pair (term ``ce``).
 
-Choices no paper fixes, each a config field (``config.model``):
+What the appendix (paper 003) fixes, and our reading of it:
+
+* Appendix B: a Siamese encoder (shared weights) extracts high-level
+  features; the depth-wise cross-correlation "mines the common
+  information" and "only enhances the features with common objects"; then
+  the decoder up-samples and convolves to the masks. We read the decoder's
+  input as the matched map alone: ``include_features=False`` (default).
+  ``True`` (our earlier form) also gives the decoder F_A itself.
+* Appendix C.2: BatchNorm normalises the input of each convolution layer.
+  The matched map, from L2-normalised features divided by k*k, is about
+  10^-3 in root mean square (per-channel variances ~10^-7) where F_A and
+  the decoder's BN'd activations are about 1: beside F_A the decoder can
+  ignore it, and alone its first-conv output has a variance below that
+  conv's BatchNorm epsilon (10^-5), which then shrinks instead of
+  normalising. ``match_norm='batchnorm'`` (default) puts a per-channel
+  BatchNorm on it (learned scale and shift: 2 C' parameters; epsilon
+  1e-10 for those variances; two-pass variance); 'rms' divides each
+  position's C' responses by their root mean square (parameter-free);
+  'none' is our earlier form.
+* Appendix C.2: VGG16 (with BatchNorm) from ImageNet, its 13 convolutions as
+  the encoder; 513 x 513 inputs, random scaling, cropping and rotation;
+  Adam at a fixed 1e-5; batch 5 pairs; 10 epochs (about 335k updates).
+
+Choices the appendix leaves open, each a config field (``config.model``):
 
 * ``feature_level``: the encoder level matched, default 'stride16' (VGG's
-  relu5_3, 512 ch; pool5 is not computed). At 513x513 that is 32x32, so the
-  kernels cover a meaningful share of the other image.
+  relu5_3, 512 ch, the last of the 13 convolutions; pool5 is not computed).
+  At 513x513 that is 32x32, so the kernels cover a meaningful share of the
+  other image.
 * ``kernel_sizes``: (1, 3, 5): the other map adaptively average-pooled to
-  1x1, 3x3 and 5x5 (torch bin edges, so any feature size works).
+  1x1, 3x3 and 5x5 (torch bin edges, so any feature size works); the
+  appendix describes a pyramid of subsampled maps without its scales.
 * ``normalize_features``: L2-normalise every feature vector over channels
   before matching (default True), so the responses measure agreement of
   feature *patterns*, not feature magnitudes; each response is divided by
@@ -32,14 +58,12 @@ Choices no paper fixes, each a config field (``config.model``):
 * ``combine``: how the scales' responses are merged: 'concat' (default;
   [h, w, C * S], the decoder's first conv learns the mix), 'sum', 'mean' or
   'max' (all [h, w, C]).
-* ``include_features``: also give the decoder F_A (default True; it needs
-  A's own features to localise the object precisely; the responses say
-  *which* channels are common).
 * ``decoder_widths``, ``convs_per_block``, ``use_skips``: the
   ``coseg_jax.nn.decoders.UpsampleDecoder`` (BN + ReLU convs, five bilinear
   upsamplings to the input size) followed by a 1x1 conv to the logit. Skips
-  ('stride8', 'stride4', 'stride2' encoder maps) are resized to the decoder's
-  ceil(H / S) grid when VGG's floor(H / S) differs (odd sizes such as 513).
+  ('stride8', 'stride4', 'stride2' encoder maps; the appendix mentions
+  none) are resized to the decoder's ceil(H / S) grid when VGG's
+  floor(H / S) differs (odd sizes such as 513).
 * K > 2 images: image k's kernels are the mean of the other images' kernels
   (equivalently, by linearity, the mean of the K - 1 responses).
 
@@ -62,7 +86,12 @@ from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
 
 COMBINES = ("concat", "sum", "mean", "max")
+MATCH_NORMS = ("none", "rms", "batchnorm")
 LOSS_TERMS = ("ce",)
+# The matched map's per-channel variances are ~1e-7 (L2-normalised features,
+# responses divided by k*k): a BatchNorm epsilon of 1e-5 would swallow them.
+MATCH_BN_EPSILON = 1e-10
+MATCH_RMS_EPSILON = 1e-12
 
 
 @flax.struct.dataclass
@@ -122,6 +151,13 @@ def match(*, features: jax.Array, kernel_sizes: Sequence[int] = (1, 3, 5),
   return combine_responses(responses, combine)
 
 
+def rms_normalize(x: jax.Array, eps: float = MATCH_RMS_EPSILON) -> jax.Array:
+  """x [..., C] / sqrt(mean_c x^2 + eps): unit root mean square per position."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+                           + eps)
+
+
 class DCCNet(nn.Module):
   """Siamese encoder, depth-wise cross-correlation matching, decoder.
 
@@ -134,6 +170,8 @@ class DCCNet(nn.Module):
     kernel_sizes: matching scales.
     combine: 'concat' | 'sum' | 'mean' | 'max'.
     normalize_features: L2-normalise features before matching.
+    match_norm: 'batchnorm' (per-channel BatchNorm of the matched map),
+      'rms' (unit root mean square per position) or 'none'.
     include_features: decoder input also has the image's own features.
     decoder_widths: five UpsampleDecoder block widths.
     convs_per_block: convs per decoder block.
@@ -148,7 +186,8 @@ class DCCNet(nn.Module):
   kernel_sizes: Sequence[int] = (1, 3, 5)
   combine: str = "concat"
   normalize_features: bool = True
-  include_features: bool = True
+  match_norm: str = "batchnorm"
+  include_features: bool = False
   decoder_widths: Sequence[int] = (256, 128, 64, 32, 16)
   convs_per_block: int = 1
   use_skips: bool = True
@@ -180,6 +219,9 @@ class DCCNet(nn.Module):
     if self.combine not in COMBINES:
       raise ValueError(f"combine must be one of {COMBINES}, got "
                        f"{self.combine!r}")
+    if self.match_norm not in MATCH_NORMS:
+      raise ValueError(f"match_norm must be one of {MATCH_NORMS}, got "
+                       f"{self.match_norm!r}")
     b, k, h, w, _ = images.shape
     feats = backbones.group_features(self, self.backbone, images, train=train,
                                      dtype=self.dtype,
@@ -194,7 +236,16 @@ class DCCNet(nn.Module):
     x = match(features=f.reshape(b, k, fh, fw, fc),
               kernel_sizes=self.kernel_sizes, combine=self.combine,
               normalize_features=self.normalize_features,
-              method=self.xcorr_method).astype(self.dtype)
+              method=self.xcorr_method)
+    # In float32, as the matching: the responses are ~1e-3.
+    if self.match_norm == "batchnorm":
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                       epsilon=MATCH_BN_EPSILON, use_fast_variance=False,
+                       dtype=jnp.float32, name="match_norm")(x)
+    elif self.match_norm == "rms":
+      x = rms_normalize(x)
+    x = x.astype(self.dtype)
+    self.sow("intermediates", "matched", x)
     if self.include_features:
       x = jnp.concatenate([f.astype(self.dtype), x], axis=-1)
     skips = None
@@ -231,7 +282,8 @@ def build_model(model_config: ml_collections.ConfigDict) -> DCCNet:
       kernel_sizes=tuple(get("kernel_sizes", (1, 3, 5))),
       combine=get("combine", "concat"),
       normalize_features=bool(get("normalize_features", True)),
-      include_features=bool(get("include_features", True)),
+      match_norm=str(get("match_norm", "batchnorm")),
+      include_features=bool(get("include_features", False)),
       decoder_widths=tuple(get("decoder_widths", (256, 128, 64, 32, 16))),
       convs_per_block=int(get("convs_per_block", 1)),
       use_skips=bool(get("use_skips", True)),
