@@ -13,6 +13,10 @@ member k of group i:
 and a ``contact_sheet.png`` of every image next to its overlay. Method hooks
 live here, outside the model files: ``FIGURE_HOOKS[method](config, model,
 variables, images [K, H, W, 3]) -> {suffix: [K] uint8 images}``.
+
+:func:`composite_figure` draws what the partner decides: one evaluation
+composite (two objects of different classes), co-segmented once with a
+partner of each class (``coseg_jax.runtime.evaluators.composite``).
 """
 
 import os
@@ -27,6 +31,7 @@ from coseg_jax.runtime import checkpoint as ckpt_lib
 from coseg_jax.runtime import steps
 from coseg_jax.runtime import viz
 from coseg_jax.runtime.evaluators import common
+from coseg_jax.runtime.evaluators import composite
 from coseg_jax.runtime.evaluators import coseg
 from data_pipelines import augment
 from data_pipelines import pipeline
@@ -107,3 +112,35 @@ def write_figures(*, config, workdir: str, out_dir: str, num_groups: int = 4,
       path)
   written.append(path)
   return written
+
+
+def composite_figure(*, config, model, variables, out_path: str,
+                     index: int = 0, count: int = 8) -> str:
+  """One row: the composite, then for each of its two classes the partner
+  and the mask predicted with it (overlaid on the composite).
+
+  Args:
+    config, model, variables: the trained run.
+    out_path: PNG to write.
+    index: which of the first ``count`` evaluation composites to draw.
+    count: composites drawn (seeded, ``config.eval.seed``).
+
+  Returns:
+    ``out_path``.
+  """
+  cases, scenes, data = composite.composite_cases(config, count=count)
+  items = composite.predictions(config=config, model=model,
+                                variables=variables, cases=[cases[index]],
+                                scenes=scenes, data=data)
+  binarize = common.binarizer(config.eval)
+  tiles, labels = [items[0]["canvas"]], ["composite"]
+  for it in items:
+    cls = scenes.class_names[it["spec"].classes[it["target"]]]
+    mask = binarize(it["canvas"], it["prob"])
+    tiles += [viz.to_uint8_image(it["partner"]),
+              viz.overlay(it["canvas"], mask)]
+    labels += [f"partner: {cls}", f"mask given {cls}"]
+  sheet = viz.contact_sheet(tiles, columns=len(tiles), labels=labels)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  Image.fromarray(sheet).save(out_path)
+  return out_path
