@@ -19,6 +19,8 @@ from coseg_jax.backbones.base import BackboneOutput
 from coseg_jax.backbones.base import FEATURE_LEVELS
 from coseg_jax.backbones.registry import available_backbones
 from coseg_jax.backbones.registry import get_backbone
+from coseg_jax.backbones.registry import input_mean
+from coseg_jax.backbones.registry import input_normalizer
 from coseg_jax.backbones.registry import register_backbone
 from coseg_jax.backbones.weights import find_lite_weights
 from coseg_jax.backbones.weights import load_pretrained

@@ -1,6 +1,6 @@
 """The backbone registry: name -> constructor (``get_backbone``)."""
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import flax.linen as nn
 
@@ -23,9 +23,46 @@ _REGISTRY: Dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Each backbone's own input mapping of images in [0, 1]: (the colour it sends
+# to 0, the mapping itself). Code that blanks pixels "to the mean" (MaCoSNet's
+# eq. 7 on normalised images) needs both.
+_INPUT = {
+    "tiny": (tiny.INPUT_MEAN, tiny.tiny_normalize),
+    "resnet": (resnet.IMAGENET_MEAN, resnet.imagenet_normalize),
+    "vgg": (resnet.IMAGENET_MEAN, resnet.imagenet_normalize),
+    "efficientnet_lite": (efficientnet_lite.INPUT_MEAN,
+                          efficientnet_lite.lite_normalize),
+}
+
+
 def register_backbone(name: str, constructor: Callable[..., nn.Module]):
   """Adds a backbone constructor under ``name`` (used by the family modules)."""
   _REGISTRY[name] = constructor
+
+
+def _input_entry(name: str):
+  _check_name(name)
+  for prefix, entry in _INPUT.items():
+    if name.startswith(prefix):
+      return entry
+  raise ValueError(f"backbone {name!r} has no registered input mapping")
+
+
+def input_mean(name: str) -> Tuple[float, float, float]:
+  """The colour (RGB in [0, 1]) that backbone ``name``'s input normalisation
+  maps to 0: the "mean colour" of its training images."""
+  return tuple(float(v) for v in _input_entry(name)[0])
+
+
+def input_normalizer(name: str) -> Callable:
+  """Backbone ``name``'s input mapping ``(images in [0, 1], dtype) -> x``."""
+  return _input_entry(name)[1]
+
+
+def _check_name(name: str):
+  if name not in _REGISTRY:
+    raise ValueError(
+        f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
 
 
 def available_backbones():
@@ -42,7 +79,5 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
   Raises:
     ValueError: for an unknown name, listing the known ones.
   """
-  if name not in _REGISTRY:
-    raise ValueError(
-        f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
+  _check_name(name)
   return _REGISTRY[name](**kwargs)

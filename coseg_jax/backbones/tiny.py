@@ -14,6 +14,14 @@ import jax.numpy as jnp
 
 from coseg_jax.backbones import base
 
+# The colour that ``tiny_normalize`` sends to 0 (per channel).
+INPUT_MEAN = (0.5, 0.5, 0.5)
+
+
+def tiny_normalize(images, dtype):
+  """[N, H, W, 3] in [0, 1] -> (x - 0.5) / 0.25, as ``dtype``."""
+  return (jnp.asarray(images, dtype) - 0.5) / 0.25
+
 
 class TinyCNN(nn.Module):
   """Five-stage plain CNN with the standard backbone interface.
@@ -35,7 +43,7 @@ class TinyCNN(nn.Module):
                              dtype=self.dtype)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5, dtype=self.dtype)
-    x = (jnp.asarray(images, self.dtype) - 0.5) / 0.25
+    x = tiny_normalize(images, self.dtype)
     features = {}
     for level, width in zip(base.FEATURE_LEVELS, self.widths):
       x = nn.relu(norm(name=f"{level}_bn1")(
