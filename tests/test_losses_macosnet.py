@@ -44,10 +44,14 @@ def _f32(x):
 # ----------------------------------------------------------------- matching
 
 
-def _np_matching(corr, theta, kind, mask_a, mask_b, h_a, w_a, phi, distance):
+def _np_matching(corr, theta, kind, mask_a, mask_b, h_a, w_a, phi, distance,
+                 normalize="none"):
+  """One direction: sum over B's grid q of M_B(q) sum_k m(q, k) S(q, k)
+  (times M_A(k) when ``mask_a`` is given), normalised as asked."""
   b, h_b, w_b, _ = corr.shape
   pts = _np_grid(theta, h_b, w_b, kind)
   scores = np.zeros(b)
+  inliers = np.zeros(b)
   for n in range(b):
     for i in range(h_b):
       for j in range(w_b):
@@ -68,15 +72,23 @@ def _np_matching(corr, theta, kind, mask_a, mask_b, h_a, w_a, phi, distance):
                 if dist <= phi:
                   m += (1 - abs(ux - zx)) * (1 - abs(uy - zy))
             k = xa * h_a + ya
-            scores[n] += (mask_b[n, i, j, 0] * mask_a[n, ya, xa, 0] * m *
-                          corr[n, i, j, k])
-  return -np.mean(scores / (h_b * w_b))
+            weight = 1.0 if mask_b is None else mask_b[n, i, j, 0]
+            if mask_a is not None:
+              weight *= mask_a[n, ya, xa, 0]
+            scores[n] += weight * m * corr[n, i, j, k]
+            inliers[n] += m + 1e-5
+  if normalize == "grid":
+    scores = scores / (h_b * w_b)
+  elif normalize == "inliers":
+    scores = scores / inliers
+  return -np.mean(scores)
 
 
-@pytest.mark.parametrize("kind,distance,phi", [
-    ("affine", "chebyshev", 1.0), ("tps", "euclidean", 1.5),
-    ("affine_tps", "chebyshev", 1.0)])
-def test_matching_loss_matches_numpy(kind, distance, phi):
+@pytest.mark.parametrize("kind,distance,phi,normalize", [
+    ("affine", "chebyshev", 1.0, "grid"), ("tps", "euclidean", 1.5, "grid"),
+    ("affine_tps", "chebyshev", 1.0, "grid")])
+def test_product_form_matches_numpy(kind, distance, phi, normalize):
+  """Our earlier form: both masks (M_B(q) M_A(k)), per-position mean."""
   rng = np.random.default_rng(0)
   b, h_a, w_a, h_b, w_b = 2, 4, 5, 3, 4
   corr = rng.uniform(size=(b, h_b, w_b, h_a * w_a))
@@ -84,18 +96,64 @@ def test_matching_loss_matches_numpy(kind, distance, phi):
   mask_a = rng.uniform(size=(b, h_a, w_a, 1))
   mask_b = rng.uniform(size=(b, h_b, w_b, 1))
   ref = _np_matching(corr, theta, kind, mask_a, mask_b, h_a, w_a, phi,
-                     distance)
+                     distance, normalize)
   f = jax.jit(lambda c, t, ma, mb: matching.matching_loss(
       correlation=c, theta=t, kind=kind, mask_a=ma, mask_b=mb, phi=phi,
-      distance=distance))
+      distance=distance, normalize=normalize))
   out = f(_f32(corr), _f32(theta), _f32(mask_a), _f32(mask_b))
   np.testing.assert_allclose(float(out), ref, rtol=RTOL)
   # vmap over groups of batches: each group is its own loss.
   args = [_f32(np.stack([x, x[::-1]])) for x in (corr, theta, mask_a, mask_b)]
   mapped = jax.vmap(f)(*args)
   ref_rev = _np_matching(corr[::-1], theta[::-1], kind, mask_a[::-1],
-                         mask_b[::-1], h_a, w_a, phi, distance)
+                         mask_b[::-1], h_a, w_a, phi, distance, normalize)
   np.testing.assert_allclose(np.asarray(mapped), [ref, ref_rev], rtol=RTOL)
+
+
+@pytest.mark.parametrize("kind,normalize", [
+    ("affine", "none"), ("affine_tps", "none"), ("tps", "inliers"),
+    ("affine", "grid")])
+def test_eq4_one_mask_per_direction_matches_numpy(kind, normalize):
+  """Eq. 4 for a pair (A, B): each direction sums the inlier scores over the
+  points its map is evaluated at, weighted by that image's mask only, and
+  the two directions add up."""
+  rng = np.random.default_rng(3)
+  b, h_a, w_a, h_b, w_b = 2, 4, 5, 3, 4
+  s_ab = rng.uniform(size=(b, h_b, w_b, h_a * w_a))  # B's grid, A's cells
+  s_ba = rng.uniform(size=(b, h_a, w_a, h_b * w_b))  # A's grid, B's cells
+  t_ab = _theta(rng, kind, b, 0.15)
+  t_ba = _theta(rng, kind, b, 0.15)
+  m_a = rng.uniform(size=(b, h_a, w_a, 1))
+  m_b = rng.uniform(size=(b, h_b, w_b, 1))
+  ref = (_np_matching(s_ab, t_ab, kind, None, m_b, h_a, w_a, 1.0,
+                      "chebyshev", normalize) +
+         _np_matching(s_ba, t_ba, kind, None, m_a, h_b, w_b, 1.0,
+                      "chebyshev", normalize))
+
+  @jax.jit
+  def pair_loss(s_ab, s_ba, t_ab, t_ba, m_a, m_b):
+    one = lambda s, t, m, size: matching.matching_loss(
+        correlation=s, theta=t, kind=kind, mask_b=m, source_size=size,
+        normalize=normalize)
+    return (one(s_ab, t_ab, m_b, (h_a, w_a)) +
+            one(s_ba, t_ba, m_a, (h_b, w_b)))
+
+  out = pair_loss(*map(_f32, (s_ab, s_ba, t_ab, t_ba, m_a, m_b)))
+  np.testing.assert_allclose(float(out), ref, rtol=RTOL)
+  # Only the grid image's mask enters a direction: A's mask does not change
+  # the A -> B term.
+  one_ab = lambda ma: _np_matching(s_ab, t_ab, kind, None, m_b, h_a, w_a, 1.0,
+                                   "chebyshev", normalize)
+  assert one_ab(m_a) == one_ab(1 - m_a)
+  if normalize == "none":
+    # Eq. 4 is a plain sum: all-ones masks give the total inlier score.
+    ones = matching.matching_loss(
+        correlation=_f32(s_ab), theta=_f32(t_ab), kind=kind,
+        mask_b=jnp.ones((b, h_b, w_b, 1)), source_size=(h_a, w_a))
+    bare = matching.matching_loss(
+        correlation=_f32(s_ab), theta=_f32(t_ab), kind=kind,
+        source_size=(h_a, w_a))
+    np.testing.assert_allclose(float(ones), float(bare), rtol=RTOL)
 
 
 def test_matching_identity_with_phi_zero_scores_the_diagonal():
@@ -105,11 +163,15 @@ def test_matching_identity_with_phi_zero_scores_the_diagonal():
   mask = rng.uniform(size=(1, h, w, 1))
   out = jax.jit(lambda c, m: matching.matching_loss(
       correlation=c, theta=geometry.identity_theta("affine"),
-      kind="affine", mask_a=m, mask_b=m, phi=0.0))(_f32(corr), _f32(mask))
-  # Known value: only q == k pairs count, k = x * h + y.
-  diag = sum(mask[0, y, x, 0] ** 2 * corr[0, y, x, x * h + y]
+      kind="affine", mask_b=m, phi=0.0))(_f32(corr), _f32(mask))
+  # Known value: only q == k pairs count, k = x * h + y; eq. 4's plain sum.
+  diag = sum(mask[0, y, x, 0] * corr[0, y, x, x * h + y]
              for y in range(h) for x in range(w))
-  np.testing.assert_allclose(float(out), -diag / (h * w), rtol=RTOL)
+  np.testing.assert_allclose(float(out), -diag, rtol=RTOL)
+  grid = matching.matching_loss(
+      correlation=_f32(corr), theta=geometry.identity_theta("affine"),
+      kind="affine", mask_b=_f32(mask), phi=0.0, normalize="grid")
+  np.testing.assert_allclose(float(grid), -diag / (h * w), rtol=RTOL)
 
 
 def test_correspondence_mask_is_hard_threshold_for_whole_cell_shift():
@@ -164,6 +226,10 @@ def test_matching_rejects_non_square_without_mask():
     matching.matching_loss(correlation=jnp.zeros((1, 2, 2, 4)),
                            theta=geometry.identity_theta("affine"),
                            kind="affine", distance="manhattan")
+  with pytest.raises(ValueError, match="normalize"):
+    matching.matching_loss(correlation=jnp.zeros((1, 2, 2, 4)),
+                           theta=geometry.identity_theta("affine"),
+                           kind="affine", normalize="area")
 
 
 # ------------------------------------------------------ cycle / transitivity
@@ -240,36 +306,56 @@ def test_transitivity_loss_matches_numpy(kind):
 # ------------------------------------------------------------ contrastive
 
 
-def _np_contrastive(oa, ob, ba, bb, margin):
+def _np_contrastive(oa, ob, ba, bb, margin, reduction="mean"):
   c = oa.shape[-1]
   dp = np.sum((oa - ob) ** 2, -1) / c
   dn = (np.sum((oa - ba) ** 2, -1) + np.sum((ob - bb) ** 2, -1)) / c
+  if reduction == "mean":
+    dn = dn / 2  # eq. 10: 1 / (2c)
   return np.mean(dp + np.maximum(0.0, margin - dn))
 
 
-def test_contrastive_matches_numpy_jit_vmap():
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_contrastive_matches_numpy_jit_vmap(reduction):
   rng = np.random.default_rng(6)
   # Scales chosen so some pairs are inside the margin and some outside.
   feats = [rng.normal(size=(4, 8)) * s for s in (1.0, 1.0, 0.5, 1.5)]
-  ref = _np_contrastive(*feats, margin=2.0)
+  ref = _np_contrastive(*feats, margin=2.0, reduction=reduction)
   f = jax.jit(lambda a, b, c, d: contrastive.perceptual_contrastive_loss(
-      object_a=a, object_b=b, background_a=c, background_b=d))
+      object_a=a, object_b=b, background_a=c, background_b=d,
+      reduction=reduction))
   np.testing.assert_allclose(float(f(*map(_f32, feats))), ref, rtol=RTOL)
   groups = [np.stack([x[:2], x[2:]]) for x in feats]
   mapped = jax.vmap(f)(*map(_f32, groups))
   np.testing.assert_allclose(
       np.asarray(mapped),
-      [_np_contrastive(*[x[:2] for x in feats], 2.0),
-       _np_contrastive(*[x[2:] for x in feats], 2.0)], rtol=RTOL)
+      [_np_contrastive(*[x[:2] for x in feats], 2.0, reduction),
+       _np_contrastive(*[x[2:] for x in feats], 2.0, reduction)], rtol=RTOL)
   # Known value: identical objects, background far beyond the margin -> 0.
   o = np.ones((1, 4))
   assert float(contrastive.perceptual_contrastive_loss(
       object_a=_f32(o), object_b=_f32(o), background_a=_f32(o + 3),
-      background_b=_f32(o - 3))) == 0.0
+      background_b=_f32(o - 3), reduction=reduction)) == 0.0
   # Known value: everything equal -> d+ = 0, d- = 0, loss = margin.
   assert float(contrastive.perceptual_contrastive_loss(
       object_a=_f32(o), object_b=_f32(o), background_a=_f32(o),
-      background_b=_f32(o), margin=2.0)) == 2.0
+      background_b=_f32(o), margin=2.0, reduction=reduction)) == 2.0
+
+
+def test_contrastive_eq10_halves_the_figure_ground_distance():
+  """Eq. 10 divides the sum of the two distances by 2c: at a traced margin
+  the hinge switches off exactly at the mean of the two per-image
+  distances."""
+  o = np.zeros((1, 4))
+  b1, b2 = np.full((1, 4), 1.0), np.full((1, 4), 2.0)  # distances 1 and 4
+  loss = lambda m, r: float(contrastive.perceptual_contrastive_loss(
+      object_a=_f32(o), object_b=_f32(o), background_a=_f32(b1),
+      background_b=_f32(b2), margin=jnp.float32(m), reduction=r))
+  np.testing.assert_allclose(loss(3.0, "mean"), 0.5)  # 3 - (1 + 4) / 2
+  assert loss(2.5, "mean") == 0.0
+  np.testing.assert_allclose(loss(6.0, "sum"), 1.0)  # 6 - (1 + 4)
+  with pytest.raises(ValueError, match="reduction"):
+    loss(1.0, "max")
 
 
 def test_contrastive_gradient_vs_finite_differences():
@@ -280,7 +366,8 @@ def test_contrastive_gradient_vs_finite_differences():
         object_a=a, object_b=feats[1], background_a=feats[2],
         background_b=feats[3]))
     d_neg = (np.sum((np.asarray(feats[0]) - np.asarray(feats[2])) ** 2, -1) +
-             np.sum((np.asarray(feats[1]) - np.asarray(feats[3])) ** 2, -1)) / 5
+             np.sum((np.asarray(feats[1]) - np.asarray(feats[3])) ** 2, -1)
+             ) / (2 * 5)
     assert np.all(np.abs(d_neg - 2.0) > 1e-3)  # away from the hinge kink
     g = np.asarray(jax.jit(jax.grad(f))(feats[0]))
     for idx in [(0, 0), (1, 3), (2, 4)]:
@@ -296,6 +383,40 @@ def test_object_background_images():
   obj, bg = contrastive.object_background_images(images=img, masks=mask)
   np.testing.assert_allclose(obj + bg, img)
   np.testing.assert_allclose(obj[0, 1, 0], [0.125] * 3)
+
+
+def test_object_background_images_fill_the_mean_colour():
+  """Eq. 7 on normalised images: removed pixels become the fill colour, kept
+  pixels stay, and after normalisation (x - fill) / s the pair is exactly
+  M * x_n and (1 - M) * x_n."""
+  rng = np.random.default_rng(8)
+  img = rng.uniform(size=(2, 3, 4, 3))
+  mask = rng.uniform(size=(2, 3, 4, 1))
+  mask[0, 0, 0] = 0.0
+  mask[0, 0, 1] = 1.0
+  fill = np.array([0.485, 0.456, 0.406])
+  std = np.array([0.229, 0.224, 0.225])
+  obj, bg = map(np.asarray, contrastive.object_background_images(
+      images=_f32(img), masks=_f32(mask), fill=tuple(fill)))
+  np.testing.assert_allclose(obj[0, 0, 0], fill, rtol=1e-6)
+  np.testing.assert_allclose(bg[0, 0, 1], fill, rtol=1e-6)
+  np.testing.assert_allclose(obj[0, 0, 1], img[0, 0, 1], rtol=1e-6)
+  norm = lambda x: (x - fill) / std
+  np.testing.assert_allclose(norm(obj), mask * norm(img), atol=1e-5)
+  np.testing.assert_allclose(norm(bg), (1 - mask) * norm(img), atol=1e-5)
+
+
+def test_image_distance_reference_matches_numpy():
+  rng = np.random.default_rng(9)
+  f = rng.normal(size=(5, 7))
+  ref = np.mean([np.sum((f[i] - f[j]) ** 2) / 7
+                 for i in range(5) for j in range(5) if i != j])
+  out = jax.jit(contrastive.image_distance_reference)(_f32(f))
+  np.testing.assert_allclose(float(out), ref, rtol=1e-5)
+  assert float(contrastive.image_distance_reference(_f32(f[:1].repeat(3, 0)))
+               ) == pytest.approx(0.0, abs=1e-6)
+  with pytest.raises(ValueError, match="N >= 2"):
+    contrastive.image_distance_reference(_f32(f[:1]))
 
 
 # ------------------------------------------------------ cross consistency

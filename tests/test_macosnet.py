@@ -16,6 +16,7 @@ import pytest
 
 from configs import macosnet_base
 from configs import macosnet_tss
+from coseg_jax import backbones
 from coseg_jax import models
 from coseg_jax.losses import contrastive
 from coseg_jax.losses import matching
@@ -69,9 +70,16 @@ def test_resnet101_shapes_and_exact_param_counts():
   assert _count(p["affine_regressor"]) == conv_bn + 1600 * 6 + 6
   assert _count(p["tps_regressor"]) == conv_bn + 1600 * 18 + 18
   assert conv_bn + 1600 * 6 + 6 == 1_626_182
-  # Four bias-free transposed convs 1249->512->256->64->32 (+BN) and 1x1 head.
+  # Sec. 3.4: four blocks, each a bias-free transposed conv (1249->512->256
+  # ->64->32) and two bias-free 3x3 convs at the block's width, every layer
+  # with BN (scale, bias), and the 1x1 head.
+  widths = (512, 256, 64, 32)
   deconv = (1249 * 512 + 512 * 256 + 256 * 64 + 64 * 32) * 9
-  assert _count(p["decoder"]) == deconv + 2 * (512 + 256 + 64 + 32) + 33
+  convs = 2 * sum(9 * w * w for w in widths)
+  bn = 2 * 3 * sum(widths)
+  assert _count(p["decoder"]) == deconv + convs + bn + 33 == 13_096_545
+  assert sorted(k for k in p["decoder"] if k.startswith("conv")) == [
+      f"conv{i}_{j}" for i in range(1, 5) for j in (1, 2)]
   out = jax.eval_shape(lambda v, a: model.apply(v, a), variables, x)
   assert out.mask_logits.shape == (1, 2, 240, 240, 1)
   assert out.correlation.shape == (1, 6, 15, 15, 225)  # 3 images (rolled)
@@ -86,6 +94,173 @@ def test_small_grid_is_refused():
   with pytest.raises(ValueError, match="11 x 11"):
     jax.eval_shape(lambda a: model.init(jax.random.PRNGKey(0), a),
                    jax.ShapeDtypeStruct((1, 2, 160, 160, 3), jnp.float32))
+
+
+def test_lighter_decoder_option_has_the_deconvolutions_only():
+  x = jax.ShapeDtypeStruct((1, 2, 240, 240, 3), jnp.float32)
+  count = {}
+  for convs in (0, 1, 2):
+    model = macosnet.build_model(ml_collections.ConfigDict(
+        dict(backbone="resnet101", perceptual=None, decoder_convs=convs)),
+        "joint")
+    p = jax.eval_shape(lambda a, m=model: m.init(
+        {"params": jax.random.PRNGKey(0)}, a), x)["params"]
+    count[convs] = _count(p["decoder"])
+  deconv = (1249 * 512 + 512 * 256 + 256 * 64 + 64 * 32) * 9
+  assert count[0] == deconv + 2 * (512 + 256 + 64 + 32) + 33
+  per_conv = sum(9 * w * w + 2 * w for w in (512, 256, 64, 32))
+  assert count[1] - count[0] == count[2] - count[1] == per_conv
+
+
+@pytest.mark.parametrize("name", ["tiny", "resnet50", "efficientnet_lite0",
+                                  "vgg16"])
+def test_input_mean_is_what_the_backbone_maps_to_zero(name):
+  mean = np.asarray(backbones.input_mean(name))
+  x = jnp.broadcast_to(jnp.asarray(mean, jnp.float32), (1, 2, 2, 3))
+  z = backbones.input_normalizer(name)(x, jnp.float32)
+  np.testing.assert_allclose(z, 0.0, atol=1e-6)
+  assert mean.min() > 0.3 and mean.max() < 0.6
+
+
+def test_masked_image_is_the_mean_colour_where_the_mask_is_0():
+  """Eq. 7 on normalised images: where M = 0 the object image is the colour
+  F's normalisation maps to 0, so F sees exactly M * normalise(I); 'raw'
+  keeps our earlier black."""
+  images = _images(1, 2).reshape(2, SIZE, SIZE, 3)
+  masks = jnp.zeros((2, SIZE, SIZE, 1)).at[:, 40:120, 30:100].set(1.0)
+  masks = masks.at[:, 0, 0].set(0.3)
+  for f_name in ("tiny", "efficientnet_lite0"):
+    model = _tiny_model(perceptual=f_name)
+    assert model.apply({}, method=macosnet.MaCoSNet.perceptual_fill) == (
+        backbones.input_mean(f_name))
+    fill = jnp.asarray(backbones.input_mean(f_name))
+    obj, bg = contrastive.object_background_images(
+        images=images, masks=masks,
+        fill=model.apply({}, method=macosnet.MaCoSNet.perceptual_fill))
+    np.testing.assert_allclose(obj[:, 0, 1], np.broadcast_to(fill, (2, 3)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(bg[:, 50, 50], np.broadcast_to(fill, (2, 3)),
+                               rtol=1e-6)
+    norm = backbones.input_normalizer(f_name)
+    np.testing.assert_allclose(norm(obj, jnp.float32),
+                               masks * norm(images, jnp.float32), atol=2e-5)
+    np.testing.assert_allclose(norm(bg, jnp.float32),
+                               (1 - masks) * norm(images, jnp.float32),
+                               atol=2e-5)
+  raw = _tiny_model(perceptual_masking="raw")
+  assert raw.apply({}, method=macosnet.MaCoSNet.perceptual_fill) == (0, 0, 0)
+  # F inside the model receives those images: F(object image at M = 0)
+  # equals F of a blank mean-colour image.
+  model = _tiny_model()
+  x = images[None]
+  v = model.init({"params": jax.random.PRNGKey(1)}, x)
+  obj0, _ = model.apply(v, images, jnp.zeros_like(masks),
+                        method=macosnet.MaCoSNet.perceptual_features)
+  blank = jnp.broadcast_to(jnp.asarray(backbones.input_mean("tiny")),
+                           images.shape)
+  ref = model.apply(v, blank, method=macosnet.MaCoSNet._perceptual_net)
+  np.testing.assert_allclose(obj0, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_matching_mask_gradient_reaches_the_decoder_only_when_on():
+  """Eq. 4 trains D (its signature lists D): with matching_mask_grad the
+  matching term has a non-zero gradient w.r.t. the decoder's parameters;
+  stopped, exactly zero (it still trains G)."""
+  _, state, batch = _setup()
+  grads = {}
+  for on in (True, False):
+    model = _tiny_model(matching_mask_grad=on)
+
+    def term(params, model=model):
+      out = _outputs(model, state, batch, params)
+      return macosnet.compute_terms(out, ("matching",))["matching"]
+
+    grads[on] = jax.jit(jax.grad(term))(state.params)
+  top = lambda t: max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(t))
+  assert top(grads[True]["decoder"]) > 1e-6
+  assert top(grads[False]["decoder"]) == 0.0
+  for on in (True, False):
+    assert top(grads[on]["affine_regressor"]) > 0
+  # The regressors' gradient does not depend on the masks' gradient.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               grads[True]["tps_regressor"], grads[False]["tps_regressor"])
+
+
+def test_matching_term_is_eq4_per_pair():
+  """The matching term: for every ordered pair (i, j) one direction
+  weighted by M_j on j's grid, the two directions of a pair added (eq. 4),
+  averaged over the pairs and the two stages; the earlier form is the
+  per-position mean with M_i M_j."""
+  model, state, batch = _setup()
+  out = jax.jit(functools.partial(_outputs, model))(state, batch)
+  fm = out.feature_masks
+  vals_src, vals_prod = [], []
+  for n, (i, j) in enumerate(out.pairs):
+    for theta, kind in ((out.theta_affine[:, n], "affine"),
+                        (out.theta[:, n], "affine_tps")):
+      vals_src.append(matching.matching_loss(
+          correlation=out.correlation[:, n], theta=theta, kind=kind,
+          mask_b=fm[:, j], source_size=fm.shape[2:4]))
+      vals_prod.append(matching.matching_loss(
+          correlation=out.correlation[:, n], theta=theta, kind=kind,
+          mask_a=fm[:, i], mask_b=fm[:, j], normalize="grid"))
+  got = macosnet.compute_terms(out, ("matching",))["matching"]
+  np.testing.assert_allclose(float(got), 2 * np.mean(vals_src), rtol=1e-5)
+  old = out.replace(options=macosnet.LossOptions(
+      matching_masks="product", matching_normalize="grid"))
+  np.testing.assert_allclose(
+      float(macosnet.compute_terms(old, ("matching",))["matching"]),
+      np.mean(vals_prod), rtol=1e-5)
+
+
+def test_auto_margin_is_calibrated_on_the_first_batches():
+  """margin='auto': m = ratio x the mean over the first margin_batches
+  training batches of the mean squared F distance between different images
+  (per dimension); fixed afterwards, kept in batch_stats, 0 before any
+  batch; doubled for the 'sum' reduction."""
+  model = _tiny_model(margin="auto", margin_batches=2, margin_ratio=1.5)
+  assert model.margin_auto and model.options.margin is None
+  x0 = _images(2, 2, seed=4)
+  v = model.init({"params": jax.random.PRNGKey(0)}, x0)
+  assert float(model.apply(v, x0).margin) == 0.0
+  step = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+      mutable=["batch_stats"]))
+  whole = jax.jit(lambda v, x: model.apply(
+      v, x.reshape(-1, SIZE, SIZE, 3),
+      method=macosnet.MaCoSNet._perceptual_net))
+  refs, margins = [], []
+  for t in range(3):
+    x = _images(2, 2, seed=10 + t)
+    f = np.asarray(whole(v, x), np.float64)
+    n, c = f.shape
+    refs.append(np.mean([np.sum((f[a] - f[b]) ** 2) / c for a in range(n)
+                         for b in range(n) if a != b]))
+    out, upd = step(v, x)
+    v = {"params": v["params"], "batch_stats": upd["batch_stats"]}
+    margins.append(float(out.margin))
+  np.testing.assert_allclose(margins[0], 1.5 * refs[0], rtol=1e-4)
+  np.testing.assert_allclose(margins[1], 1.5 * np.mean(refs[:2]), rtol=1e-4)
+  assert margins[2] == margins[1]  # calibrated on 2 batches, then fixed
+  assert float(v["batch_stats"]["margin_ref_count"]) == 2.0
+  # The contrastive term uses it.
+  ob, bg = out.object_features, out.background_features
+  ref = contrastive.perceptual_contrastive_loss(
+      object_a=ob[:, 0], object_b=ob[:, 1], background_a=bg[:, 0],
+      background_b=bg[:, 1], margin=margins[1])
+  np.testing.assert_allclose(
+      float(macosnet.compute_terms(out, ("contrastive",))["contrastive"]),
+      float(ref), rtol=1e-5)
+  summed = _tiny_model(margin="auto", margin_batches=2, margin_ratio=1.5,
+                       contrastive_reduction="sum")
+  out_sum = summed.apply(v, x)
+  np.testing.assert_allclose(float(out_sum.margin), 2 * margins[1],
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="margin"):
+    _tiny_model(margin="large")
+  with pytest.raises(ValueError, match="matching_masks"):
+    _tiny_model(matching_masks="target")
 
 
 def test_untrained_predictor_is_identity_and_pairs_routed():
@@ -191,14 +366,15 @@ def _reference_terms(out):
   fm = out.feature_masks
   ref = {}
   vals = []
-  for n, (i, j) in enumerate(pairs):
+  for n, (_, j) in enumerate(pairs):
+    # Eq. 4: the grid image's mask only, plain sums, directions added.
     vals.append(matching.matching_loss(
         correlation=out.correlation[:, n], theta=out.theta_affine[:, n],
-        kind="affine", mask_a=fm[:, i], mask_b=fm[:, j]))
+        kind="affine", mask_b=fm[:, j], source_size=fm.shape[2:4]))
     vals.append(matching.matching_loss(
         correlation=out.correlation[:, n], theta=out.theta[:, n],
-        kind="affine_tps", mask_a=fm[:, i], mask_b=fm[:, j]))
-  ref["matching"] = np.mean(vals)
+        kind="affine_tps", mask_b=fm[:, j], source_size=fm.shape[2:4]))
+  ref["matching"] = 2 * np.mean(vals)
   ref["cycle"] = np.mean([matching.cycle_consistency_loss(
       points=out.points, theta_ab=th[(i, j)], theta_ba=th[(j, i)],
       kind="affine_tps") for i, j in pairs])
@@ -315,7 +491,7 @@ def test_zero_weight_removes_exactly_its_gradient():
     for name in TERMS:
       assert all(float(jnp.max(jnp.abs(g))) == 0.0
                  for g in jax.tree.leaves(per_term[name][k])), (k, name)
-  # Which parts each term trains (detached masks in the matching loss).
+  # Which parts each term trains.
   nonzero = lambda t: any(float(jnp.max(jnp.abs(g))) > 0
                           for g in jax.tree.leaves(t))
   assert nonzero(per_term["matching"]["affine_regressor"])
@@ -324,8 +500,8 @@ def test_zero_weight_removes_exactly_its_gradient():
   assert not nonzero(per_term["contrastive"]["tps_regressor"])
   assert nonzero(per_term["cross_consistency"]["decoder"])
   assert nonzero(per_term["cross_consistency"]["tps_regressor"])
-  # Detached masks: the matching loss trains G only, never D.
-  assert not nonzero(per_term["matching"]["decoder"])
+  # Eq. 4 trains D too: the masks' gradient is not stopped by default.
+  assert nonzero(per_term["matching"]["decoder"])
 
 
 class _frozen(dict):
@@ -460,7 +636,18 @@ def test_configs(name):
                                   "cross_consistency"))
   assert got == PAPER_WEIGHTS[name] and c.loss.matching == 1.0
   assert c.model.backbone == "resnet101" and c.model.num_points == 100
-  assert c.model.margin == 2.0 and c.model.phi == 1.0
+  assert c.model.margin == "auto" and c.model.phi == 1.0
+  # The paper's forms (eq. 4, 7, 10, Sec. 3.4) are the defaults.
+  assert (c.model.matching_masks, c.model.matching_normalize,
+          c.model.matching_mask_grad) == ("source", "none", True)
+  assert c.model.perceptual_masking == "normalized"
+  assert c.model.contrastive_reduction == "mean"
+  assert c.model.decoder_convs == 2
+  m = models.get_method(c.method).build_model(c.model)
+  assert m.margin_auto and m.options.margin is None
+  assert m.options == macosnet.LossOptions(margin=None)
+  # The encoder's ImageNet weights are required; runlocal trains without.
+  assert c.init.require_pretrained and c.init.backbone_subtree == "encoder"
   # G starts from the synthetic-warp pre-training stage.
   assert tuple(c.stages) == ("matcher_pretrain", "main")
   assert stages.stage_names(c) == ("matcher_pretrain", "main")
@@ -472,6 +659,7 @@ def test_configs(name):
   assert abl.init.pretrained.encoder.backbone == "efficientnet_lite0"
   r = mod.get_config("runlocal")
   assert r.model.backbone == "tiny" and r.data.image_size == SIZE
+  assert not r.init.require_pretrained
   assert r.matcher_pretrain.data.name == "synthetic"
   with pytest.raises(ValueError, match=rf"configs/{name}\.py.*'bogus'"):
     mod.get_config("bogus")

@@ -58,7 +58,8 @@ def test_contrastive_has_d_plus_zero_at_empty_masks_and_symmetric_d_minus():
   loss0 = contrastive.perceptual_contrastive_loss(
       object_a=obj0[:1], object_b=obj0[1:], background_a=bg0[:1],
       background_b=bg0[1:])
+  # Eq. 10: the two figure-ground distances / 2c.
   np.testing.assert_allclose(float(loss0),
-                             max(0.0, 2.0 - _distances(obj0, bg0)[1]),
+                             max(0.0, 2.0 - 0.5 * _distances(obj0, bg0)[1]),
                              rtol=1e-6)
 

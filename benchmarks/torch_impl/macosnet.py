@@ -6,10 +6,11 @@ parameter tree, so the parameter counts match exactly: frozen encoder E
 (torchvision-layout ResNet truncated at ``feature_level``, or the tiny test
 CNN), the affine and TPS regressors G (conv7x7 VALID + BN + ReLU, conv5x5
 VALID + BN + ReLU, linear 64 (h-10)(w-10) -> 6 / 18, flattened in the Flax
-h, w, c order), the mask decoder D (four k3 s2 p1 output_padding-1
-transposed convs + BN + ReLU with additive skips from 'stride8', 'stride4',
-'stride2', bilinear resizes where sizes differ, 1x1 logit) and the frozen
-perceptual network F (headless).
+h, w, c order), the mask decoder D (four blocks: a k3 s2 p1 output_padding-1
+transposed conv + BN + ReLU, the additive skip from 'stride8', 'stride4',
+'stride2' with bilinear resizes where sizes differ, then ``decoder_convs``
+3x3 convs + BN + ReLU; 1x1 logit) and the frozen perceptual network F
+(headless).
 
 ``infer`` computes what the JAX inference benchmark computes after XLA's
 dead-code elimination: encoder, the stage-1 correlation of the partner
@@ -77,14 +78,20 @@ class FeatureRegressor(nn.Module):
 
 class MaskDecoder(nn.Module):
 
-  def __init__(self, cin: int, widths: Sequence[int]):
+  def __init__(self, cin: int, widths: Sequence[int],
+               convs_per_block: int = 2):
     super().__init__()
     self.widths = tuple(widths)
+    self.convs_per_block = convs_per_block
     c = cin
     for i, w in enumerate(self.widths):
       setattr(self, f"deconv{i + 1}", nn.ConvTranspose2d(
           c, w, 3, 2, 1, output_padding=1, bias=False))
       setattr(self, f"bn{i + 1}", blocks.bn(w))
+      for j in range(convs_per_block):
+        setattr(self, f"conv{i + 1}_{j + 1}",
+                nn.Conv2d(w, w, 3, padding=1, bias=False))
+        setattr(self, f"bn{i + 1}_{j + 1}", blocks.bn(w))
       c = w
     self.logit = nn.Conv2d(c, 1, 1)
 
@@ -93,6 +100,9 @@ class MaskDecoder(nn.Module):
       x = F.relu(getattr(self, f"bn{i + 1}")(getattr(self, f"deconv{i + 1}")(x)))
       if i < len(skips):
         x = blocks.bilinear(x, skips[i].shape[-2:]) + skips[i].to(x.dtype)
+      for j in range(self.convs_per_block):
+        x = F.relu(getattr(self, f"bn{i + 1}_{j + 1}")(
+            getattr(self, f"conv{i + 1}_{j + 1}")(x)))
     x = blocks.bilinear(x, output_size)
     with torch.autocast(device_type=x.device.type, enabled=False):
       return self.logit(x.float())
@@ -104,8 +114,8 @@ class MaCoSNet(nn.Module):
   def __init__(self, backbone: str = "resnet101",
                feature_level: str = "stride16",
                perceptual: str = "efficientnet_lite0",
-               decoder_final_width: int = 32, image_size: int = 240,
-               **unused: Any):
+               decoder_final_width: int = 32, decoder_convs: int = 2,
+               margin: Any = 2.0, image_size: int = 240, **unused: Any):
     super().__init__()
     self.encoder, widths, self._normalize = make_encoder(backbone,
                                                          feature_level)
@@ -119,7 +129,12 @@ class MaCoSNet(nn.Module):
     self.skip_levels = ("stride8", "stride4", "stride2")
     self.decoder = MaskDecoder(
         widths[feature_level] + g * g,
-        tuple(widths[s] for s in self.skip_levels) + (decoder_final_width,))
+        tuple(widths[s] for s in self.skip_levels) + (decoder_final_width,),
+        decoder_convs)
+    if perceptual and margin == "auto":
+      # The calibrated margin's running statistics (Flax 'batch_stats').
+      self.register_buffer("margin_ref_sum", torch.zeros(()))
+      self.register_buffer("margin_ref_count", torch.zeros(()))
     if perceptual:
       self.perceptual_net, _, _ = _coatt.make_backbone(perceptual)
       for p in self.perceptual_net.parameters():
@@ -146,7 +161,8 @@ class MaCoSNet(nn.Module):
 
 def build_model(model_config, image_size: int = None) -> MaCoSNet:
   cfg = dict(model_config)
-  keep = ("backbone", "feature_level", "perceptual", "decoder_final_width")
+  keep = ("backbone", "feature_level", "perceptual", "decoder_final_width",
+          "decoder_convs", "margin")
   kwargs = {k: cfg[k] for k in keep if k in cfg}
   if image_size is not None:
     kwargs["image_size"] = image_size

@@ -1,6 +1,6 @@
 """MaCoSNet semantic-matching losses (Chen et al., "Show, Match and Segment").
 
-Equation numbers follow the TPAMI paper as summarised in DESIGN.md. Geometry
+Equation numbers follow the TPAMI paper (Sec. 3.2). Geometry
 conventions are CNNGeo's (see ``coseg_jax.nn.geometry``): ``theta_ab`` warps
 image A onto image B, so its point map T_AB takes a point of B's frame to its
 match in A's frame (pull direction, exactly what the sampling grid does).
@@ -18,19 +18,30 @@ image I_k(z) = [dist(z, p_k) <= phi] over A's integer grid positions z is read
 at T_AB(q) with bilinear interpolation (zeros outside A), so
 m(q, k) = sum_z w_bilinear(T_AB(q), z) I_k(z), which equals the hard rule at
 grid points and moves smoothly in between. ``distance='chebyshev'`` with phi=1
-reproduces weakalign's 3x3 dilation; 'euclidean' is also offered. Eq. 3, the
-foreground-guided score weights each pair by the masks of both images
-(foreground in both):
+reproduces weakalign's 3x3 dilation; 'euclidean' is also offered.
 
-  s_AB = 1/(h_b w_b) sum_{q,k} M_B(q) M_A(k) m(q, k) S(q, k),
+Eq. 3-4 in this layout. The paper sums, for each point p of the grid that
+T_AB is evaluated at, the inlier scores s(p) = sum_k m(p, k) S(p, k) over
+the other image's positions, and weights each point by ONE mask, that of the
+image p belongs to:
 
-and eq. 4 is L = -mean_batch(s_AB); MaCoSNet averages the A->B and B->A terms
-and the affine and affine+TPS stages, which the caller does by calling this
-once per (direction, stage). Normalising by the fixed grid size h_b w_b (rather
-than by the mask area) is our choice: it keeps the score a fixed multiple of
-weakalign's unnormalised inlier score and gives no incentive to shrink masks
-to a few confident pixels. Pass ``mask_a=mask_b=None`` for weakalign's plain
-score (all ones); the correspondence mask has no ``offset_factor`` rescaling.
+  L_matching = -( sum_{p in P_A} s_A(p) M_A(p) + sum_{q in P_B} s_B(q) M_B(q) ).
+
+With CNNGeo's pull maps the grid T_AB is evaluated at is B's (the spatial
+axes of S), so one direction of the paper is, per batch element,
+
+  score = sum_{q in B's grid} M_B(q) sum_k m(q, k) S(q, k)     (``mask_b``)
+
+and the pair (theta_ba, S_BA) gives the other, weighted by M_A. ``mask_a``
+additionally weights each k by A's mask (the product M_B(q) M_A(k), our
+earlier form; not in eq. 4). ``normalize`` divides the score: 'none' (eq. 4's
+plain sum), 'grid' (by h_b w_b: the per-position mean, our earlier form) or
+'inliers' (by sum_{q,k} m(q, k), the authors' code's
+``normalize_inlier_count``). The loss of one direction is -mean_batch(score);
+MaCoSNet sums the two directions (eq. 4) and averages the affine and
+affine+TPS stages, which the caller does by calling this once per
+(direction, stage). Pass ``mask_a=mask_b=None`` for weakalign's plain score
+(all ones); the correspondence mask has no ``offset_factor`` rescaling.
 
 **Forward-backward consistency (eq. 5), :func:`cycle_consistency_loss`.**
 L = mean_{n, p} || T_BA(T_AB(p)) - p ||_2^2 over sampled points p
@@ -112,13 +123,17 @@ def _flatten_column_major(mask: jax.Array) -> jax.Array:
   return jnp.swapaxes(mask[..., 0], 1, 2).reshape(mask.shape[0], -1)
 
 
+NORMALIZE = ("none", "grid", "inliers")
+
+
 @register_loss("macos_matching")
 def matching_loss(*, correlation: jax.Array, theta: jax.Array, kind: str,
                   mask_a: Optional[jax.Array] = None,
                   mask_b: Optional[jax.Array] = None, phi: float = 1.0,
                   distance: str = "chebyshev",
-                  source_size: Optional[Sequence[int]] = None) -> jax.Array:
-  """Foreground-guided matching loss (eq. 2-4), one direction A -> B.
+                  source_size: Optional[Sequence[int]] = None,
+                  normalize: str = "none") -> jax.Array:
+  """Foreground-guided matching loss (eq. 2-4), one direction.
 
   Args:
     correlation: [B, h_b, w_b, h_a*w_a] from ``feature_correlation(
@@ -126,20 +141,26 @@ def matching_loss(*, correlation: jax.Array, theta: jax.Array, kind: str,
     theta: [B, D] warping A onto B (T_AB: B's frame -> A's frame).
     kind: 'affine', 'tps' or 'affine_tps'.
     mask_a: [B, h_a, w_a, 1] foreground of A at feature resolution, in [0, 1]
-      (None: all ones).
-    mask_b: [B, h_b, w_b, 1] foreground of B (None: all ones).
+      (None: all ones). Not part of eq. 4 (module docstring).
+    mask_b: [B, h_b, w_b, 1] foreground of B, the image whose grid points the
+      score sums over: eq. 4's mask of this direction (None: all ones).
     phi: inlier threshold in A's feature-grid cells.
     distance: 'chebyshev' or 'euclidean'.
     source_size: (h_a, w_a); taken from ``mask_a`` when given, else assumed
       square.
+    normalize: 'none' (eq. 4), 'grid' (/ h_b w_b) or 'inliers'
+      (/ sum of the correspondence mask).
 
   Returns:
-    Scalar loss -mean_n s_AB (lower is better).
+    Scalar loss -mean_n score (lower is better).
   """
   if correlation.ndim != 4:
     raise ValueError(f"correlation must be [B, h_b, w_b, h_a*w_a], got "
                      f"{correlation.shape}")
-  batch, h_b, w_b, n_a = correlation.shape
+  if normalize not in NORMALIZE:
+    raise ValueError(f"normalize must be one of {NORMALIZE}, got "
+                     f"{normalize!r}")
+  _, h_b, w_b, n_a = correlation.shape
   if source_size is not None:
     h_a, w_a = source_size
   elif mask_a is not None:
@@ -162,7 +183,12 @@ def matching_loss(*, correlation: jax.Array, theta: jax.Array, kind: str,
     weight = weight * _flatten_column_major(mask_a)[:, None, None, :]
   if mask_b is not None:
     weight = weight * mask_b
-  score = jnp.sum(weight, axis=(1, 2, 3)) / (h_b * w_b)
+  score = jnp.sum(weight, axis=(1, 2, 3))
+  if normalize == "grid":
+    score = score / (h_b * w_b)
+  elif normalize == "inliers":
+    # The authors' code adds 1e-5 per entry of the mask before summing.
+    score = score / jnp.sum(m + 1e-5, axis=(1, 2, 3))
   return -jnp.mean(score)
 
 

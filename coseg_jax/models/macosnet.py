@@ -28,24 +28,35 @@ ResNet-101):
   (``coseg_jax.nn.geometry`` conventions). G runs for every ordered pair of a
   group, so both T_AB and T_BA exist.
 * Decoder D (:class:`MaskDecoder`): on [features_k ; correlation(partner ->
-  k)] (1024 + 225 = 1249 ch), four transposed convs (k3, s2, p1,
-  output_padding 1 = lax padding (1, 2)) each + BN + ReLU, with additive skips
-  from the encoder's 'stride8' (layer2), 'stride4' (layer1) and 'stride2'
-  (stem) levels after the first three; then a 1x1 conv to one logit (float32)
-  at input resolution. The partner of image k is image (k + 1) mod K.
+  k)] (1024 + 225 = 1249 ch), four blocks (Sec. 3.4), each a transposed
+  conv (k3, s2, p1, output_padding 1 = lax padding (1, 2)) + BN + ReLU, the
+  additive skip from the encoder's 'stride8' (layer2), 'stride4' (layer1) or
+  'stride2' (stem) level (blocks 1-3), then ``decoder_convs`` (paper: 2)
+  3x3 convs + BN + ReLU; a 1x1 conv to one logit (float32) at input
+  resolution. The partner of image k is image (k + 1) mod K.
 * Perceptual network F (``perceptual``, Lite0 with its real ImageNet weights
-  here, ResNet-50 in the paper): frozen like E; applied to M*I and (1-M)*I;
-  its ``pooled`` vector (1280-d) enters the contrastive loss.
+  here, ResNet-50 in the paper): frozen like E; applied to the object and
+  background images of eq. 7, which blank removed pixels to the colour F's
+  input normalisation maps to 0 (``perceptual_masking='normalized'``: the
+  paper multiplies the normalised image; 'raw' multiplies the [0, 1] image,
+  black); its ``pooled`` vector (1280-d) enters the contrastive loss.
 
 **Losses** (``loss_fn``; weights from ``config.loss``; the pure functions of
 ``coseg_jax.losses.matching`` / ``contrastive``):
 
 * ``matching`` (eq. 2-4): foreground-guided inlier score for every ordered
   pair and both stages (affine, affine+TPS on the stage-1 correlation, as
-  weakalign's composed inlier score), averaged. The masks are sigmoid(logits)
-  resized to the feature grid; ``matching_mask_grad=False`` (default) stops
-  their gradient here so that the masks are trained by the co-segmentation
-  losses, not by "where the correlation is high" (the paper leaves this open).
+  weakalign's composed inlier score), averaged over pairs and stages. The
+  masks are sigmoid(logits) resized to the feature grid. Paper forms
+  (defaults): one mask per direction, the mask of the image whose grid the
+  point map is evaluated on (``matching_masks='source'``; 'product' weights
+  by M_A M_B, our earlier form); eq. 4's plain sums over grid positions with
+  the two directions of a pair added (``matching_normalize='none'``; 'grid'
+  averages over positions and directions, our earlier form; 'inliers'
+  divides by the inlier count, the authors' code); and the mask gradient
+  reaches D, which eq. 4 lists among the networks the loss trains
+  (``matching_mask_grad=True``; False stops it, the masks then being
+  trained by the co-segmentation losses only).
 * ``cycle`` (eq. 5): ||T_ji(T_ij(p)) - p||^2 over every ordered pair, on 100
   random points (``num_points``) drawn per step from the 'dropout' rng.
 * ``transitivity`` (eq. 6): on the triplet (0, 1, 2) of each group. With
@@ -56,7 +67,32 @@ ResNet-101):
   in the frame it accepts (1 -> 0 -> 2 -> 1 and 2 -> 0 -> 1 -> 2 with pull
   maps), which is the paper's A -> B -> C -> A cycle written with CNNGeo's
   backward maps.
-* ``contrastive`` (eq. 8-10, m = 2): every unordered pair of the group.
+* ``contrastive`` (eq. 8-10): every unordered pair of the group, d- with
+  eq. 10's 1/(2c) (``contrastive_reduction='mean'``; 'sum' is the authors'
+  code's 1/c). Margin m: the paper's m = 2 is set for its F (ResNet-50,
+  c = 2048); with Lite0 F the figure-ground distances are an order of
+  magnitude smaller (below), so m = 2 never lets the hinge switch off, which
+  eq. 10's cut-off exists for. ``margin`` is a number, or 'auto': the
+  stated calibration rule m = ``margin_ratio`` x the mean per-dimension
+  squared distance between F's features of two different training images
+  (``contrastive.image_distance_reference``), averaged over the first
+  ``margin_batches`` training batches and then fixed
+  (:meth:`MaCoSNet.calibrated_margin`). The rule reads eq. 10's cut-off as
+  "stop pushing figure and ground apart once F finds them as different as
+  two different photographs"; it uses only the images (weak supervision)
+  and F. Measured with Lite0 on 80 PASCAL-VOC co-segmentation images (4
+  per class) at 240 px, mean-colour masking, per image and dimension:
+  different images 0.177, the ground-truth figure vs ground 0.154 (10-90%:
+  0.10-0.20), a centred box 0.123, the whole image vs blank 0.120, and 0 for
+  the uniform masks an untrained D gives (M = 0.5 makes I^o = I^b), which is
+  why the rule does not read d- itself at initialisation. Lite2's distances
+  are 26% larger (0.223 between images, 0.186 ground truth) while the
+  ground-truth-to-reference ratio stays put (0.87 Lite0, 0.83 Lite2): the
+  rule follows F's scale. With ratio 1 the hinge is off for 23% of
+  same-class pairs under ground-truth masks (Lite2: 14%) and on for the
+  rest, as the paper's Fig. 9 implies it was for its F at m = 2 (m = 2
+  beats 5 and 10, which would train identically if the hinge never
+  switched off).
 * ``cross_consistency`` (eq. 11-12): every unordered pair, with theta_ij and
   theta_ji ('affine_tps').
 * ``grid`` (synthetic pre-training only, ``mode='pretrain'``): CNNGeo's
@@ -76,8 +112,8 @@ model, which starts from the pre-trained checkpoint via
 ``config.init.from_checkpoint`` (shared keys copied).
 
 Loss options (``phi``, ``distance``, ``margin``, ...) travel as static fields
-of the output so that the registry's ``loss_fn(outputs, batch, loss_config)``
-contract is kept.
+of the output (the calibrated margin as an array field) so that the
+registry's ``loss_fn(outputs, batch, loss_config)`` contract is kept.
 """
 
 import functools
@@ -112,13 +148,25 @@ SYNTHETIC_DEFAULTS = dict(rotation=np.pi / 12, shear=np.pi / 6, scale=0.25,
                           translation=0.25, tps=0.4, kind="affine_tps")
 
 
+MATCHING_MASKS = ("source", "product")
+MATCHING_NORMALIZE = matching.NORMALIZE
+PERCEPTUAL_MASKING = ("normalized", "raw")
+
+
 @flax.struct.dataclass
 class LossOptions:
-  """Static loss hyperparameters (from ``config.model``)."""
+  """Static loss hyperparameters (from ``config.model``).
+
+  ``margin`` None: the margin is calibrated by the model (``margin='auto'``)
+  and travels in :attr:`MaCoSNetOutput.margin`.
+  """
   phi: float = 1.0
   distance: str = "chebyshev"
-  margin: float = 2.0
-  matching_mask_grad: bool = False
+  margin: Optional[float] = 2.0
+  contrastive_reduction: str = "mean"
+  matching_masks: str = "source"
+  matching_normalize: str = "none"
+  matching_mask_grad: bool = True
   cross_ignore_outside: bool = False
   cross_stop_gradient: bool = False
   affine_grid_weight: float = 1.0
@@ -141,6 +189,8 @@ class MaCoSNetOutput:
     background_features: [B, K, c] float32 F((1 - M) * I), or None.
     points: [B, N, 2] normalised points for the cycle/transitivity losses.
     synthetic_theta: [B, K, 24] ground-truth warp in pretrain mode, else None.
+    margin: float32 scalar, the calibrated eq. 10 margin (``margin='auto'``),
+      else None (``options.margin`` applies).
     pairs: static tuple of the P ordered pairs (i, j).
     triplet: static (0, 1, 2) when a transitivity triplet exists, else None.
     num_images: static K (images with masks).
@@ -155,6 +205,7 @@ class MaCoSNetOutput:
   object_features: Optional[jax.Array] = None
   background_features: Optional[jax.Array] = None
   synthetic_theta: Optional[jax.Array] = None
+  margin: Optional[jax.Array] = None
   pairs: Tuple[Tuple[int, int], ...] = flax.struct.field(pytree_node=False,
                                                          default=())
   triplet: Optional[Tuple[int, int, int]] = flax.struct.field(
@@ -205,16 +256,26 @@ class FeatureRegressor(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-  """MaCoSNet's decoder D: four x2 transposed convs with additive skips.
+  """MaCoSNet's decoder D: four x2 blocks with additive encoder skips.
+
+  Block i: a transposed conv (k3, s2, p1, output_padding 1: exactly x2) +
+  BN + ReLU; the encoder skip of that resolution added (blocks 1-3); then
+  ``convs_per_block`` 3x3 convs + BN + ReLU at the block's width. Sec. 3.4:
+  "four blocks, each of which contains one deconvolutional layer and two
+  convolutional layers", with skip connections between the blocks of E and
+  D (the paper's default, ``convs_per_block=2``; 0 is our earlier, lighter
+  decoder). A 1x1 conv gives the logit.
 
   Attributes:
-    widths: channels of the four transposed convs; the first three must equal
-      the channels of the skip levels they are added to.
-    skip_levels: encoder levels added after deconvs 1-3.
+    widths: channels of the four blocks; the first three must equal the
+      channels of the skip levels they are added to.
+    skip_levels: encoder levels added in blocks 1-3.
+    convs_per_block: 3x3 conv layers after each deconvolution.
     dtype: computation dtype.
   """
   widths: Sequence[int]
   skip_levels: Sequence[str] = ("stride8", "stride4", "stride2")
+  convs_per_block: int = 2
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -241,6 +302,10 @@ class MaskDecoder(nn.Module):
           x = jax.image.resize(x, x.shape[:1] + s.shape[1:3] + x.shape[3:],
                                "bilinear")
         x = x + s
+      for j in range(self.convs_per_block):
+        x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                    dtype=self.dtype, name=f"conv{i + 1}_{j + 1}")(x)
+        x = nn.relu(bn(name=f"bn{i + 1}_{j + 1}")(x))
     if tuple(x.shape[1:3]) != tuple(output_size):
       x = jax.image.resize(x, (x.shape[0],) + tuple(output_size) +
                            (x.shape[-1],), "bilinear")
@@ -313,6 +378,11 @@ class MaCoSNet(nn.Module):
   triplets: str = "batch_roll"
   residual_theta: bool = True
   decoder_final_width: int = 32
+  decoder_convs: int = 2
+  perceptual_masking: str = "normalized"
+  margin_auto: bool = False
+  margin_ratio: float = 1.0
+  margin_batches: int = 10
   num_points: int = 100
   synthetic: Optional[Mapping[str, Any]] = None
   options: LossOptions = LossOptions()
@@ -327,6 +397,10 @@ class MaCoSNet(nn.Module):
     if self.stage2_input not in ("image", "features"):
       raise ValueError(f"stage2_input must be 'image' or 'features', got "
                        f"{self.stage2_input!r}")
+    if self.perceptual_masking not in PERCEPTUAL_MASKING:
+      raise ValueError(f"perceptual_masking must be one of "
+                       f"{PERCEPTUAL_MASKING}, got "
+                       f"{self.perceptual_masking!r}")
     kwargs = dict(self.backbone_kwargs or {})
     kwargs.setdefault("truncate_at", self.feature_level)
     self.encoder = backbones.get_backbone(self.backbone, dtype=self.dtype,
@@ -369,20 +443,79 @@ class MaCoSNet(nn.Module):
     theta_tps = self.tps_regressor(corr2, train)
     return jnp.concatenate([theta_aff, theta_tps], axis=-1), theta_aff, corr
 
-  def perceptual_features(self, images, probs):
-    """F on object and background images: two [N, c] float32 arrays."""
-    obj = images * probs
-    bg = images * (1.0 - probs)
-    x = jnp.concatenate([obj, bg], axis=0)
+  def perceptual_fill(self) -> Tuple[float, float, float]:
+    """Colour of removed pixels in eq. 7's object / background images: the
+    colour F's normalisation maps to 0 ('normalized', the paper's product on
+    normalised images), or black ('raw')."""
+    if self.perceptual_masking == "raw":
+      return (0.0, 0.0, 0.0)
+    return backbones.input_mean(self.perceptual)
+
+  def _perceptual_net(self, x):
+    """Frozen F (float32 pooled vectors [N, c]) on images [N, H, W, 3]."""
     if self.perceptual_size:
       s = int(self.perceptual_size)
       x = jax.image.resize(x, (x.shape[0], s, s, 3), "bilinear")
     frozen = nn.map_variables(_frozen_apply, "params",
                               trans_in_fn=jax.lax.stop_gradient,
                               init=self.is_initializing())
-    pooled = frozen(self.perceptual_net, x).pooled.astype(jnp.float32)
+    return frozen(self.perceptual_net, x).pooled.astype(jnp.float32)
+
+  def perceptual_features(self, images, probs, whole: bool = False):
+    """F on the object and background images of eq. 7.
+
+    Args:
+      images: [N, H, W, 3] in [0, 1].
+      probs: [N, H, W, 1] masks in [0, 1].
+      whole: also return F of the images themselves.
+
+    Returns:
+      (F(I^o), F(I^b)), each [N, c] float32, and F(I) with ``whole``.
+    """
+    obj, bg = contrastive.object_background_images(
+        images=images, masks=probs, fill=self.perceptual_fill())
+    parts = [obj, bg] + ([images] if whole else [])
+    pooled = self._perceptual_net(jnp.concatenate(parts, axis=0))
     n = images.shape[0]
-    return pooled[:n], pooled[n:]
+    out = tuple(pooled[i * n:(i + 1) * n] for i in range(len(parts)))
+    return out
+
+  def calibrated_margin(self, whole_features: Optional[jax.Array],
+                        train: bool) -> jax.Array:
+    """Eq. 10's margin from F's scale on the training data (``margin_auto``).
+
+    m = margin_ratio x (mean over the first ``margin_batches`` training
+    batches of ``contrastive.image_distance_reference(F(I))``), doubled for
+    ``contrastive_reduction='sum'``. The running sum and count live in
+    'batch_stats' (``margin_ref_sum``, ``margin_ref_count``), so they are
+    checkpointed and frozen once the count is reached.
+
+    Args:
+      whole_features: [N, c] F of the batch's images (train mode), or None.
+      train: update the running mean (only while it has fewer than
+        ``margin_batches`` batches, never at init).
+
+    Returns:
+      float32 scalar margin (0 before any training batch).
+
+    With 'auto' the model runs F on the whole images at every training step
+    (one more pass of the frozen F, small next to E; the value is only
+    read while the count is below ``margin_batches``).
+    """
+    total = self.variable("batch_stats", "margin_ref_sum",
+                          lambda: jnp.zeros((), jnp.float32))
+    count = self.variable("batch_stats", "margin_ref_count",
+                          lambda: jnp.zeros((), jnp.float32))
+    if (train and whole_features is not None and
+        not self.is_initializing()):
+      d = jax.lax.stop_gradient(
+          contrastive.image_distance_reference(whole_features))
+      take = count.value < self.margin_batches
+      total.value = total.value + jnp.where(take, d, 0.0)
+      count.value = count.value + jnp.where(take, 1.0, 0.0)
+    scale = 2.0 if self.options.contrastive_reduction == "sum" else 1.0
+    return (self.margin_ratio * scale * total.value /
+            jnp.maximum(count.value, 1.0))
 
   def _points(self, batch):
     key = (self.make_rng("dropout") if self.has_rng("dropout") else
@@ -441,6 +574,7 @@ class MaCoSNet(nn.Module):
     widths = tuple(skips[n].shape[-1] for n in skip_levels) + (
         self.decoder_final_width,)
     logits = MaskDecoder(widths=widths, skip_levels=skip_levels,
+                         convs_per_block=self.decoder_convs,
                          dtype=self.dtype, name="decoder")(
                              x.reshape((b * k,) + x.shape[2:]), skips, (h, w),
                              train)
@@ -451,17 +585,22 @@ class MaCoSNet(nn.Module):
                               b, k, fh, fw, 1)
     if kk > k:
       fm = jnp.concatenate([fm, jnp.roll(fm[:, :1], -1, axis=0)], axis=1)
-    obj = bg = None
+    obj = bg = margin = None
     if self.perceptual:
-      obj, bg = self.perceptual_features(images.reshape(b * k, h, w, 3),
-                                         probs.reshape(b * k, h, w, 1))
-      obj = obj.reshape(b, k, -1)
-      bg = bg.reshape(b, k, -1)
+      auto = self.margin_auto and train
+      feats_f = self.perceptual_features(images.reshape(b * k, h, w, 3),
+                                         probs.reshape(b * k, h, w, 1),
+                                         whole=auto)
+      obj = feats_f[0].reshape(b, k, -1)
+      bg = feats_f[1].reshape(b, k, -1)
+      if self.margin_auto:
+        margin = self.calibrated_margin(feats_f[2] if auto else None, train)
     return MaCoSNetOutput(
         mask_logits=logits, theta=theta, theta_affine=theta_aff,
         points=self._points(b), correlation=corr.astype(jnp.float32),
         feature_masks=fm, object_features=obj, background_features=bg,
-        pairs=pairs, triplet=triplet, num_images=k, options=self.options)
+        margin=margin, pairs=pairs, triplet=triplet, num_images=k,
+        options=self.options)
 
   def _pretrain(self, images, train):
     """Synthetic pairs (I, warp(I, theta_gt)) from every image of the batch."""
@@ -534,13 +673,20 @@ def compute_terms(outputs: MaCoSNetOutput, names: Sequence[str]):
       fm = jax.lax.stop_gradient(fm)
     vals = []
     for n, (i, j) in enumerate(pairs):
+      # Pair (i, j): theta warps i onto j, so its point map is evaluated on
+      # j's grid (the correlation's spatial axes): eq. 4 weights this
+      # direction by M_j; 'product' also weights i's positions by M_i.
+      mask_a = fm[:, i] if o.matching_masks == "product" else None
       for theta, kind in ((outputs.theta_affine[:, n], "affine"),
                           (outputs.theta[:, n], KIND)):
         vals.append(matching.matching_loss(
             correlation=outputs.correlation[:, n], theta=theta, kind=kind,
-            mask_a=fm[:, i], mask_b=fm[:, j], phi=o.phi,
-            distance=o.distance))
-    terms["matching"] = jnp.mean(jnp.stack(vals))
+            mask_a=mask_a, mask_b=fm[:, j], phi=o.phi, distance=o.distance,
+            source_size=fm.shape[2:4], normalize=o.matching_normalize))
+    # Mean over ordered pairs and the two stages; eq. 4 adds the two
+    # directions of a pair ('none'), the averaged forms average them.
+    directions = 2.0 if o.matching_normalize == "none" else 1.0
+    terms["matching"] = directions * jnp.mean(jnp.stack(vals))
   if "cycle" in names:
     terms["cycle"] = jnp.mean(jnp.stack([
         matching.cycle_consistency_loss(points=outputs.points,
@@ -564,10 +710,15 @@ def compute_terms(outputs: MaCoSNetOutput, names: Sequence[str]):
     if outputs.object_features is None:
       raise ValueError("the contrastive loss needs config.model.perceptual")
     ob, bg = outputs.object_features, outputs.background_features
+    margin = o.margin if outputs.margin is None else outputs.margin
+    if margin is None:
+      raise ValueError("margin='auto' needs the calibrated margin of the "
+                       "model output (MaCoSNet with margin_auto)")
     terms["contrastive"] = jnp.mean(jnp.stack([
         contrastive.perceptual_contrastive_loss(
             object_a=ob[:, i], object_b=ob[:, j], background_a=bg[:, i],
-            background_b=bg[:, j], margin=o.margin) for i, j in upairs]))
+            background_b=bg[:, j], margin=margin,
+            reduction=o.contrastive_reduction) for i, j in upairs]))
   if "cross_consistency" in names:
     lg = outputs.mask_logits
     terms["cross_consistency"] = jnp.mean(jnp.stack([
@@ -699,16 +850,40 @@ def keypoint_pck(*, theta: jax.Array, points_a: jax.Array,
 # Registry.
 
 
+def _margin(value) -> Optional[float]:
+  """config.model.margin: a number, or 'auto' (None: calibrated)."""
+  if isinstance(value, str):
+    if value != "auto":
+      raise ValueError(f"config.model.margin must be a number or 'auto', got "
+                       f"{value!r}")
+    return None
+  return float(value)
+
+
+def _choice(get, name, default, choices):
+  value = get(name, default)
+  if value not in choices:
+    raise ValueError(f"config.model.{name} must be one of {tuple(choices)}, "
+                     f"got {value!r}")
+  return value
+
+
 def build_model(model_config: ml_collections.ConfigDict,
                 mode: Optional[str] = None) -> MaCoSNet:
   """Builds :class:`MaCoSNet` from ``config.model`` (fields as its attributes,
-  plus the loss options phi, distance, margin, matching_mask_grad,
-  cross_ignore_outside, cross_stop_gradient, affine_grid_weight)."""
+  plus the loss options of :class:`LossOptions`; ``margin`` is a number or
+  'auto', which sets ``margin_auto``). Defaults are the paper's forms."""
   get = model_config.get
+  margin = _margin(get("margin", 2.0))
   options = LossOptions(
       phi=float(get("phi", 1.0)), distance=get("distance", "chebyshev"),
-      margin=float(get("margin", 2.0)),
-      matching_mask_grad=bool(get("matching_mask_grad", False)),
+      margin=margin,
+      contrastive_reduction=_choice(get, "contrastive_reduction", "mean",
+                                    contrastive.REDUCTIONS),
+      matching_masks=_choice(get, "matching_masks", "source", MATCHING_MASKS),
+      matching_normalize=_choice(get, "matching_normalize", "none",
+                                 MATCHING_NORMALIZE),
+      matching_mask_grad=bool(get("matching_mask_grad", True)),
       cross_ignore_outside=bool(get("cross_ignore_outside", False)),
       cross_stop_gradient=bool(get("cross_stop_gradient", False)),
       affine_grid_weight=float(get("affine_grid_weight", 1.0)))
@@ -726,6 +901,12 @@ def build_model(model_config: ml_collections.ConfigDict,
       triplets=get("triplets", "batch_roll"),
       residual_theta=bool(get("residual_theta", True)),
       decoder_final_width=int(get("decoder_final_width", 32)),
+      decoder_convs=int(get("decoder_convs", 2)),
+      perceptual_masking=_choice(get, "perceptual_masking", "normalized",
+                                 PERCEPTUAL_MASKING),
+      margin_auto=margin is None,
+      margin_ratio=float(get("margin_ratio", 1.0)),
+      margin_batches=int(get("margin_batches", 10)),
       num_points=int(get("num_points", 100)),
       synthetic=dict(synthetic) if synthetic else None,
       options=options, dtype=registry.config_dtype(get("dtype", "float32")))
