@@ -98,10 +98,13 @@ def _assert_mask_logits_parity(name, **kwargs):
   assert_close(ref, ours)
 
 
-def test_cyclesegnet_output_parity():
-  # Multi-level, skips, peepholes, K = 3 (group form of the RCM).
+@pytest.mark.parametrize("value_projection", [False, True])
+def test_cyclesegnet_output_parity(value_projection):
+  # Multi-level, skips, peepholes, K = 3 (group form of the RCM); the paper
+  # config's RCM (eq. 11, no value projection) and ours.
   _assert_mask_logits_parity("cyclesegnet", overrides={
-      "peephole": True, "use_skips": True}, k=3)
+      "peephole": True, "use_skips": True,
+      "value_projection": value_projection}, k=3)
 
 
 @pytest.mark.slow

@@ -39,8 +39,10 @@ def _np_conv_same(x, kernel, bias):
   return out
 
 
-def _np_rcm(params, c_a, c_b, region_size=(2, 2), raw=False, scale=False):
-  """Eq. 9-12 for one image pair (no batch), float64."""
+def _np_rcm(params, c_a, c_b, region_size=(2, 2), raw=False, scale=False,
+            project_value=True):
+  """Eq. 9-12 for one image pair (no batch), float64; without
+  ``project_value`` eq. 11 reads the fused regions C'_B themselves."""
   p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
   conv = lambda name, x: _np_conv_same(x, p[name]["kernel"], p[name]["bias"])
   relu = lambda z: np.maximum(z, 0)
@@ -52,7 +54,8 @@ def _np_rcm(params, c_a, c_b, region_size=(2, 2), raw=False, scale=False):
   regions = conv("fuse", pooled).reshape(-1, C)               # eq. 9
   q = relu(conv("query", c_a)).reshape(-1, D)                 # eq. 10
   k = relu(regions @ p["key"]["kernel"][0, 0] + p["key"]["bias"])
-  v = relu(regions @ p["value"]["kernel"][0, 0] + p["value"]["bias"])
+  v = (relu(regions @ p["value"]["kernel"][0, 0] + p["value"]["bias"])
+       if project_value else regions)                        # eq. 11
   logits = q @ k.T / (np.sqrt(D) if scale else 1.0)
   a = np.exp(logits - logits.max(1, keepdims=True))
   a /= a.sum(1, keepdims=True)                                # eq. 11
@@ -93,11 +96,65 @@ def test_pair_matches_numpy_eq_9_to_12(kwargs):
     np.testing.assert_allclose(attn[i], want_attn, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"regions": "raw"},
+                                    {"region_size": (3, 2), "scale": True}])
+def test_pair_without_value_projection_is_eq_9_to_12(kwargs):
+  """Eq. 11: softmax(S) C'_B, the fused regions as values (signs kept)."""
+  module, variables, feats = _setup(project_value=False, **kwargs)
+  assert "value" not in variables["params"]
+  c_b = feats[:, 1, :4, :6]
+  out, attn = jax.jit(lambda v, a, b: region_attention.rcm_pair(
+      module, v, a, b, return_attention=True))(variables, feats[:, 0], c_b)
+  negative = False
+  for i in range(2):
+    want, want_attn = _np_rcm(variables["params"], feats[i, 0].astype(float),
+                              c_b[i].astype(float),
+                              region_size=kwargs.get("region_size", (2, 2)),
+                              raw=kwargs.get("regions") == "raw",
+                              scale=kwargs.get("scale", False),
+                              project_value=False)
+    np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(attn[i], want_attn, rtol=1e-5, atol=1e-6)
+    negative |= bool((want - c_b[i].mean((0, 1)) / 2 < 0).any())
+  assert negative  # the local term keeps negative values (no ReLU)
+  # Group form with K = 3 against eq. 13-14 with C'_B values.
+  module, variables, feats = _setup(k=3, hw=(4, 5), project_value=False)
+  out = module.apply(variables, feats)
+  for k in range(3):
+    others = [j for j in range(3) if j != k]
+    for i in range(2):
+      # Two other images: both sets of regions in one softmax.
+      p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                                 variables["params"])
+      regions = np.concatenate([
+          _np_conv_same(np.concatenate([
+              _np_pool(feats[i, j].astype(float), (2, 2), "avg"),
+              _np_pool(feats[i, j].astype(float), (2, 2), "max")], -1),
+                        p["fuse"]["kernel"], p["fuse"]["bias"]).reshape(-1, C)
+          for j in others])
+      q = np.maximum(_np_conv_same(feats[i, k].astype(float),
+                                   p["query"]["kernel"], p["query"]["bias"]),
+                     0).reshape(-1, D)
+      keys = np.maximum(regions @ p["key"]["kernel"][0, 0] + p["key"]["bias"],
+                        0)
+      logits = q @ keys.T
+      a = np.exp(logits - logits.max(1, keepdims=True))
+      a /= a.sum(1, keepdims=True)
+      glob = np.mean([feats[i, j].astype(float).mean((0, 1)) for j in others],
+                     0)
+      want = 0.5 * ((a @ regions).reshape(4, 5, C) + glob)
+      np.testing.assert_allclose(out[i, k], want, rtol=1e-5, atol=1e-5)
+
+
 def test_param_count():
   _, variables, _ = _setup()
   n = sum(a.size for a in jax.tree_util.tree_leaves(variables))
   # fuse 1x1 (2C -> C) + query/key (C -> D) + value (C -> C), with biases.
   assert n == (2 * C * C + C) + 2 * (C * D + D) + (C * C + C) == 86
+  # Eq. 11 (no value projection): the value conv's C * C + C are gone.
+  _, variables, _ = _setup(project_value=False)
+  n = sum(a.size for a in jax.tree_util.tree_leaves(variables))
+  assert n == (2 * C * C + C) + 2 * (C * D + D) == 66
 
 
 def test_attention_rows_sum_to_one_and_self_columns_zero():

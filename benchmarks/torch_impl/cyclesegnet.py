@@ -6,7 +6,8 @@ encoder (headless), optional 1x1 projections (``crm_features``), one Cycle
 Refinement Module per refined level (group-form RCM + ConvLSTM, N steps, a
 Python loop: the usual eager-PyTorch way to write a recurrence), the
 single-level ``UpsampleDecoder`` or the multi-level fusion decoder, and a 1x1
-logit head. The training step is forward + Lovász-Softmax (all pixels pooled,
+logit head. The RCM's value projection follows ``value_projection`` (eq. 11
+without it, the paper config's setting). The training step is forward + Lovász-Softmax (all pixels pooled,
 as the Flax loss) + backward + ``torch.optim.Adam`` with L2 weight decay (the
 paper's Adam, lr 1e-5, wd 5e-4; the same semantics as
 ``coseg_jax.train.make_optimizer`` with ``decoupled_weight_decay=False``).
@@ -65,12 +66,13 @@ class CycleRefinement(nn.Module):
                forget_bias: float = 0.0, peephole: bool = False,
                region_size=(2, 2), regions: str = "pooled",
                key_features: Optional[int] = None, fuse_kernel: int = 1,
-               scale_attention: bool = False):
+               value_projection: bool = True, scale_attention: bool = False):
     super().__init__()
     self.num_steps, self.exchange = num_steps, exchange
     rcm = blocks.RegionCorrespondence(
         features, key_features=key_features, region_size=region_size,
-        regions=regions, fuse_kernel=fuse_kernel, scale=scale_attention)
+        regions=regions, fuse_kernel=fuse_kernel,
+        project_value=value_projection, scale=scale_attention)
     self.rcm = rcm  # Flax: crm_<level>/rcm, shared by the N steps
     if exchange != "cross":
       self.lstm = _LSTM(blocks.ConvLSTMCell(features, features, lstm_kernel,
@@ -94,7 +96,7 @@ class CycleSegNet(nn.Module):
                forget_bias: float = 0.0, peephole: bool = False,
                region_size=(2, 2), regions: str = "pooled",
                key_features: Optional[int] = None, fuse_kernel: int = 1,
-               scale_attention: bool = False,
+               value_projection: bool = True, scale_attention: bool = False,
                decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
                convs_per_block: int = 1, use_skips: bool = False,
                fusion_features: Optional[int] = None, **unused: Any):
@@ -118,6 +120,7 @@ class CycleSegNet(nn.Module):
           forget_bias=forget_bias, peephole=peephole,
           region_size=tuple(region_size), regions=regions,
           key_features=key_features, fuse_kernel=fuse_kernel,
+          value_projection=value_projection,
           scale_attention=scale_attention))
       refined_ch[level] = 2 * c if exchange == "cross" else c
     skip_ch = {k: v for k, v in widths.items()}

@@ -16,9 +16,11 @@ Given a group of K >= 2 images, CycleSegNet segments the object they share:
    FeedbackConvLSTM`` with the group-form RCM as its input module.
 3. **Region Correspondence Module (RCM, eq. 9-12)**:
    ``coseg_jax.nn.region_attention.RegionCorrespondence`` — the other image's
-   features ROI avg- and max-pooled to a 2x2 grid, fused by a conv; 1x1 conv +
-   ReLU projections; softmax attention of every pixel over the regions; plus
-   the other image's global average; the two terms averaged.
+   features ROI avg- and max-pooled to a 2x2 grid, fused by a conv (C'_B);
+   1x1 conv + ReLU projections W_A, W_B of queries and keys (eq. 10);
+   softmax attention of every pixel over the regions, reading C'_B itself
+   (eq. 11; ``value_projection=True`` reads ReLU(conv1x1(C'_B)) instead,
+   ours); plus the other image's global average; the two terms averaged.
 4. **Group mode (eq. 13-14).** For K > 2 every image attends to the regions
    of all other K-1 images at once, and its global term is the mean of theirs;
    the same parameters serve every K, so K is free at test time. K = 2 is
@@ -52,8 +54,11 @@ of ``config.model``):
 * ConvLSTM kernel (``lstm_kernel``, default 3), forget bias (0), peepholes
   (off) and gate order: see ``coseg_jax.nn.convlstm``.
 * RCM details (``region_size`` 2x2, ``regions`` 'pooled'/'raw', key width,
-  fusion kernel, value projection, logit scaling): see
-  ``coseg_jax.nn.region_attention``.
+  fusion kernel, logit scaling): see ``coseg_jax.nn.region_attention``.
+  ``value_projection`` is not a choice the paper leaves open (eq. 11 reads
+  the fused regions); the module and ``build_model`` default to True so
+  that configs and checkpoints from before the field keep their RCM, and
+  the paper config sets False.
 * ``decoder_widths`` / ``convs_per_block`` / ``use_skips``: the paper does not
   list its decoder; the defaults are five blocks of one 3x3 conv + BN + ReLU
   and no encoder skips (the paper decodes the refined features only).
@@ -137,6 +142,8 @@ class CycleRefinement(nn.Module):
     regions: 'pooled' or 'raw'.
     key_features: RCM query/key width (None: C).
     fuse_kernel: RCM region-fusion conv kernel.
+    value_projection: RCM values ReLU(conv1x1(C'_B)) (ours) instead of the
+      fused regions C'_B (eq. 11).
     scale_attention: scale RCM logits by 1/sqrt(d).
     match_score: append the RCM's best-match channel (not in the paper).
     dtype: computation dtype.
@@ -153,6 +160,7 @@ class CycleRefinement(nn.Module):
   regions: str = "pooled"
   key_features: Optional[int] = None
   fuse_kernel: int = 1
+  value_projection: bool = True
   scale_attention: bool = False
   match_score: bool = False
   dtype: Any = jnp.float32
@@ -163,8 +171,9 @@ class CycleRefinement(nn.Module):
     return region_attention.RegionCorrespondence(
         self.features, key_features=self.key_features,
         region_size=tuple(self.region_size), regions=self.regions,
-        fuse_kernel=self.fuse_kernel, scale=self.scale_attention,
-        match_score=self.match_score, dtype=self.dtype, name=name)
+        fuse_kernel=self.fuse_kernel, project_value=self.value_projection,
+        scale=self.scale_attention, match_score=self.match_score,
+        dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
@@ -206,8 +215,9 @@ class CycleSegNet(nn.Module):
     num_steps: N, ConvLSTM refinement steps (paper: 7).
     crm_features: None (encoder width) or a projection width.
     lstm_kernel, forget_bias, peephole: ConvLSTM settings.
-    region_size, regions, key_features, fuse_kernel, scale_attention,
-      match_score: RCM settings (``match_score`` is not in the paper).
+    region_size, regions, key_features, fuse_kernel, value_projection,
+      scale_attention, match_score: RCM settings (``value_projection`` and
+      ``match_score`` are not in the paper).
     decoder_widths: channels of the five decoder blocks (strides 16..1).
     convs_per_block: 3x3 conv layers per decoder block.
     use_skips: concatenate encoder features at the decoder levels not fed
@@ -234,6 +244,7 @@ class CycleSegNet(nn.Module):
   regions: str = "pooled"
   key_features: Optional[int] = None
   fuse_kernel: int = 1
+  value_projection: bool = True
   scale_attention: bool = False
   match_score: bool = False
   decoder_widths: Sequence[int] = (256, 128, 64, 32, 16)
@@ -285,9 +296,9 @@ class CycleSegNet(nn.Module):
         lstm_kernel=self.lstm_kernel, forget_bias=self.forget_bias,
         peephole=self.peephole, region_size=tuple(self.region_size),
         regions=self.regions, key_features=self.key_features,
-        fuse_kernel=self.fuse_kernel, scale_attention=self.scale_attention,
-        match_score=self.match_score, dtype=self.dtype,
-        scan_unroll=self.scan_unroll, name=name)
+        fuse_kernel=self.fuse_kernel, value_projection=self.value_projection,
+        scale_attention=self.scale_attention, match_score=self.match_score,
+        dtype=self.dtype, scan_unroll=self.scan_unroll, name=name)
 
   def encode(self, images: jax.Array, train: bool = False, features=None):
     """Encoder + optional projection: {level: [B, K, h, w, C]} and skips.
@@ -421,6 +432,8 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       regions=get("regions", "pooled"),
       key_features=None if key_features is None else int(key_features),
       fuse_kernel=int(get("fuse_kernel", 1)),
+      # True when absent: configs written before the field keep their RCM.
+      value_projection=bool(get("value_projection", True)),
       scale_attention=bool(get("scale_attention", False)),
       match_score=bool(get("match_score", False)),
       decoder_widths=tuple(get("decoder_widths", (256, 128, 64, 32, 16))),

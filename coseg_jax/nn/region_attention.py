@@ -1,19 +1,24 @@
 """Region Correspondence Module (RCM), CycleSegNet eq. 9-14.
 
 The RCM lets every pixel of image A look at a few *regions* of image B and
-collect what it finds there. With C_A [H, W, C] and C_B [H', W', C]:
+collect what it finds there. With C_A [H, W, C] and C_B [H', W', C]
+(Zhang et al., TIP 2021, Sec. 3.2):
 
-1. Regions of B (eq. 9): adaptive average pooling and adaptive max pooling of
-   C_B to an Ĥ x Ŵ grid (2x2 in the paper; torch bin edges, see
-   ``roi_pool``), concatenated on channels and fused by a convolution into
-   R_B [Ĥ, Ŵ, C], i.e. N = ĤŴ region vectors.
-2. Projections (eq. 10): Q = ReLU(conv1x1(C_A)) [HW, d],
-   K = ReLU(conv1x1(R_B)) [N, d], V = ReLU(conv1x1(R_B)) [N, C].
-3. Attention (eq. 11): A = softmax over the regions of Q K^T, [HW, N]; every
-   row sums to 1. The local term is A V, reshaped to [H, W, C].
-4. Global term (eq. 12): the global average of C_B, [C], upsampled (broadcast)
-   to [H, W, C]. The output is the average of the two terms,
-   RCM(C_A, C_B) = (A V + up(GAP(C_B))) / 2, [H, W, C].
+1. Regions of B (eq. 9): C'_B = ROI(C_B), ROI average pooling and ROI max
+   pooling of C_B to an Ĥ x Ŵ grid (2x2 in the paper; torch bin edges, see
+   ``roi_pool``) "fused by convolutions": here concatenated on channels and
+   fused by one convolution into C'_B [Ĥ, Ŵ, C], i.e. N = ĤŴ region vectors.
+2. Affinity (eq. 10): S = W_A(C_A) W_B(C'_B)^T [HW, N], W "the linear
+   transformation function followed by ReLU, implemented as 1 x 1
+   convolutions": Q = ReLU(conv1x1(C_A)) [HW, d], K = ReLU(conv1x1(C'_B))
+   [N, d].
+3. Attention (eq. 11): X = softmax(S) C'_B, the softmax over the regions
+   (every row of A = softmax(S) sums to 1) and the values the fused regions
+   C'_B themselves, reshaped to [H, W, C]. They carry the sign of the cell
+   state they were pooled from (the CRM feeds the ConvLSTM cell states C_t).
+4. Global term (eq. 12): the global average of C_B, [C], upsampled
+   (broadcast) to [H, W, C]. The output is the average of the two terms,
+   RCM(C_A, C_B) = (X + Up(AvgPool(C_B))) / 2, [H, W, C].
 
 Group form (eq. 13-14): for K images, image k attends to the regions of all
 other K-1 images concatenated ((K-1)N regions) and its global term averages the
@@ -23,40 +28,37 @@ attention mask removes image k's own regions from its softmax, so there is no
 loop over images and K is free at apply time. For K = 2 it equals the pair form
 with the same parameters.
 
-The steps above follow the module as described in DESIGN.md (from the
-paper); the paper's typeset eq. 9-14 could not be re-read from the sources
-reachable while writing this, so every detail below is an attribute that a
-config can change if the paper says otherwise.
-
 Choices the paper leaves open, and what we do (all attributes):
 
 * ``fuse_kernel``: kernel of the region fusion conv (default 1: the 2x2 region
   grid is so small that a 3x3 conv would mix regions through its padding). No
   activation after the fusion conv.
 * ``key_features`` d: width of Q and K (default: C, the input width).
-* ``project_value``: V = ReLU(conv1x1(R_B)) with C output channels (default
-  True, eq. 10 as we read it); False uses the fused regions R_B directly.
 * ``scale``: multiply Q K^T by 1/sqrt(d) (default False; the paper's softmax
   is unscaled).
 * ``regions='raw'``: no pooling, every pixel of the other image is a region
   (N = H'W'); the same fusion conv is applied to concat[C_B, C_B] so the
   parameters are identical to the pooled variant (the avg and max of one pixel
-  are the pixel itself).
+  are the pixel itself). Table 3's "Raw" row.
 * The attention softmax is computed in float32 whatever ``dtype`` is.
 
-An extension that is not in the paper (off by default):
+Not in the paper:
 
-* ``match_score``: append one channel to the output, each pixel's best
-  cosine similarity between its query and the keys of the other image's
-  regions (in [0, 1]: queries and keys are ReLU outputs; in group form the
-  best over the other K-1 images). The softmax of eq. 11 normalises away how
-  well a pixel matches *anything* in the other image: a pixel of an object the
-  other image does not contain still receives a convex combination of that
+* ``project_value``: values V = ReLU(conv1x1(C'_B)) with C output channels
+  instead of C'_B (the module's default True, our earlier reading; the ReLU
+  drops the sign of the exchanged cell-state cues). False is eq. 11, the
+  paper configuration's setting (``config.model.value_projection``).
+* ``match_score`` (off by default): append one channel to the output, each
+  pixel's best cosine similarity between its query and the keys of the other
+  image's regions (in [0, 1]: queries and keys are ReLU outputs; in group form
+  the best over the other K-1 images). The softmax of eq. 11 normalises away
+  how well a pixel matches *anything* in the other image: a pixel of an object
+  the other image does not contain still receives a convex combination of that
   image's regions, and the ConvLSTM can only tell it from a matched pixel by
   comparing two feature vectors through its gates. The score gives that
   comparison directly, and reading it off a trained model shows whether the
-  attention has learnt to match at all (benchmarks/RESULTS.md: on the
-  offline demo it had not, and adding the channel did not change the J).
+  attention has learnt to match at all (benchmarks/RESULTS.md: on the offline
+  demo it had not, and adding the channel did not change the J).
 """
 
 from typing import Any, Optional, Sequence, Tuple
@@ -79,7 +81,8 @@ class RegionCorrespondence(nn.Module):
     region_size: (Ĥ, Ŵ) grid of pooled regions (paper: 2x2).
     regions: 'pooled' (eq. 9) or 'raw' (every pixel of the other image).
     fuse_kernel: kernel of the conv fusing avg- and max-pooled regions.
-    project_value: project values with a 1x1 conv + ReLU (else use R).
+    project_value: project values with a 1x1 conv + ReLU (ours; False: the
+      fused regions C'_B, eq. 11).
     scale: scale the attention logits by 1/sqrt(d).
     match_score: append the best query-key cosine similarity as one more
       output channel (not in the paper; see the module docstring).
