@@ -486,7 +486,8 @@ def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
 
 def eval_groups(data_config, *, split: Optional[str] = None,
                 strategy: str = "pairs", k: int = 2, seed: int = 0,
-                max_tuples: int = 20) -> dict[str, samplers.EvalTuples]:
+                max_tuples: Optional[int] = None
+                ) -> dict[str, samplers.EvalTuples]:
   """Evaluation tuples per class: {class name: EvalTuples}.
 
   Args:
@@ -496,7 +497,8 @@ def eval_groups(data_config, *, split: Optional[str] = None,
       CycleSegNet group strategy 'a'-'d' (see ``samplers``) with tuple size k.
     k: tuple size for 'a'-'d'.
     seed: seed of the strategies' random choices.
-    max_tuples: cap per image for strategy 'd'.
+    max_tuples: strategy 'a' refuses a class with more tuples (None: no
+      limit).
   """
   split = split or data_config.eval_split
   index = record_index(data_config, split)

@@ -30,22 +30,28 @@ prediction counts for that image; an evaluator averages an image's
 probabilities over every tuple that scores it):
   * :func:`all_pairs`: each unordered pair of a group once, both scored, so
     each image is predicted with every other image of its group.
-  * :func:`group_strategy` 'a'-'d' for tuple size k (CycleSegNet, Zhang et al.,
-    TIP 2021, Sec. 4.3). The paper's text of Sec. 4.3 could not be retrieved
-    while this module was written, so the four definitions below are OUR
-    ASSUMPTION of the natural ways to form k-tuples from a test group, to be
-    checked against the paper:
-      a. random companions: for every image, one tuple [image, k-1 others drawn
-         uniformly without replacement from its group], image scored.
-      b. sequential window: the group in its record order as a cycle; for
-         image i the tuple [i, i+1, ..., i+k-1] (mod n), image i scored.
-      c. disjoint partition: the group shuffled and cut into consecutive
-         k-tuples, every member scored; the last tuple is completed with the
-         first images of the shuffle (those are scored only in their first
-         tuple), so every image is predicted exactly once.
-      d. exhaustive: for every image, every (k-1)-subset of the others as
-         companions (at most ``max_tuples`` per image, drawn without
-         replacement when there are more), image scored; predictions averaged.
+  * :func:`group_strategy` 'a'-'d': the four ways CycleSegNet (Zhang et
+    al., TIP 2021, Sec. 4.3, Table 5) segments a group of N images with a
+    network that takes k at a time; each image's mask is the average of
+    its scored predictions.
+      a. every k-element subset of the group (C(N, k) tuples), every member
+         scored: an image is averaged over the C(N-1, k-1) tuples holding it
+         (the paper runs it for k = 2, 3 only: the count grows fast).
+      b. the group randomly divided into N/k tuples of k, every image
+         predicted once.
+      c. for every image, ``num_draws`` (5 in the paper) random tuples: the
+         image and k-1 distinct companions drawn from the other N-1, each
+         draw independent (a tuple can repeat when the others are few); the
+         image scored, its 5 predictions averaged.
+      d. for every image, the other N-1 images (in a random order) split
+         into T = (N-1)/(k-1) groups of k-1 companions; the image scored in
+         each of its T tuples, averaged.
+    The network's input is always k images, and b uses every image and d
+    every companion, so when N (b) or N-1 (d) is not a multiple of k (k-1)
+    the last tuple holds the remaining images and is completed with images
+    drawn at random from the others: in b those fillers are not scored (each
+    image's mask still comes from exactly one tuple), in d they are
+    companions a second time (T = ceil((N-1)/(k-1))).
 """
 
 from __future__ import annotations
@@ -299,56 +305,90 @@ def all_pairs(group) -> EvalTuples:
   return EvalTuples(pairs, np.ones(pairs.shape, bool))
 
 
+def _chunks_completed(order, size, rng, pool):
+  """``order`` cut into rows of ``size``; a short last row is completed with
+  distinct entries of ``pool`` drawn at random (not already in that row).
+
+  Returns:
+    (rows int64 [T, size], filled bool [T, size]: True for the added
+    entries).
+  """
+  order = np.asarray(order, np.int64)
+  t = math.ceil(order.size / size)
+  rows = np.empty((t, size), np.int64)
+  filled = np.zeros((t, size), bool)
+  for r in range(t):
+    part = order[r * size:(r + 1) * size]
+    rows[r, :part.size] = part
+    if part.size < size:
+      candidates = np.setdiff1d(np.asarray(pool, np.int64), part)
+      rows[r, part.size:] = rng.choice(candidates, size - part.size,
+                                       replace=False)
+      filled[r, part.size:] = True
+  return rows, filled
+
+
 def group_strategy(group, *, strategy: str, k: int, seed=0,
-                   max_tuples: int = 20) -> EvalTuples:
-  """k-tuples of one test group by strategy 'a'-'d' (module docstring).
+                   num_draws: int = 5,
+                   max_tuples: int | None = None) -> EvalTuples:
+  """k-tuples of one test group by CycleSegNet's strategy 'a'-'d'.
+
+  The four strategies of Sec. 4.3 (module docstring); deterministic in
+  ``seed``.
 
   Args:
-    group: int [n] record indices of one group (one class), n >= k.
-    strategy: 'a', 'b', 'c' or 'd'.
-    k: tuple size (2 = pairs).
-    seed: for the random choices of 'a', 'c' and the subsampling of 'd'.
-    max_tuples: cap on tuples per image for 'd'.
+    group: int [N] record indices of one group (one class), N >= k.
+    strategy: 'a' (all k-subsets), 'b' (a random division into N/k
+      tuples), 'c' (``num_draws`` random tuples per image) or 'd' (the other
+      N-1 split into (N-1)/(k-1) companion groups per image).
+    k: tuple size, 2 <= k <= N (2 = pairs).
+    seed: for the random choices of 'b', 'c' and 'd'.
+    num_draws: tuples per image for 'c' (the paper's 5).
+    max_tuples: for 'a', refuse (ValueError) more than this many tuples
+      rather than run them (None: no limit).
+
+  Returns:
+    EvalTuples: 'a' and 'b' score every member they predict (b's fillers
+    excepted); 'c' and 'd' put the image first and score it only.
   """
   group = np.asarray(group, np.int64).reshape(-1)
   n = group.size
-  if not 1 <= k <= n:
-    raise ValueError(f"tuple size k={k} must be in [1, group size {n}]")
+  if not 2 <= k <= n:
+    raise ValueError(f"tuple size k={k} must be in [2, group size {n}]")
   rng = _rng(seed)
   if strategy == "a":
+    total = math.comb(n, k)
+    if max_tuples is not None and total > max_tuples:
+      raise ValueError(f"strategy 'a' needs all C({n}, {k}) = {total} tuples "
+                       f"(more than max_tuples={max_tuples}); use a smaller k "
+                       f"or strategy 'b', 'c' or 'd'")
+    idx = np.array(list(itertools.combinations(group.tolist(), k)),
+                   np.int64).reshape(total, k)
+    score = np.ones(idx.shape, bool)
+  elif strategy == "b":
+    idx, filled = _chunks_completed(group[rng.permutation(n)], k, rng, group)
+    score = ~filled
+  elif strategy == "c":
+    if num_draws < 1:
+      raise ValueError(f"num_draws must be >= 1, got {num_draws}")
     rows = []
     for i in range(n):
       others = np.delete(group, i)
-      rows.append(np.concatenate([[group[i]],
-                                  rng.choice(others, k - 1, replace=False)]))
+      for _ in range(num_draws):
+        rows.append(np.concatenate([group[i:i + 1], rng.choice(
+            others, k - 1, replace=False)]))
     idx = np.stack(rows)
     score = np.zeros(idx.shape, bool)
     score[:, 0] = True
-  elif strategy == "b":
-    idx = group[(np.arange(n)[:, None] + np.arange(k)[None]) % n]
-    score = np.zeros(idx.shape, bool)
-    score[:, 0] = True
-  elif strategy == "c":
-    order = group[rng.permutation(n)]
-    t = math.ceil(n / k)
-    flat = np.concatenate([order, order[:t * k - n]])
-    idx = flat.reshape(t, k)
-    score = (np.arange(t * k) < n).reshape(t, k)
   elif strategy == "d":
     rows = []
     for i in range(n):
-      others = np.delete(group, i).tolist()
-      total = math.comb(n - 1, k - 1)
-      if total <= max_tuples:
-        combos = list(itertools.combinations(others, k - 1))
-      else:
-        seen = set()
-        while len(seen) < max_tuples:
-          seen.add(tuple(sorted(rng.choice(others, k - 1, replace=False)
-                                .tolist())))
-        combos = sorted(seen)
-      rows += [[int(group[i]), *c] for c in combos]
-    idx = np.array(rows, np.int64).reshape(-1, k)
+      others = np.delete(group, i)
+      companions, _ = _chunks_completed(others[rng.permutation(n - 1)],
+                                        k - 1, rng, others)
+      rows.append(np.concatenate(
+          [np.full((len(companions), 1), group[i]), companions], axis=1))
+    idx = np.concatenate(rows)
     score = np.zeros(idx.shape, bool)
     score[:, 0] = True
   else:

@@ -149,59 +149,119 @@ def test_all_pairs():
     assert partners == sorted(set(group.tolist()) - {x})
 
 
-GROUP = np.array([10, 11, 12, 13, 14, 15, 16])
+GROUP = np.array([10, 11, 12, 13, 14, 15, 16])  # N = 7
 
 
-def _scored_counts(t):
-  return {int(x): int(((t.indices == x) & t.score).sum()) for x in GROUP}
+def _scored_counts(t, group=GROUP):
+  return {int(x): int(((t.indices == x) & t.score).sum()) for x in group}
 
 
-@pytest.mark.parametrize("k", [2, 3])
-def test_strategy_a_random_companions(k):
-  t = samplers.group_strategy(GROUP, strategy="a", k=k, seed=0)
-  assert t.indices.shape == (len(GROUP), k)
-  np.testing.assert_array_equal(t.indices[:, 0], GROUP)
-  assert t.score[:, 0].all() and not t.score[:, 1:].any()
+def _distinct_rows(t, k):
   for row in t.indices:
-    assert len(set(row.tolist())) == k and np.isin(row, GROUP).all()
-  t2 = samplers.group_strategy(GROUP, strategy="a", k=k, seed=0)
-  np.testing.assert_array_equal(t.indices, t2.indices)
-
-
-def test_strategy_b_sequential_window():
-  t = samplers.group_strategy(GROUP, strategy="b", k=3)
-  n = len(GROUP)
-  expected = [[GROUP[i], GROUP[(i + 1) % n], GROUP[(i + 2) % n]]
-              for i in range(n)]
-  np.testing.assert_array_equal(t.indices, expected)
-  assert _scored_counts(t) == {int(x): 1 for x in GROUP}
+    assert len(set(row.tolist())) == k, row
 
 
 @pytest.mark.parametrize("k", [2, 3, 7])
-def test_strategy_c_disjoint_partition(k):
-  t = samplers.group_strategy(GROUP, strategy="c", k=k, seed=1)
-  assert t.indices.shape == (math.ceil(len(GROUP) / k), k)
+def test_strategy_a_all_k_subsets(k):
+  """Sec. 4.3 a): every k-element tuple of the group, every member's
+  prediction averaged: C(7, k) tuples, each image in C(6, k-1)."""
+  t = samplers.group_strategy(GROUP, strategy="a", k=k)
+  assert len(t) == math.comb(7, k)
+  assert {frozenset(r) for r in t.indices.tolist()} == {
+      frozenset(c) for c in itertools.combinations(GROUP.tolist(), k)}
+  assert t.score.all()
+  assert _scored_counts(t) == {int(x): math.comb(6, k - 1) for x in GROUP}
+  # No randomness.
+  np.testing.assert_array_equal(
+      t.indices, samplers.group_strategy(GROUP, strategy="a", k=k,
+                                         seed=9).indices)
+  with pytest.raises(ValueError, match="C\\(7, 3\\) = 35"):
+    samplers.group_strategy(GROUP, strategy="a", k=3, max_tuples=34)
+
+
+def test_strategy_b_random_division_every_image_once():
+  """Sec. 4.3 b): a random division into N/k tuples of k. N = 6, k = 3:
+  two disjoint tuples covering the group, everyone scored once."""
+  group = GROUP[:6]
+  t = samplers.group_strategy(group, strategy="b", k=3, seed=1)
+  assert t.indices.shape == (2, 3) and t.score.all()
+  assert sorted(t.indices.ravel().tolist()) == sorted(group.tolist())
+  draws = {tuple(map(frozenset, samplers.group_strategy(
+      group, strategy="b", k=3, seed=s).indices.tolist())) for s in range(8)}
+  assert len(draws) > 1  # random, and deterministic in the seed
+  np.testing.assert_array_equal(
+      t.indices, samplers.group_strategy(group, strategy="b", k=3,
+                                         seed=1).indices)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+def test_strategy_b_n_not_a_multiple_of_k(k):
+  """N = 7: ceil(7 / k) tuples of k; the last holds the 7 mod k remaining
+  images and fillers drawn from the others, which are not scored: every
+  image is still predicted exactly once."""
+  t = samplers.group_strategy(GROUP, strategy="b", k=k, seed=3)
+  assert t.indices.shape == (math.ceil(7 / k), k)
+  _distinct_rows(t, k)
   assert _scored_counts(t) == {int(x): 1 for x in GROUP}
-  for row in t.indices:
-    assert len(set(row.tolist())) == k
+  assert t.score[:-1].all()
+  r = 7 % k
+  assert t.score[-1].sum() == r and t.score[-1, :r].all()
+  # The scored members of the tuples partition the group.
+  scored = t.indices[t.score]
+  assert sorted(scored.tolist()) == sorted(GROUP.tolist())
 
 
-def test_strategy_d_exhaustive_and_capped():
-  t = samplers.group_strategy(GROUP, strategy="d", k=3, max_tuples=100)
-  # C(6, 2) = 15 companion pairs per image.
-  assert len(t) == 7 * 15
+@pytest.mark.parametrize("k", [2, 3])
+def test_strategy_c_five_random_tuples_per_image(k):
+  """Sec. 4.3 c): for each image, 5 groups of k-1 images drawn from the
+  other N-1; the image joins each, its 5 predictions are averaged."""
+  t = samplers.group_strategy(GROUP, strategy="c", k=k, seed=0)
+  assert t.indices.shape == (7 * 5, k)
+  np.testing.assert_array_equal(t.indices[:, 0], np.repeat(GROUP, 5))
+  assert t.score[:, 0].all() and not t.score[:, 1:].any()
+  assert _scored_counts(t) == {int(x): 5 for x in GROUP}
+  _distinct_rows(t, k)
+  assert np.isin(t.indices, GROUP).all()
+  # The 5 draws are not one draw repeated.
+  for x in GROUP:
+    rows = t.indices[t.indices[:, 0] == x][:, 1:]
+    assert len({frozenset(r) for r in rows.tolist()}) > 1
+  other = samplers.group_strategy(GROUP, strategy="c", k=k, seed=1)
+  assert not np.array_equal(t.indices, other.indices)
+  assert len(samplers.group_strategy(GROUP, strategy="c", k=k,
+                                     num_draws=2)) == 14
+
+
+@pytest.mark.parametrize("k,tuples_per_image", [(2, 6), (3, 3), (4, 2),
+                                                (7, 1)])
+def test_strategy_d_the_others_split_into_companion_groups(k,
+                                                           tuples_per_image):
+  """Sec. 4.3 d): for each image the other N-1 = 6 images split into
+  T = 6 / (k-1) groups of k-1; each companion exactly once."""
+  t = samplers.group_strategy(GROUP, strategy="d", k=k, seed=2)
+  assert t.indices.shape == (7 * tuples_per_image, k)
+  assert t.score[:, 0].all() and not t.score[:, 1:].any()
+  assert _scored_counts(t) == {int(x): tuples_per_image for x in GROUP}
   for x in GROUP:
     rows = t.indices[t.indices[:, 0] == x]
-    assert {frozenset(r[1:]) for r in rows.tolist()} == {
-        frozenset(c) for c in itertools.combinations(
-            sorted(set(GROUP.tolist()) - {x}), 2)}
-  capped = samplers.group_strategy(GROUP, strategy="d", k=3, max_tuples=4,
-                                   seed=0)
-  assert len(capped) == 7 * 4
-  for x in GROUP:
-    rows = capped.indices[capped.indices[:, 0] == x]
-    assert len({frozenset(r[1:]) for r in rows.tolist()}) == 4
-    assert x not in rows[:, 1:]
+    companions = sorted(rows[:, 1:].ravel().tolist())
+    assert companions == sorted(set(GROUP.tolist()) - {int(x)})
+
+
+def test_strategy_d_n_minus_1_not_a_multiple_of_k_minus_1():
+  """N = 8, k = 3: the 7 others make ceil(7 / 2) = 4 companion groups, the
+  last completed by one of the other companions: every other image is a
+  companion, one of them twice, never the image itself."""
+  group = np.arange(20, 28)
+  t = samplers.group_strategy(group, strategy="d", k=3, seed=4)
+  assert t.indices.shape == (8 * 4, 3)
+  _distinct_rows(t, 3)
+  for x in group:
+    rows = t.indices[t.indices[:, 0] == x]
+    companions = rows[:, 1:].ravel().tolist()
+    assert len(companions) == 8 and x not in companions
+    assert set(companions) == set(group.tolist()) - {int(x)}
+    assert len(set(companions)) == 7
 
 
 def test_strategy_errors():
@@ -209,3 +269,7 @@ def test_strategy_errors():
     samplers.group_strategy(GROUP, strategy="e", k=2)
   with pytest.raises(ValueError, match="tuple size"):
     samplers.group_strategy(GROUP, strategy="a", k=8)
+  with pytest.raises(ValueError, match="tuple size"):
+    samplers.group_strategy(GROUP, strategy="b", k=1)
+  with pytest.raises(ValueError, match="num_draws"):
+    samplers.group_strategy(GROUP, strategy="c", k=2, num_draws=0)
