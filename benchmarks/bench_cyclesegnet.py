@@ -30,7 +30,7 @@ from benchmarks import common
 BENCH = common.MethodBench(
     name="cyclesegnet",
     config="configs.cyclesegnet_voc2012",
-    config_arg=None,  # mcycle, multi-level (the paper's full model)
+    config_arg=None,  # full: Mcycle, multi-level (the paper's full model)
     image_size=512, batch=4, group_size=2,
     reduced={"small": (64, 1), "tiny": (32, 1)},
     model_overrides={

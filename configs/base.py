@@ -144,6 +144,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # and backbone_kwargs.
   config.init.backbone_weights = config_dict.placeholder(str)
   config.init.backbone_subtree = "backbone"
+  # True: --mode train refuses to start a fresh run whose backbone_subtree
+  # gets no weights (backbone_weights, pretrained[backbone_subtree] or
+  # from_checkpoint): for configs whose paper starts from ImageNet weights,
+  # so a missing file is an error, not a random encoder.
+  config.init.require_pretrained = False
   # Workdir of another run; its latest checkpoint's params (and batch stats)
   # initialise this run where the names match (only under these subtree
   # paths when given). Optimiser state and step start fresh.

@@ -107,7 +107,7 @@ def coattention_section(config):
   # Passes over the collection per stage-2 epoch (M is re-selected once per
   # epoch, Sec. 3.4; the paper's epoch is one pass in mini-batches of 5).
   # More passes let S follow a selection for a while before the next one when
-  # a collection is a single mini-batch (benchmarks/RESULTS.md).
+  # a collection is a single mini-batch (docs/notes/lab_notebook.md).
   c.stage2_passes_per_epoch = 1
   c.batch_size = 5  # Sec. 3.5; images per step (all ordered pairs inside)
   c.multi_object = True  # Sec. 3.3 iterative merge
@@ -171,7 +171,7 @@ def get_config(arg=None):
   # paper masks mean-subtracted MatConvNet inputs, so its masked pixels are
   # the mean colour). Black (0.0) gives f a strong "all dark" signal that
   # makes S = 0 the loss's best map on our synthetic collection
-  # (benchmarks/RESULTS.md).
+  # (docs/notes/lab_notebook.md).
   config.model.fill_value = 0.5
   # f fixed (stop_gradient) by default; True learns it with g as the paper
   # does (its rate: --config.optimizer.lr_multipliers.extractor_net=...).

@@ -61,6 +61,7 @@ from coseg_jax.runtime import evaluators
 from coseg_jax.runtime import predict
 from coseg_jax.runtime import sharding
 from coseg_jax.runtime import stages
+from coseg_jax.runtime import state as state_lib
 from coseg_jax.runtime import trainers
 from data_pipelines import config as data_config
 from data_pipelines import io as data_io
@@ -178,6 +179,13 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
                      f"available: {', '.join(backbones.available_backbones())}")
   if mode != "benchmark" and not workdir:
     raise UsageError(f"--workdir is required for --mode {mode}")
+  if mode == "train" and not _checkpoint_steps(workdir):
+    try:
+      missing = state_lib.missing_pretrained(config)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
+    if missing:
+      raise UsageError(missing)
   if mode in ("train", "eval"):
     _validate_data(config)
     strategies = ("pairs", "a", "b", "c", "d")

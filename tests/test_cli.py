@@ -19,7 +19,10 @@ from PIL import Image
 import pytest
 
 from configs import baselines_synthetic
+from configs import cyclesegnet_voc2012
+from configs import macosnet_tss
 from coseg_jax import main
+from coseg_jax.runtime import state as state_lib
 from data_pipelines import io as data_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,6 +146,11 @@ CASES = {
                           ["at least 2 images"]),
     "stray_argument": ([f"--config={CONFIG}", "--workdir", "{r}/w", "extra"],
                        ["unexpected arguments: extra"]),
+    "paper_config_without_weights": (
+        [f"--config={REPO / 'configs' / 'cyclesegnet_voc2012.py'}",
+         "--workdir", "{r}/w"],
+        ["config.init.require_pretrained", "config.init.backbone_weights",
+         "resnet34"]),
 }
 
 
@@ -181,6 +189,50 @@ def test_synthetic_needs_no_dataset_directory(tmp_path):
   config.data.name = "icoseg"
   with pytest.raises(main.UsageError, match="manual_dir"):
     main.validate(config, mode="train", workdir=str(tmp_path), images=None)
+
+
+def test_paper_configs_refuse_a_random_encoder(tmp_path):
+  """CycleSegNet's and MaCoSNet's paper configs need their encoders'
+  ImageNet weights: without them training stops before anything is built,
+  naming config.init.backbone_weights; the weights, a checkpoint to start
+  from, a run to resume or the runlocal variants pass the check."""
+  work = str(tmp_path / "run")
+  for config in (cyclesegnet_voc2012.get_config(),
+                 cyclesegnet_voc2012.get_config("mcat"),
+                 macosnet_tss.get_config()):
+    with pytest.raises(main.UsageError,
+                       match=r"^config\.init\.require_pretrained.*"
+                             r"config\.init\.backbone_weights"):
+      main.validate(config, mode="train", workdir=work, images=None)
+    assert "\n" not in state_lib.missing_pretrained(config)
+    # Benchmarks time random weights; evaluation restores a checkpoint.
+    main.validate(config, mode="benchmark", workdir=None, images=None)
+  c = cyclesegnet_voc2012.get_config()
+  c.init.backbone_weights = "resnet34.pth"
+  assert state_lib.missing_pretrained(c) is None
+  c = cyclesegnet_voc2012.get_config()
+  c.init.from_checkpoint = "/elsewhere"
+  assert state_lib.missing_pretrained(c) is None
+  c.init.from_checkpoint_subtrees = ("decoder",)
+  assert "backbone_weights" in state_lib.missing_pretrained(c)
+  c.init.from_checkpoint_subtrees = ("backbone",)
+  assert state_lib.missing_pretrained(c) is None
+  c = cyclesegnet_voc2012.get_config()
+  c.init.require_pretrained = False
+  assert state_lib.missing_pretrained(c) is None
+  # MaCoSNet's encoder is the 'encoder' subtree; lite0 brings its weights.
+  assert state_lib.missing_pretrained(macosnet_tss.get_config("lite0")) is None
+  m = macosnet_tss.get_config()
+  m.init.backbone_weights = "resnet101.pth"
+  assert state_lib.missing_pretrained(m) is None
+  for config in (cyclesegnet_voc2012.get_config("runlocal"),
+                 macosnet_tss.get_config("runlocal")):
+    assert state_lib.missing_pretrained(config) is None
+  # A run with checkpoints resumes from them.
+  (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)
+  with pytest.raises(main.UsageError, match="manual_dir"):
+    main.validate(cyclesegnet_voc2012.get_config(), mode="train",
+                  workdir=work, images=None)
 
 
 def test_input_error_finds_the_cause():

@@ -431,7 +431,7 @@ def test_learned_maps_beat_the_initial_maps_on_a_synthetic_collection(target):
   The collection (:func:`easy_collection`): 8 images at 64 px, the same
   checker-textured disc (about 10% of the image) at random places on
   backgrounds of varied kinds. The settings are those measured in
-  benchmarks/RESULTS.md (sums over pairs, images and pixels, no weight
+  docs/notes/lab_notebook.md (sums over pairs, images and pixels, no weight
   decay, mid-grey fill, 4 stage-1 updates, masks re-selected every 20
   stage-2 updates), with 2 instead of 3 stage-2 epochs. Observed there with
   the earlier self_bootstrap target: J 0.13 (initial) -> 0.48 (stage 1) ->

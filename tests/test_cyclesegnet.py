@@ -482,6 +482,47 @@ def test_registered_and_built_from_configs():
   assert demo.get_config("runlocal").train.num_steps <= 4
 
 
+def test_paper_config_forms_and_table1_rows():
+  """The paper config: eq. 11's RCM (no value projection), no augmentation,
+  ImageNet weights required; Table 1's five rows all single-level (Sec. 4.3)
+  while the full model is multi-level; the demo and the PASCAL recipe keep
+  their recorded forms explicitly."""
+  cfg = cyclesegnet_voc2012.get_config()
+  assert cfg.model.value_projection is False
+  assert not cfg.data.augment.enabled
+  assert cfg.init.require_pretrained
+  m = models.get_method("cyclesegnet").build_model(cfg.model)
+  assert not m.value_projection and m.multi_level
+  x = jax.ShapeDtypeStruct((1, 2, 64, 64, 3), jnp.float32)
+  small = cyclesegnet_voc2012.get_config("runlocal")
+  assert not small.init.require_pretrained and small.model.multi_level
+  params = jax.eval_shape(lambda a: models.get_method("cyclesegnet")
+                          .build_model(small.model).init(
+                              jax.random.PRNGKey(0), a), x)["params"]
+  for level in ("stride8", "stride16", "stride32"):
+    assert set(params[f"crm_{level}"]["rcm"]) == {"fuse", "query", "key"}
+  for row in cyclesegnet_voc2012.ABLATIONS:
+    c = cyclesegnet_voc2012.get_config(row)
+    assert c.model.multi_level is False, row
+    assert c.model.value_projection is False and c.init.require_pretrained
+  assert (cyclesegnet_voc2012.get_config("mcycle").to_json() ==
+          cyclesegnet_voc2012.get_config("single").to_json())
+  assert (cyclesegnet_voc2012.get_config("mcycle,multi").to_json() ==
+          cyclesegnet_voc2012.get_config().to_json())
+  assert cyclesegnet_voc2012.get_config("mcross,multi").model.multi_level
+  with pytest.raises(ValueError, match="'mcat' has no multi-level form"):
+    cyclesegnet_voc2012.get_config("mcat,multi")
+  with pytest.raises(ValueError, match="'single' and 'multi'"):
+    cyclesegnet_voc2012.get_config("single,multi")
+  # The demo and the PASCAL recipe: their measured forms, stated.
+  for d in (demo.get_config(), demo.get_config("runlocal")):
+    assert d.model.value_projection and d.data.augment.enabled
+    assert d.model.multi_level and not d.init.require_pretrained
+  recipe = cyclesegnet_pascal_voc_coseg.get_config()
+  assert recipe.model.value_projection and recipe.data.augment.enabled
+  assert recipe.init.require_pretrained and recipe.init.pretrained.backbone
+
+
 # ---------------------------------------------------------------------------
 # Learning.
 

@@ -313,7 +313,7 @@ def test_trains_on_synthetic_pairs_and_beats_untrained(tmp_path):
                          variables=jax.device_get(state.variables()))
   assert after["num_images"] == before["num_images"] > 0
   # Measured on this config: 0.085 -> 0.164; the earlier form (match_norm
-  # 'none', own features beside the matching; benchmarks/RESULTS.md):
+  # 'none', own features beside the matching; docs/notes/lab_notebook.md):
   # 0.084 -> 0.159. One seed each: the forms are not told apart here.
   assert after["avg_J"] > before["avg_J"] + 0.05
   assert after["avg_J"] > 1.5 * before["avg_J"]

@@ -19,7 +19,7 @@ from coseg_jax.runtime import trainers
 
 
 def _cyclesegnet_run(tmp_path, **pretrain):
-  c = cyclesegnet_voc2012.get_config("mcycle,runlocal")
+  c = cyclesegnet_voc2012.get_config("runlocal")
   c.data.data_dir = str(tmp_path / "tfds")
   c.train.num_steps = 2
   c.train.eval_every = 0
@@ -30,7 +30,7 @@ def _cyclesegnet_run(tmp_path, **pretrain):
 
 
 def test_stage_names_are_validated():
-  c = cyclesegnet_voc2012.get_config("mcycle,runlocal")
+  c = cyclesegnet_voc2012.get_config("runlocal")
   assert stages.stage_names(c) == ("main",)
   c.stages = ("encoder_pretrain", "main")
   with pytest.raises(ValueError, match="no 'encoder_pretrain' section"):
@@ -71,7 +71,7 @@ def test_pre_stage_conflicts_with_init_from_checkpoint(tmp_path):
 
 
 def test_a_single_stage_config_is_returned_unchanged(tmp_path):
-  c = cyclesegnet_voc2012.get_config("mcycle,runlocal")
+  c = cyclesegnet_voc2012.get_config("runlocal")
   assert stages.prepare(c, str(tmp_path / "run")) is c
 
 

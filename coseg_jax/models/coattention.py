@@ -22,28 +22,27 @@ Model contract: ``images`` [B, K, H, W, 3] in [0, 1]; the K images of a group
 are the images of one collection (or a mini-batch of it); the co-attention
 loss takes every ordered pair inside each group.
 
-What we observed (benchmarks/RESULTS.md, "Co-attention CNN: constructed
-synthetic collection", with the earlier ``self_bootstrap`` mask target,
-and the slow tests of tests/test_coattention.py): with a frozen extractor,
-eq. 3-6 has a trivial minimum at S = 0 (every object image is the same
-blank image, d+ = 0), and on real PASCAL images it is below the ground
-truth's loss at 64, 128 and 224 px (``benchmarks/coattention_diagnose.py``),
-where stage 1 moves S away from the object from the first update. From the
-near-uniform initial maps (S ~ 0.5, d- ~ 0) the first updates do find the
-common object, and then S drifts to 0. What keeps the method away from it
-is stage 2, as long as S follows one selection for several updates before
-the next and the mask term is heavy enough: with 20 updates per selection
-(lr 1e-3) the learned maps reached J 0.79 with the co-attention and mask
-terms summed over pairs, images and pixels (MatConvNet's loss layers,
-``mask_pixel_reduction='sum'``), 0.77 with eq. 7's target (M~ fixed) and
-the same sums, and 0.78 with per-pair and per-pixel means; with the sums
-over pairs and images but eq. 7's per-pixel mean (the paper config's
-literal balance) S fell back towards 0 (J 0.38 with eq. 7's target, 0.19
-with the earlier one); with a selection after every update S collapsed.
-The masked-out pixels' value matters too: black (fill 0) is a strong input
-of its own for f; mid-grey (fill 0.5, zero after f's normalisation, like
-the paper's mean-subtracted inputs) makes the ground truth clearly the
-lower loss on the synthetic collection.
+What we observed (docs/notes/lab_notebook.md, "Co-attention CNN: constructed
+synthetic collection", with the earlier ``self_bootstrap`` mask target, and
+the slow tests of tests/test_coattention.py): with a frozen extractor,
+eq. 3-6 has a trivial minimum at S = 0 (every object image is the same blank
+image, d+ = 0), and on real PASCAL images it is below the ground truth's loss
+at 64, 128 and 224 px (``benchmarks/coattention_diagnose.py``), where stage 1 moves S
+away from the object from the first update. From the near-uniform initial maps
+(S ~ 0.5, d- ~ 0) the first updates do find the common object, and then S
+drifts to 0. What keeps the method away from it is stage 2, as long as S
+follows one selection for several updates before the next and the mask term is
+heavy enough: with 20 updates per selection (lr 1e-3) the learned maps reached
+J 0.79 with the co-attention and mask terms summed over pairs, images and
+pixels (MatConvNet's loss layers, ``mask_pixel_reduction='sum'``), 0.77 with
+eq. 7's target (M~ fixed) and the same sums, and 0.78 with per-pair and
+per-pixel means; with the sums over pairs and images but eq. 7's per-pixel
+mean (the paper config's literal balance) S fell back towards 0 (J 0.38 with
+eq. 7's target, 0.19 with the earlier one); with a selection after every
+update S collapsed. The masked-out pixels' value matters too: black (fill 0)
+is a strong input of its own for f; mid-grey (fill 0.5, zero after f's
+normalisation, like the paper's mean-subtracted inputs) makes the ground truth
+clearly the lower loss on the synthetic collection.
 
 Choices the paper leaves open (all ``CoattentionNet`` attributes, set from
 ``config.model``):
@@ -71,10 +70,12 @@ Choices the paper leaves open (all ``CoattentionNet`` attributes, set from
   default 0 (black, as the paper's Fig. 2 displays it) is kept for API
   compatibility.
 * ``train_extractor``: the paper's abstract says f is "derived based on the
-  co-attention loss" (learned with g, from ImageNet weights); the issue and
-  our default keep f fixed. True lets the gradient reach f (with
-  ``config.coattention.extractor_lr_scale``); it was tried once on the
-  synthetic collection (stage 1 only, f at 0.03 x lr) without a clear gain.
+  co-attention loss" (learned with g, from ImageNet weights); Sec. 3.5 keeps
+  it fixed in the experiments, as our default does. True lets the gradient
+  reach f (with a non-zero ``config.optimizer.lr_multipliers
+  ['extractor_net']``; the paper config's 0 freezes it); it was tried once
+  on the synthetic collection (stage 1 only, f at 0.03 x lr) without a clear
+  gain.
 * ``extractor_size``: the masked images are resized (bilinear) to this side
   before f, or fed at input size when None.
 """

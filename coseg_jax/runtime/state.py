@@ -21,6 +21,9 @@ mesh.
 * ``from_checkpoint``: a run directory; its latest checkpoint's parameters
   and statistics are copied where the names match (only under the paths of
   ``from_checkpoint_subtrees`` when that is set). Applied last.
+* ``require_pretrained``: the ``backbone_subtree`` must receive weights
+  (:func:`missing_pretrained`; ``--mode train`` checks it before building
+  anything), for configs whose paper starts from ImageNet weights.
 """
 
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -114,6 +117,37 @@ def pretrained_entries(config) -> Dict[str, Dict[str, Any]]:
         backbone=config.model.backbone, path=init.backbone_weights,
         kwargs=dict(config.model.get("backbone_kwargs") or {}))
   return entries
+
+
+def missing_pretrained(config) -> Optional[str]:
+  """Why a fresh run of ``config`` would start from a random encoder, or None.
+
+  With ``config.init.require_pretrained``, the ``backbone_subtree`` must get
+  its weights from ``backbone_weights``, ``pretrained[backbone_subtree]`` or
+  ``from_checkpoint`` (all of it, or a listed subtree containing it). A
+  pre-stage does not count: MaCoSNet's hands on G, not ImageNet weights,
+  and the demo's encoder pre-training is a stand-in that its config states
+  by setting ``require_pretrained=False``.
+
+  Returns:
+    A one-line message naming ``config.init.backbone_weights``, or None.
+  """
+  init = config.get("init") or ml_collections.ConfigDict()
+  if not init.get("require_pretrained"):
+    return None
+  subtree = str(init.get("backbone_subtree") or "backbone")
+  if subtree in pretrained_entries(config):
+    return None
+  if init.get("from_checkpoint"):
+    listed = [_split(s) for s in (init.get("from_checkpoint_subtrees") or ())]
+    if not listed or any(_split(subtree)[:len(k)] == k for k in listed):
+      return None
+  backbone = config.get("model", {}).get("backbone", "?")
+  return (f"config.init.require_pretrained: this config trains from ImageNet "
+          f"weights of its {backbone} encoder ({subtree!r}), and none are "
+          f"given: set config.init.backbone_weights to the weights file "
+          f"(e.g. a torchvision .pth), or config.init.require_pretrained="
+          f"False to train from a random encoder")
 
 
 def init_variables(config, params, batch_stats) -> Tuple[Any, Any]:

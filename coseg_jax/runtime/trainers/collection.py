@@ -528,8 +528,8 @@ def run_collection(config, collection: Collection, workdir: str,
     scores["reference/all_foreground"] = _scores(
         [np.ones(m.shape[:2], bool) for m in collection.masks], collection)
     if bool(cfg.get("also_without_mask_loss", False)):
-      # The Table 1 "w/o l_m" ablation on the same collection and compiled step: the
-      # same schedule with the mask weight 0.
+      # The Table 1 "w/o l_m" ablation on the same collection and compiled
+      # step: the same schedule with the mask weight 0.
       ablation = train_on_images(config, images, None, log=log,
                                  mask_weight=0.0)
       summary["ablation_train_seconds"] = ablation["train_seconds"]
