@@ -1,7 +1,8 @@
 """CoSegNet on the PASCAL-VOC co-segmentation set: the real-photo recipe.
 
-Argument: ``[disjoint|split|all][,cosegnet|base][,runlocal]`` (protocols:
-``configs/pascal_voc_coseg.py``; ``base`` is the Table 5 baseline).
+Argument: ``[disjoint|split|all][,cosegnet|base][,live][,blind][,runlocal]``
+(protocols and flags: ``configs/pascal_voc_coseg.py``; ``base`` is the
+Table 5 baseline).
 
   python -m coseg_jax.main --config configs/cosegnet_pascal_voc_coseg.py:disjoint \\
       --config.data.manual_dir=/path/to/pascal_voc_coseg --workdir /tmp/cosegnet_pascal
@@ -35,11 +36,12 @@ from configs import pascal_voc_coseg
 
 
 def get_config(arg=None):
-  """'disjoint'|'split'|'all' [,cosegnet|base] [,runlocal]."""
+  """'disjoint'|'split'|'all' [,cosegnet|base] [,live] [,blind]
+  [,runlocal]."""
   a = args.parse(arg, config="cosegnet_pascal_voc_coseg",
                  groups={"protocol": pascal_voc_coseg.PROTOCOLS,
                          "variant": cosegnet_voc2012.METHODS},
-                 flags=("runlocal",))
+                 flags=pascal_voc_coseg.FLAGS)
   config = cosegnet_voc2012.get_config(a.variant)
   pascal_voc_coseg.apply_protocol(config, a.protocol)
   pascal_voc_coseg.frozen_pretrained_backbone(config, "efficientnet_lite2")
@@ -62,6 +64,10 @@ def get_config(arg=None):
   config.eval.max_groups = 300
   config.eval.batch_size = 8
   config.predict.image_size = 224
+  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
+  # CoSegNet's own evaluation adds the decision (positive and cross-class
+  # negative pairs).
+  config.eval.evaluators = ("coseg", "decision", "partner", "composite")
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     config.model.width_multiplier = 1 / 16

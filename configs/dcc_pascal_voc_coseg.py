@@ -1,7 +1,7 @@
 """DCC on the PASCAL-VOC co-segmentation set: the real-photo recipe.
 
-Argument: ``[disjoint|split|all][,runlocal]`` (protocols:
-``configs/pascal_voc_coseg.py``).
+Argument: ``[disjoint|split|all][,live][,blind][,runlocal]`` (protocols
+and flags: ``configs/pascal_voc_coseg.py``).
 
   python -m coseg_jax.main --config configs/dcc_pascal_voc_coseg.py:disjoint \\
       --config.data.manual_dir=/path/to/pascal_voc_coseg --workdir /tmp/dcc_pascal
@@ -27,10 +27,10 @@ from configs import pascal_voc_coseg
 
 
 def get_config(arg=None):
-  """'disjoint'|'split'|'all' [,runlocal]."""
+  """'disjoint'|'split'|'all' [,live] [,blind] [,runlocal]."""
   a = args.parse(arg, config="dcc_pascal_voc_coseg",
                  groups={"protocol": pascal_voc_coseg.PROTOCOLS},
-                 flags=("runlocal",))
+                 flags=pascal_voc_coseg.FLAGS)
   config = dcc_voc2012.get_config()
   pascal_voc_coseg.apply_protocol(config, a.protocol)
   pascal_voc_coseg.frozen_pretrained_backbone(config, "efficientnet_lite2")
@@ -57,6 +57,7 @@ def get_config(arg=None):
   config.eval.max_groups = 300
   config.eval.batch_size = 8
   config.predict.image_size = 224
+  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     m.decoder_widths = (16, 16, 8, 8, 8)

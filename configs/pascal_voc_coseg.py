@@ -18,12 +18,22 @@ pascal_voc_coseg``. Protocols (the config argument's first token):
   on.
 * ``all``: every image, for the model a user then runs ``--mode predict``
   with; evaluated on the training images (not a held-out figure).
+
+Recipe flags (after the protocol): ``live`` trains from the live pipeline
+instead of the frozen-encoder feature cache; ``blind`` trains without the
+composite scenes that make the partner necessary (the partner-blind
+comparison); ``runlocal`` is a seconds-long variant for tests.
 """
 
 import ml_collections
 
 PROTOCOLS = ("disjoint", "split", "all")
+FLAGS = ("live", "blind", "runlocal")
 NUM_CLASSES = 20
+# Composite scenes (two objects of different classes, a member of both)
+# per training image: they make the partner necessary (a partner-blind model
+# cannot tell which object is the target).
+COMPOSITES_PER_RECORD = 0.5
 
 
 def apply_protocol(config: ml_collections.ConfigDict, protocol: str):
@@ -61,6 +71,22 @@ def frozen_pretrained_backbone(config: ml_collections.ConfigDict,
   return config
 
 
+def apply_recipe(config: ml_collections.ConfigDict, *, live: bool,
+                 blind: bool):
+  """The CPU recipe's data side: the feature cache (unless ``live``),
+  composite scenes (unless ``blind``), and the evaluators that show what
+  the partner contributes."""
+  d = config.data
+  d.feature_cache.enabled = not live
+  d.feature_cache.views = 4
+  d.composites.per_record = 0.0 if blind else COMPOSITES_PER_RECORD
+  d.composites.background = "inpaint"
+  config.eval.evaluators = ("coseg", "partner", "composite")
+  config.eval.partner_pairs = 100
+  config.eval.composites = 100
+  return config
+
+
 def runlocal(config: ml_collections.ConfigDict):
   """Seconds-long variant for tests: 64 px, 2 steps, a few groups."""
   config.data.image_size = 64
@@ -74,5 +100,8 @@ def runlocal(config: ml_collections.ConfigDict):
   config.optimizer.warmup_steps = 0
   config.eval.max_groups = 10
   config.eval.batch_size = 2
+  config.eval.partner_pairs = 4
+  config.eval.composites = 2
+  config.data.feature_cache.views = 2
   return config
 

@@ -244,4 +244,6 @@ def make_cached_dataset(data_config, directory: str, membership: np.ndarray,
                                    num_epochs=num_epochs)
   ds = grain.MapDataset.source(groups)[process_index::process_count]
   ds = ds.map_with_index(_LoadCachedGroup(views, membership, seed=seed))
-  return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+  return pipeline.with_workers(
+      ds.to_iter_dataset().batch(batch_size, drop_remainder=True),
+      data_config)

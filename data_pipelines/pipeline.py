@@ -450,16 +450,18 @@ def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
                                 name=name))
   else:
     index = record_index_of(source, data_config)
-    n_records = int(index.membership.any(1).sum())
+    scenes = scenes_lib.Scenes(source, index, data_config, train=train)
+    # An epoch is one group per member scene (records, and composites in
+    # training), as in the feature cache's stream.
+    n_scenes = int(scenes.membership.any(1).sum())
     if train:
-      per_epoch = data_config.groups_per_epoch or n_records
+      per_epoch = data_config.groups_per_epoch or n_scenes
       epochs = _MAX_EPOCHS
       params = _augment_params(data_config)
     else:
-      per_epoch = data_config.eval_groups_per_split or n_records
+      per_epoch = data_config.eval_groups_per_split or n_scenes
       epochs = 1
       params = None
-    scenes = scenes_lib.Scenes(source, index, data_config, train=train)
     groups = group_sequence(data_config, scenes.membership,
                             groups_per_epoch=int(per_epoch), seed=seed,
                             num_epochs=epochs)
@@ -469,6 +471,12 @@ def make_dataset(data_config, *, split: str, batch_size: int, train: bool,
         seed=seed))
 
   it = ds.to_iter_dataset().batch(batch_size, drop_remainder=train)
+  return with_workers(it, data_config)
+
+
+def with_workers(it: grain.IterDataset, data_config) -> grain.IterDataset:
+  """``it`` prefetched by ``data.num_workers`` grain worker processes (as
+  is, with 0)."""
   if data_config.num_workers > 0:
     # grain's worker start-up reads absl flags; outside an absl app (tests,
     # notebooks, scripts) they are unparsed, so accept their defaults.

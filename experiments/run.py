@@ -1,12 +1,13 @@
 r"""Run one accuracy experiment through the public API and record it.
 
-Trains a config (its pre-stages, then the main run, as ``--mode train``
-does), evaluates it with every evaluator the config names (as ``--mode
-eval``), and writes ``<workdir>/experiment.json``: the command, the machine,
-the date, the git commit, the wall time of each phase (feature-cache build,
-training, evaluation), the learning curve (the evaluators' figures every
-``--curve_every`` steps, with the wall time since the run started) and the
-final figures. Overrides are the command line's ``--config.x=y``.
+Trains a config as ``--mode train`` does (``stages.prepare`` runs the
+pre-stages, then the config's trainer; the supervised trainer is called with
+a learning-curve hook), evaluates it with every evaluator the config names
+(as ``--mode eval``), and writes ``<workdir>/experiment.json``: the command,
+the machine, the date, the git commit, the wall time of each phase (pre
+stages, feature-cache build, training, evaluation), the learning curve
+(Avg. J every ``--curve_every`` steps, with the wall time since the start)
+and the final figures. Overrides are the command line's ``--config.x=y``.
 
   python -m experiments.run \
       --config configs/cyclesegnet_pascal_voc_coseg.py:disjoint \
@@ -34,9 +35,9 @@ from coseg_jax import models
 from coseg_jax.runtime import checkpoint
 from coseg_jax.runtime import console
 from coseg_jax.runtime import evaluators
-from coseg_jax.runtime import feature_cache
+from coseg_jax.runtime import figures
 from coseg_jax.runtime import stages
-from coseg_jax.runtime import steps
+from coseg_jax.runtime import trainers
 from coseg_jax.runtime.trainers import supervised
 
 FLAGS = flags.FLAGS
@@ -102,6 +103,14 @@ def main(argv):
   if not FLAGS.skip_train:
     main_config = stages.prepare(config, workdir)
     record["pre_stage_minutes"] = (time.time() - start) / 60
+    trainer_name = main_config.get("trainer", "supervised")
+    if trainer_name != "supervised":
+      # Per-collection training evaluates inside the trainer.
+      record["collection_results"] = trainers.get_trainer(
+          trainer_name).train(main_config, workdir)
+      record["total_train_minutes"] = (time.time() - start) / 60
+      _write(record, workdir)
+      return
     model = models.get_method(main_config.method).build_model(
         main_config.model)
     eval_fn = None
@@ -120,26 +129,19 @@ def main(argv):
                      f"Avg. J {curve[-1].get('avg_J', float('nan')):.3f}")
         return res
 
-    if feature_cache.enabled(main_config):
-      # The cache is part of the run's time: built (or reused) here, then
-      # the trainer streams from it.
-      t = time.time()
-      program = steps.build_train_program(main_config)
-      directory, membership = feature_cache.build(main_config, program,
-                                                  workdir)
-      record["cache_minutes"] = (time.time() - t) / 60
-      record["cache_dir"] = directory
-      dataset_fn = feature_cache.make_dataset_fn(directory, membership)
-      del program
-    else:
-      dataset_fn = None
-    t = time.time()
-    supervised.train_and_evaluate(main_config, workdir, eval_fn=eval_fn,
-                                  dataset_fn=dataset_fn)
-    record["train_minutes"] = (time.time() - t) / 60
+    timings = {}
+    state = supervised.train_and_evaluate(main_config, workdir,
+                                          eval_fn=eval_fn, timings=timings)
+    record["cache_minutes"] = timings.get("feature_cache", 0.0) / 60
+    record["train_minutes"] = timings["train"] / 60
+    vis = main_config.get("visualise")
+    if vis is not None and int(vis.get("num_groups", 0) or 0) > 0:
+      figures.write_figures(config=main_config, workdir=workdir,
+                            result=state, num_groups=int(vis.num_groups),
+                            out_dir=os.path.join(workdir, "figures"))
   record["total_train_minutes"] = (time.time() - start) / 60
   # Final evaluation of the saved checkpoint with every configured
-  # evaluator (the curve's evaluation time is not in train_minutes).
+  # evaluator (the curve's evaluation time is in train_minutes).
   t = time.time()
   model = models.get_method(config.method).build_model(config.model)
   variables, step = checkpoint.load_variables(workdir)
@@ -150,6 +152,10 @@ def main(argv):
                                           variables=variables)
   record["eval_minutes"] = (time.time() - t) / 60
   record["curve"] = curve
+  _write(record, workdir)
+
+
+def _write(record, workdir):
   path = os.path.join(workdir, "experiment.json")
   with open(path, "w") as f:
     json.dump(record, f, indent=1, default=float)

@@ -5,15 +5,15 @@ Importing this package registers every loss under its name, so
 the semantics of :func:`compute_total_loss`.
 """
 
-# --- MaCoSNet losses (matching, contrastive): their author's import line.
-# Loss modules: imported for their registrations (explicit list, no try/except).
+# The loss modules register their losses when imported.
 from coseg_jax.losses import classification
 from coseg_jax.losses import coattention
 from coseg_jax.losses import contrastive
 from coseg_jax.losses import lovasz
 from coseg_jax.losses import matching
 from coseg_jax.losses import metric_learning
-# Convenience re-exports of the functions defined above.
+# Re-exported functions (the MaCoSNet losses are used through the registry
+# or their modules, losses.matching and losses.contrastive).
 from coseg_jax.losses.classification import decision_bce
 from coseg_jax.losses.classification import sigmoid_bce
 from coseg_jax.losses.coattention import coattention_loss

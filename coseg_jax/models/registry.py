@@ -10,7 +10,11 @@ calls :func:`register_method` at import time and one import line in
 Model contract: ``model.apply(variables, images, train=bool, rngs=...)`` with
 ``images`` float32 [B, K, H, W, 3] in [0, 1] returns a ``flax.struct.dataclass``
 with ``mask_logits`` [B, K, H, W, 1] at input resolution plus method-specific
-fields. Loss contract: ``loss_fn(*, outputs, batch, loss_config) -> (total,
+fields. A model that can train from the frozen-encoder feature cache also
+accepts ``features={level: [B, K, h, w, C]}`` (then only the shape of
+``images`` is read) and has the attributes ``backbone``, ``dtype``,
+``encoder_kwargs`` (its encoder's attributes) and ``feature_levels`` (the
+encoder levels it reads). Loss contract: ``loss_fn(*, outputs, batch, loss_config) -> (total,
 terms)`` with ``total`` a float32 scalar and ``terms`` a dict of float32
 scalars (logged as they are).
 """

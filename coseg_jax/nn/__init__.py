@@ -10,6 +10,7 @@ fusion for multi-level decoding), ``geometry`` (affine/TPS grids, sampling),
 from coseg_jax.nn import convlstm
 from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
+from coseg_jax.nn import depthwise
 from coseg_jax.nn import fusion
 from coseg_jax.nn import geometry
 from coseg_jax.nn import region_attention

@@ -25,6 +25,7 @@ Design points:
 """
 
 import os
+import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from absl import logging
@@ -96,7 +97,8 @@ def _check_finite(pending) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        dataset_fn: Optional[Callable[..., Any]] = None,
                        eval_fn: Optional[EvalFn] = None,
-                       step_hooks: Sequence[StepHook] = ()):
+                       step_hooks: Sequence[StepHook] = (),
+                       timings: Optional[Dict[str, float]] = None):
   """Trains ``config.method`` per ``config``, checkpointing into ``workdir``.
 
   Resumes automatically from the latest checkpoint in ``workdir``.
@@ -114,6 +116,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step_hooks: callables ``(step, state, metrics)`` run after every step
       (tests, custom monitoring); they must not keep the state (it is
       donated to the next step).
+    timings: optional dict that receives wall times in seconds:
+      'feature_cache' (building or reusing the cache) and 'train' (the
+      loop, periodic evaluations included).
 
   Returns:
     The final TrainState (on the mesh).
@@ -134,9 +139,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   cpu_multi = (jax.default_backend() == "cpu" and mesh.devices.size > 1)
   accum = int(config.optimizer.get("grad_accum_steps", 1) or 1)
 
+  timings = timings if timings is not None else {}
   if dataset_fn is None and feature_cache.enabled(config):
+    t = time.time()
     directory, membership = feature_cache.build(config, program, workdir)
     dataset_fn = feature_cache.make_dataset_fn(directory, membership)
+    timings["feature_cache"] = time.time() - t
   dataset_fn = dataset_fn or default_dataset_fn
   dataset = dataset_fn(config, batch_size=local_bs,
                        process_index=jax.process_index(),
@@ -179,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       checkpointer.save(step, state, data_iter=data_iter, config=config)
     last_saved = step
 
+  loop_start = time.time()
   try:
     step = start
     while step < num_steps:
@@ -223,6 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       save(num_steps)
     writer.flush()
   finally:
+    timings["train"] = time.time() - loop_start
     preemption.close()
     progress.close()
     writer.close()
