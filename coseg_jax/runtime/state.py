@@ -70,11 +70,13 @@ class TrainState:
 
 
 def input_shape(config) -> Tuple[int, int, int, int, int]:
-  """[1, K, H, W, 3] model input shape from ``config.data``."""
+  """[1, K, H, W, 3] model input shape from ``config.data`` (K: 2 for the
+  pairs sampler, 3 for triplets, else ``data.group_size``)."""
   data = config.data
   size = data.get("image_size", 32)
   h, w = (size, size) if isinstance(size, int) else tuple(size)
-  k = int(data.get("group_size", 2))
+  k = {"pairs": 2, "triplets": 3}.get(data.get("sampler", "pairs"),
+                                      int(data.get("group_size", 2)))
   return (1, k, int(h), int(w), 3)
 
 
