@@ -61,7 +61,6 @@ def main():
     cfg.builder_config = "bench512"
   else:
     cfg.manual_dir = os.path.abspath(args.manual_dir)
-    cfg.eval_split = cfg.train_split
   # Build once outside the timed region.
   src = pipeline.load_source(cfg, cfg.train_split)
   print(f"dataset={args.dataset} records={len(src)} "

@@ -1,9 +1,11 @@
 """The base config every experiment config starts from.
 
-Every file under ``configs/`` is named ``<method>_<data set>.py`` (plus
-``demo.py``) and defines ``get_config(arg=None)``, which calls
+Every launchable file under ``configs/`` is named ``<method>_<data set>.py``
+(plus ``demo.py``) and defines ``get_config(arg=None)``, which calls
 ``get_base_config()``, overrides the sections it cares about, and reads its
-argument with ``configs.args.parse``. The sections (the runtime contract):
+argument with ``configs.args.parse``. The parts several configs share are
+named by what they hold (``base.py``, ``args.py``, ``pascal_voc_coseg.py``
+for that data set's protocols, ``macosnet_base.py``) and launch nothing. The sections (the runtime contract):
 
 * ``method``: a name registered in ``coseg_jax.models`` (``available_methods()``).
 * ``trainer``: 'supervised' (the generic loop) or 'collection' (the
@@ -77,6 +79,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.9  # SGD momentum (Nesterov off)
   config.optimizer.beta1 = 0.9
   config.optimizer.beta2 = 0.999
+  config.optimizer.eps = 1e-8
   config.optimizer.grad_clip_norm = 0.0  # global-norm clipping; 0 disables
   # The papers' Caffe iter_size: gradients of this many consecutive batches
   # are averaged before one update (optax.MultiSteps). The schedule counts
@@ -110,6 +113,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.seed = 0  # random choices of the evaluators (groups, partners)
   config.eval.partner_pairs = 100  # 'partner': pairs, round-robin by class
   config.eval.composites = 100  # 'composite': composites (x 2 partners)
+  config.eval.composite_background = "inpaint"  # or 'side_by_side'
+  config.eval.decision_pairs = 200  # 'decision': pairs, half negatives
+  config.eval.pck_alphas = (0.05, 0.1)  # 'matching': PCK tolerances
   config.eval.split = "test"
   # Data fields that differ for evaluation (empty: the training data), e.g.
   # {'class_slice': (10, 20)} for the unseen classes of a class-disjoint
@@ -122,6 +128,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'otsu' | 'crf' | 'grabcut' (coseg_jax.postprocess; 'crf' needs the crf
   # extra). Used by --mode eval and --mode predict.
   config.eval.postprocess = "threshold"
+  # Options of that conversion (e.g. {'iterations': 10} for 'crf').
+  config.eval.postprocess_kwargs = ml_collections.ConfigDict()
   config.eval.max_groups = -1  # -1 = all
   config.eval.batch_size = 8
 

@@ -180,7 +180,6 @@ def get_config(arg=None):
 
   config.data.name = "pascal_voc_coseg"
   config.data.train_split = "train"
-  config.data.eval_split = "train"
   config.data.image_size = 384  # Sec. 3.5
   config.data.resize = "stretch"
   config.data.augment.enabled = False

@@ -24,6 +24,5 @@ def get_config(arg=None):
                               dataset="tss", config_name="macosnet_tss")
   if config.data.name == "tss":
     config.data.train_split = "test"  # TSS has one split (trained on it)
-    config.data.eval_split = "test"
     config.eval.split = "test"
   return config

@@ -42,7 +42,6 @@ def apply_protocol(config: ml_collections.ConfigDict, protocol: str):
   d.name = "pascal_voc_coseg"
   d.builder_config = None
   d.train_split = "train"
-  d.eval_split = "train"
   config.eval.split = "train"  # one split; classes or the holdout separate
   config.eval.data = ml_collections.ConfigDict()
   if protocol == "disjoint":

@@ -1,6 +1,6 @@
 """The coseg_jax command line: train, evaluate, co-segment images, benchmark.
 
-  python -m coseg_jax.main --config configs/baselines.py:mcat \\
+  python -m coseg_jax.main --config configs/baselines_synthetic.py:mcat \\
       --workdir /tmp/run --mode train|eval|predict|benchmark \\
       [--config.train.num_steps=100 ...] [--images DIR_OR_GLOB] [--out DIR]
 
@@ -71,7 +71,8 @@ FLAGS = flags.FLAGS
 MODES = ("train", "eval", "predict", "benchmark")
 
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/baselines.py:mcat,runlocal; "
+    "config", None, "Config file, e.g. "
+    "configs/baselines_synthetic.py:mcat,runlocal; "
     "fields can be overridden with --config.<field>=<value>.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
@@ -187,7 +188,16 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
     if missing:
       raise UsageError(missing)
   if mode in ("train", "eval"):
-    _validate_data(config)
+    _validate_data(config.data)
+  if mode == "train":
+    for name in stages.stage_names(config)[:-1]:
+      overrides = config[name].get("data")
+      if overrides:  # a pre-stage that reads other data
+        data = config.data.copy_and_resolve_references()
+        with data.unlocked():
+          for key, value in overrides.items():
+            data[key] = value
+        _validate_data(data, field=f"config.{name}.data")
     strategies = ("pairs", "a", "b", "c", "d")
     if config.eval.strategy not in strategies:
       raise UsageError(f"config.eval.strategy must be one of {strategies}, "
@@ -215,11 +225,10 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
       raise UsageError(f"--images {images}: {e}") from None
 
 
-def _validate_data(config) -> None:
+def _validate_data(data, field: str = "config.data") -> None:
   """Dataset name and directories (the synthetic set needs none)."""
-  data = config.data
   if data.name not in registry.available_datasets():
-    raise UsageError(f"config.data.name: unknown dataset {data.name!r}; "
+    raise UsageError(f"{field}.name: unknown dataset {data.name!r}; "
                      f"known: {', '.join(registry.available_datasets())}")
   if data.name == "synthetic":
     return
@@ -237,16 +246,16 @@ def _validate_data(config) -> None:
   manual = data_config.resolve_manual_dir(data)
   if not manual:
     raise UsageError(
-        f"config.data.manual_dir is not set and dataset {data.name!r} is not "
-        f"built in config.data.data_dir={data_dir}; set "
-        f"--config.data.manual_dir (or COSEG_DATA_DIR) to the dataset's "
+        f"{field}.manual_dir is not set and dataset {data.name!r} is not "
+        f"built in {field}.data_dir={data_dir}; set "
+        f"--{field}.manual_dir (or COSEG_DATA_DIR) to the dataset's "
         f"original layout")
   manual = os.path.expanduser(str(manual))
   if not os.path.isdir(manual):
-    raise UsageError(f"config.data.manual_dir={manual} does not exist "
+    raise UsageError(f"{field}.manual_dir={manual} does not exist "
                      f"(dataset {data.name!r})")
   if not os.listdir(manual):
-    raise UsageError(f"config.data.manual_dir={manual} is empty "
+    raise UsageError(f"{field}.manual_dir={manual} is empty "
                      f"(dataset {data.name!r})")
 
 
@@ -329,6 +338,8 @@ def main(argv):
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   console.setup(FLAGS.verbosity if FLAGS["verbosity"].present else None)
+  if isinstance(FLAGS.config, ml_collections.ConfigDict):
+    sharding.configure(FLAGS.config)  # before JAX starts its backends
   try:
     validate(FLAGS.config, mode=FLAGS.mode, workdir=FLAGS.workdir,
              images=FLAGS.images)

@@ -40,10 +40,12 @@ Matching:
 """
 
 import collections
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 import numpy as np
+
+from coseg_jax.nn import geometry
 
 UNKNOWN_FLOW_THRESHOLD = 1e9
 IGNORE = 255  # mask value of pixels that count nowhere
@@ -347,3 +349,95 @@ class PCKAccumulator:
         "num_pairs": int(ok.sum()),
         "num_skipped": int((~ok).sum()),
     }
+
+
+# --------------------------------------------------------------------------
+# Matching evaluation of predicted transformations (PCK of a theta).
+
+PCK_ALPHAS = (0.05, 0.1, 0.15)
+
+
+def transfer_keypoints(*, theta: jnp.ndarray, points_b: jnp.ndarray,
+                       size_a: Tuple[int, int], size_b: Tuple[int, int],
+                       kind: str = "affine_tps") -> jnp.ndarray:
+  """B's keypoints carried into A's image by theta warping A onto B.
+
+  CNNGeo / weakalign's PCK protocol: the pull map T_AB sends a point of B's
+  frame to its match in A, so B's (target) keypoints are transformed and
+  compared with A's. Coordinates are pixels of the *original* images
+  (normalised with each image's own size, which is what stretching both to
+  the model input does).
+
+  Args:
+    theta: [B, P] theta of the pair (A -> B) (``geometry`` conventions;
+      [B, 24] for the default ``kind``).
+    points_b: [B, N, 2] (x, y) pixels in B (NaN = missing).
+    size_a: (H_a, W_a) of A; size_b: (H_b, W_b) of B.
+    kind: the theta's geometry kind.
+
+  Returns:
+    [B, N, 2] (x, y) pixels in A.
+  """
+  norm = geometry.pixels_to_normalized(points_b, tuple(size_b))
+  mapped = geometry.transform_points(points=jnp.nan_to_num(norm),
+                                     theta=theta, kind=kind)
+  return geometry.normalized_to_pixels(mapped, tuple(size_a))
+
+
+def dense_flow(*, theta: jnp.ndarray, src_size: Tuple[int, int],
+               dst_size: Tuple[int, int], kind: str = "affine_tps"
+               ) -> jnp.ndarray:
+  """Flow [H1, W1, 2] (dx, dy pixels) of every pixel of image 1 into image 2.
+
+  TSS's flow-PCK protocol: ``theta`` [24] is the 'affine_tps' theta whose
+  point map sends image 1's frame to image 2's, i.e. the theta of the pair
+  (2 -> 1) (it warps image 2 onto image 1). Both frames are normalised with
+  their own original size, as stretching both to the model input does.
+
+  Args:
+    theta: [P] theta of the pair (image 2 -> image 1).
+    src_size: (H1, W1) of image 1; dst_size: (H2, W2) of image 2.
+    kind: the theta's geometry kind.
+  """
+  h, w = src_size
+  ys, xs = jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")
+  pixels = jnp.stack([xs, ys], -1).astype(jnp.float32).reshape(1, -1, 2)
+  points = geometry.transform_points(
+      points=geometry.pixels_to_normalized(pixels, (h, w)),
+      theta=jnp.asarray(theta)[None], kind=kind)
+  target = geometry.normalized_to_pixels(points, tuple(dst_size))[0]
+  return target.reshape(h, w, 2) - pixels.reshape(h, w, 2)
+
+
+def keypoint_pck(*, theta: jnp.ndarray, points_a: jnp.ndarray,
+                 points_b: jnp.ndarray, size_a: Tuple[int, int],
+                 size_b: Tuple[int, int], alphas: Sequence[float] = PCK_ALPHAS,
+                 bbox_a: Optional[jnp.ndarray] = None,
+                 kind: str = "affine_tps"):
+  """PCK of one batch of pairs at each alpha (PF-PASCAL / PF-WILLOW).
+
+  Args:
+    theta: [B, 24] theta warping A onto B.
+    points_a, points_b: [B, N, 2] corresponding keypoints (pixels; NaN rows
+      are missing and not scored).
+    size_a, size_b: original image sizes (H, W).
+    alphas: tolerances as fractions of the reference size.
+    bbox_a: optional [B, 4] (x0, y0, x1, y1) object box in A; by default the
+      bounding box of A's valid keypoints (weakalign's PF-PASCAL L_pck).
+    kind: the theta's geometry kind.
+
+  Returns:
+    dict alpha -> [B] fraction of A's keypoints within alpha * L.
+  """
+  valid = jnp.all(jnp.isfinite(points_a) & jnp.isfinite(points_b), axis=-1)
+  pred = transfer_keypoints(theta=theta, points_b=points_b, size_a=size_a,
+                            size_b=size_b, kind=kind)
+  gt = jnp.nan_to_num(points_a)
+  if bbox_a is None:
+    big = jnp.float32(1e9)
+    lo = jnp.min(jnp.where(valid[..., None], gt, big), axis=1)
+    hi = jnp.max(jnp.where(valid[..., None], gt, -big), axis=1)
+    bbox_a = jnp.concatenate([lo, hi], axis=-1)
+  ref = bbox_reference_size(bbox_a)
+  return {a: pck(pred_points=pred, gt_points=gt, alpha=a,
+                         reference_size=ref, valid=valid) for a in alphas}

@@ -48,7 +48,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       already built, or to use ``$COSEG_DATA_DIR/<name>``).
     builder_config: TFDS builder config name (None = the builder's default;
       for 'synthetic' None means "build from the ``synthetic.*`` fields").
-    train_split / eval_split: split names used by training / evaluation.
+    train_split: the split training reads (evaluation reads
+      ``config.eval.split``).
     image_size: model input side (int) or (H, W).
     resize: 'stretch' or 'pad' (keep aspect, pad bottom/right, pad invalid).
     sampler: 'pairs', 'triplets' or 'groups'; pair-record datasets (tss,
@@ -99,7 +100,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.manual_dir = config_dict.placeholder(str)
   c.builder_config = config_dict.placeholder(str)
   c.train_split = "train"
-  c.eval_split = "test"
   c.image_size = 96
   c.resize = "stretch"
   c.sampler = "pairs"

@@ -492,7 +492,7 @@ def with_workers(it: grain.IterDataset, data_config) -> grain.IterDataset:
 # Evaluation helpers.
 
 
-def eval_groups(data_config, *, split: Optional[str] = None,
+def eval_groups(data_config, *, split: str,
                 strategy: str = "pairs", k: int = 2, seed: int = 0,
                 max_tuples: Optional[int] = None
                 ) -> dict[str, samplers.EvalTuples]:
@@ -500,7 +500,7 @@ def eval_groups(data_config, *, split: Optional[str] = None,
 
   Args:
     data_config: the data config.
-    split: split name (None = ``data_config.eval_split``).
+    split: split name.
     strategy: 'pairs' (every pair of the class's images, both scored) or a
       CycleSegNet group strategy 'a'-'d' (see ``samplers``) with tuple size k.
     k: tuple size for 'a'-'d'.
@@ -508,7 +508,6 @@ def eval_groups(data_config, *, split: Optional[str] = None,
     max_tuples: strategy 'a' refuses a class with more tuples (None: no
       limit).
   """
-  split = split or data_config.eval_split
   index = record_index(data_config, split)
   out = {}
   for c, cname in enumerate(index.class_names):

@@ -421,7 +421,7 @@ def test_decision_learns_on_textured_triplets(tmp_path):
   """The metric and decision nets, from a random encoder with the paper's
   weights, learn 'same category?' on held-out pairs where appearance tells
   the categories apart: 3 categories in their fixed textures, one object per
-  image, 64 px, 600 steps (RESULTS.md: accuracy 0.80 here, 0.925 for 10
+  image, 64 px, 600 steps (docs/notes/lab_notebook.md: accuracy 0.80 here, 0.925 for 10
   categories after 2,500 steps; 0.625 after 300)."""
   cfg = _synthetic_config(num_steps=600, data_dir=str(tmp_path / "data"))
   synthetic = cfg.data.synthetic
@@ -464,7 +464,7 @@ def test_metric_path_fits_fixed_training_triplets():
   random tiny encoder and the paper's weights, the triplet term must fall
   well below its collapsed value (the margin, 1) within 300 steps (observed
   0.10). With the pipeline's random scale / rotation / flip the same
-  network stays at the margin (RESULTS.md): the failure is finding class
+  network stays at the margin (docs/notes/lab_notebook.md): the failure is finding class
   features that generalise, not the routing or the loss."""
   size = 32
   x, y = _render_two_classes(30, size)

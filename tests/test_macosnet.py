@@ -17,6 +17,7 @@ import pytest
 from configs import macosnet_base
 from configs import macosnet_tss
 from coseg_jax import backbones
+from coseg_jax import metrics
 from coseg_jax import models
 from coseg_jax.losses import contrastive
 from coseg_jax.losses import matching
@@ -745,17 +746,17 @@ def test_keypoint_pck_follows_the_pull_map():
                       pts_a[0, :, 0].max(), pts_a[0, :, 1].max()]])
   pts_b_missing = pts_b.copy()
   pts_b_missing[0, 9] = np.nan
-  res = macosnet.keypoint_pck(theta=theta, points_a=jnp.asarray(shifted),
+  res = metrics.keypoint_pck(theta=theta, points_a=jnp.asarray(shifted),
                               points_b=jnp.asarray(pts_b_missing),
                               size_a=size_a, size_b=size_b, bbox_a=box)
   np.testing.assert_allclose(float(res[0.05][0]), 6 / 9, atol=1e-6)
   np.testing.assert_allclose(float(res[0.1][0]), 1.0, atol=1e-6)
-  exact = macosnet.keypoint_pck(theta=theta, points_a=jnp.asarray(pts_a),
+  exact = metrics.keypoint_pck(theta=theta, points_a=jnp.asarray(pts_a),
                                 points_b=jnp.asarray(pts_b), size_a=size_a,
                                 size_b=size_b)
   assert float(exact[0.05][0]) == 1.0
   # The identity does not explain the pair.
-  ident = macosnet.keypoint_pck(
+  ident = metrics.keypoint_pck(
       theta=jnp.asarray(geometry.AFFINE_TPS_IDENTITY)[None],
       points_a=jnp.asarray(pts_a), points_b=jnp.asarray(pts_b),
       size_a=size_a, size_b=size_b)

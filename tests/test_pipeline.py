@@ -36,7 +36,7 @@ def _take(it, n):
 def test_default_config_fields():
   c = config_lib.default_data_config()
   for field in ("name", "data_dir", "manual_dir", "builder_config",
-                "train_split", "eval_split", "image_size", "group_size",
+                "train_split", "image_size", "group_size",
                 "sampler", "negative_fraction", "classes", "exclude_classes",
                 "resize", "num_workers", "seed"):
     assert field in c, field

@@ -57,7 +57,7 @@ Not in the paper:
   image's regions, and the ConvLSTM can only tell it from a matched pixel by
   comparing two feature vectors through its gates. The score gives that
   comparison directly, and reading it off a trained model shows whether the
-  attention has learnt to match at all (benchmarks/RESULTS.md: on the offline
+  attention has learnt to match at all (docs/notes/lab_notebook.md: on the offline
   demo it had not, and adding the channel did not change the J).
 """
 

@@ -10,8 +10,9 @@ items of one ``orbax.checkpoint.CheckpointManager``:
   sharded by the method's own rules, never tied to a device count).
 * ``data_iter``: the grain iterator's ``get_state()``, one JSON file per
   process (grain's own Orbax handler), so each host resumes its own shard.
-* ``config``: the run's config as JSON, for provenance (``python -m
-  coseg_jax.main --mode eval`` reads the model section back from it).
+* ``config``: the run's config as JSON, for provenance
+  (``Checkpointer.restore_config`` reads it back; ``--mode eval`` and
+  ``predict`` build the model from the command line's config).
 
 Saving is synchronous: the step function donates the state's buffers, so an
 asynchronous save still reading them would race the next step; on the

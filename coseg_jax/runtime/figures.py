@@ -88,7 +88,7 @@ def write_figures(*, config, workdir: str, out_dir: str, num_groups: int = 4,
   source = pipeline.load_source(data, split)
   forward = jax.jit(steps.make_forward(config, model))
   hook = FIGURE_HOOKS.get(config.method)
-  threshold = float(config.eval.threshold)
+  binarize = common.binarizer(config.eval)
   os.makedirs(out_dir, exist_ok=True)
   written, sheet = [], []
   for gi, group in enumerate(groups):
@@ -98,7 +98,7 @@ def write_figures(*, config, workdir: str, out_dir: str, num_groups: int = 4,
     probs = np.asarray(forward(variables, images[None]))[0, ..., 0]
     extra = hook(config, model, variables, images) if hook else {}
     for k in range(len(group)):
-      mask = probs[k] >= threshold
+      mask = np.asarray(binarize(images[k], probs[k]), bool)
       base = os.path.join(out_dir, f"group{gi}_{k}")
       over = viz.overlay(images[k], mask)
       panels = {"mask": (mask * 255).astype(np.uint8), "overlay": over}

@@ -70,6 +70,20 @@ def maybe_initialize_distributed(mesh_config: Optional[Any] = None) -> bool:
   return True
 
 
+def configure(config) -> None:
+  """What must happen before JAX starts its backends: deterministic GPU
+  reductions (``config.train.deterministic``, through XLA_FLAGS) and the
+  multi-host start-up (:func:`maybe_initialize_distributed`). The command
+  line calls it first thing; calling it again is harmless."""
+  if config.get("train") is not None and config.train.get("deterministic",
+                                                         False):
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_gpu_deterministic_ops" not in flags:
+      os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true"
+                                 ).strip()
+  maybe_initialize_distributed(config.get("mesh"))
+
+
 def make_mesh(num_data: int = -1) -> Mesh:
   """A 1-D mesh with axis 'data' over ``num_data`` devices (-1 = all).
 

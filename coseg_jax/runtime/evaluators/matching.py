@@ -10,7 +10,7 @@ must predict 'affine_tps' transformations (``outputs.theta`` with its
   (image 1's foreground pixels carried into image 2 and back;
   ``coseg_jax.metrics.flow_pck``, L = max(H, W) of the source image).
 * PF-PASCAL / PF-WILLOW (records with keypoints): keypoint PCK with L the
-  bounding box of A's keypoints (``models.macosnet.keypoint_pck``).
+  bounding box of A's keypoints (``metrics.keypoint_pck``).
 * Records with masks also get P and J of both images at original size
   (``config.eval`` binarisation), accumulated per class.
 
@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from coseg_jax import metrics
-from coseg_jax.models import macosnet
 from coseg_jax.runtime.evaluators import common
 from data_pipelines import augment
 from data_pipelines import pipeline
@@ -87,13 +86,13 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
       for theta, flow, mask, src, dst in (
           (theta_21, rec["flow12"], rec["mask1"], hw[0], hw[1]),
           (theta_12, rec["flow21"], rec["mask2"], hw[1], hw[0])):
-        pred = macosnet.dense_flow(theta=theta, src_size=src, dst_size=dst)
+        pred = metrics.dense_flow(theta=theta, src_size=src, dst_size=dst)
         for a in alphas:
           pck[a].update(values=metrics.flow_pck(
               pred_flow=pred, gt_flow=jnp.asarray(flow),
               mask=jnp.asarray(mask), alpha=a), class_names=name)
     elif "keypoints1" in rec:
-      values = macosnet.keypoint_pck(
+      values = metrics.keypoint_pck(
           theta=jnp.asarray(theta_12)[None],
           points_a=jnp.asarray(rec["keypoints1"])[None],
           points_b=jnp.asarray(rec["keypoints2"])[None],

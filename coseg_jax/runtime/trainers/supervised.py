@@ -70,16 +70,6 @@ def _scalar_items(prefix: str, results: Mapping[str, Any]) -> Dict[str, float]:
   return out
 
 
-def configure_determinism(config):
-  """Deterministic GPU reductions when ``config.train.deterministic`` (only
-  effective before the JAX backend starts; the CLI calls this first)."""
-  if config.train.get("deterministic", False):
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_gpu_deterministic_ops" not in flags:
-      os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true"
-                                 ).strip()
-
-
 def _check_finite(pending) -> None:
   """Raises FloatingPointError naming the first step with a non-finite loss."""
   if not pending:
@@ -126,8 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Raises:
     FloatingPointError: on a non-finite loss (naming the step).
   """
-  configure_determinism(config)
-  sharding_lib.maybe_initialize_distributed(config.get("mesh"))
+  sharding_lib.configure(config)
   tcfg = config.train
   num_steps = int(tcfg.num_steps)
   checkpointer = ckpt_lib.Checkpointer(workdir,
