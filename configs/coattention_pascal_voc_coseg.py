@@ -8,7 +8,7 @@ to ``<workdir>/results.json``):
 
   python -m coseg_jax.main --mode train \\
       --config configs/coattention_pascal_voc_coseg.py \\
-      --config.data.manual_dir ../shared/data/pascal_voc_coseg \\
+      --config.data.manual_dir /path/to/pascal_voc_coseg \\
       --workdir /tmp/coattention_voc
 
 Variants (comma-separated argument):

@@ -66,8 +66,9 @@ def get_config(arg=None):
   config.predict.image_size = 224
   pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
   # CoSegNet's own evaluation adds the decision (positive and cross-class
-  # negative pairs).
-  config.eval.evaluators = ("coseg", "decision", "partner", "composite")
+  # negative pairs); the Table 5 base has no decision output.
+  if a.variant == "cosegnet":
+    config.eval.evaluators = ("coseg", "decision", "partner", "composite")
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     config.model.width_multiplier = 1 / 16

@@ -117,7 +117,7 @@ def get_config(arg=None):
   config.train.eval_every = 5000
   config.train.checkpoint_every = 2000
 
-  config.eval.split = "val"
+  config.eval.split = "test"  # the 725-image test half of VOC val
   config.eval.strategy = "pairs"  # or 'a'..'d' with eval.group_size (Table 5)
   config.eval.group_size = 2
   config.eval.batch_size = 4
