@@ -131,6 +131,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Options of that conversion (e.g. {'iterations': 10} for 'crf').
   config.eval.postprocess_kwargs = ml_collections.ConfigDict()
   config.eval.max_groups = -1  # -1 = all
+  # > 0: evaluate that many images per class (a seeded draw), e.g. to run
+  # every group strategy and tuple size on the same images.
+  config.eval.images_per_class = -1
   config.eval.batch_size = 8
 
   config.predict = ml_collections.ConfigDict()

@@ -494,7 +494,8 @@ def with_workers(it: grain.IterDataset, data_config) -> grain.IterDataset:
 
 def eval_groups(data_config, *, split: str,
                 strategy: str = "pairs", k: int = 2, seed: int = 0,
-                max_tuples: Optional[int] = None
+                max_tuples: Optional[int] = None,
+                images_per_class: int = -1
                 ) -> dict[str, samplers.EvalTuples]:
   """Evaluation tuples per class: {class name: EvalTuples}.
 
@@ -507,11 +508,17 @@ def eval_groups(data_config, *, split: str,
     seed: seed of the strategies' random choices.
     max_tuples: strategy 'a' refuses a class with more tuples (None: no
       limit).
+    images_per_class: > 0 keeps that many images of each class (a seeded
+      draw, ``seed``), so that every strategy and tuple size is evaluated on
+      the same images (-1: all).
   """
   index = record_index(data_config, split)
   out = {}
   for c, cname in enumerate(index.class_names):
     members = np.flatnonzero(index.membership[:, c])
+    if 0 < images_per_class < members.size:
+      members = np.sort(np.random.default_rng((seed, c, 0x1A6E)).choice(
+          members, images_per_class, replace=False))
     if members.size < 2:
       continue
     if strategy == "pairs":

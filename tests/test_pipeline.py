@@ -293,3 +293,21 @@ def test_tss_pairs_pass_through_as_k2_groups(shared_data, tmp_path):
   np.testing.assert_array_equal(b["record_ids"][:, 0], b["record_ids"][:, 1])
   assert np.all(b["has_common"] == 1)
   assert b["masks"].any() and not (b["masks"] * (1 - b["valid"])).any()
+
+
+def test_eval_groups_images_per_class_is_one_seeded_subset(cfg):
+  full = pipeline.eval_groups(cfg, split="train", strategy="pairs")
+  sub = {s: pipeline.eval_groups(cfg, split="train", strategy=s, k=2,
+                                 images_per_class=3)
+         for s in ("pairs", "a", "b", "c", "d")}
+  for name in full:
+    images = {s: set(np.unique(t[name].indices)) for s, t in sub.items()}
+    # Every strategy works on the same three images of the class.
+    assert len(images["pairs"]) == 3
+    assert all(v == images["pairs"] for v in images.values())
+    assert images["pairs"] <= set(np.unique(full[name].indices))
+  again = pipeline.eval_groups(cfg, split="train", strategy="pairs",
+                               images_per_class=3)
+  for name in full:
+    np.testing.assert_array_equal(again[name].indices,
+                                  sub["pairs"][name].indices)

@@ -291,7 +291,8 @@ def evaluate(*, config, model, variables, mesh=None,
     max_groups = config.eval.get("max_groups", -1)
   tuples = pipeline.eval_groups(
       data, split=split, strategy=config.eval.strategy,
-      k=int(config.eval.group_size), seed=int(config.eval.get("seed", 0)))
+      k=int(config.eval.group_size), seed=int(config.eval.get("seed", 0)),
+      images_per_class=int(config.eval.get("images_per_class", -1)))
   groups, score, classes, class_names = select_groups(tuples, max_groups)
   batch_size = common.eval_batch_size(config, mesh)
   results = evaluate_groups(
