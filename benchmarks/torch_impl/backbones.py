@@ -14,7 +14,7 @@ definitions of the Flax backbones' docstrings.
 ``torch.nn`` only (no torchvision). ``with_head=False`` (ResNet, VGG, Lite)
 drops the classifier so that a headless backbone has exactly the parameters of
 the Flax backbone built without ``with_head`` (logits are then None); ResNet's
-``truncate_at`` stops after a level like the Flax ``truncate_at``.
+and Lite's ``truncate_at`` stop after a level like the Flax ``truncate_at``.
 """
 
 import math
@@ -230,7 +230,8 @@ def _bn(c):
 
 class MBConvBlock(nn.Module):
 
-  def __init__(self, in_ch, out_ch, kernel, stride, expand):
+  def __init__(self, in_ch, out_ch, kernel, stride, expand,
+               drop_connect_rate=0.0):
     super().__init__()
     mid = in_ch * expand
     self.expand = expand
@@ -243,6 +244,7 @@ class MBConvBlock(nn.Module):
     self._project_conv = SameConv2d(mid, out_ch, 1, bias=False)
     self._bn2 = _bn(out_ch)
     self.skip = stride == 1 and in_ch == out_ch
+    self.drop_connect_rate = drop_connect_rate
 
   def forward(self, x):
     y = x
@@ -250,7 +252,15 @@ class MBConvBlock(nn.Module):
       y = F.relu6(self._bn0(self._expand_conv(y)))
     y = F.relu6(self._bn1(self._depthwise_conv(y)))
     y = self._bn2(self._project_conv(y))
-    return y + x if self.skip else y
+    if not self.skip:
+      return y
+    if self.training and self.drop_connect_rate > 0:
+      # efficientnet_pytorch's drop_connect: one keep draw per sample.
+      keep = 1.0 - self.drop_connect_rate
+      mask = torch.floor(keep + torch.rand(
+          (y.shape[0], 1, 1, 1), dtype=y.dtype, device=y.device))
+      y = y / keep * mask
+    return y + x
 
 
 def _round_filters(channels, width):
@@ -260,10 +270,20 @@ def _round_filters(channels, width):
   return int(new + 8 if new < 0.9 * scaled else new)
 
 
+LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
+
+
 class EfficientNetLite(nn.Module):
   """EfficientNet-Lite0/1/2: B0's stages scaled by (width, depth), TF's Lite
   ``fix_head_stem`` (stem 32, head 1280 and the repeats of the first and last
-  stages unscaled). The defaults are Lite0."""
+  stages unscaled). The defaults are Lite0.
+
+  ``truncate_at`` stops after that level's last block (no head, like the
+  Flax ``truncate_at``; the pooled vector is then the level's mean).
+  Drop-connect (rate ``drop_connect_rate`` x block index / block count,
+  counted over the full network as the Flax module and efficientnet_pytorch
+  do) acts in training mode only.
+  """
   BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
             (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112),
             (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
@@ -273,26 +293,46 @@ class EfficientNetLite(nn.Module):
               "efficientnet_lite2": (1.1, 1.2, 0.3)}
 
   def __init__(self, width=1.0, depth=1.0, dropout=0.2, num_classes=1000,
-               with_head=True):
+               with_head=True, truncate_at=None, drop_connect_rate=0.2):
     super().__init__()
+    if truncate_at is not None and with_head:
+      raise ValueError("with_head=True needs the full network")
     self.with_head = with_head
+    self.truncate_at = truncate_at
     self._conv_stem = SameConv2d(3, 32, 3, 2, bias=False)
     self._bn0 = _bn(32)
-    blocks, strides, in_ch, stride = [], [], 32, 2
+    specs, strides, stride = [], [], 2
     for stage, (repeats, k, s, e, _, o) in enumerate(self.BLOCKS):
       o = _round_filters(o, width)
       if 0 < stage < len(self.BLOCKS) - 1:
         repeats = int(math.ceil(depth * repeats))
       for j in range(repeats):
-        blocks.append(MBConvBlock(in_ch, o, k, s if j == 0 else 1, e))
+        specs.append((k, s if j == 0 else 1, e, o))
         stride *= s if j == 0 else 1
         strides.append(stride)
-        in_ch = o
-    self._blocks = nn.ModuleList(blocks)
     # index of the last block at strides 2, 4, 8, 16 (Lite0: 0, 2, 4, 10)
     self.level_blocks = {i: f"stride{s}" for i, s in enumerate(strides)
                          if s < 32 and (i + 1 == len(strides)
                                         or strides[i + 1] != s)}
+    n_blocks = len(specs)
+    if truncate_at is not None:
+      if truncate_at not in LEVELS[:-1]:
+        raise ValueError(f"truncate_at must be one of {LEVELS[:-1]}, got "
+                         f"{truncate_at!r}")
+      n_blocks = 1 + next(i for i, lv in self.level_blocks.items()
+                          if lv == truncate_at)
+    blocks, in_ch = [], 32
+    self.widths = {}
+    for i, (k, s, e, o) in enumerate(specs[:n_blocks]):
+      blocks.append(MBConvBlock(in_ch, o, k, s, e,
+                                drop_connect_rate * i / len(specs)))
+      in_ch = o
+      if i in self.level_blocks:
+        self.widths[self.level_blocks[i]] = o
+    self._blocks = nn.ModuleList(blocks)
+    if truncate_at is not None:
+      return
+    self.widths["stride32"] = 1280
     self._conv_head = SameConv2d(in_ch, 1280, 1, bias=False)
     self._bn1 = _bn(1280)
     self._avg_pooling = nn.AdaptiveAvgPool2d(1)
@@ -308,6 +348,8 @@ class EfficientNetLite(nn.Module):
       x = block(x)
       if idx in self.level_blocks:
         feats[self.level_blocks[idx]] = x
+    if self.truncate_at is not None:
+      return feats, x.mean((2, 3))
     x = F.relu6(self._bn1(self._conv_head(x)))
     feats["stride32"] = x
     pooled = torch.flatten(self._avg_pooling(x), 1)
@@ -319,10 +361,37 @@ class EfficientNetLite(nn.Module):
 EfficientNetLite0 = EfficientNetLite  # the defaults are Lite0's
 
 
-def efficientnet_lite(name, with_head=True):
+def efficientnet_lite(name, with_head=True, truncate_at=None,
+                      drop_connect_rate=0.2):
   """``efficientnet_lite0`` / ``1`` / ``2`` by name."""
   width, depth, dropout = EfficientNetLite.VARIANTS[name]
-  return EfficientNetLite(width, depth, dropout, with_head=with_head)
+  return EfficientNetLite(width, depth, dropout, with_head=with_head,
+                          truncate_at=truncate_at,
+                          drop_connect_rate=drop_connect_rate)
+
+
+def lite_normalize(x):
+  """NCHW images in [0, 1] -> (255 x - 127) / 128 (TF Lite's input)."""
+  return (x * 255.0 - 127.0) / 128.0
+
+
+def headless_lite(name, kwargs=None, truncate_at=None):
+  """(headless Lite backbone, channels per level, input normaliser).
+
+  ``kwargs``: the Flax backbone attributes of ``config.model.
+  backbone_kwargs`` (``drop_connect_rate``, ``truncate_at``); ``truncate_at``
+  is the model's default for the latter.
+  """
+  kwargs = dict(kwargs or {})
+  unknown = set(kwargs) - {"drop_connect_rate", "truncate_at"}
+  if unknown:
+    raise ValueError(f"torch {name}: unsupported backbone_kwargs "
+                     f"{sorted(unknown)}")
+  model = efficientnet_lite(
+      name, with_head=False,
+      truncate_at=kwargs.get("truncate_at", truncate_at),
+      drop_connect_rate=float(kwargs.get("drop_connect_rate", 0.2)))
+  return model, dict(model.widths), lite_normalize
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -338,8 +407,8 @@ def imagenet_input(images_nhwc):
 
 
 def lite_input(images_nhwc):
-  x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float()
-  return (x * 255.0 - 127.0) / 128.0
+  return lite_normalize(
+      torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float())
 
 
 # ----------------------------------------------------------------------------

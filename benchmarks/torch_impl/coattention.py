@@ -2,10 +2,11 @@
 
 Mirrors ``coseg_jax.models.coattention.CoattentionNet`` with the same
 parameter tree: generator g = backbone (headless; EfficientNet-Lite0 in the
-config, or the tiny test CNN / a ResNet) + ``UpsampleDecoder`` (FCN skips) +
-1x1 head; frozen extractor f (headless backbone, eval mode, no gradient to
-its parameters, ``requires_grad=False``) on the object image S*I + (1-S)*fill
-and the background image (1-S)*I + S*fill, features = its pooled vector.
+config, Lite1/2, or the tiny test CNN / a ResNet) + ``UpsampleDecoder`` (FCN
+skips) + 1x1 head; frozen extractor f (headless backbone, eval mode, no
+gradient to its parameters, ``requires_grad=False``) on the object image
+S*I + (1-S)*fill and the background image (1-S)*I + S*fill, features = its
+pooled vector.
 Generator BN in inference mode unless ``generator_bn_train`` (the config's
 default keeps it in inference mode, as the Flax model).
 
@@ -26,15 +27,11 @@ import torch.nn.functional as F
 from benchmarks.torch_impl import backbones
 from benchmarks.torch_impl import blocks
 
-LITE0_WIDTHS = {"stride2": 16, "stride4": 24, "stride8": 40, "stride16": 112,
-                "stride32": 1280}
-
-
-def make_backbone(name: str):
-  """(headless torch backbone, widths per level, input normaliser)."""
-  if name == "efficientnet_lite0":
-    return (backbones.EfficientNetLite0(with_head=False), LITE0_WIDTHS,
-            lambda x: (x * 255.0 - 127.0) / 128.0)
+def make_backbone(name: str, kwargs=None):
+  """(headless torch backbone, widths per level, input normaliser);
+  ``kwargs``: the Flax backbone attributes (Lite: drop-connect rate)."""
+  if name.startswith("efficientnet_lite"):
+    return backbones.headless_lite(name, kwargs)
   if name == "tiny":
     return (backbones.TinyCNN(),
             dict(zip(backbones.TinyCNN.LEVELS, (8, 16, 32, 64, 64))),
@@ -50,9 +47,11 @@ class Generator(nn.Module):
   """g: images [N, 3, H, W] -> logits [N, 1, H, W] (float32)."""
 
   def __init__(self, backbone: str, decoder_widths: Sequence[int],
-               convs_per_block: int, use_skips: bool, bn_train: bool):
+               convs_per_block: int, use_skips: bool, bn_train: bool,
+               backbone_kwargs: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    self.backbone, widths, self._normalize = make_backbone(backbone)
+    self.backbone, widths, self._normalize = make_backbone(backbone,
+                                                           backbone_kwargs)
     self.use_skips, self.bn_train = use_skips, bn_train
     self.decoder = blocks.UpsampleDecoder(
         widths["stride32"], decoder_widths, convs_per_block,
@@ -81,12 +80,14 @@ class CoattentionNet(nn.Module):
                generator_bn_train: bool = False,
                extractor: str = "efficientnet_lite0",
                extractor_size: Optional[int] = None, fill_value: float = 0.0,
+               backbone_kwargs: Optional[Mapping[str, Any]] = None,
+               extractor_kwargs: Optional[Mapping[str, Any]] = None,
                **unused: Any):
     super().__init__()
     self.generator = Generator(backbone, decoder_widths, convs_per_block,
-                               use_skips, generator_bn_train)
+                               use_skips, generator_bn_train, backbone_kwargs)
     self.extractor_net, _, self._extractor_normalize = make_backbone(
-        extractor)
+        extractor, extractor_kwargs)
     for p in self.extractor_net.parameters():
       p.requires_grad_(False)
     self.extractor_size, self.fill_value = extractor_size, fill_value
@@ -146,9 +147,10 @@ def mask_loss(logits: torch.Tensor, object_mask: torch.Tensor,
 
 def build_model(model_config) -> CoattentionNet:
   cfg = dict(model_config)
+  for key in ("backbone_kwargs", "extractor_kwargs"):
+    cfg[key] = dict(cfg.get(key) or {})
   return CoattentionNet(**{k: v for k, v in cfg.items() if k not in (
-      "backbone_kwargs", "extractor_kwargs", "backbone_weights",
-      "extractor_weights", "dtype")})
+      "backbone_weights", "extractor_weights", "dtype")})
 
 
 LOSS_WEIGHTS = {"coattention": 1.0, "coattention_mask": 9.0}

@@ -1,8 +1,9 @@
 """CoSegNet (Banerjee et al., IJCAI 2019) in plain PyTorch.
 
 Mirrors ``coseg_jax.models.cosegnet.CoSegNet`` ('conditional' variant) with
-the same parameter tree: headless VGG16 encoder (torchvision layout; or the
-tiny test CNN), the 13-layer decoder of 3x3 stride-1 transposed convs
+the same parameter tree: headless VGG16 encoder (torchvision layout; or
+EfficientNet-Lite, whose 'stride32' is its 1280-channel head, or the tiny
+test CNN), the 13-layer decoder of 3x3 stride-1 transposed convs
 cT1..cT13 with a nearest-neighbour x2 upsampling (half-pixel centres,
 ``nearest-exact`` = ``jax.image.resize(..., 'nearest')``) before cT1, cT4,
 cT7, cT10 and cT12, the metric net on the GAP of the tap layer (FC128-ReLU-
@@ -37,12 +38,16 @@ def scaled_widths(widths: Sequence[int], multiplier: float) -> tuple:
       widths[-1],)
 
 
-def make_encoder(name: str):
-  """(headless encoder returning {'stride32': ...}, channels, normaliser)."""
+def make_encoder(name: str, kwargs=None):
+  """(headless encoder returning {'stride32': ...}, channels, normaliser);
+  ``kwargs``: the Flax ``backbone_kwargs`` (Lite)."""
   if name == "vgg16":
     return backbones.VGG(with_head=False), 512, blocks.imagenet_normalize
   if name == "tiny":
     return backbones.TinyCNN(), 64, lambda x: x
+  if name.startswith("efficientnet_lite"):
+    model, widths, normalize = backbones.headless_lite(name, kwargs)
+    return model, widths["stride32"], normalize
   raise ValueError(f"torch CoSegNet: unsupported backbone {name!r}")
 
 
@@ -85,10 +90,13 @@ class CoSegNet(nn.Module):
                width_multiplier: float = 1.0, metric_layer: str = "cT9",
                metric_widths: Sequence[int] = (128, 64),
                decision_hidden: int = 32, loss_reduction: str = "sum",
-               **unused: Any):
+               backbone_kwargs: Optional[Mapping[str, Any]] = None,
+               backbone_eval_mode: bool = False, **unused: Any):
     super().__init__()
     self.loss_reduction = loss_reduction
-    self.backbone, cin, self._normalize = make_encoder(backbone)
+    self.backbone_eval_mode = backbone_eval_mode
+    self.backbone, cin, self._normalize = make_encoder(backbone,
+                                                       backbone_kwargs)
     widths = scaled_widths(decoder_widths, width_multiplier)
     self.decoder = Decoder(cin, widths)
     self.metric_layer = metric_layer
@@ -98,6 +106,12 @@ class CoSegNet(nn.Module):
     self.metric_fc2 = nn.Linear(m1, m2)
     self.decision_fc1 = nn.Linear(2 * m2, decision_hidden)
     self.decision_fc2 = nn.Linear(decision_hidden, 1)
+
+  def train(self, mode: bool = True):
+    super().train(mode)
+    if self.backbone_eval_mode:
+      self.backbone.eval()  # BN running statistics, no drop-connect
+    return self
 
   def forward(self, images):
     b, k, _, h, w = images.shape
@@ -115,8 +129,8 @@ class CoSegNet(nn.Module):
 
 def build_model(model_config) -> CoSegNet:
   cfg = dict(model_config)
-  return CoSegNet(**{k: v for k, v in cfg.items()
-                     if k not in ("backbone_kwargs", "dtype")})
+  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
+  return CoSegNet(**{k: v for k, v in cfg.items() if k != "dtype"})
 
 
 def _bce(logits, labels, reduction="mean"):

@@ -1,9 +1,11 @@
 """CycleSegNet in plain PyTorch, layer for layer as ``coseg_jax.models.cyclesegnet``.
 
 Same architecture and parameter tree as the Flax model built from the same
-``config.model`` fields (ResNet and tiny backbones): torchvision-layout ResNet
-encoder (headless), optional 1x1 projections (``crm_features``), one Cycle
-Refinement Module per refined level (group-form RCM + ConvLSTM, N steps, a
+``config.model`` fields (ResNet, EfficientNet-Lite and tiny backbones):
+torchvision-layout ResNet or efficientnet_pytorch-layout Lite encoder
+(headless; Lite's drop-connect from ``backbone_kwargs`` in training mode),
+optional 1x1 projections (``crm_features``), one Cycle Refinement Module per
+refined level (group-form RCM + ConvLSTM, N steps, a
 Python loop: the usual eager-PyTorch way to write a recurrence), the
 single-level ``UpsampleDecoder`` or the multi-level fusion decoder, and a 1x1
 logit head. The RCM's value projection follows ``value_projection`` (eq. 11
@@ -39,15 +41,18 @@ def backbone_widths(name: str) -> Mapping[str, int]:
   return {k: v if k == "stride2" else v * e for k, v in _RESNET_WIDTHS.items()}
 
 
-def make_backbone(name: str):
-  """(headless torch backbone, input normaliser) for ``name``."""
+def make_backbone(name: str, kwargs: Optional[Mapping[str, Any]] = None):
+  """(headless torch backbone, channels per level, input normaliser) for
+  ``name`` with the Flax ``backbone_kwargs`` (Lite: drop-connect rate)."""
   if name == "tiny":
-    return backbones.TinyCNN(), lambda x: x  # standardises inside
+    return backbones.TinyCNN(), backbone_widths(name), lambda x: x
   if name.startswith("resnet"):
-    return (backbones.resnet(name, with_head=False),
+    return (backbones.resnet(name, with_head=False), backbone_widths(name),
             blocks.imagenet_normalize)
+  if name.startswith("efficientnet_lite"):
+    return backbones.headless_lite(name, kwargs)
   raise ValueError(f"torch implementation: unsupported backbone {name!r} "
-                   f"(tiny, resnet18/34/50/101)")
+                   f"(tiny, resnet18/34/50/101, efficientnet_lite0/1/2)")
 
 
 class _LSTM(nn.Module):
@@ -99,14 +104,17 @@ class CycleSegNet(nn.Module):
                value_projection: bool = True, scale_attention: bool = False,
                decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
                convs_per_block: int = 1, use_skips: bool = False,
-               fusion_features: Optional[int] = None, **unused: Any):
+               fusion_features: Optional[int] = None,
+               backbone_kwargs: Optional[Mapping[str, Any]] = None,
+               backbone_eval_mode: bool = False, **unused: Any):
     super().__init__()
+    self.backbone_eval_mode = backbone_eval_mode
     self.multi_level, self.use_skips = multi_level, use_skips
     self.crm_features = crm_features
     self.convs_per_block = convs_per_block
     self.levels = MULTI_LEVELS if multi_level else ("stride32",)
-    self.backbone, self._normalize = make_backbone(backbone)
-    widths = backbone_widths(backbone)
+    self.backbone, widths, self._normalize = make_backbone(backbone,
+                                                           backbone_kwargs)
     refined_ch = {}
     for level in self.levels:
       c = widths[level]
@@ -145,6 +153,12 @@ class CycleSegNet(nn.Module):
           c = width
     self.head = nn.Conv2d(decoder_widths[-1], 1, 1)
 
+  def train(self, mode: bool = True):
+    super().train(mode)
+    if self.backbone_eval_mode:
+      self.backbone.eval()  # BN running statistics, no drop-connect
+    return self
+
   def forward(self, images: torch.Tensor) -> torch.Tensor:
     """images [B, K, 3, H, W] in [0, 1] -> logits [B, K, 1, H, W] float32."""
     b, k, _, h, w = images.shape
@@ -180,7 +194,7 @@ class CycleSegNet(nn.Module):
 def build_model(model_config) -> CycleSegNet:
   """From ``config.model`` (a ConfigDict or dict with the Flax field names)."""
   cfg = dict(model_config)
-  cfg.pop("backbone_kwargs", None)
+  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
   if cfg.get("decode_all_steps"):
     raise ValueError("torch CycleSegNet: decode_all_steps is not implemented")
   return CycleSegNet(**cfg)

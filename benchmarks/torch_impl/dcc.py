@@ -1,26 +1,26 @@
 """DCC (depth-wise cross-correlation pair network) in plain PyTorch.
 
 Mirrors ``coseg_jax.models.dcc.DCCNet`` with the same parameter tree:
-VGG16-BN encoder (torchvision layout) truncated after the matched level
-(default 'stride16' = relu5_3, pool5 not computed), parameter-free matching
-(features L2-normalised over channels, eps 1e-6 inside the sqrt; the other
-images' maps adaptively average-pooled to k x k for k in ``kernel_sizes``,
-averaged over the K - 1 others, used as depth-wise kernels over this
-image's map with XLA 'SAME' zero padding, divided by k*k; scales
-concatenated), the matched map normalised as ``match_norm`` says ('batchnorm':
-``BatchNorm2d`` named ``match_norm``, eps 1e-10; 'rms': unit root mean
-square over channels per position; 'none'), [F_A ; responses] (or the
-responses alone, ``include_features=False``) into the ``UpsampleDecoder``
-with skips (VGG's floor-sized skips resized bilinearly to the decoder's ceil
-grid) and a 1x1 head. Loss CE_A + CE_B (per-image mean pixel BCE, summed over
-K).
+VGG16-BN encoder (torchvision layout; or EfficientNet-Lite, the tiny CNN)
+truncated after the matched level (default 'stride16' = relu5_3, pool5 not
+computed), parameter-free matching (features L2-normalised over channels,
+eps 1e-6 inside the sqrt; the other images' maps adaptively average-pooled
+to k x k for k in ``kernel_sizes``, averaged over the K - 1 others, used as
+depth-wise kernels over this image's map with XLA 'SAME' zero padding,
+divided by k*k; scales concatenated), the matched map normalised as
+``match_norm`` says ('batchnorm': ``BatchNorm2d`` named ``match_norm``, eps
+1e-10; 'rms': unit root mean square over channels per position; 'none'),
+[F_A ; responses] (or the responses alone, ``include_features=False``) into
+the ``UpsampleDecoder`` with skips (VGG's floor-sized skips resized
+bilinearly to the decoder's ceil grid) and a 1x1 head. Loss CE_A + CE_B
+(per-image mean pixel BCE, summed over K).
 
 The depth-wise correlation is ``F.conv2d`` with ``groups = N * C`` on the
 batch folded into channels (the usual PyTorch way to use per-sample
 kernels); matching runs in float32 like the Flax model.
 """
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -36,8 +36,9 @@ _VGG_WIDTHS = {"stride2": 128, "stride4": 256, "stride8": 512,
 LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
 
 
-def make_encoder(name: str, level: str):
-  """(encoder -> feats dict, widths, normaliser), computing up to ``level``."""
+def make_encoder(name: str, level: str, kwargs=None):
+  """(encoder -> feats dict, widths, normaliser), computing up to ``level``
+  (Lite: ``kwargs`` = the Flax ``backbone_kwargs``)."""
   if name in ("vgg16", "vgg16_bn"):
     vgg = backbones.VGG(batch_norm=name == "vgg16_bn", with_head=False)
     # Drop every layer after the level's last ReLU (the Flax truncate_at).
@@ -48,6 +49,8 @@ def make_encoder(name: str, level: str):
     return (backbones.TinyCNN(truncate_at=level),
             dict(zip(LEVELS, (8, 16, 32, 64, 64))),
             lambda x: x)
+  if name.startswith("efficientnet_lite"):
+    return backbones.headless_lite(name, kwargs, truncate_at=level)
   raise ValueError(f"torch DCC: unsupported backbone {name!r}")
 
 
@@ -93,12 +96,14 @@ class DCCNet(nn.Module):
                include_features: bool = False,
                decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
                convs_per_block: int = 1, use_skips: bool = True,
-               **unused: Any):
+               backbone_kwargs: Optional[Mapping[str, Any]] = None,
+               backbone_eval_mode: bool = False, **unused: Any):
     super().__init__()
+    self.backbone_eval_mode = backbone_eval_mode
     if combine != "concat":
       raise ValueError("torch DCC implements combine='concat' (the default)")
-    self.backbone, widths, self._normalize = make_encoder(backbone,
-                                                          feature_level)
+    self.backbone, widths, self._normalize = make_encoder(
+        backbone, feature_level, backbone_kwargs)
     self.level, self.kernel_sizes = feature_level, tuple(kernel_sizes)
     self.normalize, self.include_features = normalize_features, include_features
     self.use_skips = use_skips
@@ -118,6 +123,12 @@ class DCCNet(nn.Module):
     self.decoder = blocks.UpsampleDecoder(cin, decoder_widths, convs_per_block,
                                           skip_channels=skip_ch)
     self.head = nn.Conv2d(decoder_widths[-1], 1, 1)
+
+  def train(self, mode: bool = True):
+    super().train(mode)
+    if self.backbone_eval_mode:
+      self.backbone.eval()  # BN running statistics, no drop-connect
+    return self
 
   def forward(self, images):
     b, k, _, h, w = images.shape
@@ -148,8 +159,9 @@ class DCCNet(nn.Module):
 
 def build_model(model_config) -> DCCNet:
   cfg = dict(model_config)
+  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
   return DCCNet(**{k: v for k, v in cfg.items()
-                   if k not in ("backbone_kwargs", "dtype", "xcorr_method")})
+                   if k not in ("dtype", "xcorr_method")})
 
 
 def train_loss(model: DCCNet, images, batch: Mapping[str, Any]):

@@ -3,14 +3,14 @@ co-segmentation inference; the joint training step is NOT implemented.
 
 Mirrors ``coseg_jax.models.macosnet.MaCoSNet`` (mode 'joint') with the same
 parameter tree, so the parameter counts match exactly: frozen encoder E
-(torchvision-layout ResNet truncated at ``feature_level``, or the tiny test
-CNN), the affine and TPS regressors G (conv7x7 VALID + BN + ReLU, conv5x5
-VALID + BN + ReLU, linear 64 (h-10)(w-10) -> 6 / 18, flattened in the Flax
-h, w, c order), the mask decoder D (four blocks: a k3 s2 p1 output_padding-1
-transposed conv + BN + ReLU, the additive skip from 'stride8', 'stride4',
-'stride2' with bilinear resizes where sizes differ, then ``decoder_convs``
-3x3 convs + BN + ReLU; 1x1 logit) and the frozen perceptual network F
-(headless).
+(torchvision-layout ResNet or EfficientNet-Lite truncated at
+``feature_level``, or the tiny test CNN), the affine and TPS regressors G
+(conv7x7 VALID + BN + ReLU, conv5x5 VALID + BN + ReLU, linear 64 (h-10)
+(w-10) -> 6 / 18, flattened in the Flax h, w, c order), the mask decoder D
+(four blocks: a k3 s2 p1 output_padding-1 transposed conv + BN + ReLU, the
+additive skip from 'stride8', 'stride4', 'stride2' with bilinear resizes
+where sizes differ, then ``decoder_convs`` 3x3 convs + BN + ReLU; 1x1 logit)
+and the frozen perceptual network F (headless).
 
 ``infer`` computes what the JAX inference benchmark computes after XLA's
 dead-code elimination: encoder, the stage-1 correlation of the partner
@@ -36,14 +36,17 @@ from benchmarks.torch_impl import cyclesegnet as _cyc
 LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
 
 
-def make_encoder(name: str, level: str):
-  """(encoder, widths per level, normaliser) computing up to ``level``."""
+def make_encoder(name: str, level: str, kwargs=None):
+  """(encoder, widths per level, normaliser) computing up to ``level``
+  (Lite: ``kwargs`` = the Flax ``backbone_kwargs``)."""
   if name.startswith("resnet"):
     return (backbones.resnet(name, with_head=False, truncate_at=level),
             _cyc.backbone_widths(name), blocks.imagenet_normalize)
   if name == "tiny":
     return (backbones.TinyCNN(truncate_at=level),
             dict(zip(LEVELS, (8, 16, 32, 64, 64))), lambda x: x)
+  if name.startswith("efficientnet_lite"):
+    return backbones.headless_lite(name, kwargs, truncate_at=level)
   raise ValueError(f"torch MaCoSNet: unsupported backbone {name!r}")
 
 
@@ -115,10 +118,11 @@ class MaCoSNet(nn.Module):
                feature_level: str = "stride16",
                perceptual: str = "efficientnet_lite0",
                decoder_final_width: int = 32, decoder_convs: int = 2,
-               margin: Any = 2.0, image_size: int = 240, **unused: Any):
+               margin: Any = 2.0, image_size: int = 240,
+               backbone_kwargs: Any = None, **unused: Any):
     super().__init__()
-    self.encoder, widths, self._normalize = make_encoder(backbone,
-                                                         feature_level)
+    self.encoder, widths, self._normalize = make_encoder(
+        backbone, feature_level, backbone_kwargs)
     for p in self.encoder.parameters():
       p.requires_grad_(False)
     self.level = feature_level
@@ -162,7 +166,7 @@ class MaCoSNet(nn.Module):
 def build_model(model_config, image_size: int = None) -> MaCoSNet:
   cfg = dict(model_config)
   keep = ("backbone", "feature_level", "perceptual", "decoder_final_width",
-          "decoder_convs", "margin")
+          "decoder_convs", "margin", "backbone_kwargs")
   kwargs = {k: cfg[k] for k in keep if k in cfg}
   if image_size is not None:
     kwargs["image_size"] = image_size
