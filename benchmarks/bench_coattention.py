@@ -24,6 +24,13 @@ steps (1,200 for 100 images; no proposal selection: an estimate)::
 
   python -m benchmarks.bench_coattention --extra collection
 
+CPU size (``--size cpu224 --encoder lite0|lite2``): the config's network
+with the generator's encoder Lite0 or Lite2 (trained; its BatchNorm in
+inference mode, ``generator_bn_train=False`` as configured), the extractor
+f the config's frozen Lite0 in both, 224x224, one group of K = 16 images
+per step (the co-attention loss over all 240 ordered pairs, + 9 x the mask
+loss).
+
 Reduced sizes: ``small`` = Lite0, 64x64, K = 5; ``tiny`` = tiny CNN
 generator and extractor, 32x32, K = 3.
 """
@@ -39,7 +46,7 @@ BENCH = common.MethodBench(
     config="configs.coattention_pascal_voc_coseg",
     config_arg=None,
     image_size=384, batch=1, group_size=5,
-    reduced={"small": (64, 1), "tiny": (32, 1)},
+    reduced={"cpu224": (224, 1), "small": (64, 1), "tiny": (32, 1)},
     model_overrides={
         "tiny": {"backbone": "tiny", "backbone_kwargs": {},
                  "extractor": "tiny", "decoder_widths": (16, 16, 8, 8, 8),
@@ -47,7 +54,12 @@ BENCH = common.MethodBench(
     },
     torch_module="coattention",
     notes="Lite0 FCN generator + frozen Lite0 extractor, 5 images per step, "
-          "stage-2 loss (paper: ~1,560 s per 100-image collection)")
+          "stage-2 loss (paper: ~1,560 s per 100-image collection)",
+    configure={"cpu224": common.random_init},
+    group_sizes={"cpu224": (16,)},
+    size_notes={"cpu224": "generator encoder trained (BN in inference mode, "
+                          "as configured), frozen Lite0 extractor; one group "
+                          "of 16 images per step, stage-2 loss"})
 PAPER_COLLECTION_S = 1560.0
 
 

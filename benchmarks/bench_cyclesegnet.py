@@ -18,6 +18,17 @@ inference (arguments + outputs + temporaries), plus PyTorch eager time::
 
   python -m benchmarks.bench_cyclesegnet --extra group_scaling --dtype bfloat16
 
+CPU recipe size (``--size cpu224 --encoder lite0|lite2``): the model of
+``configs/cyclesegnet_pascal_voc_coseg.py`` (multi-level CRMs on 64-channel
+projections, the RCM's value projection, skips, decoder widths 128..16,
+Lovász, Adam) with the paper's N = 7 and the encoder trained (the recipe
+freezes it and trains from cached features; here images go through the
+encoder, BatchNorm and drop-connect in training mode), 224x224, batch 4
+groups; K = 2 (pairs) and K = 5 (``--group_size 5``: 4 groups of 5)::
+
+  python -m benchmarks.bench_cyclesegnet --size cpu224 --encoder lite2 \
+      --framework torch_compile --group_size 5
+
 Reduced sizes: ``small`` = ResNet-18, 64x64, batch 1, N = 2 (full widths);
 ``tiny`` = the tiny test CNN, 32x32, batch 1, N = 2 (for the CPU test).
 """
@@ -32,15 +43,22 @@ BENCH = common.MethodBench(
     config="configs.cyclesegnet_voc2012",
     config_arg=None,  # full: Mcycle, multi-level (the paper's full model)
     image_size=512, batch=4, group_size=2,
-    reduced={"small": (64, 1), "tiny": (32, 1)},
+    reduced={"cpu224": (224, 4), "small": (64, 1), "tiny": (32, 1)},
     model_overrides={
+        "cpu224": {"num_steps": 7},
         "small": {"backbone": "resnet18", "num_steps": 2},
         "tiny": {"backbone": "tiny", "num_steps": 2,
                  "decoder_widths": (16, 16, 8, 8, 8)},
     },
     torch_module="cyclesegnet",
     notes="multi-level ResNet-34, N=7, Lovász, Adam (paper: 8.8 pairs/s "
-          "inference on a GTX 1080 Ti)")
+          "inference on a GTX 1080 Ti)",
+    configs={"cpu224": ("configs.cyclesegnet_pascal_voc_coseg", "disjoint")},
+    configure={"cpu224": common.trained_encoder},
+    group_sizes={"cpu224": (2, 5)},
+    size_notes={"cpu224": "recipe model (multi-level CRMs on 64-channel "
+                          "projections, value projection, skips), N = 7, "
+                          "encoder trained; 4 groups of K per step"})
 PAPER_PAIRS_PER_S = 8.8
 
 

@@ -9,6 +9,12 @@ One cell per call (see ``benchmarks/common.py``)::
   python -m benchmarks.bench_dcc --framework jax --dtype bfloat16
   python -m benchmarks.bench_dcc --framework torch
 
+CPU recipe size (``--size cpu224 --encoder lite0|lite2``): the model of
+``configs/dcc_pascal_voc_coseg.py`` (matching at stride 16, the matched map
+un-normalised beside the image's own features, decoder widths 128..16, CE_A
++ CE_B, Adam) with the encoder trained (the recipe freezes it), 224x224,
+batch 4 pairs.
+
 Reduced sizes: ``small`` = VGG16-BN, 65x65 (odd, like 513: exercises the
 floor/ceil skip resizing), batch 1; ``tiny`` = tiny test CNN, 32x32.
 """
@@ -20,13 +26,18 @@ BENCH = common.MethodBench(
     config="configs.dcc_voc2012",
     config_arg=None,
     image_size=513, batch=5, group_size=2,
-    reduced={"small": (65, 1), "tiny": (32, 1)},
+    reduced={"cpu224": (224, 4), "small": (65, 1), "tiny": (32, 1)},
     model_overrides={
         "tiny": {"backbone": "tiny", "backbone_kwargs": {},
                  "decoder_widths": (16, 16, 8, 8, 8)},
     },
     torch_module="dcc",
-    notes="VGG16-BN, depth-wise xcorr scales 1/3/5, CE_A + CE_B")
+    notes="VGG16-BN, depth-wise xcorr scales 1/3/5, CE_A + CE_B",
+    configs={"cpu224": ("configs.dcc_pascal_voc_coseg", "disjoint")},
+    configure={"cpu224": common.trained_encoder},
+    size_notes={"cpu224": "recipe model (stride-16 matching, features "
+                          "beside the matched map), encoder trained; 4 "
+                          "pairs per step"})
 
 if __name__ == "__main__":
   common.main(BENCH)

@@ -40,23 +40,52 @@ What is measured, and how (identical for both frameworks where possible):
 * Matrix-unit peak: the median time of a large ``jnp.dot`` (N x N x N, 2N^3
   FLOPs) in the precision of the cell; the fraction of peak of a step is
   (XLA FLOPs of the step / step time) / that peak, per device.
+* Every cell: min and max of the timed steps beside the median, and the
+  process's peak resident memory (``resource.getrusage`` ``ru_maxrss``: the
+  whole cell, compilation, train step and inference; ``peak_rss_mib``) with
+  its resident memory before the model is built (``rss_start_mib``: the
+  framework and the harness, which imports coseg_jax in the PyTorch cells
+  too for the config and the random batch). The PyTorch cells take their
+  peak before the parameter-count check (a shape-only trace of the Flax
+  model).
+
+Sizes: ``paper`` (the paper's resolution and batch), ``cpu224`` (the CPU
+recipes' sizes with an EfficientNet-Lite encoder chosen by ``--encoder``:
+see each ``bench_<method>.py``), ``small`` and ``tiny`` (reduced, for
+smoke runs and tests).
+
+Threads (``--threads N``, CPU): the cell's process is restricted to N CPUs
+(``os.sched_setaffinity``) before JAX or torch is imported, and
+``torch.set_num_threads(N)``. XLA:CPU has no thread-count flag that its
+current runtime honours (``--xla_cpu_multi_thread_eigen=false`` only makes
+the Eigen kernels single-threaded); its intra-op pool is sized from the CPUs
+the process may run on, so the affinity sets it (the cell reports the
+number of ``tf_XLAEigen`` threads it found, and torch's thread count). This
+is why ``jax`` and ``torch`` are imported inside the functions of this
+module and of the bench scripts: the affinity must be set first.
 """
 
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
+import ml_collections
 import numpy as np
 
 _MIB = 1024.0 * 1024.0
-SIZES = ("paper", "small", "tiny")
+SIZES = ("paper", "cpu224", "small", "tiny")
 FRAMEWORKS = ("jax", "torch", "torch_compile")
+# --encoder short names.
+ENCODERS = {"lite0": "efficientnet_lite0", "lite2": "efficientnet_lite2"}
 
 
 @dataclasses.dataclass
@@ -78,6 +107,13 @@ class MethodBench:
       ``build_model(model_config)``, ``train_loss(model, images, batch)``
       and ``infer(model, images)`` (or None: no torch implementation yet).
     notes: one line for the results table.
+    configs: {size: (config module, argument)} for sizes that start from
+      another config than ``config`` (cpu224: the CPU recipes).
+    configure: {size: function(config)} applied after the overrides (e.g.
+      :func:`trained_encoder`).
+    group_sizes: {size: Ks} the suite (``run_all``) runs for that size
+      (default: ``group_size`` alone).
+    size_notes: {size: one line for the results table}.
   """
   name: str
   config: str
@@ -91,6 +127,34 @@ class MethodBench:
       default_factory=dict)
   torch_module: Optional[str] = None
   notes: str = ""
+  configs: Mapping[str, Tuple[str, Optional[str]]] = dataclasses.field(
+      default_factory=dict)
+  configure: Mapping[str, Callable[[Any], None]] = dataclasses.field(
+      default_factory=dict)
+  group_sizes: Mapping[str, Sequence[int]] = dataclasses.field(
+      default_factory=dict)
+  size_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def random_init(config) -> None:
+  """No pretrained weights: speed does not depend on their values, and no
+  weight file is read."""
+  config.init.pretrained = ml_collections.ConfigDict()
+  config.init.backbone_weights = None
+  config.init.require_pretrained = False
+
+
+def trained_encoder(config) -> None:
+  """The encoder trained with the rest (a recipe's frozen encoder undone):
+  BatchNorm in training mode (and Lite's drop-connect), no learning-rate
+  multiplier freezing it, images in (no feature cache); random weights."""
+  random_init(config)
+  config.model.backbone_eval_mode = False
+  multipliers = dict(config.optimizer.get("lr_multipliers") or {})
+  multipliers.pop("backbone", None)
+  config.optimizer.lr_multipliers = multipliers
+  if "feature_cache" in config.data:
+    config.data.feature_cache.enabled = False
 
 
 # ----------------------------------------------------------------------------
@@ -100,31 +164,97 @@ def make_config(bench: MethodBench, *, size: str = "paper",
                 dtype: str = "float32", devices: str = "1",
                 image_size: Optional[int] = None, batch: Optional[int] = None,
                 group_size: Optional[int] = None, steps: int = 10,
-                warmup: int = 3):
-  """The method's paper config with the benchmark's sizes and precision.
+                warmup: int = 3, encoder: Optional[str] = None):
+  """The method's config with the benchmark's sizes and precision.
 
   ``devices`` '1' or 'all'; with 'all' the global batch is ``batch`` times the
-  local device count (each device keeps the per-device batch).
+  local device count (each device keeps the per-device batch). ``encoder``
+  (a full backbone name or an :data:`ENCODERS` short name) replaces
+  ``config.model.backbone``. A group size other than the sampler's (pairs
+  2, triplets 3) switches ``data.sampler`` to 'groups', so that the model
+  input (``state.input_shape``) has K images on both frameworks; the
+  co-attention trainer's images per step (``coattention.batch_size``)
+  follow K.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import state  # pylint: disable=g-import-not-at-top
   if size not in SIZES:
     raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-  config = importlib.import_module(bench.config).get_config(bench.config_arg)
+  module, arg = bench.configs.get(size, (bench.config, bench.config_arg))
+  config = importlib.import_module(module).get_config(arg)
   side, b = bench.image_size, bench.batch
   if size != "paper":
     side, b = bench.reduced[size]
     for k, v in bench.model_overrides.get(size, {}).items():
       config.model[k] = v
+  if encoder:
+    config.model.backbone = ENCODERS.get(encoder, encoder)
+  if size in bench.configure:
+    bench.configure[size](config)
   side = image_size or side
   b = batch or b
+  k = int(group_size or bench.group_sizes.get(size, (bench.group_size,))[0])
   n_dev = jax.local_device_count() if devices == "all" else 1
   config.model.dtype = dtype
   config.data.image_size = side
-  config.data.group_size = group_size or bench.group_size
+  config.data.group_size = k
+  if state.input_shape(config)[1] != k:
+    config.data.sampler = "groups"
+  if config.get("coattention") is not None:
+    config.coattention.batch_size = k
   config.train.global_batch_size = b * n_dev
   config.mesh.data = n_dev
   config.benchmark = dict(steps=steps, warmup=warmup)
   return config
+
+
+# ----------------------------------------------------------------------------
+# Threads and memory of the cell's process.
+
+def restrict_threads(n: int) -> Dict[str, Any]:
+  """Runs this process on ``n`` CPUs (0: all it may use); call it before
+  JAX or torch is imported (see the module docstring)."""
+  allowed = sorted(os.sched_getaffinity(0))
+  if n and n < len(allowed):
+    os.sched_setaffinity(0, allowed[:n])
+  n = len(os.sched_getaffinity(0))
+  for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(n)
+  return {"threads": n, "cpus": sorted(os.sched_getaffinity(0))}
+
+
+def thread_names() -> Dict[str, int]:
+  """{thread name: count} of this process (Linux; {} elsewhere)."""
+  counts = {}
+  try:
+    for tid in os.listdir("/proc/self/task"):
+      with open(f"/proc/self/task/{tid}/comm") as f:
+        name = f.read().strip()
+      counts[name] = counts.get(name, 0) + 1
+  except OSError:
+    return {}
+  return counts
+
+
+def current_rss_mib() -> float:
+  """Resident memory now (VmRSS; nan where /proc is missing)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return float(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return float("nan")
+
+
+def peak_rss() -> Dict[str, float]:
+  """Peak resident memory of this process and of its finished children
+  (torch.compile's compile workers), MiB (``ru_maxrss`` is KiB on Linux)."""
+  return {"peak_rss_mib": resource.getrusage(
+      resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+          "peak_rss_children_mib": resource.getrusage(
+              resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0}
 
 
 # ----------------------------------------------------------------------------
@@ -172,6 +302,10 @@ def measure_jax(config) -> Dict[str, Any]:
   from coseg_jax import models  # pylint: disable=g-import-not-at-top
   report = benchmark.run_benchmark(config)
   report["param_count"] = jax_param_count(config)
+  # What XLA was told (a speed figure is only as good as these).
+  report["xla_flags"] = os.environ.get("XLA_FLAGS", "")
+  report["jax_disable_most_optimizations"] = bool(
+      jax.config.read("jax_disable_most_optimizations"))
   report["n_devices"] = int(config.mesh.data)
   report["device"] = jax.devices()[0].device_kind
   report["platform"] = jax.devices()[0].platform
@@ -215,7 +349,6 @@ def torch_module(bench: MethodBench):
 def build_torch_model(bench: MethodBench, config):
   """The torch implementation of ``config.model`` (input size passed along
   to implementations whose layer shapes depend on it)."""
-  import inspect  # pylint: disable=g-import-not-at-top
   build = torch_module(bench).build_model
   if "image_size" in inspect.signature(build).parameters:
     return build(config.model, image_size=int(config.data.image_size))
@@ -260,6 +393,8 @@ def torch_optimizer(params, opt_config):
 
 def _time_torch(fn: Callable[[], Any], *, warmup: int, steps: int,
                 device) -> Dict[str, float]:
+  """First-call, median, min and max wall seconds of ``fn`` (``warmup``
+  calls counting the first, then ``steps`` timed ones)."""
   import torch  # pylint: disable=g-import-not-at-top
   cuda = device.type == "cuda"
   sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -284,7 +419,8 @@ def _time_torch(fn: Callable[[], Any], *, warmup: int, steps: int,
       t = time.perf_counter()
       fn()
       times.append(time.perf_counter() - t)
-  return {"first_call_s": first, "median_s": statistics.median(times)}
+  return {"first_call_s": first, "median_s": statistics.median(times),
+          "min_s": min(times), "max_s": max(times)}
 
 
 def measure_torch(bench: MethodBench, config, *, compile_model: bool,
@@ -297,11 +433,10 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-  threads = os.environ.get("COSEG_BENCH_TORCH_THREADS")
-  if threads and device.type == "cpu":
-    # On an oversubscribed CPU, PyTorch's OpenMP threads spin against each
-    # other (measured 10x slower with 2 threads than with 1 under load 20).
-    torch.set_num_threads(int(threads))
+  if device.type == "cpu":
+    # As many threads as the CPUs this process may use (--threads), the
+    # size of XLA's pool in the JAX cells.
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
   torch.manual_seed(0)
   model = build_torch_model(bench, config).to(device)
   n_params = sum(p.numel() for p in model.parameters())
@@ -311,12 +446,6 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
                 else "cpu"), "n_devices": 1,
             "dtype": config.model.get("dtype", "float32"),
             "torch_threads": torch.get_num_threads()}
-  if check_params:
-    expected = jax_param_count(config)
-    if n_params != expected:
-      raise AssertionError(f"{bench.name}: torch has {n_params} parameters, "
-                           f"the Flax model {expected}")
-    report["jax_param_count"] = expected
   batch = torch_batch(config, device)
   images = batch["images"]
   bf16 = config.model.get("dtype", "float32") == "bfloat16"
@@ -351,9 +480,8 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
   warmup = int(config.benchmark["warmup"])
   if impl.train_loss is None:
     tr = None
-    report["train_error"] = (f"no PyTorch training step for {bench.name} "
-                             f"(see benchmarks/torch_impl/{bench.torch_module}"
-                             f".py)")
+    report["train_error"] = (f"no port of the objective: benchmarks/"
+                             f"torch_impl/{bench.torch_module}.py")
   else:
     tr = _time_torch(train_step, warmup=warmup, steps=steps, device=device)
   if device.type == "cuda":
@@ -367,17 +495,29 @@ def measure_torch(bench: MethodBench, config, *, compile_model: bool,
     inf = _time_torch(lambda: forward_infer(images), warmup=warmup,
                       steps=steps, device=device)
   b = int(config.train.global_batch_size)
-  if tr is not None:
+  phases = (("train", tr), ("infer", inf)) if tr is not None else (
+      ("infer", inf),)
+  for what, t in phases:
+    # torch.compile compiles lazily: its first call is the compile time.
+    # Eager's first call is reported too (allocator and kernel warm-up).
     report.update({
-        "train_compile_s": tr["first_call_s"],
-        "train_step_ms": 1e3 * tr["median_s"],
-        "train_groups_per_s": b / tr["median_s"]})
-  report.update({
-      "batch_shape": tuple(images.shape),
-      "infer_compile_s": inf["first_call_s"],
-      "infer_step_ms": 1e3 * inf["median_s"],
-      "infer_groups_per_s": b / inf["median_s"],
-  })
+        f"{what}_first_call_s": t["first_call_s"],
+        f"{what}_step_ms": 1e3 * t["median_s"],
+        f"{what}_step_min_ms": 1e3 * t["min_s"],
+        f"{what}_step_max_ms": 1e3 * t["max_s"],
+        f"{what}_groups_per_s": b / t["median_s"]})
+    if compile_model:
+      report[f"{what}_compile_s"] = t["first_call_s"]
+  report.update({"batch_shape": tuple(images.shape), "timed_steps": steps})
+  # The peak before the check: its shape-only trace of the Flax model is
+  # not the torch cell's memory.
+  report.update(peak_rss())
+  if check_params:
+    expected = jax_param_count(config)
+    if n_params != expected:
+      raise AssertionError(f"{bench.name}: torch has {n_params} parameters, "
+                           f"the Flax model {expected}")
+    report["jax_param_count"] = expected
   return report
 
 
@@ -394,8 +534,16 @@ def parse_args(bench: MethodBench, argv=None):
                  default="float32")
   p.add_argument("--devices", choices=("1", "all"), default="1")
   p.add_argument("--size", choices=SIZES, default="paper",
-                 help="paper = the paper's resolution and batch; small/tiny "
+                 help="paper = the paper's resolution and batch; cpu224 = "
+                      "the CPU recipes' sizes (with --encoder); small/tiny "
                       "= reduced CPU variants")
+  p.add_argument("--encoder", default=None,
+                 help=f"encoder (config.model.backbone): "
+                      f"{'/'.join(ENCODERS)} or a backbone name (default: "
+                      f"the config's)")
+  p.add_argument("--threads", type=int, default=0,
+                 help="CPU: run the cell on this many CPUs, torch with as "
+                      "many threads (0 = every CPU the process may use)")
   p.add_argument("--small", action="store_const", const="small", dest="size",
                  help="shorthand for --size small")
   p.add_argument("--image_size", type=int, default=None)
@@ -414,20 +562,35 @@ def run_cell(bench: MethodBench, args) -> Dict[str, Any]:
   """Measures one cell described by parsed ``args``."""
   if args.framework == "peak":
     return matmul_peak(args.dtype)
+  framework = importlib.import_module(
+      "jax" if args.framework == "jax" else "torch")
   config = make_config(bench, size=args.size, dtype=args.dtype,
                        devices=args.devices, image_size=args.image_size,
                        batch=args.batch, group_size=args.group_size,
-                       steps=args.steps, warmup=args.warmup)
+                       steps=args.steps, warmup=args.warmup,
+                       encoder=args.encoder)
+  # The harness (configs, the random batch) loads coseg_jax in both
+  # frameworks' cells; what the cell adds to this is its own memory.
+  importlib.import_module("coseg_jax.runtime.benchmark")
+  start_rss = current_rss_mib()
   if args.framework == "jax":
     report = measure_jax(config)
+    report["xla_eigen_threads"] = sum(
+        n for name, n in thread_names().items()
+        if name.startswith("tf_XLAEigen"))
   else:
     if args.devices != "1":
       raise ValueError("the PyTorch implementations run on one device")
     report = measure_torch(bench, config,
                            compile_model=args.framework == "torch_compile")
+  for key, value in peak_rss().items():
+    report.setdefault(key, value)
   report.update(method=bench.name, size=args.size,
                 image_size=int(config.data.image_size),
-                group_size=int(config.data.group_size))
+                group_size=int(config.data.group_size),
+                encoder=config.model.get("backbone"),
+                rss_start_mib=start_rss,
+                framework_version=framework.__version__)
   return report
 
 
@@ -453,6 +616,7 @@ def main(bench: MethodBench, argv=None,
   """Entry point of ``bench_<method>.py``; exits 0 and prints one RESULT line
   (``{"error": ...}`` with exit status 1 when the cell fails)."""
   args = parse_args(bench, argv)
+  threads = restrict_threads(args.threads)  # before JAX or torch starts
   try:
     if args.extra:
       if extra is None:
@@ -469,6 +633,7 @@ def main(bench: MethodBench, argv=None,
     sys.exit(1)
   report.setdefault("framework", args.framework)
   report.setdefault("devices", args.devices)
+  report.update(threads)
   emit(report)
 
 
@@ -476,7 +641,6 @@ def run_subprocess(module: str, args: Sequence[str], *,
                    env: Optional[Mapping[str, str]] = None,
                    timeout: float = 1800) -> Dict[str, Any]:
   """Runs ``python -m module args --json`` in a fresh process; its RESULT."""
-  import subprocess  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   full_env = dict(os.environ)
   full_env["PYTHONPATH"] = root + os.pathsep + full_env.get("PYTHONPATH", "")

@@ -13,7 +13,12 @@ and an end-to-end run on CPU (no timing assertions).
   statistics + Lovász) — the quantity the timed training step differentiates.
 * Losses: the torch Lovász and co-attention losses equal the coseg_jax ones.
 * Suite: ``benchmarks.run_all`` at the tiny size writes its Markdown section,
-  JSON and PNG, and replaces (not appends) its section of a RESULTS file.
+  JSON and PNG, and replaces (not appends) its section of a RESULTS file;
+  the cpu224 layout (one row per encoder x step, targets met / missed)
+  renders from a results file.
+* Configs: the cpu224 cells (the CPU recipes with a Lite0 / Lite2 encoder,
+  trained unless the paper freezes it) and the group size reaching both
+  frameworks' inputs.
 """
 
 import json
@@ -31,12 +36,14 @@ torch = optional_import("torch")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import common
 from benchmarks import run_all
+from benchmarks.torch_impl import backbones
 from benchmarks.torch_impl import blocks
 from benchmarks.torch_impl import coattention as tco
 from benchmarks.torch_impl import cyclesegnet as tcyc
 from benchmarks.torch_impl import parity
 from coseg_jax import losses
 from coseg_jax.models import cyclesegnet
+from coseg_jax.runtime import state
 
 METHODS = parity.METHODS
 bench_of = parity.bench_of
@@ -62,6 +69,76 @@ def test_param_count_parity(method, size):
   with torch.device("meta"):
     model = common.build_torch_model(bench, config)
   assert blocks.torch_param_count(model) == common.jax_param_count(config)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("encoder", ["lite0", "lite2"])
+def test_param_count_parity_cpu224(method, encoder):
+  """The suite's CPU cells: every port with the Lite0 / Lite2 encoders."""
+  bench = bench_of(method)
+  config = common.make_config(bench, size="cpu224", encoder=encoder)
+  assert config.model.backbone == common.ENCODERS[encoder]
+  with torch.device("meta"):
+    model = common.build_torch_model(bench, config)
+  assert blocks.torch_param_count(model) == common.jax_param_count(config)
+
+
+def test_cpu224_configs():
+  csn = common.make_config(bench_of("cyclesegnet"), size="cpu224",
+                           encoder="lite2", group_size=5)
+  assert (csn.model.num_steps, csn.model.multi_level) == (7, True)
+  assert not csn.model.backbone_eval_mode  # the encoder is trained
+  assert "backbone" not in dict(csn.optimizer.lr_multipliers)
+  assert not csn.data.feature_cache.enabled
+  assert not dict(csn.init.pretrained)
+  assert state.input_shape(csn)[1:] == (5, 224, 224, 3)
+  assert csn.train.global_batch_size == 4
+  mac = common.make_config(bench_of("macosnet"), size="cpu224",
+                           encoder="lite2")
+  assert mac.model.backbone == "efficientnet_lite2"
+  assert mac.model.freeze_encoder and mac.model.feature_level == "stride16"
+  assert state.input_shape(mac)[1:] == (2, 240, 240, 3)
+  coatt = common.make_config(bench_of("coattention"), size="cpu224",
+                             encoder="lite0")
+  assert coatt.coattention.batch_size == 16
+  assert state.input_shape(coatt)[1] == 16
+  assert coatt.train.global_batch_size == 1
+  assert coatt.model.extractor == "efficientnet_lite0"
+  coseg = common.make_config(bench_of("cosegnet"), size="cpu224")
+  assert coseg.data.sampler == "triplets"
+
+
+def test_group_size_reaches_both_inputs():
+  """A K other than the sampler's switches to the 'groups' sampler: the
+  JAX step and the torch batch both get K images."""
+  config = common.make_config(bench_of("cyclesegnet"), size="tiny",
+                              group_size=5)
+  assert config.data.sampler == "groups"
+  assert state.input_shape(config)[1] == 5
+  batch = common.torch_batch(config, torch.device("cpu"))
+  assert tuple(batch["images"].shape[:3]) == (1, 5, 3)
+  coatt = common.make_config(bench_of("coattention"), size="tiny")
+  assert coatt.coattention.batch_size == state.input_shape(coatt)[1] == 5
+
+
+def test_torch_lite_truncation_and_drop_connect():
+  model, widths, _ = backbones.headless_lite(
+      "efficientnet_lite2", {"drop_connect_rate": 0.5}, truncate_at="stride16")
+  assert widths == {"stride2": 16, "stride4": 24, "stride8": 48,
+                    "stride16": 120}
+  x = torch.rand(2, 3, 32, 32)
+  model.eval()
+  with torch.no_grad():
+    feats, pooled = model(x)
+    again, _ = model(x)
+  assert set(feats) == set(widths) and pooled.shape == (2, 120)
+  torch.testing.assert_close(feats["stride16"], again["stride16"])
+  model.train()
+  torch.manual_seed(0)
+  with torch.no_grad():
+    a, _ = model(x)
+    b, _ = model(x)
+  assert not torch.allclose(a["stride16"], b["stride16"])  # drop-connect
 
 
 def test_param_count_detects_a_difference():
@@ -164,6 +241,20 @@ def test_coattention_output_parity():
 
 
 @pytest.mark.slow
+@pytest.mark.compile_bound
+def test_lite_encoder_output_parity():
+  """The Lite ports in the methods' torch implementations: CycleSegNet with
+  the full Lite0 (head = 'stride32'), DCC with Lite2 truncated at stride
+  16."""
+  _assert_mask_logits_parity("cyclesegnet", overrides={
+      "backbone": "efficientnet_lite0", "backbone_kwargs": {},
+      "crm_features": 8})
+  _assert_mask_logits_parity("dcc", overrides={
+      "backbone": "efficientnet_lite2", "backbone_kwargs": {},
+      "match_norm": "none", "include_features": True})
+
+
+@pytest.mark.slow
 def test_macosnet_inference_parity():
   model, v, tm, x = _parity("macosnet")
   ours = jax.jit(lambda v, x: model.apply(v, x).mask_logits)(v, x)
@@ -239,6 +330,68 @@ def test_replace_section(tmp_path):
   text = path.read_text()
   assert "keep me" in text and "second" in text and "first" not in text
   assert text.count("bench-suite:tiny:begin") == 1
+
+
+def _fake_cell(method, variant, framework, train_ms, infer_ms, **extra):
+  cell = {"_method": method, "_dtype": "float32", "_framework": framework,
+          "_devices": "1", "_variant": variant, "infer_step_ms": infer_ms,
+          "infer_step_min_ms": infer_ms, "infer_step_max_ms": infer_ms,
+          "param_count": 10, "batch_shape": [4, 2, 224, 224, 3],
+          "peak_rss_mib": 100.0, "threads": 2}
+  if train_ms is None:
+    cell["train_error"] = "no port of the objective: x.py"
+  else:
+    cell.update(train_step_ms=train_ms, train_step_min_ms=train_ms,
+                train_step_max_ms=train_ms)
+  cell.update(extra)
+  return cell
+
+
+def test_variants_report_from_json(tmp_path):
+  """The cpu224 layout: rows encoder x step, the targets met / missed per
+  cell, n/a with its reason, the section replaced in the results page."""
+  cells = [{"_method": "meta", "_dtype": "-", "_framework": "meta",
+            "_devices": "-", "command": "python -m benchmarks.run_all X",
+            "date": "D", "machine": "M"}]
+  for variant in ("lite0", "lite2"):
+    for k in (2, 5):
+      label = f"{variant} K={k}"
+      cells += [
+          _fake_cell("cyclesegnet", label, "jax", 100.0, 10.0,
+                     train_compile_s=5.0, infer_compile_s=1.0),
+          _fake_cell("cyclesegnet", label, "torch", 160.0, 15.0),
+          _fake_cell("cyclesegnet", label, "torch_compile", 90.0, 8.0,
+                     train_compile_s=30.0)]
+    cells += [_fake_cell("macosnet", variant, "jax", 50.0, 5.0),
+              _fake_cell("macosnet", variant, "torch", None, 20.0)]
+  cells.append({"_method": "macosnet", "_dtype": "float32",
+                "_framework": "torch_compile", "_devices": "1",
+                "_variant": "lite0", "error": "timeout after 10 s"})
+  path = tmp_path / "cells.json"
+  path.write_text(json.dumps(cells))
+  results_md = tmp_path / "results.md"
+  results_md.write_text("# Results\n")
+  res = run_all.main([
+      "--size", "cpu224", "--methods", "cyclesegnet,macosnet", "--dtypes",
+      "float32", "--render_json", str(path), "--out",
+      str(tmp_path / "suite.md"), "--results_md", str(results_md)])
+  text = res["section"]
+  assert "Command: `python -m benchmarks.run_all X`" in text
+  assert "Machine: M" in text and "Date: D" in text
+  row = next(l for l in text.splitlines()
+             if l.startswith("| lite2 K=5 | train step"))
+  # eager/ours 1.6 (>= 1.5: met), compile/ours 0.9 (< 1: missed)
+  assert "| 1.60 | 0.90 | eager met, compile missed |" in row
+  assert "5.0 / 30.0" in row
+  infer = next(l for l in text.splitlines()
+               if l.startswith("| lite0 K=2 | inference"))
+  assert "| 1.50 | 0.80 | eager missed |" in infer
+  mac = next(l for l in text.splitlines()
+             if l.startswith("| lite0 | train step"))
+  assert "n/a (no port of the objective" in mac
+  assert "n/a (timeout after 10 s)" in mac
+  assert os.path.getsize(tmp_path / "suite.png") > 1000
+  assert "bench-suite:cpu224:begin" in results_md.read_text()
 
 
 @pytest.mark.slow
