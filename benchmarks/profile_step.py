@@ -1,0 +1,194 @@
+r"""Where a coseg_jax train step or inference spends its time: the top ops.
+
+Builds one cell of ``benchmarks/bench_<method>.py`` (the suite's config:
+``--size``, ``--encoder``, ``--group_size``, ``--threads``), compiles the
+trainer's own train step (``--phase train``) or the evaluators' inference
+(``--phase infer``) as ``coseg_jax.runtime.benchmark`` does, warms it up,
+and traces ``--steps`` calls with ``jax.profiler.trace``. XLA:CPU runs each
+fusion, convolution, dot or custom call of the compiled module as a thunk
+named after its HLO instruction, and the trace holds one event per thunk
+execution and thread; the summary adds them up per instruction and per
+source primitive (the last part of the instruction's ``op_name`` metadata)
+and lists the largest: CPU time summed over threads (a thunk split across
+the intra-op pool counts every thread's share), per step, share of all
+traced thunk time, calls, and the ``op_name`` (the module path and the
+primitive it came from).
+
+Writes under ``--out``: the trace (``trace/plugins/profile/<run>/
+*.xplane.pb``, for TensorBoard's or XProf's profile plugin), the compiled
+module's text (``<phase>.hlo.txt``) and the summary
+(``<phase>_top_ops.md``, also printed)::
+
+  python -m benchmarks.profile_step --method cyclesegnet --size cpu224 \
+      --encoder lite2 --phase train --out /tmp/profile_csn_lite2
+  python -m benchmarks.profile_step --method dcc --size tiny --phase infer \
+      --steps 2 --out /tmp/profile_dcc
+
+XLA's per-pass dumps of the same module: add
+``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`` (large).
+"""
+
+import argparse
+import collections
+import glob
+import importlib
+import os
+import re
+import statistics
+import time
+from typing import Dict, Tuple
+
+from benchmarks import common
+
+# One HLO instruction: name, shape, opcode (its op_name metadata apart).
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+) = (?P<shape>.+?) "
+    r"(?P<op>[a-z][a-z0-9\-]*)\(")
+_OP_NAME = re.compile(r'op_name="(?P<op_name>[^"]*)"')
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--method", required=True,
+                 choices=("cyclesegnet", "cosegnet", "dcc", "coattention",
+                          "macosnet"))
+  p.add_argument("--size", choices=common.SIZES, default="cpu224")
+  p.add_argument("--encoder", default=None,
+                 help="lite0 / lite2 / a backbone name (default: config's)")
+  p.add_argument("--group_size", type=int, default=None)
+  p.add_argument("--batch", type=int, default=None)
+  p.add_argument("--image_size", type=int, default=None)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"),
+                 default="float32")
+  p.add_argument("--phase", choices=("train", "infer"), default="train")
+  p.add_argument("--steps", type=int, default=3, help="traced calls")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=0,
+                 help="CPUs for the process (0 = all), as the suite's cells")
+  p.add_argument("--top", type=int, default=25)
+  p.add_argument("--out", default="/tmp/coseg_profile")
+  return p.parse_args(argv)
+
+
+def hlo_metadata(text: str) -> Dict[str, Tuple[str, str]]:
+  """{instruction name: (opcode, op_name)} of an HLO module's text."""
+  out = {}
+  for line in text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m:
+      op_name = _OP_NAME.search(line)
+      out[m.group("name")] = (m.group("op"),
+                              op_name.group("op_name") if op_name else "")
+  return out
+
+
+def thunk_times(trace_dir: str, names) -> Tuple[Dict[str, float],
+                                                 Dict[str, int]]:
+  """(ns, calls) per HLO instruction from the trace's CPU events."""
+  # Like every JAX import here, after main has set the CPU affinity.
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
+                           recursive=True), key=os.path.getmtime)
+  if not paths:
+    raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+  ns, calls = collections.Counter(), collections.Counter()
+  for plane in ProfileData.from_file(paths[-1]).planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name in names:
+          ns[event.name] += event.duration_ns
+          calls[event.name] += 1
+  return ns, calls
+
+
+def summarise(ns, calls, meta, *, steps: int, step_ms, top: int,
+              title: str) -> str:
+  """Markdown: the top instructions and the top source primitives."""
+  total = sum(ns.values()) or 1.0
+  lines = [f"# {title}", "",
+           f"Wall time per call: median {statistics.median(step_ms):.1f} ms "
+           f"(min {min(step_ms):.1f}, max {max(step_ms):.1f}) over {steps} "
+           f"traced calls. Thunk CPU time (summed over threads): "
+           f"{total / 1e6 / steps:.1f} ms per call.", "",
+           "## Top HLO instructions", "",
+           "| instruction | opcode | ms / call | % | calls / call | "
+           "op_name (its end) |", "|---|---|---|---|---|---|"]
+  for name, t in ns.most_common(top):
+    op, op_name = meta.get(name, ("?", ""))
+    lines.append(f"| {name} | {op} | {t / 1e6 / steps:.2f} | "
+                 f"{100 * t / total:.1f} | {calls[name] / steps:.0f} | "
+                 f"{op_name[-100:]} |")
+  by_primitive = collections.Counter()
+  for name, t in ns.items():
+    op, op_name = meta.get(name, ("?", ""))
+    primitive = op_name.rsplit("/", 1)[-1] if op_name else f"({op})"
+    by_primitive[re.sub(r"\[.*$", "", primitive)] += t
+  lines += ["", "## By source primitive (last part of op_name)", "",
+            "| primitive | ms / call | % |", "|---|---|---|"]
+  for primitive, t in by_primitive.most_common(top):
+    lines.append(f"| {primitive} | {t / 1e6 / steps:.2f} | "
+                 f"{100 * t / total:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  common.restrict_threads(args.threads)
+  # Imported after the CPU affinity is set: XLA sizes its pool at start-up.
+  import jax  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import benchmark  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  bench = importlib.import_module(f"benchmarks.bench_{args.method}").BENCH
+  config = common.make_config(
+      bench, size=args.size, dtype=args.dtype, image_size=args.image_size,
+      batch=args.batch, group_size=args.group_size, encoder=args.encoder)
+  program, host_batch, batch, shape, _ = benchmark.prepare(config)
+  start = time.perf_counter()
+  if args.phase == "train":
+    compiled = program.train_step.lower(program.state, batch).compile()
+    holder = {"state": program.state}
+
+    def call():
+      holder["state"], metrics = compiled(holder["state"], batch)
+      return metrics["loss"]
+  else:
+    variables = program.state.variables()
+    infer = steps_lib.make_inference(config, program.model, program.mesh)
+    images = (jax.device_put(host_batch["images"]) if program.mesh is None
+              else sharding.shard_batch({"images": host_batch["images"]},
+                                        program.mesh)["images"])
+    compiled = infer.lower(variables, images).compile()
+
+    def call():
+      return compiled(variables, images)
+  compile_s = time.perf_counter() - start
+  os.makedirs(args.out, exist_ok=True)
+  text = compiled.as_text()
+  with open(os.path.join(args.out, f"{args.phase}.hlo.txt"), "w") as f:
+    f.write(text)
+  for _ in range(args.warmup):
+    jax.block_until_ready(call())
+  trace_dir = os.path.join(args.out, "trace")
+  step_ms = []
+  with jax.profiler.trace(trace_dir):
+    for _ in range(args.steps):
+      t = time.perf_counter()
+      jax.block_until_ready(call())
+      step_ms.append(1e3 * (time.perf_counter() - t))
+  meta = hlo_metadata(text)
+  ns, calls = thunk_times(trace_dir, set(meta))
+  title = (f"{args.method} {args.phase}, {args.size}, encoder "
+           f"{config.model.get('backbone')}, batch {tuple(shape)}, "
+           f"{args.dtype}, {jax.devices()[0].device_kind}, "
+           f"{len(os.sched_getaffinity(0))} CPUs; compile {compile_s:.1f} s")
+  report = summarise(ns, calls, meta, steps=args.steps, step_ms=step_ms,
+                     top=args.top, title=title)
+  with open(os.path.join(args.out, f"{args.phase}_top_ops.md"), "w") as f:
+    f.write(report)
+  print(report)
+  return report
+
+
+if __name__ == "__main__":
+  main()
