@@ -3,6 +3,7 @@
 import grain
 import jax
 import numpy as np
+import pytest
 
 from configs import baselines_synthetic
 from coseg_jax.runtime import benchmark
@@ -43,6 +44,7 @@ def test_the_benchmarked_step_equals_the_training_step(tmp_path):
   assert max(moved) > 0
 
 
+@pytest.mark.slow
 def test_the_report_names_the_frozen_subtree_and_the_inputs(tmp_path):
   config = _frozen_config(tmp_path)
   config.benchmark = dict(steps=1, warmup=1)

@@ -154,12 +154,20 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def error_runs(tmp_path_factory):
+# One case of each kind runs in the fast set (each case is a CLI process that
+# imports JAX, a few seconds of CPU); the rest run with the slow tests.
+FAST_CASES = ("no_config", "unknown_field", "unknown_section", "bad_value",
+              "unknown_method", "manual_dir_missing", "eval_no_checkpoint",
+              "predict_missing_folder", "paper_config_without_weights")
+MORE_CASES = tuple(sorted(set(CASES) - set(FAST_CASES)))
+
+
+def _run_cases(tmp_path_factory, names):
   root = _layout(tmp_path_factory.mktemp("cli"))
   procs = {}
-  for name, (args, _) in CASES.items():
-    procs[name] = _start([a.format(r=root) for a in args], cwd=root)
+  for name in names:
+    procs[name] = _start([a.format(r=root) for a in CASES[name][0]],
+                         cwd=root)
   results = {}
   for name, proc in procs.items():
     out, err = proc.communicate(timeout=300)
@@ -167,9 +175,18 @@ def error_runs(tmp_path_factory):
   return root, results
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_error_path_is_one_line_before_compiling(error_runs, name):
-  root, results = error_runs
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory):
+  return _run_cases(tmp_path_factory, FAST_CASES)
+
+
+@pytest.fixture(scope="module")
+def more_error_runs(tmp_path_factory):
+  return _run_cases(tmp_path_factory, MORE_CASES)
+
+
+def _check_one_line_error(runs, name):
+  root, results = runs
   code, out, err = results[name]
   assert code == 2, (name, code, out, err)
   assert "Traceback" not in err and "Traceback" not in out
@@ -179,6 +196,18 @@ def test_error_path_is_one_line_before_compiling(error_runs, name):
     assert piece.format(r=root) in errors[0], (errors[0], piece)
   # Nothing was compiled (JAX_LOG_COMPILES would have logged it).
   assert "Compiling" not in err and "Finished XLA compilation" not in err
+
+
+@pytest.mark.parametrize("name", FAST_CASES)
+def test_error_path_is_one_line_before_compiling(error_runs, name):
+  _check_one_line_error(error_runs, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MORE_CASES)
+def test_more_error_paths_are_one_line_before_compiling(more_error_runs,
+                                                        name):
+  _check_one_line_error(more_error_runs, name)
 
 
 def test_synthetic_needs_no_dataset_directory(tmp_path):

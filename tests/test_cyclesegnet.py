@@ -311,7 +311,8 @@ def test_k_is_free_at_apply_time_and_k1_is_refused():
     model.apply(variables, _images(k=1))
 
 
-@pytest.mark.parametrize("exchange", ["cycle", "cross"])
+@pytest.mark.parametrize(
+    "exchange", ["cycle", pytest.param("cross", marks=pytest.mark.slow)])
 def test_an_image_does_not_attend_to_itself(exchange):
   """Perturbing image 0's own region keys/values leaves image 0's output
   unchanged and changes the other images' outputs.
@@ -367,7 +368,8 @@ def _batch(x, seed=0):
   return {"images": x, "masks": masks, "valid": jnp.ones_like(masks)}
 
 
-@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize(
+    "multi", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_gradients_reach_every_parameter(multi):
   model, variables = _init(multi_level=multi, decode_all_steps=True)
   # 64 px: every refined level is at least 2x2, so the 2x2 regions differ

@@ -318,6 +318,7 @@ def test_init_from_checkpoint_copies_params(tmp_path):
   assert int(second.step) == 0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_loss():
   config = ml_collections.ConfigDict(dict(
       backbone="tiny", dtype="bfloat16", decoder_widths=(8, 8, 8, 8, 8),
