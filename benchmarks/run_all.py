@@ -734,7 +734,7 @@ def parse_args(argv=None):
   p.add_argument("--results_md", default="docs/results.md",
                  help="file whose suite section is replaced ('' = none)")
   p.add_argument("--tag", default=None,
-                 help="name of this run's RESULTS.md section (default: the "
+                 help="name of this run's --results_md section (default: the "
                       "size); runs with the same tag replace each other")
   p.add_argument("--title", default=None, help="section heading suffix")
   p.add_argument("--render_json", default=None,

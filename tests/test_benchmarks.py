@@ -13,9 +13,9 @@ and an end-to-end run on CPU (no timing assertions).
   statistics + Lovász) — the quantity the timed training step differentiates.
 * Losses: the torch Lovász and co-attention losses equal the coseg_jax ones.
 * Suite: ``benchmarks.run_all`` at the tiny size writes its Markdown section,
-  JSON and PNG, and replaces (not appends) its section of a RESULTS file;
-  the cpu224 layout (one row per encoder x step, targets met / missed)
-  renders from a results file.
+  JSON and PNG, and replaces (not appends) its section of the results page
+  (``--results_md``); the cpu224 layout (one row per encoder x step,
+  targets met / missed) renders from a results file.
 * Configs: the cpu224 cells (the CPU recipes with a Lite0 / Lite2 encoder,
   trained unless the paper freezes it) and the group size reaching both
   frameworks' inputs.
@@ -397,7 +397,7 @@ def test_variants_report_from_json(tmp_path):
 @pytest.mark.slow
 @pytest.mark.compile_bound
 def test_suite_end_to_end_tiny(tmp_path):
-  results_md = tmp_path / "RESULTS.md"
+  results_md = tmp_path / "results.md"
   results_md.write_text("# Results\n")
   out = tmp_path / "suite.md"
   res = run_all.main([

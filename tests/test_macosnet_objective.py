@@ -1,11 +1,12 @@
 """What MaCoSNet's weakly supervised objective asks of the masks.
 
-The properties behind benchmarks/macosnet_synthetic.py's diagnosis (see
-benchmarks/RESULTS.md): the perceptual contrastive loss (eq. 8-10) is exactly
-free of its d+ term at the all-background mask and cannot tell object from
-background through d-. (A slow test asserting that joint training raises J
-on synthetic pairs is not here: with tiny random networks, 60 steps lowered
-the held-out Otsu J, 0.140 -> 0.126; see RESULTS.md.)
+The properties behind the diagnosis of the weak objective on synthetic pairs
+(docs/notes/lab_notebook.md, "Does the weak objective train the masks?"): the
+perceptual contrastive loss (eq. 8-10) is exactly free of its d+ term at the
+all-background mask and cannot tell object from background through d-. (A
+slow test asserting that joint training raises J on synthetic pairs is not
+here: with tiny random networks, 60 joint steps lowered the held-out Otsu J;
+same notebook section.)
 """
 
 import jax
