@@ -191,3 +191,26 @@ def encoder_pretrain_section(**overrides) -> ml_collections.ConfigDict:
   s.levels = ("stride8", "stride16", "stride32")
   s.update(overrides)
   return s
+
+
+def apply_tiny_run(config: ml_collections.ConfigDict, *, image_size: int = 32,
+                   benchmark_steps: int = 3) -> ml_collections.ConfigDict:
+  """The ``runlocal`` variants' seconds-long run: 4 steps of 2 groups on the
+  tiny synthetic set, 4 evaluation groups, ``image_size`` px throughout.
+
+  The method's own tiny network settings stay with its config.
+  """
+  config.data.name = "synthetic"
+  config.data.builder_config = "tiny"  # 3 classes x 6/3 images at 32 px
+  config.data.image_size = image_size
+  t = config.train
+  t.num_steps = 4
+  t.global_batch_size = 2
+  t.log_every = 1
+  t.checkpoint_every = 2
+  t.progress_bar = False
+  config.eval.max_groups = 4
+  config.eval.batch_size = 2
+  config.predict.image_size = image_size
+  config.benchmark = dict(steps=benchmark_steps, warmup=1)
+  return config

@@ -78,19 +78,8 @@ def get_config(arg=None):
   config.benchmark = dict(steps=10, warmup=2)
 
   if runlocal:
-    config.data.builder_config = "tiny"  # 3 classes x 6/3 images at 32 px
-    config.data.image_size = 32
     config.model.decoder_widths = (16, 16, 8, 8, 8)
-    config.train.num_steps = 4
-    config.train.global_batch_size = 2
-    config.train.log_every = 1
     config.train.eval_every = 0
-    config.train.checkpoint_every = 2
-    config.train.progress_bar = False
     config.optimizer.warmup_steps = 0
-    config.eval.max_groups = 4
-    config.eval.batch_size = 2
-    config.predict.image_size = 32
-    config.benchmark.steps = 3
-    config.benchmark.warmup = 1
+    base.apply_tiny_run(config)
   return config

@@ -47,23 +47,12 @@ def get_config(arg=None):
   pascal_voc_coseg.frozen_pretrained_backbone(config, "efficientnet_lite2")
   config.model.width_multiplier = 0.25
   config.model.loss_reduction = "mean"  # the recorded runs (docstring)
-  config.data.image_size = 224
   o = config.optimizer
   o.name = "adam"
   o.learning_rate = 1e-3
   o.momentum = 0.9
   o.weight_decay = 0.0
-  o.schedule = "cosine"
-  o.warmup_steps = 50
-  t = config.train
-  t.num_steps = 500  # the recorded runs (docs/results.md)
-  t.global_batch_size = 4
-  t.log_every = 10
-  t.eval_every = 0
-  t.checkpoint_every = 250
-  config.eval.max_groups = 300
-  config.eval.batch_size = 8
-  config.predict.image_size = 224
+  pascal_voc_coseg.apply_schedule(config)
   pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
   # CoSegNet's own evaluation adds the decision (positive and cross-class
   # negative pairs); the Table 5 base has no decision output.

@@ -115,21 +115,9 @@ def get_config(arg=None):
     m.backbone = "tiny"
     m.backbone_kwargs = {"widths": (8, 16, 16, 32, 32)}
     m.width_multiplier = 1 / 16
-    d.name = "synthetic"
-    d.builder_config = "tiny"
-    d.image_size = 32
     d.augment.enabled = False
-    config.eval.split = "test"
     o.name = "adam"
     o.learning_rate = 1e-3
     o.weight_decay = 0.0
-    t.num_steps = 4
-    t.global_batch_size = 2
-    t.log_every = 1
-    t.checkpoint_every = 2
-    t.progress_bar = False
-    config.eval.max_groups = 4
-    config.eval.batch_size = 2
-    config.predict.image_size = 32
-    config.benchmark = dict(steps=3, warmup=1)
+    base.apply_tiny_run(config)
   return config

@@ -46,7 +46,6 @@ def get_config(arg=None):
   m.use_skips = True
 
   d = config.data
-  d.image_size = 224
   d.sampler = "pairs"
   d.augment.enabled = True
 
@@ -55,18 +54,8 @@ def get_config(arg=None):
   # with a steadier learning curve (docs/results.md#cyclesegnet).
   o.learning_rate = 3e-4
   o.weight_decay = 0.0
-  o.schedule = "cosine"
-  o.warmup_steps = 50
-  t = config.train
-  t.num_steps = 500
-  t.global_batch_size = 4
-  t.log_every = 10
-  t.eval_every = 0
-  t.checkpoint_every = 250
+  pascal_voc_coseg.apply_schedule(config)
   config.eval.strategy = "pairs"
-  config.eval.max_groups = 300  # round-robin over the classes
-  config.eval.batch_size = 8
-  config.predict.image_size = 224
   config.predict.group_strategy = "all_pairs"
   pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
   if a.runlocal:

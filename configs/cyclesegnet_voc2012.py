@@ -139,20 +139,9 @@ def get_config(arg=None):
     m.num_steps = 2
     m.decoder_widths = (16, 16, 8, 8, 8)
     m.use_skips = True
-    config.data.name = "synthetic"
-    config.data.builder_config = "tiny"  # 3 classes x 6/3 images at 32 px
-    config.data.image_size = 32
     config.optimizer.learning_rate = 1e-3
     config.optimizer.weight_decay = 0.0
-    config.train.num_steps = 4
-    config.train.global_batch_size = 2
-    config.train.log_every = 1
     config.train.eval_every = 4
-    config.train.checkpoint_every = 2
-    config.train.progress_bar = False
     config.eval.split = "test"
-    config.eval.max_groups = 4
-    config.eval.batch_size = 2
-    config.predict.image_size = 32
-    config.benchmark = dict(steps=2, warmup=1)
+    base.apply_tiny_run(config, benchmark_steps=2)
   return config

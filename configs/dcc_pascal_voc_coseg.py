@@ -40,23 +40,11 @@ def get_config(arg=None):
   m.include_features = True
   m.decoder_widths = (128, 64, 64, 32, 16)
   d = config.data
-  d.image_size = 224
   d.sampler = "pairs"
   d.augment.scale_min = 0.8  # the set's objects are large
   d.augment.scale_max = 1.25
-  o = config.optimizer
-  o.learning_rate = 1e-3
-  o.schedule = "cosine"
-  o.warmup_steps = 50
-  t = config.train
-  t.num_steps = 500  # the recorded runs (docs/results.md)
-  t.global_batch_size = 4
-  t.log_every = 10
-  t.eval_every = 0
-  t.checkpoint_every = 250
-  config.eval.max_groups = 300
-  config.eval.batch_size = 8
-  config.predict.image_size = 224
+  config.optimizer.learning_rate = 1e-3
+  pascal_voc_coseg.apply_schedule(config)
   pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)

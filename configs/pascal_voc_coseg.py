@@ -86,6 +86,25 @@ def apply_recipe(config: ml_collections.ConfigDict, *, live: bool,
   return config
 
 
+def apply_schedule(config: ml_collections.ConfigDict, num_steps: int = 500):
+  """The recipes' shared schedule: ``num_steps`` (the recorded runs) of
+  4 groups at 224 px, cosine after 50 warm-up steps; evaluation on 300
+  groups."""
+  config.data.image_size = 224
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 50
+  t = config.train
+  t.num_steps = num_steps
+  t.global_batch_size = 4
+  t.log_every = 10
+  t.eval_every = 0
+  t.checkpoint_every = 250
+  config.eval.max_groups = 300  # round-robin over the classes
+  config.eval.batch_size = 8
+  config.predict.image_size = 224
+  return config
+
+
 def runlocal(config: ml_collections.ConfigDict):
   """Seconds-long variant for tests: 64 px, 2 steps, a few groups."""
   config.data.image_size = 64
