@@ -3,7 +3,8 @@
 Importing this package registers every method (``registry.register_method``
 at the bottom of each method module); the runtime looks them up with
 :func:`get_method`. Methods import only the core (``coseg_jax.nn``,
-``backbones``, ``losses``, ``metrics``) and this registry.
+``backbones``, ``losses``, ``metrics``), this registry and ``common``
+(the input, option and loss-term checks and the group encoder they share).
 """
 
 # pylint: disable=g-bad-import-order

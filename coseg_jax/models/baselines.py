@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from coseg_jax import backbones
 from coseg_jax import losses
+from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.nn import decoders
 
@@ -111,17 +111,11 @@ class SiameseCoseg(nn.Module):
     """Args: images [B, K, H, W, 3] in [0, 1]; optional ``features``
     {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
     ``images`` is used). Returns BaselineOutput."""
-    if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
-    if self.exchange not in EXCHANGES:
-      raise ValueError(f"exchange must be one of {EXCHANGES}, got "
-                       f"{self.exchange!r}")
+    common.check_images(images)
+    common.check_choice("exchange", self.exchange, EXCHANGES)
     b, k, h, w, _ = images.shape
-    feats = backbones.group_features(self, self.backbone, images, train=train,
-                                     dtype=self.dtype,
-                                     kwargs=self.encoder_kwargs,
-                                     eval_mode=self.backbone_eval_mode,
-                                     features=features)
+    feats = common.encode_group(self, images, train=train,
+                                features=features)
     x = feats["stride32"]
     if self.exchange != "none":
       c = x.shape[-1]
@@ -170,10 +164,7 @@ def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms dict).
   """
-  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for the "
-                     f"baseline methods; known: {list(LOSS_TERMS)}")
+  common.check_loss_terms(loss_config, LOSS_TERMS, "the baseline methods")
   logits = outputs.mask_logits.astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
   valid = batch.get("valid")

@@ -91,6 +91,7 @@ import ml_collections
 
 from coseg_jax import backbones
 from coseg_jax import losses
+from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.nn import decoders
 
@@ -241,8 +242,7 @@ class CoattentionNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False
                ) -> CoattentionOutput:
     """Args: images [B, K, H, W, 3] in [0, 1]. Returns CoattentionOutput."""
-    if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
+    common.check_images(images)
     b, k, h, w, _ = images.shape
     logits = self.attention_logits(images, train=train)
     s = jax.nn.sigmoid(logits).reshape(b * k, h, w, 1)
@@ -305,10 +305,7 @@ def loss_fn(*, outputs: CoattentionOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms dict).
   """
-  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for "
-                     f"coattention; known: {list(LOSS_TERMS)}")
+  common.check_loss_terms(loss_config, LOSS_TERMS, "coattention")
   terms = {}
   if "coattention" in loss_config:
     fo = outputs.object_features

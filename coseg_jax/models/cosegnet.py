@@ -104,8 +104,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from coseg_jax import backbones
 from coseg_jax import losses
+from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.models.baselines import other_mean
 
@@ -238,25 +238,13 @@ class CoSegNet(nn.Module):
     """Args: images [B, K, H, W, 3] in [0, 1], K >= 2; optional ``features``
     {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
     ``images`` is used). Returns CoSegNetOutput."""
-    if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
-    if self.variant not in VARIANTS:
-      raise ValueError(f"variant must be one of {VARIANTS}, got "
-                       f"{self.variant!r}")
-    if self.loss_reduction not in LOSS_REDUCTIONS:
-      raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got "
-                       f"{self.loss_reduction!r}")
-    if self.metric_layer not in METRIC_LAYERS:
-      raise ValueError(f"metric_layer must be one of {METRIC_LAYERS}, got "
-                       f"{self.metric_layer!r}")
+    common.check_images(images, "CoSegNet")
+    common.check_choice("variant", self.variant, VARIANTS)
+    common.check_choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+    common.check_choice("metric_layer", self.metric_layer, METRIC_LAYERS)
     b, k, h, w, _ = images.shape
-    if k < 2:
-      raise ValueError(f"CoSegNet needs groups of K >= 2 images, got K={k}")
-    f = backbones.group_features(self, self.backbone, images, train=train,
-                                 dtype=self.dtype,
-                                 kwargs=self.encoder_kwargs,
-                                 eval_mode=self.backbone_eval_mode,
-                                 features=features)["stride32"]
+    f = common.encode_group(self, images, train=train,
+                            features=features)["stride32"]
     x = f
     if self.variant == "concat":
       fh, fw, fc = f.shape[1:]
@@ -329,13 +317,8 @@ def loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
     (total float32 scalar, weighted terms).
   """
   reduction = reduction or outputs.loss_reduction
-  if reduction not in LOSS_REDUCTIONS:
-    raise ValueError(f"cosegnet loss: reduction must be one of "
-                     f"{LOSS_REDUCTIONS}, got {reduction!r}")
-  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for cosegnet; "
-                     f"known: {list(LOSS_TERMS)}")
+  common.check_choice("cosegnet loss: reduction", reduction, LOSS_REDUCTIONS)
+  common.check_loss_terms(loss_config, LOSS_TERMS, "cosegnet")
   if outputs.embeddings is None:
     raise ValueError("cosegnet loss needs the 'conditional' variant's "
                      "embeddings and decision logits")
@@ -376,13 +359,9 @@ def base_loss_fn(*, outputs: CoSegNetOutput, batch: Mapping[str, jax.Array],
   summed or averaged over the valid pixels (``reduction``, default
   ``outputs.loss_reduction``, as eq. 2)."""
   reduction = reduction or outputs.loss_reduction
-  if reduction not in LOSS_REDUCTIONS:
-    raise ValueError(f"cosegnet_base loss: reduction must be one of "
-                     f"{LOSS_REDUCTIONS}, got {reduction!r}")
-  unknown = sorted(set(loss_config) - set(BASE_LOSS_TERMS))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for "
-                     f"cosegnet_base; known: {list(BASE_LOSS_TERMS)}")
+  common.check_choice("cosegnet_base loss: reduction", reduction,
+                      LOSS_REDUCTIONS)
+  common.check_loss_terms(loss_config, BASE_LOSS_TERMS, "cosegnet_base")
   masks = batch["masks"].astype(jnp.float32)
   terms = {"bce": losses.get_loss("sigmoid_bce")(
       logits=outputs.mask_logits.astype(jnp.float32), labels=masks,

@@ -88,9 +88,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from coseg_jax import backbones
 from coseg_jax import losses
 from coseg_jax.models import baselines
+from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.nn import convlstm
 from coseg_jax.nn import decoders
@@ -311,11 +311,8 @@ class CycleSegNet(nn.Module):
       features {level: [B*K, h, w, C]}).
     """
     b, k, h, w, _ = images.shape
-    feats = backbones.group_features(self, self.backbone, images, train=train,
-                                     dtype=self.dtype,
-                                     kwargs=self.encoder_kwargs,
-                                     eval_mode=self.backbone_eval_mode,
-                                     features=features)
+    feats = common.encode_group(self, images, train=train,
+                                features=features)
     out = {}
     for level in self.levels:
       if level not in feats:
@@ -385,11 +382,8 @@ class CycleSegNet(nn.Module):
     """Args: images [B, K, H, W, 3] in [0, 1], K >= 2; optional ``features``
     {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
     ``images`` is used). Returns CycleSegNetOutput."""
-    if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
+    common.check_images(images, "CycleSegNet")
     b, k, h, w, _ = images.shape
-    if k < 2:
-      raise ValueError(f"CycleSegNet needs groups of K >= 2 images, got K={k}")
     levels, feats = self.encode(images, train=train, features=features)
     hs = self.refine(levels)
     t = next(iter(hs.values())).shape[0]
@@ -461,10 +455,7 @@ def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms dict).
   """
-  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for "
-                     f"cyclesegnet; known: {list(LOSS_TERMS)}")
+  common.check_loss_terms(loss_config, LOSS_TERMS, "cyclesegnet")
   main = {n: wt for n, wt in loss_config.items() if n != "deep_lovasz"}
   terms = {}
   if main:

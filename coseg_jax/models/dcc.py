@@ -78,8 +78,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from coseg_jax import backbones
 from coseg_jax import losses
+from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.models.baselines import other_mean
 from coseg_jax.nn import correlation
@@ -214,20 +214,12 @@ class DCCNet(nn.Module):
     """Args: images [B, K, H, W, 3] in [0, 1], K >= 2; optional ``features``
     {level: [B, K, h, w, C]} of the frozen backbone (then only the shape of
     ``images`` is used). Returns DCCOutput."""
-    if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
-    if self.combine not in COMBINES:
-      raise ValueError(f"combine must be one of {COMBINES}, got "
-                       f"{self.combine!r}")
-    if self.match_norm not in MATCH_NORMS:
-      raise ValueError(f"match_norm must be one of {MATCH_NORMS}, got "
-                       f"{self.match_norm!r}")
+    common.check_images(images)
+    common.check_choice("combine", self.combine, COMBINES)
+    common.check_choice("match_norm", self.match_norm, MATCH_NORMS)
     b, k, h, w, _ = images.shape
-    feats = backbones.group_features(self, self.backbone, images, train=train,
-                                     dtype=self.dtype,
-                                     kwargs=self.encoder_kwargs,
-                                     eval_mode=self.backbone_eval_mode,
-                                     features=features)
+    feats = common.encode_group(self, images, train=train,
+                                features=features)
     if self.feature_level not in feats:
       raise ValueError(f"feature_level {self.feature_level!r} not produced by "
                        f"the backbone; got {sorted(feats)}")
@@ -303,10 +295,7 @@ def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
   Returns:
     (total float32 scalar, weighted terms).
   """
-  unknown = sorted(set(loss_config) - set(LOSS_TERMS))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for dcc; "
-                     f"known: {list(LOSS_TERMS)}")
+  common.check_loss_terms(loss_config, LOSS_TERMS, "dcc")
   logits = outputs.mask_logits.astype(jnp.float32)
   masks = batch["masks"].astype(jnp.float32)
   valid = batch.get("valid")

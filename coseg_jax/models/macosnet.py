@@ -130,6 +130,7 @@ from coseg_jax import backbones
 from coseg_jax import losses
 from coseg_jax.losses import contrastive
 from coseg_jax.losses import matching
+from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.nn import correlation as corr_lib
 from coseg_jax.nn import geometry
@@ -388,18 +389,13 @@ class MaCoSNet(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    if self.mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-    if self.triplets not in TRIPLETS:
-      raise ValueError(f"triplets must be one of {TRIPLETS}, got "
-                       f"{self.triplets!r}")
+    common.check_choice("mode", self.mode, MODES)
+    common.check_choice("triplets", self.triplets, TRIPLETS)
     if self.stage2_input not in ("image", "features"):
       raise ValueError(f"stage2_input must be 'image' or 'features', got "
                        f"{self.stage2_input!r}")
-    if self.perceptual_masking not in PERCEPTUAL_MASKING:
-      raise ValueError(f"perceptual_masking must be one of "
-                       f"{PERCEPTUAL_MASKING}, got "
-                       f"{self.perceptual_masking!r}")
+    common.check_choice("perceptual_masking", self.perceptual_masking,
+                        PERCEPTUAL_MASKING)
     kwargs = dict(self.backbone_kwargs or {})
     kwargs.setdefault("truncate_at", self.feature_level)
     self.encoder = backbones.get_backbone(self.backbone, dtype=self.dtype,
@@ -527,8 +523,7 @@ class MaCoSNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False
                ) -> MaCoSNetOutput:
     """Args: images [B, K, H, W, 3] in [0, 1]. Returns MaCoSNetOutput."""
-    if images.ndim != 5 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, K, H, W, 3], got {images.shape}")
+    common.check_images(images)
     if self.mode == "pretrain":
       return self._pretrain(images, train)
     b, k, h, w, _ = images.shape
@@ -745,11 +740,8 @@ def loss_fn(*, outputs: MaCoSNetOutput, batch: Mapping[str, jax.Array],
   """
   del batch
   known = PRETRAIN_TERMS if outputs.correlation is None else LOSS_TERMS
-  unknown = sorted(set(loss_config) - set(known))
-  if unknown:
-    raise ValueError(f"config.loss: unknown term(s) {unknown} for MaCoSNet "
-                     f"({'pretrain' if known == PRETRAIN_TERMS else 'joint'} "
-                     f"mode); known: {list(known)}")
+  mode = "pretrain" if known == PRETRAIN_TERMS else "joint"
+  common.check_loss_terms(loss_config, known, f"MaCoSNet ({mode} mode)")
   # Zero-weight terms are not computed (exactly no gradient, no cost).
   names = [n for n, wgt in loss_config.items()
            if not (isinstance(wgt, (int, float)) and wgt == 0)]
