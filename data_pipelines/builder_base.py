@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from typing import Iterator, Mapping
 
 from etils import epath
@@ -91,6 +92,22 @@ def image_mask_example(image_path, mask_path, *, label: str, image_id: str,
   }
 
 
+def first_existing(candidates) -> epath.Path | None:
+  """The first of `candidates` (paths, in order of preference) that exists."""
+  return next((c for c in candidates if c.exists()), None)
+
+
+def resolve_image(manual_dir, name: str, folders, where: str) -> epath.Path:
+  """The image `name` of a pair list (row `where`): the first existing
+  `manual_dir/<folder>/name` of `folders` ('' for `manual_dir` itself);
+  refuses a missing image naming both."""
+  path = first_existing(manual_dir / folder / name for folder in folders)
+  if path is None:
+    raise dio.BadInputError(f"{where}: image {name!r} not found under "
+                            f"{manual_dir}")
+  return path
+
+
 def require_mask(mask_path, expected) -> epath.Path:
   """Refuses a missing mask, naming where it was expected."""
   if mask_path is None or not epath.Path(mask_path).exists():
@@ -101,14 +118,24 @@ def require_mask(mask_path, expected) -> epath.Path:
 class ManualLayoutBuilder(tfds.core.GeneratorBasedBuilder):
   """Base builder: manual_dir check, per-class tally, discovered classes.
 
-  Subclasses define `LAYOUT` (the expected layout, shown in errors), `_info`,
-  and `_splits(manual_dir) -> {split: iterator of (key, example)}`. The
+  Subclasses define `LAYOUT` (the expected layout, shown in errors and as
+  `MANUAL_DOWNLOAD_INSTRUCTIONS`), `_features()` (the record features; the
+  info's description is the builder module's docstring) and
+  `_splits(manual_dir) -> {split: iterator of (key, example)}`. The
   example's class is read from `COUNT_KEY` ('label', or 'labels' for a
   multi-label record) as a class-name string (or list of them).
   """
 
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = ""
   COUNT_KEY = "label"
+
+  def __init_subclass__(cls, **kwargs):
+    # TFDS shows the instructions when manual_dir is missing; they are the
+    # layout, so a builder states it once.
+    cls.MANUAL_DOWNLOAD_INSTRUCTIONS = cls.LAYOUT
+    super().__init_subclass__(**kwargs)
 
   def __init__(self, **kwargs):
     super().__init__(**kwargs)
@@ -138,9 +165,32 @@ class ManualLayoutBuilder(tfds.core.GeneratorBasedBuilder):
     if feature.num_classes is None:
       feature.names = names
 
+  def _features(self) -> tfds.features.FeaturesDict:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=sys.modules[type(self).__module__].__doc__,
+        features=self._features())
+
   def _splits(self, manual_dir: epath.Path
               ) -> Mapping[str, Iterator[tuple[str, dict]]]:
     raise NotImplementedError
+
+  def _known_folders(self, manual_dir: epath.Path, known,
+                     what: str) -> list[epath.Path]:
+    """The sub-folders of `manual_dir`, sorted; refuses one not in `known`.
+
+    A typo in a folder name would otherwise drop its records silently.
+    `what` names the folders in the message ('class', 'subset').
+    """
+    folders = sorted(p for p in manual_dir.iterdir() if p.is_dir())
+    unknown = [p.name for p in folders if p.name not in known]
+    if unknown:
+      raise dio.BadInputError(
+          f"{self.name}: unknown {what} folders {unknown} in {manual_dir}; "
+          f"expected layout:\n{self.LAYOUT}")
+    return folders
 
   def _split_generators(self, dl_manager):
     manual_dir = self._manual_dir(dl_manager)

@@ -61,19 +61,15 @@ class Builder(bb.ManualLayoutBuilder):
   """iCoseg image records."""
 
   name = "icoseg"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   BUILDER_CONFIGS = [
       ICosegConfig(name="all", groups=None, description="All groups."),
       ICosegConfig(name="subset8", groups=SUBSET8,
                    description="The 8-group subset."),
   ]
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__, features=bb.image_record_features(None))
+  def _features(self):
+    return bb.image_record_features(None)
 
   def _splits(self, manual_dir):
     root = (manual_dir / "dataset_public"

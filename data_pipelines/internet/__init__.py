@@ -50,10 +50,7 @@ class Builder(bb.ManualLayoutBuilder):
   """Internet dataset image records."""
 
   name = "internet"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   BUILDER_CONFIGS = [
       InternetConfig(name="subset100", folder_suffix="100",
                      description="Airplane100, Car100, Horse100."),
@@ -61,9 +58,8 @@ class Builder(bb.ManualLayoutBuilder):
                      description="Full Airplane, Car, Horse collections."),
   ]
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__, features=bb.image_record_features(CLASSES))
+  def _features(self):
+    return bb.image_record_features(CLASSES)
 
   def _splits(self, manual_dir):
     root = manual_dir / "Data" if (manual_dir / "Data").is_dir() else manual_dir

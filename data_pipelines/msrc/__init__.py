@@ -25,8 +25,6 @@ Split: one split, 'train'.
 
 from __future__ import annotations
 
-import tensorflow_datasets as tfds
-
 from data_pipelines import builder_base as bb
 from data_pipelines import io as dio
 
@@ -41,14 +39,10 @@ class Builder(bb.ManualLayoutBuilder):
   """MSRC co-segmentation image records."""
 
   name = "msrc"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__, features=bb.image_record_features(None))
+  def _features(self):
+    return bb.image_record_features(None)
 
   def _splits(self, manual_dir):
     if (manual_dir / "Images").is_dir():  # layout (b)

@@ -20,8 +20,6 @@ of the 20 classes are refused (a typo would otherwise drop a class silently).
 
 from __future__ import annotations
 
-import tensorflow_datasets as tfds
-
 from data_pipelines import builder_base as bb
 
 # Per-class image counts of the published set (SOURCE.txt of the real data).
@@ -43,25 +41,13 @@ class Builder(bb.ManualLayoutBuilder):
   """PASCAL-VOC co-segmentation (Faktor & Irani) image records."""
 
   name = "pascal_voc_coseg"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=bb.image_record_features(CLASSES),
-        supervised_keys=None,
-    )
+  def _features(self):
+    return bb.image_record_features(CLASSES)
 
   def _splits(self, manual_dir):
-    folders = sorted(p for p in manual_dir.iterdir() if p.is_dir())
-    unknown = [p.name for p in folders if p.name not in CLASS_COUNTS]
-    if unknown:
-      raise bb.dio.BadInputError(
-          f"pascal_voc_coseg: unknown class folders {unknown} in {manual_dir}"
-          f"; expected layout:\n{LAYOUT}")
+    folders = self._known_folders(manual_dir, CLASS_COUNTS, "class")
     if not folders:
       return {}
     return {"train": self._generate(manual_dir, folders)}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from data_pipelines import builder_base as bb
 from data_pipelines import io as dio
@@ -72,27 +71,19 @@ def make_keypoints(xs, ys, *, where: str) -> np.ndarray:
 
 
 def _find_csv(manual_dir, filename):
-  for candidate in (manual_dir / filename,
-                    manual_dir / "PF-dataset-PASCAL" / filename):
-    if candidate.exists():
-      return candidate
-  return None
+  return bb.first_existing((manual_dir / filename,
+                            manual_dir / "PF-dataset-PASCAL" / filename))
 
 
 class Builder(bb.ManualLayoutBuilder):
   """PF-PASCAL keypoint pairs."""
 
   name = "pf_pascal"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=bb.pair_record_features(VOC_CLASSES, keypoints=True,
-                                         flip=True))
+  def _features(self):
+    return bb.pair_record_features(VOC_CLASSES, keypoints=True,
+                                    flip=True)
 
   def _splits(self, manual_dir):
     return {split: self._generate(manual_dir, path)
@@ -100,13 +91,9 @@ class Builder(bb.ManualLayoutBuilder):
             if (path := _find_csv(manual_dir, filename)) is not None}
 
   def _resolve(self, manual_dir, name, where):
-    for candidate in (manual_dir / name,
-                      manual_dir / "PF-dataset-PASCAL" / name,
-                      manual_dir / "PF-dataset-PASCAL" / "JPEGImages" / name):
-      if candidate.exists():
-        return candidate
-    raise dio.BadInputError(f"{where}: image {name!r} not found under "
-                            f"{manual_dir}")
+    return bb.resolve_image(
+        manual_dir, name,
+        ("", "PF-dataset-PASCAL", "PF-dataset-PASCAL/JPEGImages"), where)
 
   def _generate(self, manual_dir, csv_path):
     with open(csv_path, newline="") as f:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from data_pipelines import builder_base as bb
 from data_pipelines import io as dio
@@ -45,30 +44,21 @@ class Builder(bb.ManualLayoutBuilder):
   """PF-WILLOW keypoint pairs."""
 
   name = "pf_willow"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=bb.pair_record_features(CLASSES, keypoints=True))
+  def _features(self):
+    return bb.pair_record_features(CLASSES, keypoints=True)
 
   def _splits(self, manual_dir):
-    for candidate in (manual_dir / "test_pairs_pf.csv",
-                      manual_dir / "PF-dataset" / "test_pairs_pf.csv"):
-      if candidate.exists():
-        return {"test": self._generate(manual_dir, candidate)}
+    path = bb.first_existing((manual_dir / "test_pairs_pf.csv",
+                              manual_dir / "PF-dataset" / "test_pairs_pf.csv"))
+    if path is not None:
+      return {"test": self._generate(manual_dir, path)}
     raise FileNotFoundError(f"pf_willow: test_pairs_pf.csv not found in "
                             f"{manual_dir}; expected layout:\n{LAYOUT}")
 
   def _resolve(self, manual_dir, name, where):
-    for candidate in (manual_dir / name, manual_dir / "PF-dataset" / name):
-      if candidate.exists():
-        return candidate
-    raise dio.BadInputError(f"{where}: image {name!r} not found under "
-                            f"{manual_dir}")
+    return bb.resolve_image(manual_dir, name, ("", "PF-dataset"), where)
 
   def _generate(self, manual_dir, csv_path):
     with open(csv_path, newline="") as f:

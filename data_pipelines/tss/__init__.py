@@ -29,8 +29,6 @@ Split: one split, 'test' (TSS is an evaluation benchmark).
 
 from __future__ import annotations
 
-import tensorflow_datasets as tfds
-
 from data_pipelines import builder_base as bb
 from data_pipelines import io as dio
 
@@ -49,23 +47,14 @@ class Builder(bb.ManualLayoutBuilder):
   """TSS image pairs with masks and dense flows."""
 
   name = "tss"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=bb.pair_record_features(SUBSETS, masks=True, flows=True,
-                                         flip=True))
+  def _features(self):
+    return bb.pair_record_features(SUBSETS, masks=True, flows=True,
+                                    flip=True)
 
   def _splits(self, manual_dir):
-    folders = sorted(p for p in manual_dir.iterdir() if p.is_dir())
-    unknown = [p.name for p in folders if p.name not in SUBSETS]
-    if unknown:
-      raise dio.BadInputError(f"tss: unknown subset folders {unknown} in "
-                              f"{manual_dir}; expected layout:\n{LAYOUT}")
+    folders = self._known_folders(manual_dir, SUBSETS, "subset")
     if not folders:
       return {}
     return {"test": self._generate(manual_dir, folders)}

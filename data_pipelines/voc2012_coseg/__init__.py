@@ -74,24 +74,19 @@ class Builder(bb.ManualLayoutBuilder):
   """VOC 2012 segmentation images with class masks and class sets."""
 
   name = "voc2012_coseg"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   LAYOUT = LAYOUT
-  MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
   COUNT_KEY = "labels"
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3),
-                                         dtype=np.uint8),
-            "class_mask": tfds.features.Image(shape=(None, None, 1),
-                                              dtype=np.uint8),
-            "labels": tfds.features.Sequence(
-                tfds.features.ClassLabel(names=list(VOC_CLASSES))),
-            "image_id": tfds.features.Text(),
-        }))
+  def _features(self):
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3),
+                                     dtype=np.uint8),
+        "class_mask": tfds.features.Image(shape=(None, None, 1),
+                                          dtype=np.uint8),
+        "labels": tfds.features.Sequence(
+            tfds.features.ClassLabel(names=list(VOC_CLASSES))),
+        "image_id": tfds.features.Text(),
+    })
 
   def _splits(self, manual_dir):
     root = _voc_root(manual_dir)
