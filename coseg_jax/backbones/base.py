@@ -59,3 +59,28 @@ def check_level(name: str) -> str:
     raise ValueError(
         f"unknown feature level {name!r}; expected one of {FEATURE_LEVELS}")
   return name
+
+
+def check_call(backbone, images, *, head_needs_stride32: bool = False) -> str:
+  """Checks a backbone's settings and input; returns its last level.
+
+  Args:
+    backbone: the module (``truncate_at``, ``output_stride``, ``with_head``).
+    images: its input, [N, H, W, 3].
+    head_needs_stride32: the classifier also needs output stride 32 (VGG).
+  """
+  last = check_level(backbone.truncate_at or FEATURE_LEVELS[-1])
+  if backbone.output_stride not in (8, 16, 32):
+    raise ValueError(f"output_stride must be 8, 16 or 32, got "
+                     f"{backbone.output_stride}")
+  if head_needs_stride32:
+    if backbone.with_head and (last != "stride32"
+                               or backbone.output_stride != 32):
+      raise ValueError("with_head=True needs the full network at output "
+                       "stride 32")
+  elif backbone.with_head and last != "stride32":
+    raise ValueError("with_head=True needs the full network (truncate_at "
+                     f"is {backbone.truncate_at!r})")
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [N, H, W, 3], got {images.shape}")
+  return last

@@ -217,15 +217,7 @@ class EfficientNetLite(nn.Module):
       pooled [N, C_last] (1280 untruncated) and logits [N, num_classes] with
       the head.
     """
-    last = base.check_level(self.truncate_at or base.FEATURE_LEVELS[-1])
-    if self.output_stride not in (8, 16, 32):
-      raise ValueError(f"output_stride must be 8, 16 or 32, got "
-                       f"{self.output_stride}")
-    if self.with_head and last != "stride32":
-      raise ValueError("with_head=True needs the full network (truncate_at "
-                       f"is {self.truncate_at!r})")
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [N, H, W, 3], got {images.shape}")
+    last = base.check_call(self, images)
     bn = functools.partial(_BN, use_running_average=not train, dtype=self.dtype)
     x = lite_normalize(images, self.dtype)
     x = nn.Conv(STEM_CHANNELS, (3, 3), strides=(2, 2), padding="SAME",

@@ -56,13 +56,13 @@ def _bn(train, dtype, name):
                       epsilon=1e-5, dtype=dtype, name=name)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs + identity/projection shortcut (ResNet-18/34).
+class _ResidualBlock(nn.Module):
+  """The attributes and the shortcut of both block kinds.
 
   Attributes:
-    planes: output channels.
-    stride: stride of the first conv (and of the shortcut projection).
-    dilation: dilation of both 3x3 convs.
+    planes: the block's width (see the subclass).
+    stride: stride of the strided conv and of the shortcut projection.
+    dilation: dilation of the 3x3 conv(s).
     project: whether the shortcut is a 1x1 conv + BN ('downsample').
     dtype: computation dtype.
   """
@@ -71,6 +71,27 @@ class BasicBlock(nn.Module):
   dilation: int = 1
   project: bool = False
   dtype: Any = jnp.float32
+
+  def shortcut_sum(self, y, x, train: bool):
+    """relu(y + shortcut(x)); call inside the compact ``__call__``.
+
+    Args:
+      y: [N, H', W', C_out] residual branch.
+      x: [N, H, W, C_in] block input (projected to C_out when ``project``).
+      train: BN batch statistics.
+    """
+    if self.project:
+      x = _conv(y.shape[-1], 1, self.stride, 1, self.dtype, "downsample_0")(x)
+      x = _bn(train, self.dtype, "downsample_1")(x)
+    return nn.relu(y + x)
+
+
+class BasicBlock(_ResidualBlock):
+  """Two 3x3 convs + identity/projection shortcut (ResNet-18/34).
+
+  ``planes`` is the output width; ``stride`` strides the first conv and
+  ``dilation`` dilates both (see ``_ResidualBlock``).
+  """
   expansion = 1
 
   @nn.compact
@@ -81,27 +102,15 @@ class BasicBlock(nn.Module):
     y = nn.relu(_bn(train, self.dtype, "bn1")(y))
     y = _conv(self.planes, 3, 1, self.dilation, self.dtype, "conv2")(y)
     y = _bn(train, self.dtype, "bn2")(y)
-    if self.project:
-      x = _conv(self.planes, 1, self.stride, 1, self.dtype, "downsample_0")(x)
-      x = _bn(train, self.dtype, "downsample_1")(x)
-    return nn.relu(y + x)
+    return self.shortcut_sum(y, x, train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4) + shortcut (ResNet-50/101).
 
-  Attributes:
-    planes: width of the 3x3 conv; the output has 4 * planes channels.
-    stride: stride of the 3x3 conv and of the shortcut projection.
-    dilation: dilation of the 3x3 conv.
-    project: whether the shortcut is a 1x1 conv + BN ('downsample').
-    dtype: computation dtype.
+  ``planes`` is the width of the 3x3 conv (which ``stride`` strides and
+  ``dilation`` dilates); the output has 4 * planes channels.
   """
-  planes: int
-  stride: int = 1
-  dilation: int = 1
-  project: bool = False
-  dtype: Any = jnp.float32
   expansion = 4
 
   @nn.compact
@@ -115,10 +124,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(_bn(train, self.dtype, "bn2")(y))
     y = _conv(out, 1, 1, 1, self.dtype, "conv3")(y)
     y = _bn(train, self.dtype, "bn3")(y)
-    if self.project:
-      x = _conv(out, 1, self.stride, 1, self.dtype, "downsample_0")(x)
-      x = _bn(train, self.dtype, "downsample_1")(x)
-    return nn.relu(y + x)
+    return self.shortcut_sum(y, x, train)
 
 
 class ResNet(nn.Module):
@@ -151,15 +157,7 @@ class ResNet(nn.Module):
       'stride32': [.., 512 e]} (e = block expansion, 1 or 4), pooled [N, 512 e]
       and logits [N, num_classes] when ``with_head``.
     """
-    last = base.check_level(self.truncate_at or base.FEATURE_LEVELS[-1])
-    if self.output_stride not in (8, 16, 32):
-      raise ValueError(f"output_stride must be 8, 16 or 32, got "
-                       f"{self.output_stride}")
-    if self.with_head and last != "stride32":
-      raise ValueError("with_head=True needs the full network (truncate_at "
-                       f"is {self.truncate_at!r})")
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [N, H, W, 3], got {images.shape}")
+    last = base.check_call(self, images)
     x = imagenet_normalize(images, self.dtype)
     x = _conv(64, 7, 2, 1, self.dtype, "conv1")(x)
     x = nn.relu(_bn(train, self.dtype, "bn1")(x))

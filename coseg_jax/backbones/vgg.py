@@ -91,15 +91,7 @@ class VGG(nn.Module):
       [N, H/32, W/32, 512]}, pooled ([N, 4096] fc7 with the head, else
       [N, C_last]) and logits [N, num_classes] with the head.
     """
-    last = base.check_level(self.truncate_at or base.FEATURE_LEVELS[-1])
-    if self.output_stride not in (8, 16, 32):
-      raise ValueError(f"output_stride must be 8, 16 or 32, got "
-                       f"{self.output_stride}")
-    if self.with_head and (last != "stride32" or self.output_stride != 32):
-      raise ValueError("with_head=True needs the full network at output "
-                       "stride 32")
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [N, H, W, 3], got {images.shape}")
+    last = base.check_call(self, images, head_needs_stride32=True)
     x = imagenet_normalize(images, self.dtype)
     features = {}
     index, block, stride, dilation = 0, 0, 1, 1
