@@ -35,6 +35,15 @@ def _broadcast_to(name, x, shape):
         f"logits shape {shape}") from None
 
 
+def _same_shape_float32(fn, logits, labels):
+  """(logits, labels) as float32; refuses labels shaped unlike logits."""
+  if jnp.shape(labels) != jnp.shape(logits):
+    raise ValueError(
+        f"{fn}: labels shape {jnp.shape(labels)} must equal logits "
+        f"shape {jnp.shape(logits)}")
+  return jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.float32)
+
+
 @register_loss("sigmoid_bce")
 def sigmoid_bce(
     *,
@@ -66,12 +75,7 @@ def sigmoid_bce(
     raise ValueError(
         f"sigmoid_bce: reduction must be one of {_REDUCTIONS}, got "
         f"{reduction!r}")
-  if jnp.shape(labels) != jnp.shape(logits):
-    raise ValueError(
-        f"sigmoid_bce: labels shape {jnp.shape(labels)} must equal logits "
-        f"shape {jnp.shape(logits)}")
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(labels, jnp.float32)
+  logits, labels = _same_shape_float32("sigmoid_bce", logits, labels)
   per_pixel = optax.sigmoid_binary_cross_entropy(logits, labels)
   if weights is not None:
     per_pixel = per_pixel * _broadcast_to(
@@ -107,11 +111,6 @@ def decision_bce(*, logits: jax.Array, labels: jax.Array,
   if reduction not in ("mean", "sum"):
     raise ValueError(f"decision_bce: reduction must be 'mean' or 'sum', got "
                      f"{reduction!r}")
-  if jnp.shape(labels) != jnp.shape(logits):
-    raise ValueError(
-        f"decision_bce: labels shape {jnp.shape(labels)} must equal logits "
-        f"shape {jnp.shape(logits)}")
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(labels, jnp.float32)
+  logits, labels = _same_shape_float32("decision_bce", logits, labels)
   per_pair = optax.sigmoid_binary_cross_entropy(logits, labels)
   return jnp.sum(per_pair) if reduction == "sum" else jnp.mean(per_pair)
