@@ -187,24 +187,17 @@ def run_cells(args, results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             results.append(r)
             _log(r)
   extras = [e for e in args.extras if e != "none"]
-  if "group_scaling" in extras and "cyclesegnet" in args.methods:
+  # The method-specific extras: (extra, the method whose bench runs it).
+  for extra, method in (("group_scaling", "cyclesegnet"),
+                        ("collection", "coattention")):
+    if extra not in extras or method not in args.methods:
+      continue
     for dtype in args.dtypes:
       r = common.run_subprocess(
-          "benchmarks.bench_cyclesegnet",
-          base + ["--extra", "group_scaling", "--dtype", dtype],
+          f"benchmarks.bench_{method}",
+          base + ["--extra", extra, "--dtype", dtype],
           timeout=args.timeout)
-      r.update(_method="cyclesegnet", _dtype=dtype, _framework="group_scaling",
-               _devices="1")
-      results.append(r)
-      _log(r)
-  if "collection" in extras and "coattention" in args.methods:
-    for dtype in args.dtypes:
-      r = common.run_subprocess(
-          "benchmarks.bench_coattention",
-          base + ["--extra", "collection", "--dtype", dtype],
-          timeout=args.timeout)
-      r.update(_method="coattention", _dtype=dtype, _framework="collection",
-               _devices="1")
+      r.update(_method=method, _dtype=dtype, _framework=extra, _devices="1")
       results.append(r)
       _log(r)
   if "loader" in extras:

@@ -447,3 +447,43 @@ class TinyCNN(nn.Module):
           getattr(self, f"{level}_conv2")(x)))
       feats[level] = x
     return feats, x.mean((2, 3))  # the Flax module's ``pooled``
+
+
+# ----------------------------------------------------------------------------
+# The encoders of the method ports.
+
+RESNET_WIDTHS = {"stride2": 64, "stride4": 64, "stride8": 128,
+                 "stride16": 256, "stride32": 512}
+
+
+def backbone_widths(name: str):
+  """Channels of each feature level of the tiny CNN or a ResNet."""
+  if name == "tiny":
+    return dict(zip(TinyCNN.LEVELS, (8, 16, 32, 64, 64)))
+  e = 4 if name in ("resnet50", "resnet101") else 1
+  return {k: v if k == "stride2" else v * e for k, v in RESNET_WIDTHS.items()}
+
+
+def headless(name, kwargs=None, truncate_at=None):
+  """(headless backbone, channels per level, NCHW input normaliser) for the
+  tiny CNN, a ResNet or a Lite computing up to ``truncate_at`` (None: all);
+  None for another name (the caller names what it supports).
+
+  ``kwargs``: the Flax ``backbone_kwargs`` (Lite: drop-connect rate).
+  """
+  if name == "tiny":
+    return (TinyCNN(truncate_at=truncate_at), backbone_widths(name),
+            lambda x: x)
+  if name.startswith("resnet"):
+    return (resnet(name, with_head=False, truncate_at=truncate_at),
+            backbone_widths(name), imagenet_normalize)
+  if name.startswith("efficientnet_lite"):
+    return headless_lite(name, kwargs, truncate_at=truncate_at)
+  return None
+
+
+def imagenet_normalize(x):
+  """NCHW images in [0, 1] -> ImageNet-standardised."""
+  mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)
+  std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)
+  return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from benchmarks.torch_impl import backbones
+
 DECODER_STRIDES = (16, 8, 4, 2, 1)
 DECODER_LEVELS = ("stride16", "stride8", "stride4", "stride2", "full")
 
@@ -141,11 +141,8 @@ def jax_param_count(params) -> int:
 # ----------------------------------------------------------------------------
 # Small functional helpers.
 
-def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
-  """NCHW images in [0, 1] -> ImageNet-standardised."""
-  mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)
-  std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)
-  return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+# NCHW images in [0, 1] -> ImageNet-standardised (the encoders' normaliser).
+imagenet_normalize = backbones.imagenet_normalize
 
 
 def bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
@@ -202,6 +199,41 @@ def sigmoid_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------
 # Layers.
+
+def float32_head(head: nn.Module, y: torch.Tensor) -> torch.Tensor:
+  """``head(y)`` in float32 outside autocast, as the Flax models compute
+  their logits."""
+  with torch.autocast(device_type=y.device.type, enabled=False):
+    return head(y.float())
+
+
+def model_kwargs(model_config, drop=()) -> dict:
+  """``config.model`` (ConfigDict or dict, Flax field names) as a torch
+  model's constructor arguments: a plain ``backbone_kwargs`` dict, without
+  the Flax-only fields named in ``drop``."""
+  cfg = dict(model_config)
+  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
+  return {k: v for k, v in cfg.items() if k not in drop}
+
+
+class FrozenBackboneMixin:
+  """For a group model with ``backbone``, ``_normalize`` and
+  ``backbone_eval_mode`` (the Flax models' attribute): ``train()`` keeps a
+  frozen backbone in evaluation mode, and ``encode_group`` runs it on every
+  image of a group. List it before ``nn.Module`` among the bases."""
+
+  def train(self, mode: bool = True):
+    super().train(mode)
+    if self.backbone_eval_mode:
+      self.backbone.eval()  # BN running statistics, no drop-connect
+    return self
+
+  def encode_group(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """[B, K, 3, H, W] in [0, 1] -> the backbone's {level: [B*K, C, h, w]}."""
+    b, k, _, h, w = images.shape
+    feats, *_ = self.backbone(self._normalize(images.reshape(b * k, 3, h, w)))
+    return feats
+
 
 class ConvBNReLU(nn.Module):
   """``coseg_jax.nn.decoders.ConvBNReLU``: 3x3 conv (no bias) + BN + ReLU."""

@@ -30,17 +30,10 @@ from benchmarks.torch_impl import blocks
 def make_backbone(name: str, kwargs=None):
   """(headless torch backbone, widths per level, input normaliser);
   ``kwargs``: the Flax backbone attributes (Lite: drop-connect rate)."""
-  if name.startswith("efficientnet_lite"):
-    return backbones.headless_lite(name, kwargs)
-  if name == "tiny":
-    return (backbones.TinyCNN(),
-            dict(zip(backbones.TinyCNN.LEVELS, (8, 16, 32, 64, 64))),
-            lambda x: x)
-  if name.startswith("resnet"):
-    from benchmarks.torch_impl import cyclesegnet  # pylint: disable=g-import-not-at-top
-    return (backbones.resnet(name, with_head=False),
-            cyclesegnet.backbone_widths(name), blocks.imagenet_normalize)
-  raise ValueError(f"torch co-attention: unsupported backbone {name!r}")
+  encoder = backbones.headless(name, kwargs)
+  if encoder is None:
+    raise ValueError(f"torch co-attention: unsupported backbone {name!r}")
+  return encoder
 
 
 class Generator(nn.Module):
@@ -67,8 +60,7 @@ class Generator(nn.Module):
     feats, _ = self.backbone(self._normalize(x))
     y = self.decoder(feats["stride32"], (h, w),
                      skips=feats if self.use_skips else None)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-      return self.head(y.float())
+    return blocks.float32_head(self.head, y)
 
 
 class CoattentionNet(nn.Module):

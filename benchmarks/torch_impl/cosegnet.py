@@ -81,7 +81,7 @@ class Decoder(nn.Module):
     return x, taps
 
 
-class CoSegNet(nn.Module):
+class CoSegNet(blocks.FrozenBackboneMixin, nn.Module):
   """``forward(images [B, K, 3, H, W])`` -> (logits [B, K, 1, H, W],
   embeddings [B, K, 64], decision logits [B, K - 1])."""
 
@@ -107,15 +107,9 @@ class CoSegNet(nn.Module):
     self.decision_fc1 = nn.Linear(2 * m2, decision_hidden)
     self.decision_fc2 = nn.Linear(decision_hidden, 1)
 
-  def train(self, mode: bool = True):
-    super().train(mode)
-    if self.backbone_eval_mode:
-      self.backbone.eval()  # BN running statistics, no drop-connect
-    return self
-
   def forward(self, images):
     b, k, _, h, w = images.shape
-    feats, *_ = self.backbone(self._normalize(images.reshape(b * k, 3, h, w)))
+    feats = self.encode_group(images)
     f = feats["stride32"]
     logits, taps = self.decoder(f, (h, w))
     taps["f"] = f
@@ -128,9 +122,7 @@ class CoSegNet(nn.Module):
 
 
 def build_model(model_config) -> CoSegNet:
-  cfg = dict(model_config)
-  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
-  return CoSegNet(**{k: v for k, v in cfg.items() if k != "dtype"})
+  return CoSegNet(**blocks.model_kwargs(model_config, drop=("dtype",)))
 
 
 def _bce(logits, labels, reduction="mean"):

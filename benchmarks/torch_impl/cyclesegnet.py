@@ -29,30 +29,14 @@ from benchmarks.torch_impl import backbones
 from benchmarks.torch_impl import blocks
 
 MULTI_LEVELS = ("stride8", "stride16", "stride32")
-_RESNET_WIDTHS = {"stride2": 64, "stride4": 64, "stride8": 128,
-                  "stride16": 256, "stride32": 512}
-
-
-def backbone_widths(name: str) -> Mapping[str, int]:
-  """Channels of each feature level of a backbone."""
-  if name == "tiny":
-    return dict(zip(backbones.TinyCNN.LEVELS, (8, 16, 32, 64, 64)))
-  e = 4 if name in ("resnet50", "resnet101") else 1
-  return {k: v if k == "stride2" else v * e for k, v in _RESNET_WIDTHS.items()}
-
-
 def make_backbone(name: str, kwargs: Optional[Mapping[str, Any]] = None):
   """(headless torch backbone, channels per level, input normaliser) for
   ``name`` with the Flax ``backbone_kwargs`` (Lite: drop-connect rate)."""
-  if name == "tiny":
-    return backbones.TinyCNN(), backbone_widths(name), lambda x: x
-  if name.startswith("resnet"):
-    return (backbones.resnet(name, with_head=False), backbone_widths(name),
-            blocks.imagenet_normalize)
-  if name.startswith("efficientnet_lite"):
-    return backbones.headless_lite(name, kwargs)
-  raise ValueError(f"torch implementation: unsupported backbone {name!r} "
-                   f"(tiny, resnet18/34/50/101, efficientnet_lite0/1/2)")
+  encoder = backbones.headless(name, kwargs)
+  if encoder is None:
+    raise ValueError(f"torch implementation: unsupported backbone {name!r} "
+                     f"(tiny, resnet18/34/50/101, efficientnet_lite0/1/2)")
+  return encoder
 
 
 class _LSTM(nn.Module):
@@ -92,7 +76,7 @@ class CycleRefinement(nn.Module):
     return h
 
 
-class CycleSegNet(nn.Module):
+class CycleSegNet(blocks.FrozenBackboneMixin, nn.Module):
   """torch CycleSegNet; constructor arguments = ``config.model`` fields."""
 
   def __init__(self, backbone: str = "resnet34", multi_level: bool = False,
@@ -153,12 +137,6 @@ class CycleSegNet(nn.Module):
           c = width
     self.head = nn.Conv2d(decoder_widths[-1], 1, 1)
 
-  def train(self, mode: bool = True):
-    super().train(mode)
-    if self.backbone_eval_mode:
-      self.backbone.eval()  # BN running statistics, no drop-connect
-    return self
-
   def forward(self, images: torch.Tensor) -> torch.Tensor:
     """images [B, K, 3, H, W] in [0, 1] -> logits [B, K, 1, H, W] float32."""
     b, k, _, h, w = images.shape
@@ -186,15 +164,12 @@ class CycleSegNet(nn.Module):
             y = torch.cat([y, feats[level].to(y.dtype)], 1)
         for j in range(self.convs_per_block):
           y = getattr(self, f"decoder_block{i}_conv{j}")(y)
-    with torch.autocast(device_type=images.device.type, enabled=False):
-      logits = self.head(y.float())
-    return logits.reshape(b, k, 1, h, w)
+    return blocks.float32_head(self.head, y).reshape(b, k, 1, h, w)
 
 
 def build_model(model_config) -> CycleSegNet:
   """From ``config.model`` (a ConfigDict or dict with the Flax field names)."""
-  cfg = dict(model_config)
-  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
+  cfg = blocks.model_kwargs(model_config)
   if cfg.get("decode_all_steps"):
     raise ValueError("torch CycleSegNet: decode_all_steps is not implemented")
   return CycleSegNet(**cfg)

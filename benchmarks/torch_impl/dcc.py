@@ -85,7 +85,7 @@ def match(f, k, kernel_sizes, normalize=True):
   return torch.cat(out, 1)
 
 
-class DCCNet(nn.Module):
+class DCCNet(blocks.FrozenBackboneMixin, nn.Module):
   """``forward(images [B, K, 3, H, W])`` -> logits [B, K, 1, H, W]."""
 
   def __init__(self, backbone: str = "vgg16_bn",
@@ -124,15 +124,9 @@ class DCCNet(nn.Module):
                                           skip_channels=skip_ch)
     self.head = nn.Conv2d(decoder_widths[-1], 1, 1)
 
-  def train(self, mode: bool = True):
-    super().train(mode)
-    if self.backbone_eval_mode:
-      self.backbone.eval()  # BN running statistics, no drop-connect
-    return self
-
   def forward(self, images):
     b, k, _, h, w = images.shape
-    feats, *_ = self.backbone(self._normalize(images.reshape(b * k, 3, h, w)))
+    feats = self.encode_group(images)
     f = feats[self.level]
     x = match(f, k, self.kernel_sizes, self.normalize)
     with torch.autocast(device_type=images.device.type, enabled=False):
@@ -152,16 +146,12 @@ class DCCNet(nn.Module):
                                                 -(-w // stride)))
       skips["stride16"] = x.new_zeros((b * k, 0, -(-h // 16), -(-w // 16)))
     y = self.decoder(x, (h, w), skips=skips)
-    with torch.autocast(device_type=images.device.type, enabled=False):
-      logits = self.head(y.float())
-    return logits.reshape(b, k, 1, h, w)
+    return blocks.float32_head(self.head, y).reshape(b, k, 1, h, w)
 
 
 def build_model(model_config) -> DCCNet:
-  cfg = dict(model_config)
-  cfg["backbone_kwargs"] = dict(cfg.get("backbone_kwargs") or {})
-  return DCCNet(**{k: v for k, v in cfg.items()
-                   if k not in ("dtype", "xcorr_method")})
+  return DCCNet(**blocks.model_kwargs(model_config,
+                                      drop=("dtype", "xcorr_method")))
 
 
 def train_loss(model: DCCNet, images, batch: Mapping[str, Any]):

@@ -31,23 +31,15 @@ import torch.nn.functional as F
 from benchmarks.torch_impl import backbones
 from benchmarks.torch_impl import blocks
 from benchmarks.torch_impl import coattention as _coatt
-from benchmarks.torch_impl import cyclesegnet as _cyc
-
-LEVELS = ("stride2", "stride4", "stride8", "stride16", "stride32")
 
 
 def make_encoder(name: str, level: str, kwargs=None):
   """(encoder, widths per level, normaliser) computing up to ``level``
   (Lite: ``kwargs`` = the Flax ``backbone_kwargs``)."""
-  if name.startswith("resnet"):
-    return (backbones.resnet(name, with_head=False, truncate_at=level),
-            _cyc.backbone_widths(name), blocks.imagenet_normalize)
-  if name == "tiny":
-    return (backbones.TinyCNN(truncate_at=level),
-            dict(zip(LEVELS, (8, 16, 32, 64, 64))), lambda x: x)
-  if name.startswith("efficientnet_lite"):
-    return backbones.headless_lite(name, kwargs, truncate_at=level)
-  raise ValueError(f"torch MaCoSNet: unsupported backbone {name!r}")
+  encoder = backbones.headless(name, kwargs, truncate_at=level)
+  if encoder is None:
+    raise ValueError(f"torch MaCoSNet: unsupported backbone {name!r}")
+  return encoder
 
 
 def feature_l2_norm(x, eps=1e-6):
@@ -107,8 +99,7 @@ class MaskDecoder(nn.Module):
         x = F.relu(getattr(self, f"bn{i + 1}_{j + 1}")(
             getattr(self, f"conv{i + 1}_{j + 1}")(x)))
     x = blocks.bilinear(x, output_size)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-      return self.logit(x.float())
+    return blocks.float32_head(self.logit, x)
 
 
 class MaCoSNet(nn.Module):
