@@ -14,6 +14,7 @@ from coseg_jax import losses
 from coseg_jax import models
 from coseg_jax.models import registry
 from coseg_jax.runtime import state as state_lib
+from coseg_jax.runtime.trainers import supervised
 
 
 @flax.struct.dataclass
@@ -43,6 +44,26 @@ def register_toy():
     models.register_method(name, models.MethodSpec(
         build_model=lambda cfg: ToyModel(), loss_fn=toy_loss,
         default_loss={"bce": 1.0}))
+  return name
+
+
+class RedModel(nn.Module):
+  """Parameter-free: logits [B, K, H, W, 1] = gain * (red - 0.5), so the
+  expected masks are known by hand."""
+  gain: float = 20.0
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    del train
+    return ToyOutput(mask_logits=self.gain * (images[..., :1] - 0.5))
+
+
+def register_red(name: str, gain: float = 20.0) -> str:
+  """Registers ``RedModel(gain)`` as the method ``name`` (once)."""
+  if name not in models.available_methods():
+    models.register_method(name, models.MethodSpec(
+        build_model=lambda cfg: RedModel(gain),
+        loss_fn=lambda **kw: (0.0, {})))
   return name
 
 
@@ -93,3 +114,16 @@ def make_state(model, tx, sample_shape=(1, 2, 8, 8, 3), seed=0):
   state, _ = state_lib.create_train_state(config, model, tx=tx,
                                           sample_shape=sample_shape)
   return state
+
+
+def evaluate_before_and_after_training(cfg, run_dir, evaluate):
+  """``evaluate`` (an evaluator's ``evaluate``) of the method of ``cfg`` at
+  its initial variables and after ``supervised.train_and_evaluate`` into
+  ``run_dir``: (before, after) metrics."""
+  model = models.get_method(cfg.method).build_model(cfg.model)
+  init_state, _ = state_lib.create_train_state(cfg, model)
+  before = evaluate(config=cfg, model=model, variables=init_state.variables())
+  state = supervised.train_and_evaluate(cfg, run_dir)
+  after = evaluate(config=cfg, model=model,
+                   variables=jax.device_get(state.variables()))
+  return before, after

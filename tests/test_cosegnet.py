@@ -12,11 +12,11 @@ import pytest
 from configs import cosegnet_voc2012
 from coseg_jax import models
 from coseg_jax.models import cosegnet
-from coseg_jax.runtime import state as state_lib
 from coseg_jax.runtime import steps
 from coseg_jax.runtime.evaluators import decision
-from coseg_jax.runtime.trainers import supervised
 from data_pipelines.synthetic import generator
+from numeric_helpers import abstract
+from numeric_helpers import np_init
 import runtime_helpers as rh
 
 VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256),
@@ -38,15 +38,10 @@ def _count(tree):
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def _abstract(model, shape):
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                           jnp.zeros(shape), train=False))
-
-
 def test_paper_size_parameter_counts_and_shapes():
   model = cosegnet.CoSegNet()
   shape = (1, 2, 224, 224, 3)
-  variables = _abstract(model, shape)
+  variables = abstract(model, shape)
   params = variables["params"]
   vgg = sum(_conv3(a, b) for a, b in VGG16_CONVS)
   widths = (512,) + cosegnet.DECODER_WIDTHS
@@ -74,37 +69,18 @@ def test_paper_size_parameter_counts_and_shapes():
                                             ("cT6", 256), ("cT9", 256),
                                             ("cT11", 128)])
 def test_metric_layer_choice_feeds_the_metric_net(layer, channels):
-  params = _abstract(cosegnet.CoSegNet(metric_layer=layer),
+  params = abstract(cosegnet.CoSegNet(metric_layer=layer),
                      (1, 2, 64, 64, 3))["params"]
   assert params["metric_fc1"]["kernel"].shape == (channels, 128)
 
 
 def test_base_variant_parameter_count():
   model = cosegnet.CoSegNet(variant="concat")
-  params = _abstract(model, (1, 2, 224, 224, 3))["params"]
+  params = abstract(model, (1, 2, 224, 224, 3))["params"]
   widths = (1024,) + cosegnet.DECODER_WIDTHS  # both images' features
   decoder = sum(_conv3(a, b) for a, b in zip(widths[:-1], widths[1:]))
   assert set(params) == {"backbone", "decoder"}
   assert _count(params["decoder"]) == decoder
-
-
-def np_init(model, images, seed=0):
-  """Variables without compiling ``init`` (slow on a busy CPU): the shapes
-  from ``eval_shape``, LeCun-normal kernels, zero biases, unit BN scales."""
-  abstract = _abstract(model, images.shape)
-  rng = np.random.default_rng(seed)
-
-  def make(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if "kernel" in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in),
-                         jnp.float32)
-    if "scale" in name or "var" in name:
-      return jnp.ones(leaf.shape, jnp.float32)
-    return jnp.zeros(leaf.shape, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(make, abstract)
 
 
 def _tiny_setup(metric_layer="cT9", k=3, hw=(32, 32), seed=0):
@@ -113,7 +89,7 @@ def _tiny_setup(metric_layer="cT9", k=3, hw=(32, 32), seed=0):
   images = jnp.asarray(rng.uniform(size=(2, k, *hw, 3)), jnp.float32)
   masks = np.zeros((2, k, *hw, 1), np.float32)
   masks[:, :2, 8:20, 10:24] = 1.0  # anchor and positive; negative empty
-  variables = np_init(model, images, seed)
+  variables = np_init(model, images.shape, seed)
   return model, variables, images, {"images": images,
                                     "masks": jnp.asarray(masks)}
 
@@ -307,11 +283,11 @@ def test_loss_reduction_follows_the_config_and_is_the_papers_by_default():
     model = cosegnet.build_model(ml_collections.ConfigDict(
         dict(TINY, loss_reduction=reduction)))
     out = jax.eval_shape(functools.partial(model.apply, train=False),
-                         _abstract(model, (1, 3, 32, 32, 3)),
+                         abstract(model, (1, 3, 32, 32, 3)),
                          jnp.zeros((1, 3, 32, 32, 3)))
     assert out.loss_reduction == reduction
   with pytest.raises(ValueError, match="loss_reduction"):
-    _abstract(cosegnet.CoSegNet(loss_reduction="max", **TINY),
+    abstract(cosegnet.CoSegNet(loss_reduction="max", **TINY),
               (1, 3, 32, 32, 3))
 
 
@@ -361,7 +337,7 @@ def test_base_variant_uses_the_partner_and_trains_negatives_to_null():
   model = cosegnet.CoSegNet(variant="concat", **TINY)
   rng = np.random.default_rng(1)
   images = jnp.asarray(rng.uniform(size=(1, 2, 32, 32, 3)), jnp.float32)
-  variables = np_init(model, images)
+  variables = np_init(model, images.shape)
   out = model.apply(variables, images, train=False)
   assert out.mask_logits.shape == (1, 2, 32, 32, 1)
   assert out.embeddings is None and out.decision_logits is None
@@ -431,13 +407,8 @@ def test_decision_learns_on_textured_triplets(tmp_path):
   synthetic.category_textures = True
   cfg.eval.decision_pairs = 40
   cfg.eval.seed = 123
-  model = models.get_method(cfg.method).build_model(cfg.model)
-  init_state, _ = state_lib.create_train_state(cfg, model)
-  before = decision.evaluate(config=cfg, model=model,
-                             variables=init_state.variables())
-  state = supervised.train_and_evaluate(cfg, str(tmp_path / "run"))
-  after = decision.evaluate(config=cfg, model=model,
-                            variables=jax.device_get(state.variables()))
+  before, after = rh.evaluate_before_and_after_training(
+      cfg, str(tmp_path / "run"), decision.evaluate)
   assert after["num_negative"] == 20 and after["num_positive"] == 20
   assert before["accuracy"] <= 0.6  # untrained: chance
   assert after["accuracy"] >= 0.7, after

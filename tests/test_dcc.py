@@ -11,9 +11,10 @@ import pytest
 from configs import dcc_voc2012
 from coseg_jax import models
 from coseg_jax.models import dcc
-from coseg_jax.runtime import state as state_lib
 from coseg_jax.runtime.evaluators import coseg
-from coseg_jax.runtime.trainers import supervised
+from numeric_helpers import abstract
+from numeric_helpers import np_init
+import runtime_helpers as rh
 
 VGG16_CONVS = ((3, 64), (64, 64), (64, 128), (128, 128), (128, 256),
                (256, 256), (256, 256), (256, 512), (512, 512), (512, 512),
@@ -26,36 +27,13 @@ def _count(tree):
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def _abstract(model, shape):
-  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                           jnp.zeros(shape), train=False))
-
-
-def np_init(model, shape, seed=0):
-  """Variables without compiling ``init``: LeCun-normal kernels, zero
-  biases, unit BN scales/variances."""
-  rng = np.random.default_rng(seed)
-
-  def make(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if "kernel" in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in),
-                         jnp.float32)
-    if "scale" in name or "var" in name:
-      return jnp.ones(leaf.shape, jnp.float32)
-    return jnp.zeros(leaf.shape, jnp.float32)
-
-  return jax.tree_util.tree_map_with_path(make, _abstract(model, shape))
-
-
 def test_paper_model_parameter_count_and_two_sizes():
   """The appendix's form (the defaults and ``configs/dcc_voc2012.py``): the
   decoder reads the BatchNorm'd matched map alone."""
   model = dcc.DCCNet()
   assert model == dcc.build_model(dcc_voc2012.get_config().model).clone(
       backbone_kwargs=None)
-  variables = _abstract(model, (1, 2, 513, 513, 3))
+  variables = abstract(model, (1, 2, 513, 513, 3))
   params = variables["params"]
   # VGG16-BN through relu5_3 (pool5 not computed): convs + BN scale/bias.
   vgg = sum(9 * a * b + b + 2 * b for a, b in VGG16_CONVS)
@@ -84,8 +62,8 @@ def test_parameter_count_follows_match_norm_and_include_features(
     match_norm, include_features):
   model = dcc.DCCNet(match_norm=match_norm, include_features=include_features,
                      **TINY)
-  variables = _abstract(model, (1, 2, 64, 64, 3))
-  base = _abstract(dcc.DCCNet(match_norm="none", include_features=False,
+  variables = abstract(model, (1, 2, 64, 64, 3))
+  base = abstract(dcc.DCCNet(match_norm="none", include_features=False,
                               **TINY), (1, 2, 64, 64, 3))
   c = 8  # the tiny encoder's stride-16 width
   matched = 3 * c  # three scales, concatenated
@@ -140,9 +118,9 @@ def test_match_norm_brings_the_matched_map_to_the_features_scale(match_norm):
 
 
 def test_matching_has_no_parameters():
-  a = _abstract(dcc.DCCNet(kernel_sizes=(1,), combine="sum"),
+  a = abstract(dcc.DCCNet(kernel_sizes=(1,), combine="sum"),
                 (1, 2, 64, 64, 3))
-  b = _abstract(dcc.DCCNet(kernel_sizes=(1, 3, 5, 7), combine="sum"),
+  b = abstract(dcc.DCCNet(kernel_sizes=(1, 3, 5, 7), combine="sum"),
                 (1, 2, 64, 64, 3))
   assert _count(a["params"]) == _count(b["params"])
 
@@ -304,13 +282,8 @@ def test_trains_on_synthetic_pairs_and_beats_untrained(tmp_path):
   cfg.eval.max_groups = -1
   cfg.eval.batch_size = 16
   cfg.predict.image_size = 64
-  model = models.get_method(cfg.method).build_model(cfg.model)
-  init_state, _ = state_lib.create_train_state(cfg, model)
-  before = coseg.evaluate(config=cfg, model=model,
-                          variables=init_state.variables())
-  state = supervised.train_and_evaluate(cfg, str(tmp_path / "run"))
-  after = coseg.evaluate(config=cfg, model=model,
-                         variables=jax.device_get(state.variables()))
+  before, after = rh.evaluate_before_and_after_training(
+      cfg, str(tmp_path / "run"), coseg.evaluate)
   assert after["num_images"] == before["num_images"] > 0
   # Measured on this config: 0.085 -> 0.164; the earlier form (match_norm
   # 'none', own features beside the matching; docs/notes/lab_notebook.md):

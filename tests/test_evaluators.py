@@ -20,9 +20,6 @@ import subprocess
 import sys
 import types
 
-import flax
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -31,7 +28,6 @@ import pytest
 
 from configs import base
 from coseg_jax import metrics
-from coseg_jax import models
 from coseg_jax import postprocess
 from coseg_jax.nn import geometry
 from coseg_jax.runtime import evaluators
@@ -44,6 +40,7 @@ from data_pipelines import config as data_config_lib
 from data_pipelines import io as data_io
 from data_pipelines import pipeline
 from data_pipelines import samplers
+import runtime_helpers as rh
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -482,24 +479,12 @@ def test_class_selection():
 # The evaluators on real pipelines (tiny synthetic set, a hand-made TSS).
 
 
-@flax.struct.dataclass
-class _Out:
-  mask_logits: jax.Array
-
-
-class _RedModel(nn.Module):
-  """Parameter-free: logits from the red channel."""
-
-  @nn.compact
-  def __call__(self, images, train=False):
-    return _Out(mask_logits=8.0 * (images[..., :1] - 0.5))
+def _red_model():
+  return rh.RedModel(8.0)
 
 
 def _register_red():
-  if "_test_red_eval" not in models.available_methods():
-    models.register_method("_test_red_eval", models.MethodSpec(
-        build_model=lambda cfg: _RedModel(), loss_fn=lambda **kw: (0.0, {})))
-  return "_test_red_eval"
+  return rh.register_red("_test_red_eval", 8.0)
 
 
 @pytest.fixture(scope="module")
@@ -524,7 +509,7 @@ def test_coseg_evaluate_on_synthetic(tiny_data_dir, capsys):
   config.method = _register_red()
   config.eval.max_groups = 5
   config.eval.batch_size = 4
-  results = evaluators.evaluate(config=config, model=_RedModel(),
+  results = evaluators.evaluate(config=config, model=_red_model(),
                                 variables={}, verbose=True)
   assert list(results) == ["coseg"]
   r = results["coseg"]
@@ -545,7 +530,7 @@ def test_coseg_evaluate_on_synthetic(tiny_data_dir, capsys):
   # names), every pair of them.
   config.eval.data = {"class_slice": (1, 3)}
   config.eval.max_groups = -1
-  r = coseg.evaluate(config=config, model=_RedModel(), variables={})
+  r = coseg.evaluate(config=config, model=_red_model(), variables={})
   assert set(r["per_class"]) == {"crescent", "cross"}
   assert r["num_groups"] == 2 * 3 and r["num_images"] == 2 * 3
 

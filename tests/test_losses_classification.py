@@ -8,6 +8,7 @@ import pytest
 from coseg_jax import losses
 from coseg_jax.losses import classification
 from coseg_jax.losses import metric_learning
+from numeric_helpers import fd_grad
 
 RTOL = 1e-5
 
@@ -33,17 +34,6 @@ def np_sigmoid_bce(x, y, valid=None, weights=None, reduction="mean"):
   if reduction == "sum":
     return per.sum()
   return per.sum() / max(v.sum(), 1)
-
-
-def fd_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def _inputs(seed, shape=(2, 4, 5, 1)):

@@ -7,6 +7,7 @@ import pytest
 
 from coseg_jax import losses
 from coseg_jax.losses import coattention
+from numeric_helpers import fd_grad
 
 RTOL = 1e-5
 
@@ -32,17 +33,6 @@ def np_coattention(fo, fb, squared=True, reduction="mean", log_space=False):
         p = np.exp(-d_pos) / (np.exp(-d_pos) + np.exp(-d_neg))
         total += -np.log(p)
   return total if reduction == "sum" else total / (n * (n - 1))
-
-
-def fd_grad(f, x, h=1e-6):
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 def _features(seed, n=4, c=6, scale=1.0):

@@ -13,6 +13,7 @@ import pytest
 from conftest import optional_import
 from coseg_jax import losses
 from coseg_jax.losses import lovasz
+from numeric_helpers import fd_grad
 
 RTOL = 1e-5
 ATOL = 1e-6
@@ -102,18 +103,6 @@ def np_sigmoid(x):
 def np_softmax(x):
   e = np.exp(x - x.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
-
-
-def fd_grad(f, x, h=1e-6):
-  """Central finite differences of a float64 NumPy function."""
-  x = np.asarray(x, np.float64)
-  g = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    xp, xm = x.copy(), x.copy()
-    xp[idx] += h
-    xm[idx] -= h
-    g[idx] = (f(xp) - f(xm)) / (2 * h)
-  return g
 
 
 # ----------------------------------------------------------------------------

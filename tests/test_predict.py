@@ -8,36 +8,17 @@ A test-only method whose "model" thresholds the red channel (logit =
 
 import os
 
-import flax
-import flax.linen as nn
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-from coseg_jax import models
 from coseg_jax.runtime import predict
-
-
-@flax.struct.dataclass
-class _Out:
-  mask_logits: jax.Array
-
-
-class _RedModel(nn.Module):
-  """logits [B, K, H, W, 1] = 20 * (red - 0.5)."""
-
-  @nn.compact
-  def __call__(self, images, train=False):
-    return _Out(mask_logits=20.0 * (images[..., :1] - 0.5))
+import runtime_helpers as rh
 
 
 def _register():
-  if "_test_red" not in models.available_methods():
-    models.register_method("_test_red", models.MethodSpec(
-        build_model=lambda cfg: _RedModel(),
-        loss_fn=lambda **kw: (0.0, {})))
+  return rh.register_red("_test_red", 20.0)
 
 
 def _config(strategy):
@@ -86,7 +67,7 @@ def test_predict_folder_writes_masks_overlays_sheet(tmp_path, strategy):
   expected = _write_images(folder)
   out = tmp_path / "out"
   written, skipped = predict.predict_folder(
-      config=_config(strategy), model=_RedModel(), variables={},
+      config=_config(strategy), model=rh.RedModel(20.0), variables={},
       images=str(folder), out_dir=str(out))
   assert skipped == []
   names = sorted(expected)
@@ -120,7 +101,7 @@ def test_postprocess_option_decides_the_written_masks(tmp_path):
     config.eval.threshold = 0.999999
     config.eval.postprocess = method
     out = tmp_path / method
-    predict.predict_folder(config=config, model=_RedModel(), variables={},
+    predict.predict_folder(config=config, model=rh.RedModel(20.0), variables={},
                            images=str(folder), out_dir=str(out))
     for name, want in expected.items():
       mask = np.asarray(Image.open(out / "masks" / f"{name}.png")) == 255
@@ -204,7 +185,7 @@ def test_predict_folder_with_a_corrupt_file(tmp_path):
   bad = _write_corrupt(folder / "b_broken.png")
   out = tmp_path / "out"
   written, skipped = predict.predict_folder(
-      config=_config("all_pairs"), model=_RedModel(), variables={},
+      config=_config("all_pairs"), model=rh.RedModel(20.0), variables={},
       images=str(folder), out_dir=str(out))
   assert len(skipped) == 1 and bad in skipped[0]
   assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(
@@ -216,7 +197,7 @@ def test_predict_folder_with_a_corrupt_file(tmp_path):
   config = _config("all_pairs")
   config.predict.on_unreadable = "error"
   with pytest.raises(predict.UnreadableImagesError, match="b_broken.png"):
-    predict.predict_folder(config=config, model=_RedModel(), variables={},
+    predict.predict_folder(config=config, model=rh.RedModel(20.0), variables={},
                            images=str(folder), out_dir=str(tmp_path / "o2"))
   assert not (tmp_path / "o2").exists()
 
