@@ -96,8 +96,8 @@ def timing(name, size=224, repeats=5):
 def lite_real(name):
   """Real ImageNet weights: errors vs torch and top-3 on three photos."""
   import torch  # pylint: disable=g-import-not-at-top
+  import numeric_helpers  # pylint: disable=g-import-not-at-top
   import torch_refs  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
   try:
     path = weights.find_lite_weights(name)
@@ -106,17 +106,9 @@ def lite_real(name):
     return
   size = efficientnet_lite.LITE_VARIANTS[name][2]
 
-  def crop(img):
-    im = Image.fromarray(img)
-    w, h = im.size
-    s = (size + 32) / min(w, h)
-    im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
-    w, h = im.size
-    l, t = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((l, t, l + size, t + size)), np.float32) / 255.0
-
   names = ("chelsea", "coffee", "rocket")
-  images = np.stack([crop(getattr(skimage.data, n)()) for n in names])
+  images = np.stack([numeric_helpers.imagenet_eval_crop(
+      getattr(skimage.data, n)(), size) for n in names])
   module = backbones.get_backbone(name, with_head=True)
   variables = weights.load_pretrained(name, path, with_head=True)
   out = jax.jit(module.apply)(variables, images)

@@ -19,6 +19,7 @@ from conftest import optional_import
 from coseg_jax import backbones
 from coseg_jax.backbones import efficientnet_lite
 from coseg_jax.backbones import weights
+from numeric_helpers import imagenet_eval_crop
 
 
 def _abstract(name, **kwargs):
@@ -378,23 +379,6 @@ def _lite0_path():
   return path
 
 
-def _imagenet_eval_crop(image, size=224):
-  """Shorter side to size + 32 (PIL bilinear), centre crop size, [0, 1].
-
-  224 -> 256 is the usual ImageNet evaluation crop; the larger Lite models
-  keep TF's 32-pixel margin at their native resolution.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  im = Image.fromarray(image)
-  w, h = im.size
-  s = (size + 32) / min(w, h)
-  im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
-  w, h = im.size
-  left, top = (w - size) // 2, (h - size) // 2
-  im = im.crop((left, top, left + size, top + size))
-  return np.asarray(im, np.float32) / 255.0
-
-
 def test_lite0_file_reader_matches_torch_load():
   path = _lite0_path()
   sd = weights.read_pth(path)
@@ -413,7 +397,7 @@ def test_lite0_file_reader_matches_torch_load():
 def test_lite0_real_weights_classify_and_match_torch():
   path = _lite0_path()
   skimage_data = optional_import("skimage.data")
-  images = np.stack([_imagenet_eval_crop(getattr(skimage_data, n)())
+  images = np.stack([imagenet_eval_crop(getattr(skimage_data, n)())
                      for n in ("chelsea", "coffee", "rocket")])
   module = backbones.get_backbone("efficientnet_lite0", with_head=True)
   variables = backbones.load_pretrained("efficientnet_lite0", with_head=True)
@@ -485,7 +469,7 @@ def lite_case(request):
   skimage_data = optional_import("skimage.data")
   size = LITE_FILES[name][1]
   assert efficientnet_lite.LITE_VARIANTS[name][2] == size
-  images = np.stack([_imagenet_eval_crop(getattr(skimage_data, n)(), size)
+  images = np.stack([imagenet_eval_crop(getattr(skimage_data, n)(), size)
                      for n in REAL_IMAGES])
   module = backbones.get_backbone(name, with_head=True)
   variables = backbones.load_pretrained(name, with_head=True)
