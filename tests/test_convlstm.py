@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from coseg_jax.nn import convlstm
+from numeric_helpers import random_params
 
 F, CIN, KS = 3, 2, 3
 
@@ -52,12 +53,7 @@ def _np_step(p, c, h, x, peephole, forget_bias):
 
 
 def _random_params(params, seed):
-  """Replaces every leaf with N(0, 0.5) so peepholes/biases are non-zero."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_unflatten(
-      tree, [jnp.asarray(rng.normal(0, 0.5, l.shape), jnp.float32)
-             for l in leaves])
+  return random_params(params, seed, std=0.5)
 
 
 @pytest.mark.parametrize("peephole,forget_bias", [(False, 0.0), (True, 1.0)])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from coseg_jax.nn import region_attention
+from numeric_helpers import random_params
 
 C, D = 4, 3
 
@@ -64,11 +65,7 @@ def _np_rcm(params, c_a, c_b, region_size=(2, 2), raw=False, scale=False,
 
 
 def _random_params(params, seed):
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  rng = np.random.default_rng(seed)
-  return jax.tree_util.tree_unflatten(
-      tree, [jnp.asarray(rng.normal(0, 0.7, l.shape), jnp.float32)
-             for l in leaves])
+  return random_params(params, seed, std=0.7)
 
 
 def _setup(seed=0, k=2, hw=(5, 7), **kwargs):
