@@ -190,8 +190,16 @@ def run_benchmark(config) -> Dict[str, Any]:
   time_calls(lambda: compiled_infer(variables, images), warmup)
   infer_times = time_calls(lambda: compiled_infer(variables, images), n_steps)
 
-  train_step = statistics.median(train_times)
-  infer_step = statistics.median(infer_times)
+  def phase(name, compile_s, times):
+    """The timings of one phase (train or infer), keys prefixed by it."""
+    step = statistics.median(times)
+    return {f"{name}_compile_s": compile_s,
+            f"{name}_step_ms": 1e3 * step,
+            f"{name}_step_min_ms": 1e3 * min(times),
+            f"{name}_step_max_ms": 1e3 * max(times),
+            f"{name}_groups_per_s": global_batch / step,
+            f"{name}_images_per_s": global_batch * k / step}
+
   report = {
       "method": config.method,
       "trainer": config.get("trainer", "supervised"),
@@ -202,18 +210,8 @@ def run_benchmark(config) -> Dict[str, Any]:
       "batch_shape": shape,
       "devices": f"{n_dev} x {jax.devices()[0].device_kind}",
       "timed_steps": n_steps,
-      "train_compile_s": train_compile,
-      "train_step_ms": 1e3 * train_step,
-      "train_step_min_ms": 1e3 * min(train_times),
-      "train_step_max_ms": 1e3 * max(train_times),
-      "train_groups_per_s": global_batch / train_step,
-      "train_images_per_s": global_batch * k / train_step,
-      "infer_compile_s": infer_compile,
-      "infer_step_ms": 1e3 * infer_step,
-      "infer_step_min_ms": 1e3 * min(infer_times),
-      "infer_step_max_ms": 1e3 * max(infer_times),
-      "infer_groups_per_s": global_batch / infer_step,
-      "infer_images_per_s": global_batch * k / infer_step,
+      **phase("train", train_compile, train_times),
+      **phase("infer", infer_compile, infer_times),
       "train_flops": xla_flops(compiled_step),
       "infer_flops": xla_flops(compiled_infer),
       "infer_memory_mib": memory_estimate(compiled_infer)["peak_memory_mib"],
