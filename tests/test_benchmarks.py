@@ -151,21 +151,6 @@ def test_param_count_detects_a_difference():
   assert blocks.torch_param_count(model) != common.jax_param_count(config)
 
 
-def _parity(method, size="tiny", *, overrides=None, k=None, seed=0):
-  bench = bench_of(method)
-  config = common.make_config(bench, size=size)
-  for key, value in (overrides or {}).items():
-    config.model[key] = value
-  model, variables = random_variables(config)
-  tmodel = common.build_torch_model(bench, config)
-  blocks.load_flax_variables(tmodel, variables)
-  tmodel.eval()
-  k = k or int(config.data.group_size)
-  side = int(config.data.image_size)
-  x = np.random.RandomState(seed).rand(1, k, side, side, 3).astype(np.float32)
-  return model, variables, tmodel, x
-
-
 def _assert_mask_logits_parity(name, **kwargs):
   """The torch port's mask logits equal ours for the same weights."""
   model, v, tm, x = _parity(name, **kwargs)
@@ -215,29 +200,31 @@ def test_dcc_output_parity_other_match_norms(match_norm):
       "match_norm": match_norm, "include_features": True})
 
 
-@pytest.mark.slow
-def test_cosegnet_output_parity():
-  model, v, tm, x = _parity("cosegnet")
+def _assert_outputs_parity(name, fields, **kwargs):
+  """The torch port's outputs (NCHW mask logits, then ``fields`` of ours in
+  order) equal ours for the same weights."""
+  model, v, tm, x = _parity(name, **kwargs)
   out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
   with torch.no_grad():
-    logits, e, d = tm(to_nchw(x))
+    logits, *rest = tm(to_nchw(x))
   assert_close(logits.permute(0, 1, 3, 4, 2).numpy(), out.mask_logits)
-  assert_close(e.numpy(), out.embeddings)
-  assert_close(d.numpy(), out.decision_logits)
+  assert len(rest) == len(fields)
+  for field, ref in zip(fields, rest):
+    assert_close(ref.numpy(), getattr(out, field))
+
+
+@pytest.mark.slow
+def test_cosegnet_output_parity():
+  _assert_outputs_parity("cosegnet", ("embeddings", "decision_logits"))
 
 
 @pytest.mark.slow
 def test_coattention_output_parity():
   # Real Lite0 generator architecture, tiny extractor (compile time).
-  model, v, tm, x = _parity("coattention", overrides={
-      "backbone": "efficientnet_lite0",
-      "backbone_kwargs": {"drop_connect_rate": 0.0}})
-  out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
-  with torch.no_grad():
-    logits, fo, fb = tm(to_nchw(x))
-  assert_close(logits.permute(0, 1, 3, 4, 2).numpy(), out.mask_logits)
-  assert_close(fo.numpy(), out.object_features)
-  assert_close(fb.numpy(), out.background_features)
+  _assert_outputs_parity(
+      "coattention", ("object_features", "background_features"),
+      overrides={"backbone": "efficientnet_lite0",
+                 "backbone_kwargs": {"drop_connect_rate": 0.0}})
 
 
 @pytest.mark.slow
