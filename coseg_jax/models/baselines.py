@@ -126,13 +126,8 @@ class SiameseCoseg(nn.Module):
         x = jnp.concatenate([x, jnp.broadcast_to(g, x.shape)], axis=-1)
       else:
         x = x * g
-    y = decoders.UpsampleDecoder(
-        widths=tuple(self.decoder_widths), convs_per_block=self.convs_per_block,
-        use_skips=self.use_skips, dtype=self.dtype, name="decoder")(
-            x, output_size=(h, w), skips=feats if self.use_skips else None,
-            train=train)
-    logits = nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
-        y.astype(jnp.float32))
+    y = common.decode(self, x, output_size=(h, w), skips=feats, train=train)
+    logits = common.mask_head(y)
     return BaselineOutput(mask_logits=logits.reshape(b, k, h, w, 1))
 
 

@@ -150,14 +150,9 @@ class CoattentionGenerator(nn.Module):
                                                      name="backbone")
     # Drop-connect / dropout of the encoder only with BN in training mode too.
     feats = encoder(images, train=bn_train).features
-    y = decoders.UpsampleDecoder(
-        widths=tuple(self.decoder_widths),
-        convs_per_block=self.convs_per_block, use_skips=self.use_skips,
-        dtype=self.dtype, name="decoder")(
-            feats["stride32"], output_size=(h, w),
-            skips=feats if self.use_skips else None, train=bn_train)
-    return nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
-        y.astype(jnp.float32))
+    y = common.decode(self, feats["stride32"], output_size=(h, w),
+                      skips=feats, train=bn_train)
+    return common.mask_head(y)
 
 
 class CoattentionNet(nn.Module):

@@ -1,17 +1,21 @@
 """Checks and encoder plumbing that every method's module shares.
 
 The methods validate their input group, their string options and their loss
-terms with the same messages, and encode a group with one Siamese backbone
-configured from the same module attributes; these helpers keep that in one
-place.
+terms with the same messages, encode a group with one Siamese backbone and
+decode masks with one upsampling decoder and a 1x1 head, configured from the
+same module attributes; these helpers keep that in one place. The modules
+they create are submodules of the calling method, under the names the
+checkpoints hold ('backbone', 'decoder', 'head').
 """
 
-from typing import Any, Collection, Dict, Mapping, Optional
+from typing import Any, Collection, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from coseg_jax import backbones
+from coseg_jax.nn import decoders
 
 
 def check_images(images: jax.Array, method: Optional[str] = None) -> None:
@@ -74,3 +78,37 @@ def encode_group(model: nn.Module, images: jax.Array, *, train: bool,
                                   kwargs=model.encoder_kwargs,
                                   eval_mode=model.backbone_eval_mode,
                                   features=features)
+
+
+def decode(model: nn.Module, x: jax.Array, *, output_size: Tuple[int, int],
+           skips: Optional[Mapping[str, jax.Array]], train: bool
+           ) -> jax.Array:
+  """The model's ``UpsampleDecoder`` (submodule 'decoder').
+
+  Call it from ``model``'s compact method; ``model`` needs the attributes
+  ``decoder_widths``, ``convs_per_block``, ``use_skips`` and ``dtype``.
+
+  Args:
+    model: the method module.
+    x: [N, h, w, C] stride-32 (or matched) features.
+    output_size: (H, W) of the output.
+    skips: {level: [N, h_l, w_l, C_l]} backbone features, read only with
+      ``use_skips``.
+    train: BatchNorm in training mode.
+
+  Returns:
+    [N, H, W, decoder_widths[-1]].
+  """
+  return decoders.UpsampleDecoder(
+      widths=tuple(model.decoder_widths),
+      convs_per_block=model.convs_per_block, use_skips=model.use_skips,
+      dtype=model.dtype, name="decoder")(
+          x, output_size=output_size,
+          skips=skips if model.use_skips else None, train=train)
+
+
+def mask_head(y: jax.Array) -> jax.Array:
+  """The 1x1 mask head (submodule 'head'), in float32: [N, H, W, C] ->
+  [N, H, W, 1] logits. Call it from the method's compact method."""
+  return nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
+      y.astype(jnp.float32))

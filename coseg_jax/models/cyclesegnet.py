@@ -339,12 +339,8 @@ class CycleSegNet(nn.Module):
     """Decodes refined maps {level: [N, h, w, C]} to logits [N, H, W, 1]."""
     h, w = output_size
     if not self.multi_level:
-      y = decoders.UpsampleDecoder(
-          widths=tuple(self.decoder_widths),
-          convs_per_block=self.convs_per_block, use_skips=self.use_skips,
-          dtype=self.dtype, name="decoder")(
-              refined["stride32"], output_size=(h, w),
-              skips=skips if self.use_skips else None, train=train)
+      y = common.decode(self, refined["stride32"], output_size=(h, w),
+                        skips=skips, train=train)
     else:
       if len(self.decoder_widths) != len(decoders.DECODER_LEVELS):
         raise ValueError(f"decoder_widths needs {len(decoders.DECODER_LEVELS)}"
@@ -373,8 +369,7 @@ class CycleSegNet(nn.Module):
           y = decoders.ConvBNReLU(width, dtype=self.dtype,
                                   name=f"decoder_block{i}_conv{j}")(
                                       y, train=train)
-    return nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
-        y.astype(jnp.float32))
+    return common.mask_head(y)
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False, features=None

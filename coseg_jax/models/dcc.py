@@ -253,13 +253,8 @@ class DCCNet(nn.Module):
       # reads the matched map; an empty (0-channel) skip keeps its interface.
       skips["stride16"] = jnp.zeros(
           (b * k, -(-h // 16), -(-w // 16), 0), self.dtype)
-    y = decoders.UpsampleDecoder(
-        widths=tuple(self.decoder_widths),
-        convs_per_block=self.convs_per_block, use_skips=self.use_skips,
-        dtype=self.dtype, name="decoder")(x, output_size=(h, w), skips=skips,
-                                          train=train)
-    logits = nn.Conv(1, (1, 1), dtype=jnp.float32, name="head")(
-        y.astype(jnp.float32))
+    y = common.decode(self, x, output_size=(h, w), skips=skips, train=train)
+    logits = common.mask_head(y)
     return DCCOutput(mask_logits=logits.reshape(b, k, h, w, 1))
 
 
