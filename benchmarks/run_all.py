@@ -76,6 +76,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from coseg_jax.runtime import machine as machine_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("cyclesegnet", "cosegnet", "dcc", "coattention", "macosnet")
 EXTRAS = ("group_scaling", "collection", "loader")
@@ -297,16 +298,8 @@ def _err(c):
 
 def machine() -> str:
   """CPU model, architecture, CPU count and host name of this machine."""
-  model = platform.processor() or "?"
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  return (f"{model} ({platform.machine()}), {os.cpu_count()} CPUs, host "
+  return (f"{machine_lib.cpu_model()} ({platform.machine()}), "
+          f"{os.cpu_count()} CPUs, host "
           f"{platform.node() or '?'}")
 
 

@@ -21,7 +21,6 @@ training minutes from several ``experiment.json`` files.
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from coseg_jax.runtime import checkpoint
 from coseg_jax.runtime import console
 from coseg_jax.runtime import evaluators
 from coseg_jax.runtime import figures
+from coseg_jax.runtime import machine as machine_lib
 from coseg_jax.runtime import stages
 from coseg_jax.runtime import trainers
 from coseg_jax.runtime.trainers import supervised
@@ -64,16 +64,7 @@ def machine() -> str:
   """One line: CPU count and model / accelerator, for the results page."""
   dev = jax.devices()[0]
   if dev.platform == "cpu":
-    name = platform.processor() or platform.machine()
-    try:
-      with open("/proc/cpuinfo") as f:
-        for line in f:
-          if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
-    except OSError:
-      pass
-    return f"{os.cpu_count()}-core CPU ({name})"
+    return f"{os.cpu_count()}-core CPU ({machine_lib.cpu_model()})"
   return f"{jax.device_count()} x {dev.device_kind}"
 
 
