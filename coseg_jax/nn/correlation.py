@@ -48,6 +48,16 @@ import numpy as np
 L2_EPS = 1e-6
 
 
+
+def _check_pair(x, y, x_name: str, y_name: str):
+  """Both arrays rank 4 with the same batch and channel sizes."""
+  if x.ndim != 4 or y.ndim != 4:
+    raise ValueError(f"{x_name} and {y_name} expected, got {x.shape} and "
+                     f"{y.shape}")
+  if x.shape[0] != y.shape[0] or x.shape[-1] != y.shape[-1]:
+    raise ValueError(f"{x_name} {x.shape} and {y_name} {y.shape} must share "
+                     f"batch and channels")
+
 def feature_l2_norm(x: jax.Array, *, eps: float = L2_EPS) -> jax.Array:
   """CNNGeo ``featureL2Norm`` over the last axis: x / sqrt(sum x^2 + eps)."""
   return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
@@ -71,13 +81,8 @@ def feature_correlation(*, features_a: jax.Array, features_b: jax.Array,
   Returns:
     [B, h_b, w_b, h_a * w_a] correlation.
   """
-  if features_a.ndim != 4 or features_b.ndim != 4:
-    raise ValueError(f"features must be [B, h, w, C], got {features_a.shape} "
-                     f"and {features_b.shape}")
-  if (features_a.shape[0] != features_b.shape[0] or
-      features_a.shape[-1] != features_b.shape[-1]):
-    raise ValueError(f"features_a {features_a.shape} and features_b "
-                     f"{features_b.shape} must share batch and channels")
+  _check_pair(features_a, features_b, "features_a [B,h,w,C]",
+              "features_b [B,h,w,C]")
   if normalize_features:
     features_a = feature_l2_norm(features_a)
     features_b = feature_l2_norm(features_b)
@@ -146,13 +151,7 @@ def depthwise_xcorr(*, features: jax.Array, kernels: jax.Array,
   """
   if method not in ("shift", "conv"):
     raise ValueError(f"method must be 'shift' or 'conv', got {method!r}")
-  if features.ndim != 4 or kernels.ndim != 4:
-    raise ValueError(f"features [B,H,W,C] and kernels [B,k,k,C] expected, got "
-                     f"{features.shape} and {kernels.shape}")
-  if (kernels.shape[0] != features.shape[0] or
-      kernels.shape[-1] != features.shape[-1]):
-    raise ValueError(f"kernels {kernels.shape} must match features "
-                     f"{features.shape} in batch and channels")
+  _check_pair(features, kernels, "features [B,H,W,C]", "kernels [B,k,k,C]")
   batch, height, width, chans = features.shape
   kh, kw = kernels.shape[1:3]
   if method == "shift":
