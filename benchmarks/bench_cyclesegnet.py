@@ -20,9 +20,9 @@ inference (arguments + outputs + temporaries), plus PyTorch eager time::
 
 CPU recipe size (``--size cpu224 --encoder lite0|lite2``): the model of
 ``configs/cyclesegnet_pascal_voc_coseg.py`` (multi-level CRMs on 64-channel
-projections, the RCM's value projection, skips, decoder widths 128..16,
-Lovász, Adam) with the paper's N = 7 and the encoder trained (the recipe
-freezes it and trains from cached features; here images go through the
+projections, the RCM's value projection and match-score channel, skips,
+decoder widths 128..16, Lovász, Adam) with the paper's N = 7 and the
+encoder trained (the recipe freezes it and trains from cached features; here images go through the
 encoder, BatchNorm and drop-connect in training mode), 224x224, batch 4
 groups; K = 2 (pairs) and K = 5 (``--group_size 5``: 4 groups of 5)::
 
@@ -57,7 +57,8 @@ BENCH = common.MethodBench(
     configure={"cpu224": common.trained_encoder},
     group_sizes={"cpu224": (2, 5)},
     size_notes={"cpu224": "recipe model (multi-level CRMs on 64-channel "
-                          "projections, value projection, skips), N = 7, "
+                          "projections, value projection, match score, "
+                          "skips), N = 7, "
                           "encoder trained; 4 groups of K per step"})
 PAPER_PAIRS_PER_S = 8.8
 

@@ -160,13 +160,15 @@ def _assert_mask_logits_parity(name, **kwargs):
   assert_close(ref, ours)
 
 
-@pytest.mark.parametrize("value_projection", [False, True])
-def test_cyclesegnet_output_parity(value_projection):
+@pytest.mark.parametrize("value_projection,match_score",
+                         [(False, False), (True, False), (True, True)])
+def test_cyclesegnet_output_parity(value_projection, match_score):
   # Multi-level, skips, peepholes, K = 3 (group form of the RCM); the paper
-  # config's RCM (eq. 11, no value projection) and ours.
+  # config's RCM (eq. 11, no value projection), ours, and ours with the
+  # best-match channel (the PASCAL recipe's model).
   _assert_mask_logits_parity("cyclesegnet", overrides={
       "peephole": True, "use_skips": True,
-      "value_projection": value_projection}, k=3)
+      "value_projection": value_projection, "match_score": match_score}, k=3)
 
 
 @pytest.mark.slow

@@ -352,11 +352,12 @@ class RegionCorrespondence(nn.Module):
   def __init__(self, features: int, key_features: Optional[int] = None,
                region_size: Tuple[int, int] = (2, 2), regions: str = "pooled",
                fuse_kernel: int = 1, project_value: bool = True,
-               scale: bool = False):
+               scale: bool = False, match_score: bool = False):
     super().__init__()
     d = key_features or features
     self.region_size, self.regions = tuple(region_size), regions
     self.scale, self.project_value = scale, project_value
+    self.match_score = match_score
     self.fuse = same_conv(2 * features, features, fuse_kernel)
     self.query = nn.Conv2d(features, d, 1)
     self.key = nn.Conv2d(features, d, 1)
@@ -393,4 +394,16 @@ class RegionCorrespondence(nn.Module):
     gap = x.mean((2, 3)).reshape(b, k, c)
     others = (gap.sum(1, keepdim=True) - gap) / (k - 1)
     out = 0.5 * (local + others[..., None].to(local.dtype))
-    return out.reshape(bk, c, h, w)
+    out = out.reshape(bk, c, h, w)
+    if not self.match_score:
+      return out
+    # One more channel: each query's best cosine similarity over the other
+    # images' keys (rsqrt(|v|^2 + 1e-12), as the Flax module).
+    def unit(v):
+      v = v.float()
+      return v * torch.rsqrt((v * v).sum(-1 if v.dim() == 3 else 2,
+                                         keepdim=True) + 1e-12)
+    sims = torch.einsum("bkdp,bmd->bkpm", unit(q), unit(keys))
+    sims = sims.masked_fill(own[None, :, None, :], -1.0)
+    best = sims.amax(-1).reshape(bk, 1, h, w).to(out.dtype)
+    return torch.cat([out, best], 1)

@@ -55,16 +55,19 @@ class CycleRefinement(nn.Module):
                forget_bias: float = 0.0, peephole: bool = False,
                region_size=(2, 2), regions: str = "pooled",
                key_features: Optional[int] = None, fuse_kernel: int = 1,
-               value_projection: bool = True, scale_attention: bool = False):
+               value_projection: bool = True, scale_attention: bool = False,
+               match_score: bool = False):
     super().__init__()
     self.num_steps, self.exchange = num_steps, exchange
     rcm = blocks.RegionCorrespondence(
         features, key_features=key_features, region_size=region_size,
         regions=regions, fuse_kernel=fuse_kernel,
-        project_value=value_projection, scale=scale_attention)
+        project_value=value_projection, scale=scale_attention,
+        match_score=match_score)
     self.rcm = rcm  # Flax: crm_<level>/rcm, shared by the N steps
     if exchange != "cross":
-      self.lstm = _LSTM(blocks.ConvLSTMCell(features, features, lstm_kernel,
+      self.lstm = _LSTM(blocks.ConvLSTMCell(features + int(match_score),
+                                            features, lstm_kernel,
                                             peephole, forget_bias))
 
   def forward(self, x, k):
@@ -86,6 +89,7 @@ class CycleSegNet(blocks.FrozenBackboneMixin, nn.Module):
                region_size=(2, 2), regions: str = "pooled",
                key_features: Optional[int] = None, fuse_kernel: int = 1,
                value_projection: bool = True, scale_attention: bool = False,
+               match_score: bool = False,
                decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
                convs_per_block: int = 1, use_skips: bool = False,
                fusion_features: Optional[int] = None,
@@ -113,8 +117,9 @@ class CycleSegNet(blocks.FrozenBackboneMixin, nn.Module):
           region_size=tuple(region_size), regions=regions,
           key_features=key_features, fuse_kernel=fuse_kernel,
           value_projection=value_projection,
-          scale_attention=scale_attention))
-      refined_ch[level] = 2 * c if exchange == "cross" else c
+          scale_attention=scale_attention, match_score=match_score))
+      refined_ch[level] = (2 * c + int(match_score) if exchange == "cross"
+                           else c)
     skip_ch = {k: v for k, v in widths.items()}
     if not multi_level:
       self.decoder = blocks.UpsampleDecoder(
