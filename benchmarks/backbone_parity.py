@@ -1,6 +1,6 @@
 """Backbone parity figures: parameter counts and max relative errors vs torch.
 
-For each backbone, a plain-torch reference (``tests/torch_refs.py``, torchvision
+For each backbone, a plain-torch reference (``benchmarks/torch_impl/backbones.py``, torchvision
 / efficientnet_pytorch key names) gets random weights and randomised BN
 statistics; its state dict is converted with ``coseg_jax.backbones.weights``
 and both models run on the same random images. The error of a tensor is
@@ -13,25 +13,21 @@ scikit-image's chelsea / coffee / rocket at the model's native resolution
 for Lite0, 272 -> 240 for Lite1, 292 -> 260 for Lite2).
 
 Usage (needs torch):
-  python benchmarks/backbone_parity.py [--names resnet18,vgg16] [--size 64]
+  python -m benchmarks.backbone_parity [--names resnet18,vgg16] [--size 64]
       [--time]
 """
 
 import argparse
-import pathlib
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-
-from coseg_jax import backbones  # pylint: disable=g-import-not-at-top
-from coseg_jax.backbones import base  # pylint: disable=g-import-not-at-top
-from coseg_jax.backbones import efficientnet_lite  # pylint: disable=g-import-not-at-top
-from coseg_jax.backbones import weights  # pylint: disable=g-import-not-at-top
+from coseg_jax import backbones
+from coseg_jax.backbones import base
+from coseg_jax.backbones import efficientnet_lite
+from coseg_jax.backbones import weights
 
 NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16", "vgg16_bn",
          "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -57,7 +53,7 @@ def _reference(torch, torch_refs, name):
 
 def parity(name, size):
   import torch  # pylint: disable=g-import-not-at-top
-  import torch_refs  # pylint: disable=g-import-not-at-top
+  from benchmarks.torch_impl import backbones as torch_refs  # pylint: disable=g-import-not-at-top
   model, to_input = _reference(torch, torch_refs, name)
   image = np.random.RandomState(0).rand(2, size, size, 3).astype(np.float32)
   with torch.no_grad():
@@ -96,8 +92,8 @@ def timing(name, size=224, repeats=5):
 def lite_real(name):
   """Real ImageNet weights: errors vs torch and top-3 on three photos."""
   import torch  # pylint: disable=g-import-not-at-top
-  import numeric_helpers  # pylint: disable=g-import-not-at-top
-  import torch_refs  # pylint: disable=g-import-not-at-top
+  from benchmarks import imagenet  # pylint: disable=g-import-not-at-top
+  from benchmarks.torch_impl import backbones as torch_refs  # pylint: disable=g-import-not-at-top
   import skimage.data  # pylint: disable=g-import-not-at-top
   try:
     path = weights.find_lite_weights(name)
@@ -107,7 +103,7 @@ def lite_real(name):
   size = efficientnet_lite.LITE_VARIANTS[name][2]
 
   names = ("chelsea", "coffee", "rocket")
-  images = np.stack([numeric_helpers.imagenet_eval_crop(
+  images = np.stack([imagenet.imagenet_eval_crop(
       getattr(skimage.data, n)(), size) for n in names])
   module = backbones.get_backbone(name, with_head=True)
   variables = weights.load_pretrained(name, path, with_head=True)

@@ -1,5 +1,5 @@
-"""Numeric helpers shared by the tests (and benchmarks/backbone_parity.py):
-variables, finite differences and the ImageNet evaluation crop."""
+"""Numeric helpers shared by the tests: variables, finite differences and
+random parameters (the ImageNet evaluation crop is benchmarks.imagenet)."""
 
 import jax
 import jax.numpy as jnp
@@ -53,19 +53,3 @@ def random_params(params, seed, std):
       tree, [jnp.asarray(rng.normal(0, std, l.shape), jnp.float32)
              for l in leaves])
 
-
-def imagenet_eval_crop(image, size=224):
-  """Shorter side to size + 32 (PIL bilinear), centre crop size, [0, 1].
-
-  224 -> 256 is the usual ImageNet evaluation crop; the larger Lite models
-  keep TF's 32-pixel margin at their native resolution.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  im = Image.fromarray(image)
-  w, h = im.size
-  s = (size + 32) / min(w, h)
-  im = im.resize((round(w * s), round(h * s)), Image.BILINEAR)
-  w, h = im.size
-  left, top = (w - size) // 2, (h - size) // 2
-  im = im.crop((left, top, left + size, top + size))
-  return np.asarray(im, np.float32) / 255.0

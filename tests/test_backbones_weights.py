@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.imagenet import imagenet_eval_crop
 from conftest import optional_import
 from coseg_jax import backbones
 from coseg_jax.backbones import efficientnet_lite
 from coseg_jax.backbones import weights
-from numeric_helpers import imagenet_eval_crop
 
 
 def _abstract(name, **kwargs):
