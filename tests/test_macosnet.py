@@ -163,6 +163,7 @@ def test_masked_image_is_the_mean_colour_where_the_mask_is_0():
   np.testing.assert_allclose(obj0, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # about 30 s of compilation on 2 cores
 def test_matching_mask_gradient_reaches_the_decoder_only_when_on():
   """Eq. 4 trains D (its signature lists D): with matching_mask_grad the
   matching term has a non-zero gradient w.r.t. the decoder's parameters;
