@@ -262,9 +262,7 @@ def _validate_data(data, field: str = "config.data") -> None:
 def _restore(config, workdir):
   """(model, variables, step) of the latest checkpoint in ``workdir``."""
   model = models.get_method(config.method).build_model(config.model)
-  variables, step = checkpoint.load_variables(workdir)
-  if not variables.get("batch_stats"):
-    variables = {"params": variables["params"]}
+  variables, step = checkpoint.load_apply_variables(workdir)
   return model, variables, step
 
 

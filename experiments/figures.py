@@ -52,9 +52,7 @@ def main(argv):
   indices = [int(s) for s in FLAGS.composites.split(",") if s]
   if indices and "composite" in tuple(config.eval.evaluators):
     model = models.get_method(config.method).build_model(config.model)
-    variables, _ = checkpoint.load_variables(FLAGS.workdir)
-    if not variables.get("batch_stats"):
-      variables = {"params": variables["params"]}
+    variables, _ = checkpoint.load_apply_variables(FLAGS.workdir)
     for i in indices:
       path = figures.composite_figure(
           config=config, model=model, variables=variables,

@@ -41,9 +41,7 @@ def main(argv):
   console.setup(None)
   config = FLAGS.config
   model = models.get_method(config.method).build_model(config.model)
-  variables, step = checkpoint.load_variables(FLAGS.workdir)
-  if not variables.get("batch_stats"):
-    variables = {"params": variables["params"]}
+  variables, step = checkpoint.load_apply_variables(FLAGS.workdir)
   rows = []
   cells = [("pairs", 2)] + [(s, int(k)) for s in FLAGS.strategies.split(",")
                             for k in FLAGS.sizes.split(",")]

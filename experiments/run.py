@@ -135,9 +135,7 @@ def main(argv):
   # evaluator (the curve's evaluation time is in train_minutes).
   t = time.time()
   model = models.get_method(config.method).build_model(config.model)
-  variables, step = checkpoint.load_variables(workdir)
-  if not variables.get("batch_stats"):
-    variables = {"params": variables["params"]}
+  variables, step = checkpoint.load_apply_variables(workdir)
   record["final_step"] = step
   record["results"] = evaluators.evaluate(config=config, model=model,
                                           variables=variables)

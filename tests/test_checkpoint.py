@@ -74,6 +74,10 @@ def test_round_trip_state_iterator_config_and_keep_n(tmp_path):
   assert s == 3
   jax.tree.map(np.testing.assert_array_equal, variables["params"],
                jax.device_get(state.params))
+  # The toy model has no BatchNorm: only params reach model.apply.
+  assert variables["batch_stats"] == {}
+  applied, s = checkpoint.load_apply_variables(str(tmp_path))
+  assert s == 3 and set(applied) == {"params"}
 
 
 def test_restore_without_checkpoint_is_a_clear_error(tmp_path):

@@ -186,6 +186,17 @@ def load_variables(workdir: str, *, step: Optional[int] = None
           "batch_stats": state.get("batch_stats") or {}}, step
 
 
+def load_apply_variables(workdir: str, *, step: Optional[int] = None
+                         ) -> Tuple[Dict[str, Any], int]:
+  """``load_variables`` ready for ``model.apply``: a model without
+  BatchNorm gets ``{'params': ...}`` only (an empty ``batch_stats``
+  collection would not match its variables)."""
+  variables, step = load_variables(workdir, step=step)
+  if not variables["batch_stats"]:
+    variables = {"params": variables["params"]}
+  return variables, step
+
+
 def merge_params(target: Any, source: Any, *, path: str = "") -> Any:
   """Copies ``source`` leaves into ``target`` where the keys match.
 

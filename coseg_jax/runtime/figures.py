@@ -57,9 +57,7 @@ FIGURE_HOOKS: Dict[str, FigureHook] = {"cyclesegnet": cyclesegnet_steps}
 def _variables(result, workdir: str):
   if hasattr(result, "variables"):
     return jax.device_get(result.variables())
-  variables, _ = ckpt_lib.load_variables(workdir)
-  if not variables.get("batch_stats"):
-    variables = {"params": variables["params"]}
+  variables, _ = ckpt_lib.load_apply_variables(workdir)
   return variables
 
 
