@@ -108,7 +108,16 @@ def _shift(x: jax.Array, kernel: jax.Array, stride: int,
 
 
 def _shift_fwd(x, kernel, stride, dilation):
-  return _shift(x, kernel, stride, dilation), (x, kernel)
+  k = kernel.shape[0]
+  xp, pad_h, pad_w = _pad_input(x, k, stride, dilation)
+  out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+  acc = None
+  for i, j, tap in _taps(xp, k, stride, dilation, out_h, out_w):
+    acc = tap * kernel[i, j, 0] if acc is None else acc + tap * kernel[i, j, 0]
+  # The padded input is the one residual: the forward pass materialises it
+  # anyway, and the backward pass slices its taps from it rather than
+  # recomputing the layers before this one once per tap.
+  return acc, (xp, kernel, x.shape[1:3], pad_h, pad_w)
 
 
 def _shift_bwd(stride, dilation, residuals, g):
@@ -119,10 +128,8 @@ def _shift_bwd(stride, dilation, residuals, g):
   slice, i.e. g * kernel[i, j] padded back to its window (interior padding
   stride - 1 undoes the stride), summed, with the 'SAME' padding cropped.
   """
-  x, kernel = residuals
+  xp, kernel, (h, w), pad_h, pad_w = residuals
   k = kernel.shape[0]
-  _, h, w, _ = x.shape
-  xp, pad_h, pad_w = _pad_input(x, k, stride, dilation)
   out_h, out_w = g.shape[1], g.shape[2]
   d_kernel = jnp.stack([
       jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32)
@@ -140,7 +147,7 @@ def _shift_bwd(stride, dilation, residuals, g):
       part = jax.lax.pad(g * kernel[i, j, 0].astype(g.dtype), zero, window)
       d_xp = part if d_xp is None else d_xp + part
   d_x = d_xp[:, pad_h[0]:pad_h[0] + h, pad_w[0]:pad_w[0] + w, :]
-  return d_x.astype(x.dtype), d_kernel
+  return d_x.astype(xp.dtype), d_kernel
 
 
 _shift.defvjp(_shift_fwd, _shift_bwd)
