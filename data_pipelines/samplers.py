@@ -15,6 +15,9 @@ gives a new draw, see :func:`epoch_groups`):
     protocol; for single-label sets simply the common class).
   * negative pairs: two images with no class in common; ``has_common = 0`` and
     empty targets.
+  Negatives (negative pairs, the third image of a triplet) come from the
+  records with at least one class only: a record whose row is empty was
+  removed by a class filter or a holdout and is never trained on.
   * triplets (anchor, positive, negative): (anchor, positive) a positive pair,
     the negative shares no class with either; anchor and positive target their
     shared classes, the negative an empty mask (``has_common`` describes the
@@ -138,13 +141,22 @@ def _draw_positive(rng, membership, members, pool, big):
 
 
 def _draw_disjoint(rng, membership, excluded_classes, exclude_ids):
-  """A record with no class in ``excluded_classes``, not in ``exclude_ids``."""
+  """A selected record (one with at least one class) with no class in
+  ``excluded_classes``, not in ``exclude_ids``; None if there is none.
+
+  Records with no class are those a class filter or a holdout removed (the
+  unseen classes of a class-disjoint protocol, the test part of a split):
+  drawing one as a negative would train on an evaluation image.
+  """
   n = membership.shape[0]
+  selected = membership.any(1)
   for _ in range(64):  # Rejection is cheap when negatives are common.
     j = int(rng.integers(n))
-    if j not in exclude_ids and not (membership[j] & excluded_classes).any():
+    if (selected[j] and j not in exclude_ids
+        and not (membership[j] & excluded_classes).any()):
       return j
-  cands = np.flatnonzero(~(membership & excluded_classes[None]).any(1))
+  cands = np.flatnonzero(selected &
+                         ~(membership & excluded_classes[None]).any(1))
   cands = np.setdiff1d(cands, np.asarray(list(exclude_ids), np.int64))
   if cands.size == 0:
     return None
@@ -168,11 +180,14 @@ def negative_pairs(membership, *, num_pairs: int, seed) -> Groups:
   """``num_pairs`` pairs of records with no class in common (empty targets)."""
   membership = np.asarray(membership, bool)
   n, c = membership.shape
+  selected = np.flatnonzero(membership.any(1))
+  if selected.size == 0:
+    raise ValueError("no record has a class: cannot sample negative pairs")
   rng = _rng(seed)
   idx = np.empty((num_pairs, 2), np.int64)
   for t in range(num_pairs):
     for _ in range(64):
-      a = int(rng.integers(n))
+      a = int(rng.choice(selected))
       b = _draw_disjoint(rng, membership, membership[a], {a})
       if b is not None:
         break

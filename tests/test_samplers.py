@@ -67,6 +67,22 @@ def test_negative_pairs_share_no_class(multi):
   assert np.all(g.has_common == 0)
 
 
+def test_negatives_never_use_records_without_a_class():
+  # Rows 0-9 hold only filtered-out classes (all False), as the unseen
+  # classes of a class-disjoint run do; they must never be drawn.
+  m, _ = _single_label((10, 5, 4, 6))
+  m[:10] = False
+  g = samplers.negative_pairs(m, num_pairs=300, seed=4)
+  assert g.indices.min() >= 10
+  g = samplers.triplets(m, num_triplets=300, seed=5)
+  assert g.indices.min() >= 10
+  g = samplers.epoch_groups(m, sampler="pairs", num_groups=300, seed=6,
+                            negative_fraction=0.5, epoch=0)
+  assert g.indices.min() >= 10 and (g.has_common == 0).any()
+  with pytest.raises(ValueError, match="no record has a class"):
+    samplers.negative_pairs(np.zeros((4, 2), bool), num_pairs=1, seed=0)
+
+
 @pytest.mark.parametrize("multi", [False, True])
 def test_triplets_are_valid(multi):
   m = _multi_label() if multi else _single_label()[0]
