@@ -11,14 +11,6 @@ formulation by backend (``method='auto'``) and keeps ``nn.Conv``'s parameter
 layout, so the two are interchangeable and pretrained weights load into
 either.
 
-The shifted form has its own backward pass (``jax.custom_vjp``). Left to
-autodiff, each of the k*k taps (a strided slice of the padded input) is a
-residual of the kernel gradient, so XLA writes every tap to memory in the
-forward pass: k*k copies of the block's widest tensor, with the preceding
-batch norm and ReLU6 recomputed into each. The custom backward keeps only
-the input and re-reads the taps inside the gradient's reductions, so the
-forward pass is one fused loop and the step holds one copy.
-
 Padding is lax/TF 'SAME': for input size n, stride s and effective kernel
 size (k - 1) d + 1, the output has ceil(n / s) positions and the padding
 total max((ceil(n / s) - 1) s + (k - 1) d + 1 - n, 0) is split with the
@@ -26,8 +18,7 @@ extra pixel at the end (bottom/right), as TF and efficientnet_pytorch's
 ``Conv2dStaticSamePadding`` do.
 """
 
-import functools
-from typing import Any, Iterator, Tuple
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -73,84 +64,19 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     return jax.lax.conv_general_dilated(
         x, kernel, (stride, stride), "SAME", rhs_dilation=(dilation,) * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-  return _shift(x, kernel, stride, dilation)
-
-
-def _taps(xp: jax.Array, k: int, stride: int, dilation: int, out_h: int,
-          out_w: int) -> Iterator[Tuple[int, int, jax.Array]]:
-  """(i, j, tap): the strided [N, out_h, out_w, C] window of the padded
-  input that kernel position (i, j) multiplies."""
-  for i in range(k):
-    for j in range(k):
-      y0, x0 = i * dilation, j * dilation
-      yield i, j, xp[:, y0:y0 + (out_h - 1) * stride + 1:stride,
-                     x0:x0 + (out_w - 1) * stride + 1:stride, :]
-
-
-def _pad_input(x: jax.Array, k: int, stride: int, dilation: int):
   _, h, w, _ = x.shape
-  pad_h = same_padding(h, k, stride, dilation)
-  pad_w = same_padding(w, k, stride, dilation)
-  return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))), pad_h, pad_w
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _shift(x: jax.Array, kernel: jax.Array, stride: int,
-           dilation: int) -> jax.Array:
-  """The shifted multiply-add form (backward: :func:`_shift_bwd`)."""
-  k = kernel.shape[0]
-  xp, _, _ = _pad_input(x, k, stride, dilation)
-  out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+  pad_h = same_padding(h, kh, stride, dilation)
+  pad_w = same_padding(w, kw, stride, dilation)
+  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  out_h, out_w = -(-h // stride), -(-w // stride)
   acc = None
-  for i, j, tap in _taps(xp, k, stride, dilation, out_h, out_w):
-    acc = tap * kernel[i, j, 0] if acc is None else acc + tap * kernel[i, j, 0]
-  return acc
-
-
-def _shift_fwd(x, kernel, stride, dilation):
-  k = kernel.shape[0]
-  xp, pad_h, pad_w = _pad_input(x, k, stride, dilation)
-  out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
-  acc = None
-  for i, j, tap in _taps(xp, k, stride, dilation, out_h, out_w):
-    acc = tap * kernel[i, j, 0] if acc is None else acc + tap * kernel[i, j, 0]
-  # The padded input is the one residual: the forward pass materialises it
-  # anyway, and the backward pass slices its taps from it rather than
-  # recomputing the layers before this one once per tap.
-  return acc, (xp, kernel, x.shape[1:3], pad_h, pad_w)
-
-
-def _shift_bwd(stride, dilation, residuals, g):
-  """Gradients from the input alone (no stored taps).
-
-  d kernel[i, j] is the sum of tap(i, j) * g over batch and positions
-  (accumulated in float32); d x is the transpose of every tap's strided
-  slice, i.e. g * kernel[i, j] padded back to its window (interior padding
-  stride - 1 undoes the stride), summed, with the 'SAME' padding cropped.
-  """
-  xp, kernel, (h, w), pad_h, pad_w = residuals
-  k = kernel.shape[0]
-  out_h, out_w = g.shape[1], g.shape[2]
-  d_kernel = jnp.stack([
-      jnp.sum(tap * g, axis=(0, 1, 2), dtype=jnp.float32)
-      for _, _, tap in _taps(xp, k, stride, dilation, out_h, out_w)])
-  d_kernel = d_kernel.reshape(kernel.shape).astype(kernel.dtype)
-  zero = jnp.zeros((), g.dtype)
-  d_xp = None
-  for i in range(k):
-    for j in range(k):
+  for i in range(kh):
+    for j in range(kw):
       y0, x0 = i * dilation, j * dilation
-      window = ((0, 0, 0),
-                (y0, xp.shape[1] - y0 - (out_h - 1) * stride - 1, stride - 1),
-                (x0, xp.shape[2] - x0 - (out_w - 1) * stride - 1, stride - 1),
-                (0, 0, 0))
-      part = jax.lax.pad(g * kernel[i, j, 0].astype(g.dtype), zero, window)
-      d_xp = part if d_xp is None else d_xp + part
-  d_x = d_xp[:, pad_h[0]:pad_h[0] + h, pad_w[0]:pad_w[0] + w, :]
-  return d_x.astype(xp.dtype), d_kernel
-
-
-_shift.defvjp(_shift_fwd, _shift_bwd)
+      tap = xp[:, y0:y0 + (out_h - 1) * stride + 1:stride,
+               x0:x0 + (out_w - 1) * stride + 1:stride, :] * kernel[i, j, 0]
+      acc = tap if acc is None else acc + tap
+  return acc
 
 
 class DepthwiseConv(nn.Module):
