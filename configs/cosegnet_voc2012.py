@@ -66,6 +66,7 @@ def get_config(arg=None):
   m.metric_widths = (128, 64)  # FC128-ReLU-FC64
   m.decision_hidden = 32  # FC32-ReLU-FC1-sigmoid
   m.decision_threshold = 0.5
+  m.gate_masks = True  # False: ungated decoder masks (a diagnostic)
   # Eq. 2-4 sum over pixels, images and the batch; 'mean' is the earlier
   # per-pixel / per-batch average (see the module docstring).
   m.loss_reduction = "sum"

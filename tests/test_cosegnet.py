@@ -331,6 +331,11 @@ def test_predict_gate_zeroes_masks_on_negative_decision(bias, expect_zero):
     assert np.all(probs == 0)
   else:
     np.testing.assert_array_equal(probs, raw)
+  cfg = _Cfg()
+  cfg.model = {"decision_threshold": 0.5, "gate_masks": False}
+  ungated = np.asarray(cosegnet.predict_fn(outputs=out, batch=None,
+                                           config=cfg))
+  np.testing.assert_array_equal(ungated, raw)
 
 
 def test_base_variant_uses_the_partner_and_trains_negatives_to_null():

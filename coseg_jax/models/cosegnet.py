@@ -86,6 +86,9 @@ Choices the paper leaves open, all config fields (``config.model``):
 * ``metric_layer``: 'f' (encoder output), 'cT3', 'cT6', 'cT9' (default),
   'cT11' (Table 6).
 * ``decision_threshold``: 0.5 on sigmoid(decision logit).
+* ``gate_masks``: True (the paper's test-time masks); False returns the
+  decoder's masks ungated, to see whether the decoder or the decision is
+  what fails (``--mode eval --config.model.gate_masks=False``).
 * For K > 2 inputs the decision logits are those of the pairs (0, j), j >= 1;
   at test time image j > 0 is gated by decision (0, j) and image 0 by the
   most confident of them (K = 2: both images by the pair's decision).
@@ -392,7 +395,8 @@ def predict_fn(*, outputs: CoSegNetOutput, batch, config) -> jax.Array:
   """Test-time masks: decoder probability gated by the decision."""
   del batch
   probs = jax.nn.sigmoid(outputs.mask_logits.astype(jnp.float32))
-  if outputs.decision_logits is None:
+  if (outputs.decision_logits is None
+      or not config.model.get("gate_masks", True)):
     return probs
   threshold = float(config.model.get("decision_threshold", 0.5))
   return gate(mask_probs=probs, decision_logits=outputs.decision_logits,
