@@ -15,15 +15,15 @@ gives a new draw, see :func:`epoch_groups`):
     protocol; for single-label sets simply the common class).
   * negative pairs: two images with no class in common; ``has_common = 0`` and
     empty targets.
-  Negatives (negative pairs, the third image of a triplet) come from the
-  records with at least one class only: a record whose row is empty was
-  removed by a class filter or a holdout and is never trained on.
   * triplets (anchor, positive, negative): (anchor, positive) a positive pair,
     the negative shares no class with either; anchor and positive target their
     shared classes, the negative an empty mask (``has_common`` describes the
     anchor/positive pair and is always 1).
   * groups: k distinct images that all contain one class c; target = the
     classes all k share (c at least).
+  Negatives (negative pairs, the third image of a triplet) come from the
+  records with at least one class only: a record whose row is empty was
+  removed by a class filter or a holdout and is never trained on.
   Anchors are drawn uniformly over the records that can form the requested
   relation, and partners uniformly among the valid candidates, so every image
   is equally likely to appear as the anchor whatever its class's size.
@@ -179,7 +179,7 @@ def positive_pairs(membership, *, num_pairs: int, seed) -> Groups:
 def negative_pairs(membership, *, num_pairs: int, seed) -> Groups:
   """``num_pairs`` pairs of records with no class in common (empty targets)."""
   membership = np.asarray(membership, bool)
-  n, c = membership.shape
+  c = membership.shape[1]
   selected = np.flatnonzero(membership.any(1))
   if selected.size == 0:
     raise ValueError("no record has a class: cannot sample negative pairs")
