@@ -140,16 +140,16 @@ def _draw_positive(rng, membership, members, pool, big):
   return a, int(rng.choice(others))
 
 
-def _draw_disjoint(rng, membership, excluded_classes, exclude_ids):
-  """A selected record (one with at least one class) with no class in
-  ``excluded_classes``, not in ``exclude_ids``; None if there is none.
+def _draw_disjoint(rng, membership, selected, excluded_classes, exclude_ids):
+  """A selected record (``selected``: bool [N], the records with at least
+  one class) with no class in ``excluded_classes``, not in ``exclude_ids``;
+  None if there is none.
 
   Records with no class are those a class filter or a holdout removed (the
   unseen classes of a class-disjoint protocol, the test part of a split):
   drawing one as a negative would train on an evaluation image.
   """
   n = membership.shape[0]
-  selected = membership.any(1)
   for _ in range(64):  # Rejection is cheap when negatives are common.
     j = int(rng.integers(n))
     if (selected[j] and j not in exclude_ids
@@ -180,15 +180,16 @@ def negative_pairs(membership, *, num_pairs: int, seed) -> Groups:
   """``num_pairs`` pairs of records with no class in common (empty targets)."""
   membership = np.asarray(membership, bool)
   c = membership.shape[1]
-  selected = np.flatnonzero(membership.any(1))
-  if selected.size == 0:
+  selected = membership.any(1)
+  anchors = np.flatnonzero(selected)
+  if anchors.size == 0:
     raise ValueError("no record has a class: cannot sample negative pairs")
   rng = _rng(seed)
   idx = np.empty((num_pairs, 2), np.int64)
   for t in range(num_pairs):
     for _ in range(64):
-      a = int(rng.choice(selected))
-      b = _draw_disjoint(rng, membership, membership[a], {a})
+      a = int(rng.choice(anchors))
+      b = _draw_disjoint(rng, membership, selected, membership[a], {a})
       if b is not None:
         break
     else:
@@ -203,13 +204,14 @@ def triplets(membership, *, num_triplets: int, seed) -> Groups:
   membership = np.asarray(membership, bool)
   members = _class_members(membership)
   pool, big = _positive_anchor_pool(membership, members)
+  selected = membership.any(1)
   rng = _rng(seed)
   idx = np.empty((num_triplets, 3), np.int64)
   for t in range(num_triplets):
     for _ in range(64):
       a, p = _draw_positive(rng, membership, members, pool, big)
-      neg = _draw_disjoint(rng, membership, membership[a] | membership[p],
-                           {a, p})
+      neg = _draw_disjoint(rng, membership, selected,
+                           membership[a] | membership[p], {a, p})
       if neg is not None:
         break
     else:
