@@ -1,7 +1,10 @@
 """CycleSegNet on the PASCAL-VOC co-segmentation set: the real-photo recipe.
 
-Argument: ``[disjoint|split|all][,live][,blind][,runlocal]`` (protocols
-and flags: ``configs/pascal_voc_coseg.py``). Train, evaluate, co-segment
+Argument: ``[disjoint|split|all][,live][,blind][,prior][,runlocal]``
+(protocols and flags: ``configs/pascal_voc_coseg.py``; ``prior`` is this
+file's: learnt partner-similarity channels on the stride-16 and stride-32
+features, 64-wide projections, with the ``prior_bce`` term at weight 1;
+not in the paper, see docs/methods/cyclesegnet.md). Train, evaluate, co-segment
 your photos:
 
   python -m coseg_jax.main --config configs/cyclesegnet_pascal_voc_coseg.py:disjoint \\
@@ -28,10 +31,10 @@ from configs import pascal_voc_coseg
 
 
 def get_config(arg=None):
-  """'disjoint'|'split'|'all' [,live] [,blind] [,runlocal]."""
+  """'disjoint'|'split'|'all' [,live] [,blind] [,prior] [,runlocal]."""
   a = args.parse(arg, config="cyclesegnet_pascal_voc_coseg",
                  groups={"protocol": pascal_voc_coseg.PROTOCOLS},
-                 flags=pascal_voc_coseg.FLAGS)
+                 flags=pascal_voc_coseg.FLAGS + ("prior",))
   config = cyclesegnet_voc2012.get_config()
   pascal_voc_coseg.apply_protocol(config, a.protocol)
   pascal_voc_coseg.frozen_pretrained_backbone(config, "efficientnet_lite2")
@@ -64,6 +67,10 @@ def get_config(arg=None):
   pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
   if not a.blind:
     config.data.composites.per_record = 1.5
+  if a.prior:
+    m.partner_prior_levels = ("stride16", "stride32")
+    m.partner_prior_features = 64
+    config.loss = {"lovasz": 1.0, "prior_bce": 1.0}
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     m.crm_features = 16

@@ -96,6 +96,11 @@ def get_config(arg=None):
   m.fusion_features = ml_collections.config_dict.placeholder(int)
   m.crm_levels = ml_collections.config_dict.placeholder(tuple)  # 8/16/32
   m.decode_all_steps = False
+  # Not in the paper: partner-similarity channels (levels, e.g.
+  # ("stride16", "stride32"); empty: off), of the backbone features or of a
+  # learnt projection to partner_prior_features channels.
+  m.partner_prior_levels = ()
+  m.partner_prior_features = ml_collections.config_dict.placeholder(int)
   m.dtype = "float32"
 
   config.data.name = "voc2012_coseg"

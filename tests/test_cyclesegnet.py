@@ -22,6 +22,8 @@ from coseg_jax import losses
 from coseg_jax import models
 from coseg_jax.models import cyclesegnet as cs
 from coseg_jax.nn import convlstm
+from coseg_jax.nn import decoders
+from coseg_jax.nn import partner_similarity
 from coseg_jax.nn import region_attention
 from coseg_jax.runtime import figures
 from coseg_jax.runtime import trainers
@@ -177,6 +179,134 @@ def test_crm_levels_and_match_score_shapes_and_counts(levels, exchange):
 def test_crm_levels_bad_values(kw, match):
   with pytest.raises(ValueError, match=match):
     _model(**kw).init(jax.random.key(0), _images())
+
+
+def test_partner_prior_channels():
+  """``partner_prior_levels``: each CRM input gets one channel per prior
+  level, the partner similarity of that backbone level resized to the CRM
+  level; only the layers reading the CRM states widen, and the feature
+  cache is asked for the prior levels too."""
+  priors = ("stride4", "stride16")
+  model = _model(multi_level=True, partner_prior_levels=priors,
+                 crm_features=6)
+  x = _images(b=2, k=3)
+  variables = model.init(jax.random.key(0), x)
+  levels, feats = {}, {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__":
+      if isinstance(context.module, cs.CycleRefinement):
+        levels[context.module.name[len("crm_"):]] = args[0]
+      elif context.module.name == "backbone":
+        feats.update(out.features)
+    return out
+
+  with nn.intercept_methods(record):
+    model.apply(variables, x)
+  assert set(levels) == set(cs.MULTI_LEVELS)
+  for level, v in levels.items():
+    assert v.shape[-1] == 6 + len(priors), level
+    for i, p in enumerate(priors):
+      f = feats[p].reshape(2, 3, *feats[p].shape[1:])
+      s = partner_similarity.partner_similarity(f).reshape(
+          6, *f.shape[2:4], 1)
+      want = decoders.bilinear_resize(s, v.shape[2:4]).reshape(
+          v.shape[:4])
+      np.testing.assert_allclose(v[..., 6 + i], want, atol=1e-6)
+  off = _model(multi_level=True, crm_features=6)
+  off_params = off.init(jax.random.key(0), x)["params"]
+  on_params = variables["params"]
+  grown = _count(on_params) - _count(off_params)
+  # Only each level's ConvLSTM input-to-gates kernel [3, 3, 6 + P, 4 * 6]
+  # grows (the RCM works on the states' width, 6 + P, too).
+  rcm_growth = _rcm(6 + len(priors)) - _rcm(6)
+  lstm_growth = (_conv(3, 6 + len(priors), 4 * (6 + len(priors))) +
+                 _conv(3, 6 + len(priors), 4 * (6 + len(priors)), False) -
+                 _conv(3, 6, 24) - _conv(3, 6, 24, False))
+  fuse_growth = _count(on_params["fuse_stride8"]) + _count(
+      on_params["fuse_stride16"]) - _count(off_params["fuse_stride8"]) - (
+          _count(off_params["fuse_stride16"]))
+  # + a scale and an offset per prior level (``prior_logits``).
+  assert grown == 3 * (rcm_growth + lstm_growth) + fuse_growth + 2 * len(
+      priors)
+  assert set(priors) <= set(model.feature_levels)
+  assert model.apply(variables, x).mask_logits.shape == (2, 3, 32, 32, 1)
+  cfg = cyclesegnet_voc2012.get_config()
+  assert models.get_method("cyclesegnet").build_model(
+      cfg.model).partner_prior_levels == ()
+  cfg.model.partner_prior_levels = priors
+  assert models.get_method("cyclesegnet").build_model(
+      cfg.model).partner_prior_levels == priors
+
+
+def test_partner_prior_logits_learnt_projection_and_loss():
+  """``partner_prior_features``: a bias-free 1x1 projection per prior level
+  before the similarity; ``prior_logits`` = scale * similarity + offset per
+  level; ``prior_bce`` against the masks downsized to each grid."""
+  model = _model(multi_level=True, partner_prior_levels=("stride8",),
+                 partner_prior_features=5, crm_features=6)
+  x = _images(b=2, k=2)
+  variables = model.init(jax.random.key(0), x)
+  p = variables["params"]
+  assert p["prior_proj_stride8"]["kernel"].shape == (1, 1, 8, 5)
+  assert "bias" not in p["prior_proj_stride8"]
+  assert float(p["prior_scale_stride8"]) == 10.0
+  assert float(p["prior_offset_stride8"]) == 0.0
+  out, inter = model.apply(variables, x, capture_intermediates=True)
+  (lg,) = out.prior_logits
+  assert lg.shape == (2, 2, 4, 4, 1) and lg.dtype == jnp.float32
+  feats = inter["intermediates"]["backbone"]["__call__"][0].features
+  f = jnp.einsum("nhwc,cd->nhwd", feats["stride8"],
+                 p["prior_proj_stride8"]["kernel"][0, 0])
+  want = 10.0 * partner_similarity.partner_similarity(
+      f.reshape(2, 2, 4, 4, 5))
+  np.testing.assert_allclose(lg, want, atol=1e-5)
+  # The loss: masks whose 8x8 blocks are all 1 or all 0 give exact targets.
+  rng = np.random.default_rng(0)
+  blocks = rng.integers(0, 2, (2, 2, 4, 4, 1)).astype(np.float32)
+  masks = np.repeat(np.repeat(blocks, 8, 2), 8, 3)
+  batch = {"masks": jnp.asarray(masks), "valid": jnp.ones_like(masks)}
+  total, terms = cs.loss_fn(outputs=out, batch=batch,
+                            loss_config={"prior_bce": 2.0})
+  ref = np.mean(np.logaddexp(0, np.asarray(lg)) - blocks * np.asarray(lg))
+  np.testing.assert_allclose(terms["prior_bce"], 2.0 * ref, rtol=1e-4)
+  np.testing.assert_allclose(total, 2.0 * ref, rtol=1e-4)
+  g = jax.grad(lambda v: cs.loss_fn(
+      outputs=model.apply(v, x), batch=batch,
+      loss_config={"lovasz": 1.0, "prior_bce": 1.0})[0])(variables)
+  assert float(jnp.abs(g["params"]["prior_proj_stride8"]["kernel"]).sum()) > 0
+  # Cells with fewer than half their pixels valid are ignored; a partly
+  # valid cell's target is the foreground share of its valid pixels.
+  valid = np.ones_like(masks)
+  valid[0, 0, :5, :8] = 0  # cell (0, 0) of image (0, 0): 24 of 64 valid
+  valid[0, 1, :3, :8] = 0  # cell (0, 0) of image (0, 1): 40 of 64 valid
+  m2 = masks.copy()
+  m2[0, 1, :8, :8] = 0
+  m2[0, 1, 3:4, :8] = 1  # 8 of its 40 valid pixels are foreground
+  t = blocks.copy()
+  t[0, 1, 0, 0] = 0.2
+  keep = np.ones_like(blocks)
+  keep[0, 0, 0, 0] = 0
+  per = np.logaddexp(0, np.asarray(lg)) - t * np.asarray(lg)
+  np.testing.assert_allclose(
+      cs.prior_bce(lg, {"masks": jnp.asarray(m2), "valid": jnp.asarray(valid)}),
+      (per * keep).sum() / keep.sum(), rtol=1e-5)
+  plain = _model()
+  v0 = plain.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="partner_prior_levels"):
+    cs.loss_fn(outputs=plain.apply(v0, x), batch=batch,
+               loss_config={"prior_bce": 1.0})
+
+
+@pytest.mark.parametrize("levels,match", [
+    (("stride64",), "unknown backbone level 'stride64'"),
+    (("stride16", "stride16"), "repeats a level"),
+])
+def test_partner_prior_bad_levels(levels, match):
+  with pytest.raises(ValueError, match=match):
+    _model(multi_level=True, partner_prior_levels=levels).init(
+        jax.random.key(0), _images())
 
 
 def test_literal_parameter_count_tiny_single_level():

@@ -95,13 +95,14 @@ from coseg_jax.models import registry
 from coseg_jax.nn import convlstm
 from coseg_jax.nn import decoders
 from coseg_jax.nn import fusion
+from coseg_jax.nn import partner_similarity
 from coseg_jax.nn import region_attention
 
 EXCHANGES = ("cycle", "cross")
 SINGLE_LEVELS = ("stride32",)
 # res3, res4, res5 of ResNet (layer2..layer4); same names for every backbone.
 MULTI_LEVELS = ("stride8", "stride16", "stride32")
-LOSS_TERMS = ("lovasz", "bce", "deep_lovasz")
+LOSS_TERMS = ("lovasz", "bce", "deep_lovasz", "prior_bce")
 # Output stride of every level a CRM may refine or the decoder may visit.
 _LEVEL_STRIDES = dict(decoders.DECODER_LEVELS, stride32=32)
 
@@ -114,9 +115,14 @@ class CycleSegNetOutput:
     mask_logits: [B, K, H, W, 1] float32 foreground logits (last step).
     step_logits: [T, B, K, H, W, 1] float32 logits of every refinement step
       (T = num_steps) when ``decode_all_steps``, else None.
+    prior_logits: with ``partner_prior_levels``, one [B, K, h_l, w_l, 1]
+      float32 map per prior level: a learnt affine map of that level's
+      partner similarity, the logit of "this position shows an object the
+      partner holds too" (loss term ``prior_bce``); else None.
   """
   mask_logits: jax.Array
   step_logits: Optional[jax.Array] = None
+  prior_logits: Optional[Tuple[jax.Array, ...]] = None
 
 
 class CycleRefinement(nn.Module):
@@ -253,6 +259,8 @@ class CycleSegNet(nn.Module):
   fusion_features: Optional[int] = None
   crm_levels: Optional[Sequence[str]] = None
   decode_all_steps: bool = False
+  partner_prior_levels: Sequence[str] = ()
+  partner_prior_features: Optional[int] = None
   dtype: Any = jnp.float32
   scan_unroll: Optional[int] = None
 
@@ -287,7 +295,52 @@ class CycleSegNet(nn.Module):
       start = _LEVEL_STRIDES[self.levels[-1]] if self.multi_level else 32
       levels |= {l for l, s in decoders.DECODER_LEVELS
                  if 1 < s < start and l not in self.levels}
+    levels |= set(self.prior_levels)
     return tuple(sorted(levels, key=_LEVEL_STRIDES.get))
+
+  @property
+  def prior_levels(self) -> Tuple[str, ...]:
+    """The checked ``partner_prior_levels``."""
+    levels = tuple(self.partner_prior_levels or ())
+    for level in levels:
+      if level not in _LEVEL_STRIDES or level == "full":
+        raise ValueError(f"partner_prior_levels: unknown backbone level "
+                         f"{level!r}; expected stride2..stride32")
+    if len(set(levels)) != len(levels):
+      raise ValueError(f"partner_prior_levels repeats a level: {levels}")
+    return levels
+
+  def partner_priors(self, feats: Mapping[str, jax.Array], b: int, k: int
+                     ) -> Tuple[jax.Array, ...]:
+    """The partner similarity of every prior level, each [B*K, h_l, w_l, 1]
+    at its own level's resolution (empty when off). Call inside ``apply``."""
+    maps = []
+    for level in self.prior_levels:
+      if level not in feats:
+        raise ValueError(f"partner_prior_levels: backbone {self.backbone!r} "
+                         f"returned no {level!r} features (got "
+                         f"{sorted(feats)})")
+      f = feats[level]
+      if self.partner_prior_features:
+        f = nn.Conv(int(self.partner_prior_features), (1, 1),
+                    use_bias=False, dtype=self.dtype,
+                    name=f"prior_proj_{level}")(f)
+      s = partner_similarity.partner_similarity(f.reshape(b, k, *f.shape[1:]))
+      maps.append(s.reshape(b * k, *s.shape[2:]))
+    return tuple(maps)
+
+  def prior_logits(self, priors: Sequence[jax.Array], b: int, k: int
+                   ) -> Tuple[jax.Array, ...]:
+    """Per prior level, a learnt scale and offset of its similarity map:
+    ([B, K, h_l, w_l, 1] float32, ...). Call inside ``apply``."""
+    out = []
+    for level, p in zip(self.prior_levels, priors):
+      scale = self.param(f"prior_scale_{level}",
+                         nn.initializers.constant(10.0), ())
+      offset = self.param(f"prior_offset_{level}", nn.initializers.zeros, ())
+      out.append((scale * p.astype(jnp.float32) + offset).reshape(
+          b, k, *p.shape[1:]))
+    return tuple(out)
 
   def crm(self, features: int, name: Optional[str] = None) -> CycleRefinement:
     """The CRM of one level with this model's settings (inside ``apply``)."""
@@ -307,12 +360,14 @@ class CycleSegNet(nn.Module):
     C]} (the frozen-encoder feature cache); the backbone is then not run.
 
     Returns:
-      (levels dict of [B, K, h_l, w_l, C_l] CRM inputs, all backbone
-      features {level: [B*K, h, w, C]}).
+      (levels dict of [B, K, h_l, w_l, C_l (+ P partner-prior channels)]
+      CRM inputs, all backbone features {level: [B*K, h, w, C]}, the
+      partner-prior maps (:meth:`partner_priors`)).
     """
     b, k, h, w, _ = images.shape
     feats = common.encode_group(self, images, train=train,
                                 features=features)
+    priors = self.partner_priors(feats, b, k)
     out = {}
     for level in self.levels:
       if level not in feats:
@@ -326,8 +381,14 @@ class CycleSegNet(nn.Module):
                          epsilon=1e-5, dtype=self.dtype,
                          name=f"proj_{level}_bn")(x)
         x = nn.relu(x)
+      if priors:
+        # One channel per prior level, resized to this level, after the
+        # projection so that it enters the ConvLSTM states at cosine scale.
+        x = jnp.concatenate(
+            [x] + [decoders.bilinear_resize(p, x.shape[1:3]).astype(x.dtype)
+                   for p in priors], axis=-1)
       out[level] = x.reshape(b, k, *x.shape[1:])
-    return out, feats
+    return out, feats, priors
 
   def refine(self, levels: Mapping[str, jax.Array]):
     """Runs the CRM of every level: {level: hs [T, B, K, h, w, C']}."""
@@ -379,7 +440,8 @@ class CycleSegNet(nn.Module):
     ``images`` is used). Returns CycleSegNetOutput."""
     common.check_images(images, "CycleSegNet")
     b, k, h, w, _ = images.shape
-    levels, feats = self.encode(images, train=train, features=features)
+    levels, feats, priors = self.encode(images, train=train,
+                                        features=features)
     hs = self.refine(levels)
     t = next(iter(hs.values())).shape[0]
     if self.decode_all_steps:
@@ -393,7 +455,8 @@ class CycleSegNet(nn.Module):
     logits = logits.reshape(n, b, k, h, w, 1)
     return CycleSegNetOutput(
         mask_logits=logits[-1],
-        step_logits=logits if self.decode_all_steps else None)
+        step_logits=logits if self.decode_all_steps else None,
+        prior_logits=self.prior_logits(priors, b, k) if priors else None)
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
@@ -432,6 +495,10 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       crm_levels=(None if get("crm_levels", None) is None
                   else tuple(get("crm_levels"))),
       decode_all_steps=bool(get("decode_all_steps", False)),
+      partner_prior_levels=tuple(get("partner_prior_levels", None) or ()),
+      partner_prior_features=(
+          None if get("partner_prior_features", None) is None
+          else int(get("partner_prior_features"))),
       dtype=registry.config_dtype(get("dtype", "float32")),
       scan_unroll=None if scan_unroll is None else int(scan_unroll))
 
@@ -451,7 +518,8 @@ def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
     (total float32 scalar, weighted terms dict).
   """
   common.check_loss_terms(loss_config, LOSS_TERMS, "cyclesegnet")
-  main = {n: wt for n, wt in loss_config.items() if n != "deep_lovasz"}
+  main = {n: wt for n, wt in loss_config.items()
+          if n not in ("deep_lovasz", "prior_bce")}
   terms = {}
   if main:
     # Unit weights give the raw terms; the config's weights apply below.
@@ -466,7 +534,41 @@ def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
             outputs=baselines.BaselineOutput(mask_logits=lg), batch=batch,
             loss_config={"lovasz": 1.0})[0])(outputs.step_logits)
     terms["deep_lovasz"] = jnp.mean(per_step)
+  if "prior_bce" in loss_config:
+    if not outputs.prior_logits:
+      raise ValueError("loss term 'prior_bce' needs "
+                       "config.model.partner_prior_levels")
+    terms["prior_bce"] = jnp.mean(jnp.stack(
+        [prior_bce(lg, batch) for lg in outputs.prior_logits]))
   return losses.compute_total_loss(terms, dict(loss_config))
+
+
+def _downsize(x: jax.Array, size: Tuple[int, int]) -> jax.Array:
+  """[N, H, W, 1] -> [N, h, w, 1]: block means when h and w divide H and W
+  (each cell the share of its pixels), else an antialiased linear resize."""
+  n, hh, ww, c = x.shape
+  h, w = size
+  if hh % h == 0 and ww % w == 0:
+    return x.reshape(n, h, hh // h, w, ww // w, c).mean(axis=(2, 4))
+  return jax.image.resize(x, (n, h, w, c), "linear", antialias=True)
+
+
+def prior_bce(logits: jax.Array, batch: Mapping[str, jax.Array]
+              ) -> jax.Array:
+  """Pixel BCE of one prior map [B, K, h, w, 1] against the masks
+  [B, K, H, W, 1] downsized to h x w (:func:`_downsize`): each cell's soft
+  target is the foreground share of its valid pixels, and a cell counts
+  when at least half its pixels are valid."""
+  masks = batch["masks"].astype(jnp.float32)
+  valid = batch.get("valid")
+  valid = jnp.ones_like(masks) if valid is None else valid.astype(jnp.float32)
+  b, k, h, w, _ = logits.shape
+  flat = lambda x: x.reshape(b * k, *x.shape[2:])
+  cover = _downsize(flat(valid), (h, w))
+  target = _downsize(flat(masks * valid), (h, w)) / jnp.maximum(cover, 1e-6)
+  return losses.get_loss("sigmoid_bce")(
+      logits=flat(logits), labels=jnp.clip(target, 0.0, 1.0),
+      valid=cover >= 0.5)
 
 
 registry.register_method("cyclesegnet", registry.MethodSpec(
