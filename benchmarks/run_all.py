@@ -724,8 +724,10 @@ def parse_args(argv=None):
                       "size); runs with the same tag replace each other")
   p.add_argument("--title", default=None, help="section heading suffix")
   p.add_argument("--render_json", default=None,
-                 help="render the report from a previous run's JSON instead "
-                      "of measuring")
+                 help="render the report from previous runs' JSON instead "
+                      "of measuring (comma-separated paths: the runs' cells "
+                      "are merged, a later run's cell replacing an earlier "
+                      "one's)")
   p.add_argument("--date", default=datetime.date.today().isoformat())
   p.add_argument("--device_note", default="",
                  help="free text for the device line (e.g. shared CPU)")
@@ -740,6 +742,25 @@ def parse_args(argv=None):
   if unknown:
     p.error(f"unknown methods {sorted(unknown)}; known {METHODS}")
   return args
+
+
+def _cell_key(cell):
+  return tuple(cell.get(k) for k in ("_method", "_variant", "_dtype",
+                                     "_framework", "_devices"))
+
+
+def merge_runs(runs):
+  """The cells of several runs' JSON lists as one list: every run's meta
+  record kept (in order), and of two cells with the same method, variant,
+  dtype, framework and devices the later run's."""
+  metas, cells = [], {}
+  for run in runs:
+    for cell in run:
+      if cell.get("_method") == "meta":
+        metas.append(cell)
+      else:
+        cells[_cell_key(cell)] = cell
+  return metas + list(cells.values())
 
 
 class _Stop(Exception):
@@ -765,11 +786,15 @@ def main(argv=None) -> Optional[Dict[str, Any]]:
   _PROGRESS.update(path=json_path, results=results)
   try:
     if args.render_json:
-      with open(args.render_json) as f:
-        results.extend(json.load(f))
-      meta = next((r for r in results if r.get("_method") == "meta"), None)
-      if meta:  # the measuring run's command and date
-        command, args.date = meta["command"], meta["date"]
+      runs = []
+      for path in args.render_json.split(","):
+        with open(path) as f:
+          runs.append(json.load(f))
+      results.extend(merge_runs(runs))
+      metas = [r for r in results if r.get("_method") == "meta"]
+      if metas:  # the measuring runs' commands and dates
+        command = " ; ".join(dict.fromkeys(m["command"] for m in metas))
+        args.date = ", ".join(dict.fromkeys(m["date"] for m in metas))
     else:
       results.append({"_method": "meta", "_dtype": "-", "_framework": "meta",
                       "_devices": "-", "command": command, "date": args.date,

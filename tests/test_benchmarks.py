@@ -383,6 +383,38 @@ def test_variants_report_from_json(tmp_path):
   assert "bench-suite:cpu224:begin" in results_md.read_text()
 
 
+def test_report_merges_runs(tmp_path):
+  """Several runs' JSON render as one report: both commands and dates, the
+  union of their cells, a later run's cell replacing an earlier one's."""
+  def meta(cmd, date):
+    return {"_method": "meta", "_dtype": "-", "_framework": "meta",
+            "_devices": "-", "command": cmd, "date": date, "machine": "M"}
+  first = [meta("run_all A", "D1"),
+           _fake_cell("dcc", "lite2", "jax", 100.0, 10.0),
+           _fake_cell("dcc", "lite2", "torch", 150.0, 30.0)]
+  second = [meta("run_all B", "D2"),
+            _fake_cell("dcc", "lite2", "torch", 300.0, 30.0),
+            _fake_cell("cosegnet", "lite2", "jax", 50.0, 5.0)]
+  merged = run_all.merge_runs([first, second])
+  assert [c["_method"] for c in merged] == ["meta", "meta", "dcc", "dcc",
+                                            "cosegnet"]
+  assert merged[3]["train_step_ms"] == 300.0
+  paths = []
+  for i, run in enumerate((first, second)):
+    paths.append(tmp_path / f"run{i}.json")
+    paths[-1].write_text(json.dumps(run))
+  res = run_all.main([
+      "--size", "cpu224", "--methods", "dcc,cosegnet", "--dtypes", "float32",
+      "--render_json", ",".join(map(str, paths)), "--out",
+      str(tmp_path / "suite.md"), "--results_md", ""])
+  text = res["section"]
+  assert "Command: `run_all A ; run_all B`" in text
+  assert "Date: D1, D2" in text
+  row = next(l for l in text.splitlines()
+             if l.startswith("| lite2 | train step") and "300.0" in l)
+  assert "| 3.00 |" in row
+
+
 @pytest.mark.slow
 @pytest.mark.compile_bound
 def test_suite_end_to_end_tiny(tmp_path):
