@@ -242,8 +242,9 @@ def test_partner_prior_channels():
 
 def test_partner_prior_logits_learnt_projection_and_loss():
   """``partner_prior_features``: a bias-free 1x1 projection per prior level
-  before the similarity; ``prior_logits`` = scale * similarity + offset per
-  level; ``prior_bce`` against the masks downsized to each grid."""
+  before the similarity; ``prior_logits`` = scale * (similarity
+  standardised per image) + offset per level; ``prior_bce`` against the
+  masks downsized to each grid."""
   model = _model(multi_level=True, partner_prior_levels=("stride8",),
                  partner_prior_features=5, crm_features=6)
   x = _images(b=2, k=2)
@@ -251,7 +252,7 @@ def test_partner_prior_logits_learnt_projection_and_loss():
   p = variables["params"]
   assert p["prior_proj_stride8"]["kernel"].shape == (1, 1, 8, 5)
   assert "bias" not in p["prior_proj_stride8"]
-  assert float(p["prior_scale_stride8"]) == 10.0
+  assert float(p["prior_scale_stride8"]) == 1.0
   assert float(p["prior_offset_stride8"]) == 0.0
   out, inter = model.apply(variables, x, capture_intermediates=True)
   (lg,) = out.prior_logits
@@ -259,9 +260,11 @@ def test_partner_prior_logits_learnt_projection_and_loss():
   feats = inter["intermediates"]["backbone"]["__call__"][0].features
   f = jnp.einsum("nhwc,cd->nhwd", feats["stride8"],
                  p["prior_proj_stride8"]["kernel"][0, 0])
-  want = 10.0 * partner_similarity.partner_similarity(
-      f.reshape(2, 2, 4, 4, 5))
-  np.testing.assert_allclose(lg, want, atol=1e-5)
+  sim = np.asarray(partner_similarity.partner_similarity(
+      f.reshape(2, 2, 4, 4, 5)))
+  mean = sim.mean(axis=(2, 3), keepdims=True)
+  std = np.sqrt(sim.var(axis=(2, 3), keepdims=True) + 1e-6)
+  np.testing.assert_allclose(lg, (sim - mean) / std, atol=1e-4)
   # The loss: masks whose 8x8 blocks are all 1 or all 0 give exact targets.
   rng = np.random.default_rng(0)
   blocks = rng.integers(0, 2, (2, 2, 4, 4, 1)).astype(np.float32)

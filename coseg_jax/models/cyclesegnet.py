@@ -117,8 +117,9 @@ class CycleSegNetOutput:
       (T = num_steps) when ``decode_all_steps``, else None.
     prior_logits: with ``partner_prior_levels``, one [B, K, h_l, w_l, 1]
       float32 map per prior level: a learnt affine map of that level's
-      partner similarity, the logit of "this position shows an object the
-      partner holds too" (loss term ``prior_bce``); else None.
+      partner similarity standardised per image, the logit of "this
+      position shows an object the partner holds too" (loss term
+      ``prior_bce``); else None.
   """
   mask_logits: jax.Array
   step_logits: Optional[jax.Array] = None
@@ -331,14 +332,25 @@ class CycleSegNet(nn.Module):
 
   def prior_logits(self, priors: Sequence[jax.Array], b: int, k: int
                    ) -> Tuple[jax.Array, ...]:
-    """Per prior level, a learnt scale and offset of its similarity map:
-    ([B, K, h_l, w_l, 1] float32, ...). Call inside ``apply``."""
+    """Per prior level, its similarity map standardised over each image's
+    positions, then a learnt scale and offset: ([B, K, h_l, w_l, 1]
+    float32, ...). Call inside ``apply``.
+
+    Raw similarities sit in a narrow band well above 0 (a best match over
+    the partner's positions is rarely poor), so an affine map of them would
+    start far from calibrated, and Adam moves a scalar offset by about the
+    learning rate per step; standardising makes the logit start at "more
+    similar to the partner than this image's average position", and needs
+    no running statistics (the same in training and inference).
+    """
     out = []
     for level, p in zip(self.prior_levels, priors):
-      scale = self.param(f"prior_scale_{level}",
-                         nn.initializers.constant(10.0), ())
+      p = p.astype(jnp.float32)
+      mean = jnp.mean(p, axis=(1, 2), keepdims=True)
+      std = jnp.sqrt(jnp.var(p, axis=(1, 2), keepdims=True) + 1e-6)
+      scale = self.param(f"prior_scale_{level}", nn.initializers.ones, ())
       offset = self.param(f"prior_offset_{level}", nn.initializers.zeros, ())
-      out.append((scale * p.astype(jnp.float32) + offset).reshape(
+      out.append((scale * (p - mean) / std + offset).reshape(
           b, k, *p.shape[1:]))
     return tuple(out)
 
