@@ -40,12 +40,19 @@ from data_pipelines import augment
 from data_pipelines import composites as composites_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
-                                lock_config=True)
-flags.DEFINE_string("levels", "stride8,stride16,stride32", "Backbone levels.")
-flags.DEFINE_integer("count", 100, "Composites (each with two partners).")
-flags.DEFINE_integer("batch_size", 20, "Images per encoder call.")
-flags.DEFINE_string("out", None, "Optional JSON output path.")
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a script, so that
+  importing the scoring helpers defines no absl flag)."""
+  config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
+                                  lock_config=True)
+  flags.DEFINE_string("levels", "stride8,stride16,stride32",
+                      "Backbone levels.")
+  flags.DEFINE_integer("count", 100, "Composites (each with two partners).")
+  flags.DEFINE_integer("batch_size", 20, "Images per encoder call.")
+  flags.DEFINE_string("out", None, "Optional JSON output path.")
+  flags.mark_flag_as_required("config")
 
 
 def encoder(config):
@@ -146,5 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
+  define_flags()
   app.run(main)
