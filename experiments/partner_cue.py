@@ -97,15 +97,17 @@ def main(argv):
   s = data.image_size
   size = (s, s) if isinstance(s, int) else tuple(s)
   resize = data.get("resize", "stretch")
+  # One canvas per composite (encoded once), two partners each: case i
+  # pairs canvas i // 2 with partner i.
   canvases, class_maps, partners, partner_masks, targets = [], [], [], [], []
   for spec, pa, pb in cases:
     canvas, class_map = composites_lib.render(spec, scenes.record, size=size)
+    canvases.append(canvas.astype(np.float32) / 255.0)
+    class_maps.append(class_map)
     for t, p in ((0, pa), (1, pb)):
       image, class_p = scenes.record(p)
       partner, _ = augment.preprocess_image(image, image_size=size,
                                             resize=resize)
-      canvases.append(canvas.astype(np.float32) / 255.0)
-      class_maps.append(class_map)
       partners.append(partner)
       partner_masks.append(cv2.resize(object_mask(class_p), size[::-1],
                                       interpolation=cv2.INTER_AREA))
@@ -128,11 +130,13 @@ def main(argv):
       h, w = fp[level].shape[1:3]
       mask = cv2.resize(partner_masks[i], (w, h),
                         interpolation=cv2.INTER_AREA)
-      for cue, score in cue_scores(fc[level][i], fp[level][i], mask).items():
+      class_map = class_maps[i // 2]
+      for cue, score in cue_scores(fc[level][i // 2], fp[level][i],
+                                   mask).items():
         score = cv2.resize(score.astype(np.float32), size[::-1],
                            interpolation=cv2.INTER_LINEAR)
-        on_t = score[class_maps[i] == target].mean()
-        on_o = score[class_maps[i] == other].mean()
+        on_t = score[class_map == target].mean()
+        on_o = score[class_map == other].mean()
         correct.setdefault(cue, []).append(bool(on_t > on_o))
         margins.setdefault(cue, []).append(float(on_t - on_o))
     for cue in correct:
