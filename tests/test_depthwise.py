@@ -55,3 +55,31 @@ def test_module_has_nn_conv_parameters_and_values():
     depthwise.depthwise_conv(x, v["params"]["kernel"], method="fft")
   with pytest.raises(ValueError, match=r"kernel must be \[k, k, 1, 4\]"):
     depthwise.depthwise_conv(x, jnp.zeros((3, 3, 1, 5)))
+
+
+def test_shift_backward_keeps_only_the_input_and_kernel():
+  """Its residuals are x and the kernel, not the k*k taps of x (each as big
+  as the output), so the backward pass reads x once instead of k*k copies."""
+  x = jnp.ones((2, 9, 9, 4))
+  kernel = jnp.ones((3, 3, 1, 4))
+  _, vjp = jax.vjp(lambda a, w: depthwise.depthwise_conv(a, w, method="shift"),
+                   x, kernel)
+  shapes = sorted(leaf.shape for leaf in jax.tree_util.tree_leaves(vjp))
+  assert shapes == [(2, 9, 9, 4), (3, 3, 1, 4)]
+
+
+def test_shift_gradients_in_bfloat16_follow_float32():
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 10, 10, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 8)), jnp.float32)
+
+  def grads(dtype):
+    loss = lambda a, w: jnp.sum(jnp.sin(depthwise.depthwise_conv(
+        a.astype(dtype), w.astype(dtype), stride=2, method="shift")
+                                        ).astype(jnp.float32))
+    return jax.grad(loss, argnums=(0, 1))(x, kernel)
+
+  (dx32, dk32), (dx16, dk16) = grads(jnp.float32), grads(jnp.bfloat16)
+  assert dx16.dtype == dk16.dtype == jnp.float32  # cast back by the astype
+  np.testing.assert_allclose(dk16, dk32, rtol=0.05, atol=0.3)
+  np.testing.assert_allclose(dx16, dx32, rtol=0.05, atol=0.1)
