@@ -1,7 +1,7 @@
 """The layers point one way, and imports sit at the top of modules.
 
 Layers (lowest first): the core (``coseg_jax.nn``, ``backbones``, ``losses``,
-``metrics``, ``postprocess``, ``proposals``) imports no other part of the
+``metrics``, ``postprocess``, ``proposals``, ``xla_defaults``) imports no other part of the
 project; the methods (``coseg_jax.models``) import only the core; the data
 stack (``data_pipelines``) imports nothing of ``coseg_jax``; the runtime
 (``coseg_jax.runtime``) imports the core, the methods and the data stack;
@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("coseg_jax", "data_pipelines", "configs", "experiments")
 
 CORE = ("coseg_jax.nn", "coseg_jax.backbones", "coseg_jax.losses",
-        "coseg_jax.metrics", "coseg_jax.postprocess", "coseg_jax.proposals")
+        "coseg_jax.metrics", "coseg_jax.postprocess", "coseg_jax.proposals",
+        "coseg_jax.xla_defaults")
 LAYERS = (
     # (layer name, module prefixes, what it may import)
     ("core", CORE, CORE),
