@@ -28,13 +28,11 @@ CPU_FLAGS = (f"{YNN_FUSION_OPTION}=-individual_convolution",)
 
 
 def _backends_initialized() -> bool:
-  if "jax" not in sys.modules:
-    return False
-  try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    return bool(xla_bridge.backends_are_initialized())
-  except (ImportError, AttributeError):  # private API: assume not yet
-    return False
+  # Read from sys.modules: importing JAX here would be the first import of
+  # it in most processes, for nothing.
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  check = getattr(bridge, "backends_are_initialized", None)
+  return bool(check()) if check is not None else False
 
 
 def apply(environ: MutableMapping[str, str] = os.environ) -> bool:
