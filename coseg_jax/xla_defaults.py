@@ -6,7 +6,7 @@ own (Eigen) convolution for the decoder shapes every method has, large maps
 with few channels ([16, 224, 224, 32] -> 16 channels, 3x3: 160 ms vs 86 ms;
 [16, 112, 112, 64] -> 32: 100 ms vs 51 ms), and about even on small maps
 with many channels ([16, 14, 14, 1400] -> 128: 55 vs 62 ms). Whole steps at
-the recipes' sizes gain 25-40 % (results page, Speed). So importing
+the recipes' sizes gain 20-40 % (results page, Speed). So importing
 coseg_jax removes YNNPACK's convolution fusion from the default list
 (``--xla_cpu_experimental_ynn_fusion_type=-individual_convolution``);
 YNNPACK still runs dots, reductions and element-wise fusions.

@@ -1,9 +1,9 @@
 """The layers point one way, and imports sit at the top of modules.
 
 Layers (lowest first): the core (``coseg_jax.nn``, ``backbones``, ``losses``,
-``metrics``, ``postprocess``, ``proposals``, ``xla_defaults``) imports no other part of the
-project; the methods (``coseg_jax.models``) import only the core; the data
-stack (``data_pipelines``) imports nothing of ``coseg_jax``; the runtime
+``metrics``, ``postprocess``, ``proposals``, ``xla_defaults``) imports no
+other part of the project; the methods (``coseg_jax.models``) import only
+the core; the data stack (``data_pipelines``) imports nothing of ``coseg_jax``; the runtime
 (``coseg_jax.runtime``) imports the core, the methods and the data stack;
 ``coseg_jax.main`` sits on top; configs import only configs and the data
 config. Every import of a project module is read from the source (functions

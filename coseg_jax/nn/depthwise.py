@@ -73,15 +73,23 @@ def _shift_forward(x: jax.Array, kernel: jax.Array, stride: int,
   """The k*k shifted multiply-adds (shapes as :func:`depthwise_conv`)."""
   k = kernel.shape[0]
   _, h, w, _ = x.shape
-  pad_h = same_padding(h, k, stride, dilation)
-  pad_w = same_padding(w, k, stride, dilation)
-  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  xp, _, _ = _pad_same(x, k, stride, dilation)
   out_h, out_w = -(-h // stride), -(-w // stride)
   acc = None
   for i, j, tap in _taps(xp, k, stride, dilation, out_h, out_w):
     term = tap * kernel[i, j, 0]
     acc = term if acc is None else acc + term
   return acc
+
+
+def _pad_same(x: jax.Array, k: int, stride: int,
+              dilation: int) -> Tuple[jax.Array, Tuple[int, int],
+                                      Tuple[int, int]]:
+  """(x padded for 'SAME', (top, bottom), (left, right) padding)."""
+  _, h, w, _ = x.shape
+  pad_h = same_padding(h, k, stride, dilation)
+  pad_w = same_padding(w, k, stride, dilation)
+  return jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))), pad_h, pad_w
 
 
 def _taps(xp: jax.Array, k: int, stride: int, dilation: int, out_h: int,
@@ -120,9 +128,7 @@ def _shift_bwd(stride, dilation, residuals, g):
   k = kernel.shape[0]
   _, h, w, _ = x.shape
   _, out_h, out_w, _ = g.shape
-  pad_h = same_padding(h, k, stride, dilation)
-  pad_w = same_padding(w, k, stride, dilation)
-  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  xp, pad_h, pad_w = _pad_same(x, k, stride, dilation)
   # One variadic reduction over (N, oh) for all k*k taps, then over ow: XLA
   # emits it as a single loop that reads g once and keeps every tap a fused
   # slice. k*k separate multiply-reductions are each matched to a library
