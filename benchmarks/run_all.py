@@ -119,11 +119,16 @@ def variants(method: str, args) -> List[Tuple[str, Optional[str],
                                               Optional[int]]]:
   """[(label, encoder, group size)] measured for ``method``: every
   ``--encoders`` entry (none: the config's) x the bench's group sizes for
-  the size (none: its default)."""
+  the size (none: its default), of which ``--group_sizes`` (when given)
+  keeps only those listed (a bench without K variants is unaffected).
+  Labels name K whenever the bench measures several, so a partial run's
+  cells merge with a full run's."""
   ks = list(bench_of(method).group_sizes.get(args.size, ())) or [None]
+  keep = [k for k in ks
+          if k is None or not args.group_sizes or k in args.group_sizes]
   out = []
   for encoder in args.encoders or [None]:
-    for k in ks:
+    for k in keep:
       parts = [encoder] if encoder else []
       if k is not None and len(ks) > 1:
         parts.append(f"K={k}")
@@ -704,6 +709,9 @@ def parse_args(argv=None):
   p.add_argument("--encoders", default=None,
                  help="comma-separated --encoder values, one variant each "
                       "(default: lite0,lite2 for cpu224, else the config's)")
+  p.add_argument("--group_sizes", default="",
+                 help="comma-separated group sizes K to keep of those a "
+                      "method's bench measures at --size (default: all)")
   p.add_argument("--layout", choices=("auto", "devices", "variants"),
                  default="auto",
                  help="report layout: 'variants' (one row per encoder x "
@@ -736,6 +744,10 @@ def parse_args(argv=None):
     args.encoders = "lite0,lite2" if args.size == "cpu224" else ""
   for name in ("methods", "dtypes", "frameworks", "extras", "encoders"):
     setattr(args, name, [s for s in getattr(args, name).split(",") if s])
+  try:
+    args.group_sizes = [int(k) for k in args.group_sizes.split(",") if k]
+  except ValueError:
+    p.error(f"--group_sizes: integers expected, got {args.group_sizes!r}")
   if args.layout == "auto":
     args.layout = "variants" if args.size == "cpu224" else "devices"
   unknown = set(args.methods) - set(METHODS)

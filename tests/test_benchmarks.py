@@ -336,6 +336,20 @@ def _fake_cell(method, variant, framework, train_ms, infer_ms, **extra):
   return cell
 
 
+def test_variants_group_size_selection():
+  """--group_sizes keeps the listed K of a bench that has several (labels
+  still name K, so the cells merge with a full run's) and leaves a bench
+  without K variants alone; a non-integer is a usage error."""
+  args = run_all.parse_args(["--size", "cpu224", "--encoders", "lite2",
+                             "--group_sizes", "5"])
+  assert run_all.variants("cyclesegnet", args) == [("lite2 K=5", "lite2", 5)]
+  assert run_all.variants("dcc", args) == [("lite2", "lite2", None)]
+  full = run_all.parse_args(["--size", "cpu224", "--encoders", "lite2"])
+  assert [v[2] for v in run_all.variants("cyclesegnet", full)] == [2, 5]
+  with pytest.raises(SystemExit):
+    run_all.parse_args(["--group_sizes", "five"])
+
+
 def test_variants_report_from_json(tmp_path):
   """The cpu224 layout: rows encoder x step, the targets met / missed per
   cell, n/a with its reason, the section replaced in the results page."""
