@@ -26,6 +26,19 @@ module's text (``<phase>.hlo.txt``) and the summary
 
 XLA's per-pass dumps of the same module: add
 ``XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`` (large).
+
+``--framework torch`` (or ``torch_compile``) profiles the PyTorch port of
+the same cell (``benchmarks/torch_impl``, the suite's batch and thread
+count) with ``torch.profiler`` instead and lists the operators with the
+most self CPU time (aten ops in eager mode; inductor's fused kernels and
+the oneDNN ops they call under torch.compile). Self CPU time is measured on
+the calling thread, so a kernel parallelised over the intra-op pool counts
+once, whereas XLA's thunk time counts every thread's share: compare the two
+frameworks by share of the step, not by summed milliseconds::
+
+  python -m benchmarks.profile_step --method coattention --size cpu224 \
+      --encoder lite2 --phase infer --framework torch \
+      --out /tmp/profile_coatt_torch
 """
 
 import argparse
@@ -61,6 +74,10 @@ def parse_args(argv=None):
   p.add_argument("--dtype", choices=("float32", "bfloat16"),
                  default="float32")
   p.add_argument("--phase", choices=("train", "infer"), default="train")
+  p.add_argument("--framework", choices=("jax", "torch", "torch_compile"),
+                 default="jax",
+                 help="coseg_jax (jax.profiler) or the PyTorch port "
+                      "(torch.profiler), eager or torch.compile")
   p.add_argument("--steps", type=int, default=3, help="traced calls")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=0,
@@ -131,18 +148,113 @@ def summarise(ns, calls, meta, *, steps: int, step_ms, top: int,
   return "\n".join(lines) + "\n"
 
 
+def summarise_torch(rows, *, steps: int, step_ms, top: int,
+                    title: str) -> str:
+  """Markdown: the operators with the most self CPU time.
+
+  Args:
+    rows: ``(name, self CPU microseconds summed over the traced calls,
+      occurrences)`` per operator, as ``torch.profiler``'s
+      ``key_averages()`` gives them.
+    steps: traced calls.
+    step_ms: their wall times.
+    top: rows listed.
+    title: the heading.
+  """
+  total = sum(us for _, us, _ in rows) or 1.0
+  lines = [f"# {title}", "",
+           f"Wall time per call: median {statistics.median(step_ms):.1f} ms "
+           f"(min {min(step_ms):.1f}, max {max(step_ms):.1f}) over {steps} "
+           f"traced calls. Self CPU time of all operators (calling thread): "
+           f"{total / 1e3 / steps:.1f} ms per call.", "",
+           "## Top operators by self CPU time", "",
+           "| operator | ms / call | % | calls / call |", "|---|---|---|---|"]
+  for name, us, count in sorted(rows, key=lambda r: -r[1])[:top]:
+    lines.append(f"| {name} | {us / 1e3 / steps:.2f} | "
+                 f"{100 * us / total:.1f} | {count / steps:.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def profile_torch(args, bench, config) -> str:
+  """Profiles the PyTorch port of ``config``'s cell; returns the summary."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import profiler  # pylint: disable=g-import-not-at-top
+  impl = common.torch_module(bench)
+  if args.phase == "train" and impl.train_loss is None:
+    raise SystemExit(f"profile_step: {bench.name} has no PyTorch port of "
+                     f"its training objective; use --phase infer")
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  torch.manual_seed(0)
+  model = common.build_torch_model(bench, config)
+  batch = common.torch_batch(config, torch.device("cpu"))
+  images = batch["images"]
+  compiled = args.framework == "torch_compile"
+  autocast = lambda: torch.autocast(  # the suite's bfloat16 cells
+      device_type="cpu", dtype=torch.bfloat16,
+      enabled=config.model.get("dtype", "float32") == "bfloat16")
+  if args.phase == "train":
+    opt = common.torch_optimizer(
+        [p for p in model.parameters() if p.requires_grad], config.optimizer)
+    loss_fn = lambda: impl.train_loss(model, images, batch)
+    loss_fn = torch.compile(loss_fn) if compiled else loss_fn
+    model.train()
+
+    def call():
+      opt.zero_grad(set_to_none=True)
+      with autocast():
+        loss = loss_fn()
+      loss.backward()
+      opt.step()
+  else:
+    infer = lambda: impl.infer(model, images)
+    infer = torch.compile(infer) if compiled else infer
+    model.eval()
+
+    def call():
+      with torch.inference_mode(), autocast():
+        infer()
+  start = time.perf_counter()
+  call()  # torch.compile compiles here; eager warms its allocator
+  compile_s = time.perf_counter() - start
+  for _ in range(max(args.warmup - 1, 0)):
+    call()
+  step_ms = []
+  with profiler.profile(activities=[profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(args.steps):
+      t = time.perf_counter()
+      call()
+      step_ms.append(1e3 * (time.perf_counter() - t))
+  rows = [(e.key, e.self_cpu_time_total, e.count)
+          for e in prof.key_averages()]
+  title = (f"{bench.name} {args.phase}, {args.size}, PyTorch "
+           f"{'torch.compile' if compiled else 'eager'} {torch.__version__}, "
+           f"encoder {config.model.get('backbone')}, batch "
+           f"{tuple(images.shape)}, {torch.get_num_threads()} threads; first "
+           f"call {compile_s:.1f} s")
+  return summarise_torch(rows, steps=args.steps, step_ms=step_ms,
+                         top=args.top, title=title)
+
+
 def main(argv=None):
   args = parse_args(argv)
   common.restrict_threads(args.threads)
-  # Imported after the CPU affinity is set: XLA sizes its pool at start-up.
-  import jax  # pylint: disable=g-import-not-at-top
-  from coseg_jax.runtime import benchmark  # pylint: disable=g-import-not-at-top
-  from coseg_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
-  from coseg_jax.runtime import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  # Built after the CPU affinity is set: XLA sizes its pool at start-up.
   bench = importlib.import_module(f"benchmarks.bench_{args.method}").BENCH
   config = common.make_config(
       bench, size=args.size, dtype=args.dtype, image_size=args.image_size,
       batch=args.batch, group_size=args.group_size, encoder=args.encoder)
+  if args.framework != "jax":
+    report = profile_torch(args, bench, config)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{args.phase}_{args.framework}"
+                           f"_top_ops.md"), "w") as f:
+      f.write(report)
+    print(report)
+    return report
+  import jax  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import benchmark  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
+  from coseg_jax.runtime import steps as steps_lib  # pylint: disable=g-import-not-at-top
   program, host_batch, batch, shape, _ = benchmark.prepare(config)
   start = time.perf_counter()
   if args.phase == "train":
