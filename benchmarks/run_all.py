@@ -36,10 +36,27 @@ alone, e.g. to rerun it::
   python -m benchmarks.bench_cyclesegnet --size cpu224 --encoder lite2 \
       --group_size 5 --framework torch_compile --threads 0
 
-Where coseg_jax spends a slow cell's time (per-op profile, top ops)::
+Part of the suite, to fill missing cells: ``--methods``, ``--encoders``,
+``--frameworks`` and ``--group_sizes`` select cells, and ``--render_json``
+merges the runs' JSON files into one report (a later run's cell replaces an
+earlier one's), e.g. only CycleSegNet's K = 5 torch.compile cells::
+
+  python -m benchmarks.run_all --size cpu224 --methods cyclesegnet \
+      --encoders lite2 --group_sizes 5 --frameworks torch_compile \
+      --extras none --timeout 2400 --out /tmp/suite_k5.md --results_md ''
+  python -m benchmarks.run_all --size cpu224 --render_json \
+      benchmarks/results/suite_cpu224.json,/tmp/suite_k5.json \
+      --out benchmarks/results/suite_cpu224.md
+
+Where a slow cell spends its time (per-op profile, top ops), in coseg_jax
+(``jax.profiler``) and in the PyTorch port (``torch.profiler``, eager or
+torch.compile), to compare the ops' shares::
 
   python -m benchmarks.profile_step --method cyclesegnet --size cpu224 \
       --encoder lite2 --phase train --out /tmp/profile_csn_lite2
+  python -m benchmarks.profile_step --method cyclesegnet --size cpu224 \
+      --encoder lite2 --phase train --framework torch \
+      --out /tmp/profile_csn_lite2
 
 GPU (the paper's sizes, both precisions, 1 and all devices)::
 
