@@ -12,6 +12,7 @@ from coseg_jax import losses
 from coseg_jax import models
 from coseg_jax.models import baselines
 from coseg_jax.nn import decoders
+from coseg_jax.nn import resize
 from coseg_jax.runtime import state as state_lib
 from coseg_jax.runtime.evaluators import coseg
 from coseg_jax.runtime.trainers import supervised
@@ -145,7 +146,7 @@ def test_bilinear_resize_matches_numpy_on_linear_ramp():
   # Half-pixel bilinear upsampling of a linear ramp stays linear inside.
   ramp = np.arange(4, dtype=np.float32)[None, None, :, None] * np.ones(
       (1, 2, 4, 1), np.float32)
-  up = np.asarray(decoders.bilinear_resize(jnp.asarray(ramp), (2, 8)))
+  up = np.asarray(resize.bilinear_resize(jnp.asarray(ramp), (2, 8)))
   centres = (np.arange(8) + 0.5) / 2 - 0.5
   want = np.clip(centres, 0, 3)
   np.testing.assert_allclose(up[0, 0, :, 0], want, atol=1e-6)

@@ -22,9 +22,9 @@ from coseg_jax import losses
 from coseg_jax import models
 from coseg_jax.models import cyclesegnet as cs
 from coseg_jax.nn import convlstm
-from coseg_jax.nn import decoders
 from coseg_jax.nn import partner_similarity
 from coseg_jax.nn import region_attention
+from coseg_jax.nn import resize
 from coseg_jax.runtime import figures
 from coseg_jax.runtime import trainers
 from coseg_jax.runtime.trainers import supervised
@@ -211,7 +211,7 @@ def test_partner_prior_channels():
       f = feats[p].reshape(2, 3, *feats[p].shape[1:])
       s = partner_similarity.partner_similarity(f).reshape(
           6, *f.shape[2:4], 1)
-      want = decoders.bilinear_resize(s, v.shape[2:4]).reshape(
+      want = resize.bilinear_resize(s, v.shape[2:4]).reshape(
           v.shape[:4])
       np.testing.assert_allclose(v[..., 6 + i], want, atol=1e-6)
   off = _model(multi_level=True, crm_features=6)

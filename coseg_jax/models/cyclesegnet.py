@@ -97,6 +97,7 @@ from coseg_jax.nn import decoders
 from coseg_jax.nn import fusion
 from coseg_jax.nn import partner_similarity
 from coseg_jax.nn import region_attention
+from coseg_jax.nn import resize
 
 EXCHANGES = ("cycle", "cross")
 SINGLE_LEVELS = ("stride32",)
@@ -397,7 +398,7 @@ class CycleSegNet(nn.Module):
         # One channel per prior level, resized to this level, after the
         # projection so that it enters the ConvLSTM states at cosine scale.
         x = jnp.concatenate(
-            [x] + [decoders.bilinear_resize(p, x.shape[1:3]).astype(x.dtype)
+            [x] + [resize.bilinear_resize(p, x.shape[1:3]).astype(x.dtype)
                    for p in priors], axis=-1)
       out[level] = x.reshape(b, k, *x.shape[1:])
     return out, feats, priors
@@ -435,7 +436,7 @@ class CycleSegNet(nn.Module):
               self.fusion_features or width, dtype=self.dtype,
               name=f"fuse_{level}")(refined[level], y)
         else:
-          y = decoders.bilinear_resize(y, size)
+          y = resize.bilinear_resize(y, size)
           if self.use_skips and stride > 1:
             y = jnp.concatenate([y, jnp.asarray(skips[level], y.dtype)], -1)
         for j in range(self.convs_per_block):

@@ -84,6 +84,7 @@ from coseg_jax.models import registry
 from coseg_jax.models.baselines import other_mean
 from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
+from coseg_jax.nn import resize
 
 COMBINES = ("concat", "sum", "mean", "max")
 MATCH_NORMS = ("none", "rms", "batchnorm")
@@ -247,7 +248,7 @@ class DCCNet(nn.Module):
         size = (-(-h // stride), -(-w // stride))
         s = feats[level]
         if s.shape[1:3] != size:  # VGG floors, the decoder ceils.
-          s = decoders.bilinear_resize(s, size)
+          s = resize.bilinear_resize(s, size)
         skips[level] = s
       # No stride-16 skip: the decoder's first block (stride 16) already
       # reads the matched map; an empty (0-channel) skip keeps its interface.

@@ -134,6 +134,7 @@ from coseg_jax.models import common
 from coseg_jax.models import registry
 from coseg_jax.nn import correlation as corr_lib
 from coseg_jax.nn import geometry
+from coseg_jax.nn import resize
 
 LOSS_TERMS = ("matching", "cycle", "transitivity", "contrastive",
               "cross_consistency")
@@ -299,16 +300,14 @@ class MaskDecoder(nn.Module):
       if i < len(self.skip_levels):
         s = skips[self.skip_levels[i]].astype(self.dtype)
         if x.shape[1:3] != s.shape[1:3]:  # input sizes not multiples of 16
-          x = jax.image.resize(x, x.shape[:1] + s.shape[1:3] + x.shape[3:],
-                               "bilinear")
+          x = resize.bilinear_resize(x, s.shape[1:3])
         x = x + s
       for j in range(self.convs_per_block):
         x = nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     dtype=self.dtype, name=f"conv{i + 1}_{j + 1}")(x)
         x = nn.relu(bn(name=f"bn{i + 1}_{j + 1}")(x))
     if tuple(x.shape[1:3]) != tuple(output_size):
-      x = jax.image.resize(x, (x.shape[0],) + tuple(output_size) +
-                           (x.shape[-1],), "bilinear")
+      x = resize.bilinear_resize(x, tuple(output_size))
     return nn.Conv(1, (1, 1), dtype=jnp.float32, name="logit")(
         x.astype(jnp.float32))
 

@@ -10,8 +10,9 @@ Choices the papers leave open (CycleSegNet only says its decoder "upsamples
 the refined features to the input size"; the Table 1 baselines share it):
 
 * Bilinear resizing, half-pixel centres (``jax.image.resize``'s 'bilinear',
-  the ``align_corners=False`` convention), not transposed convolutions: no
-  checkerboard artefacts and no parameters spent on upsampling.
+  the ``align_corners=False`` convention; ``coseg_jax.nn.resize``), not
+  transposed convolutions: no checkerboard artefacts and no parameters spent
+  on upsampling.
 * Level sizes are ``ceil(H / S)`` for stride S (the backbones' convention for
   SAME-padded stride-2 convs), so any input size works and the last block
   lands exactly on (H, W).
@@ -28,15 +29,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coseg_jax.nn import resize
+
 # Output level of each of the five blocks, and its stride.
 DECODER_LEVELS = (("stride16", 16), ("stride8", 8), ("stride4", 4),
                   ("stride2", 2), ("full", 1))
-
-
-def bilinear_resize(x: jax.Array, size: Tuple[int, int]) -> jax.Array:
-  """Resizes [N, h, w, C] to [N, size[0], size[1], C] (half-pixel bilinear)."""
-  n, _, _, c = x.shape
-  return jax.image.resize(x, (n, size[0], size[1], c), method="bilinear")
 
 
 class ConvBNReLU(nn.Module):
@@ -106,7 +103,7 @@ class UpsampleDecoder(nn.Module):
     for i, ((level, stride), width) in enumerate(zip(DECODER_LEVELS,
                                                     self.widths)):
       size = (math.ceil(h / stride), math.ceil(w / stride))
-      x = bilinear_resize(x, size)
+      x = resize.bilinear_resize(x, size)
       if self.use_skips and stride > 1:
         if level not in skips:
           raise ValueError(f"UpsampleDecoder: skip level {level!r} missing; "

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coseg_jax.nn import resize
+
 
 class ChannelAttentionFusion(nn.Module):
   """Fuses ``coarse`` [B, h, w, Cc] into ``fine`` [B, H, W, Cf] -> [B, H, W, F].
@@ -34,7 +36,8 @@ class ChannelAttentionFusion(nn.Module):
   Attributes:
     features: F, output channels (both inputs are projected to F).
     reduction: hidden width of the attention MLP is F // reduction.
-    resize_method: ``jax.image.resize`` method for the coarse map.
+    resize_method: ``jax.image.resize`` method for the coarse map
+      ('bilinear' goes through ``coseg_jax.nn.resize.bilinear_resize``).
     dtype: computation dtype (parameters float32).
   """
   features: int
@@ -56,8 +59,11 @@ class ChannelAttentionFusion(nn.Module):
                        f"reduction={self.reduction}")
     b, h, w, _ = fine.shape
     if coarse.shape[1:3] != (h, w):
-      coarse = jax.image.resize(coarse, (b, h, w, coarse.shape[-1]),
-                                self.resize_method)
+      if self.resize_method == "bilinear":
+        coarse = resize.bilinear_resize(coarse, (h, w))
+      else:
+        coarse = jax.image.resize(coarse, (b, h, w, coarse.shape[-1]),
+                                  self.resize_method)
     f = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="fine_proj")(fine)
     c = nn.Conv(self.features, (1, 1), dtype=self.dtype,
                 name="coarse_proj")(coarse)
