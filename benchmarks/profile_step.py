@@ -12,7 +12,12 @@ source primitive (the last part of the instruction's ``op_name`` metadata)
 and lists the largest: CPU time summed over threads (a thunk split across
 the intra-op pool counts every thread's share), per step, share of all
 traced thunk time, calls, and the ``op_name`` (the module path and the
-primitive it came from).
+primitive it came from). XLA:CPU runs some thunks asynchronously on the
+Eigen pool (its own convolutions, dots, some fusions): their thunk event
+is the launch only, so a separate table gives each one's launch-to-end
+wall time (``async_spans``; an upper bound, spans overlap). Read the two
+tables together: the first for synchronous fusions, the second for
+convolutions and dots.
 
 Writes under ``--out``: the trace (``trace/plugins/profile/<run>/
 *.xplane.pb``, for TensorBoard's or XProf's profile plugin), the compiled
@@ -99,28 +104,66 @@ def hlo_metadata(text: str) -> Dict[str, Tuple[str, str]]:
   return out
 
 
-def thunk_times(trace_dir: str, names) -> Tuple[Dict[str, float],
-                                                 Dict[str, int]]:
-  """(ns, calls) per HLO instruction from the trace's CPU events."""
+def _trace_events(trace_dir: str):
+  """[(name, start_ns, end_ns)] of every event in the latest trace's planes."""
   # Like every JAX import here, after main has set the CPU affinity.
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
                            recursive=True), key=os.path.getmtime)
   if not paths:
     raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
+  return [(event.name, event.start_ns, event.start_ns + event.duration_ns)
+          for plane in ProfileData.from_file(paths[-1]).planes
+          for line in plane.lines for event in line.events]
+
+
+def thunk_times(events, names) -> Tuple[Dict[str, float], Dict[str, int]]:
+  """(ns, calls) per HLO instruction: the durations of its thunk events."""
   ns, calls = collections.Counter(), collections.Counter()
-  for plane in ProfileData.from_file(paths[-1]).planes:
-    for line in plane.lines:
-      for event in line.events:
-        if event.name in names:
-          ns[event.name] += event.duration_ns
-          calls[event.name] += 1
+  for name, start, end in events:
+    if name in names:
+      ns[name] += end - start
+      calls[name] += 1
+  return ns, calls
+
+
+def async_spans(events, names) -> Tuple[Dict[str, float], Dict[str, int]]:
+  """(ns, calls) per asynchronous thunk: launch to its 'end: NAME' event.
+
+  XLA:CPU runs some thunks asynchronously on its Eigen thread pool (its
+  own convolutions, dots, some fusions): the thunk's event then times the
+  launch only (~0.1 ms for a convolution that takes 80) and a later
+  ``end: NAME`` event marks completion. The span from each launch to the
+  next end of the same instruction bounds the work's wall time from above
+  (it includes time queued behind other thunks), which the thunk times
+  miss.
+  """
+  starts = collections.defaultdict(list)
+  ends = collections.defaultdict(list)
+  for name, start, end in events:
+    if name in names:
+      starts[name].append(start)
+    elif name.startswith("end: ") and name[5:] in names:
+      ends[name[5:]].append(end)
+  ns, calls = collections.Counter(), collections.Counter()
+  for name, finished in ends.items():
+    launched = sorted(starts[name])
+    for end in sorted(finished):
+      before = [t for t in launched if t <= end]
+      if before:  # the latest launch before this end is the one it closes
+        launched.remove(before[-1])
+        ns[name] += end - before[-1]
+        calls[name] += 1
   return ns, calls
 
 
 def summarise(ns, calls, meta, *, steps: int, step_ms, top: int,
-              title: str) -> str:
-  """Markdown: the top instructions and the top source primitives."""
+              title: str, spans=None, span_calls=None) -> str:
+  """Markdown: the top instructions and the top source primitives.
+
+  ``spans``/``span_calls`` (from :func:`async_spans`), when given, add a
+  table of the asynchronous thunks' launch-to-end wall time per call.
+  """
   total = sum(ns.values()) or 1.0
   lines = [f"# {title}", "",
            f"Wall time per call: median {statistics.median(step_ms):.1f} ms "
@@ -145,6 +188,23 @@ def summarise(ns, calls, meta, *, steps: int, step_ms, top: int,
   for primitive, t in by_primitive.most_common(top):
     lines.append(f"| {primitive} | {t / 1e6 / steps:.2f} | "
                  f"{100 * t / total:.1f} |")
+  if spans:
+    wall = statistics.median(step_ms)
+    span_total = sum(spans.values()) / 1e6 / steps
+    lines += ["", "## Asynchronous thunks (launch to end, wall time)", "",
+              "XLA:CPU runs these on its Eigen thread pool: their thunk "
+              "events above time the launch only. Launch-to-end wall time: "
+              f"{span_total:.1f} ms per call ({100 * span_total / wall:.0f} % "
+              "of the median wall time; spans overlap and include time "
+              "queued behind other thunks).", "",
+              "| instruction | opcode | wall ms / call | % of wall | "
+              "calls / call | op_name (its end) |",
+              "|---|---|---|---|---|---|"]
+    for name, t in spans.most_common(top):
+      op, op_name = meta.get(name, ("?", ""))
+      lines.append(f"| {name} | {op} | {t / 1e6 / steps:.2f} | "
+                   f"{100 * t / 1e6 / steps / wall:.1f} | "
+                   f"{span_calls[name] / steps:.0f} | {op_name[-100:]} |")
   return "\n".join(lines) + "\n"
 
 
@@ -289,13 +349,16 @@ def main(argv=None):
       jax.block_until_ready(call())
       step_ms.append(1e3 * (time.perf_counter() - t))
   meta = hlo_metadata(text)
-  ns, calls = thunk_times(trace_dir, set(meta))
+  events = _trace_events(trace_dir)
+  ns, calls = thunk_times(events, set(meta))
+  spans, span_calls = async_spans(events, set(meta))
   title = (f"{args.method} {args.phase}, {args.size}, encoder "
            f"{config.model.get('backbone')}, batch {tuple(shape)}, "
            f"{args.dtype}, {jax.devices()[0].device_kind}, "
            f"{len(os.sched_getaffinity(0))} CPUs; compile {compile_s:.1f} s")
   report = summarise(ns, calls, meta, steps=args.steps, step_ms=step_ms,
-                     top=args.top, title=title)
+                     top=args.top, title=title, spans=spans,
+                     span_calls=span_calls)
   with open(os.path.join(args.out, f"{args.phase}_top_ops.md"), "w") as f:
     f.write(report)
   print(report)

@@ -87,3 +87,27 @@ def test_profile_torch_train_without_port_is_an_error(tmp_path):
     profile_step.main([
         "--method", "macosnet", "--size", "tiny", "--phase", "train",
         "--framework", "torch", "--steps", "1", "--out", str(tmp_path)])
+
+
+def test_async_spans_pair_launches_with_their_end_events():
+  # Two calls of an asynchronous convolution (launch events of 0.1 ms, an
+  # 'end:' event 80 and 60 ms later) and one synchronous fusion.
+  ms = 1_000_000
+  events = [("conv.1", 0, ms // 10), ("end: conv.1", 80 * ms, 80 * ms),
+            ("fusion.2", 81 * ms, 85 * ms),
+            ("conv.1", 100 * ms, 100 * ms + ms // 10),
+            ("end: conv.1", 160 * ms, 160 * ms + 1000),
+            ("end: unknown.9", 5 * ms, 6 * ms)]
+  names = {"conv.1", "fusion.2"}
+  ns, calls = profile_step.thunk_times(events, names)
+  assert ns == {"conv.1": 2 * ms // 10, "fusion.2": 4 * ms}
+  spans, span_calls = profile_step.async_spans(events, names)
+  assert spans == {"conv.1": 80 * ms + 60 * ms + 1000}
+  assert span_calls == {"conv.1": 2}
+  text = profile_step.summarise(
+      ns, calls, {"conv.1": ("convolution", "jit(f)/conv_general_dilated"),
+                  "fusion.2": ("fusion", "jit(f)/add")},
+      steps=2, step_ms=[100.0, 100.0], top=5, title="T", spans=spans,
+      span_calls=span_calls)
+  assert "Launch-to-end wall time: 70.0 ms per call (70 %" in text
+  assert "| conv.1 | convolution | 70.00 | 70.0 | 1 |" in text
