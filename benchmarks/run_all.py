@@ -137,12 +137,13 @@ def variants(method: str, args) -> List[Tuple[str, Optional[str],
   """[(label, encoder, group size)] measured for ``method``: every
   ``--encoders`` entry (none: the config's) x the bench's group sizes for
   the size (none: its default), of which ``--group_sizes`` (when given)
-  keeps only those listed (a bench without K variants is unaffected).
-  Labels name K whenever the bench measures several, so a partial run's
-  cells merge with a full run's."""
+  keeps only those listed. A bench that measures one K (or none) is
+  unaffected: the option selects among a bench's K variants, it does not
+  drop methods. Labels name K whenever the bench measures several, so a
+  partial run's cells merge with a full run's."""
   ks = list(bench_of(method).group_sizes.get(args.size, ())) or [None]
   keep = [k for k in ks
-          if k is None or not args.group_sizes or k in args.group_sizes]
+          if len(ks) == 1 or not args.group_sizes or k in args.group_sizes]
   out = []
   for encoder in args.encoders or [None]:
     for k in keep:

@@ -339,11 +339,13 @@ def _fake_cell(method, variant, framework, train_ms, infer_ms, **extra):
 def test_variants_group_size_selection():
   """--group_sizes keeps the listed K of a bench that has several (labels
   still name K, so the cells merge with a full run's) and leaves a bench
-  without K variants alone; a non-integer is a usage error."""
+  with one K or none alone; a non-integer is a usage error."""
   args = run_all.parse_args(["--size", "cpu224", "--encoders", "lite2",
                              "--group_sizes", "5"])
   assert run_all.variants("cyclesegnet", args) == [("lite2 K=5", "lite2", 5)]
   assert run_all.variants("dcc", args) == [("lite2", "lite2", None)]
+  # co-attention measures one K (16): kept, not filtered out by K=5
+  assert run_all.variants("coattention", args) == [("lite2", "lite2", 16)]
   full = run_all.parse_args(["--size", "cpu224", "--encoders", "lite2"])
   assert [v[2] for v in run_all.variants("cyclesegnet", full)] == [2, 5]
   with pytest.raises(SystemExit):
