@@ -5,6 +5,8 @@ shapes), exactly as bermanmaxim/LovaszSoftmax does, so agreement proves the
 static-shape masking in ``coseg_jax.losses.lovasz`` contributes nothing.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,6 +173,81 @@ def test_lovasz_hinge_with_ties_independent_of_tie_order():
     got = jax.jit(lambda lg, lb, p=per_image: lovasz.lovasz_hinge(
         logits=lg, labels=lb, per_image=p, ignore=255))(logits, labels)
     np.testing.assert_allclose(got, want_a, rtol=RTOL, atol=ATOL)
+
+
+def _np_hinge_grad(logits, labels, positives_first=True):
+  """d(hinge loss of one flat image)/d logits, float64, ties by label."""
+  errors = 1.0 - logits * (2.0 * labels - 1.0)
+  tie_key = -labels if positives_first else labels
+  perm = np.lexsort((tie_key, -errors))  # errors down, then by label
+  w = np.zeros_like(errors)
+  w[perm] = np_lovasz_grad(labels[perm])
+  return w * (errors > 0) * -(2.0 * labels - 1.0)
+
+
+def test_lovasz_hinge_gradient_at_ties_orders_positives_first():
+  rng = np.random.RandomState(8)
+  # Each error value twice, once on a positive and once on a negative
+  # pixel: the tie order decides both pixels' weights.
+  base = rng.permutation(20).astype(np.float32) * 0.1 - 0.9
+  labels = np.concatenate([np.ones(20, np.int32), np.zeros(20, np.int32)])
+  logits = np.concatenate([base, -base])  # equal errors per base value
+  perm = rng.permutation(40)
+  logits, labels = logits[perm], labels[perm]
+  g = jax.grad(lambda lg: lovasz.lovasz_hinge(
+      logits=lg[None], labels=labels[None]))(jnp.asarray(logits))
+  want = _np_hinge_grad(logits.astype(np.float64), labels)
+  other = _np_hinge_grad(logits.astype(np.float64), labels, False)
+  assert np.abs(want - other).max() > 1e-3  # the tie order matters here
+  np.testing.assert_allclose(g, want, rtol=RTOL, atol=ATOL)
+
+
+def test_lovasz_weights_of_untied_errors_are_lovasz_grad_at_each_rank():
+  rng = np.random.RandomState(9)
+  errors = rng.randn(64).astype(np.float32)
+  errors[:4] = [0.0, -0.0, 3.0, -3.0]  # -0.0 ties with 0.0
+  labels = (rng.rand(64, 2) > 0.5).astype(np.int32)
+  labels[:2] = [[1, 0], [0, 1]]  # the tie: positive first in either set
+  valid = rng.rand(64) > 0.2
+  valid[:2] = True
+  labels[~valid] = 0
+  got = np.asarray(lovasz.lovasz_weights(
+      jnp.asarray(errors), jnp.asarray(labels), jnp.asarray(valid)))
+  assert np.all(got[~valid] == 0)
+  keep = np.flatnonzero(valid)
+  for c in range(2):
+    perm = keep[np.lexsort((-labels[keep, c], -errors[keep]))]
+    want = np.zeros(64)
+    want[perm] = np_lovasz_grad(labels[perm, c])
+    np.testing.assert_allclose(got[:, c], want, rtol=RTOL, atol=ATOL)
+
+
+def test_lovasz_weights_share_within_a_label_of_a_tie():
+  errors = jnp.asarray([0.5, 0.5, 0.5, 0.5, 0.9, 0.1], jnp.float32)
+  labels = jnp.asarray([[1], [0], [1], [0], [0], [1]], jnp.int32)
+  got = np.asarray(lovasz.lovasz_weights(errors, labels,
+                                         jnp.ones(6, bool)))[:, 0]
+  # Order: 0.9 (neg), then the tie as pos, pos, neg, neg, then 0.1 (pos).
+  ref = np_lovasz_grad(np.array([0, 1, 1, 0, 0, 1]))
+  want = [(ref[1] + ref[2]) / 2, (ref[3] + ref[4]) / 2] * 2 + [ref[0], ref[5]]
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  assert got[0] != got[1]
+
+
+def test_lovasz_losses_sort_one_int32_operand():
+  # The fast path (module docstring): one single-operand int32 sort per
+  # image, in the forward pass and under autodiff alike.
+  logits, labels = _binary_inputs(3, shape=(2, 8, 8))
+  fns = [lambda lg: lovasz.lovasz_hinge(logits=lg, labels=labels),
+         lambda lg: lovasz.lovasz_softmax_binary(logits=lg, labels=labels)]
+  for fn in fns:
+    hlo = jax.jit(jax.value_and_grad(fn)).lower(
+        jnp.asarray(logits)).compile().as_text()
+    sorts = [line for line in hlo.splitlines() if " sort(" in line]
+    assert len(sorts) == 1, sorts
+    # One s32 result, not a tuple: one operand.
+    assert re.search(r"= s32\[[0-9,]+\]\{[0-9,]+\} sort\(", sorts[0]), (
+        sorts[0])
 
 
 def test_lovasz_hinge_ignored_pixels_get_zero_gradient_and_empty_image():

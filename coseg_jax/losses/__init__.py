@@ -23,6 +23,7 @@ from coseg_jax.losses.lovasz import lovasz_grad
 from coseg_jax.losses.lovasz import lovasz_hinge
 from coseg_jax.losses.lovasz import lovasz_softmax
 from coseg_jax.losses.lovasz import lovasz_softmax_binary
+from coseg_jax.losses.lovasz import lovasz_weights
 from coseg_jax.losses.metric_learning import triplet_loss
 from coseg_jax.losses.registry import available_losses
 from coseg_jax.losses.registry import compute_total_loss
