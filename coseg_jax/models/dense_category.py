@@ -46,6 +46,7 @@ import optax
 from coseg_jax import backbones
 from coseg_jax import losses
 from coseg_jax.models import registry
+from coseg_jax.nn import resize
 
 DEFAULT_LEVELS = ("stride8", "stride16", "stride32")
 
@@ -102,8 +103,7 @@ class DenseCategoryNet(nn.Module):
                          f"features (got {sorted(feats)})")
       z = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype,
                   name=f"category_{level}")(feats[level])
-      total = total + jax.image.resize(
-          z.astype(jnp.float32), (b * k, h, w, self.num_classes), "bilinear")
+      total = total + resize.bilinear_resize(z.astype(jnp.float32), (h, w))
     return DenseCategoryOutput(
         category_logits=total.reshape(b, k, h, w, self.num_classes))
 
