@@ -135,6 +135,7 @@ from coseg_jax.models import registry
 from coseg_jax.nn import correlation as corr_lib
 from coseg_jax.nn import geometry
 from coseg_jax.nn import resize
+from coseg_jax.nn import subpixel
 
 LOSS_TERMS = ("matching", "cycle", "transitivity", "contrastive",
               "cross_consistency")
@@ -292,10 +293,11 @@ class MaskDecoder(nn.Module):
                            momentum=0.9, epsilon=1e-5, dtype=self.dtype)
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
-      # torch ConvTranspose2d(k=3, s=2, p=1, output_padding=1): exactly x2.
-      x = nn.ConvTranspose(width, (3, 3), strides=(2, 2),
-                           padding=((1, 2), (1, 2)), use_bias=False,
-                           dtype=self.dtype, name=f"deconv{i + 1}")(x)
+      # torch ConvTranspose2d(k=3, s=2, p=1, output_padding=1): exactly
+      # x2. nn.ConvTranspose's parameters, computed in sub-pixel form.
+      x = subpixel.ConvTranspose2x(width, (3, 3), ((1, 2), (1, 2)),
+                                   use_bias=False, dtype=self.dtype,
+                                   name=f"deconv{i + 1}")(x)
       x = nn.relu(bn(name=f"bn{i + 1}")(x))
       if i < len(self.skip_levels):
         s = skips[self.skip_levels[i]].astype(self.dtype)
