@@ -84,12 +84,13 @@ def _jaccard_after(count: jax.Array, total: jax.Array,
   """Jaccard loss when the first ``num`` sorted pixels are the mispredicted set.
 
   Args:
-    count: [M] int32: positive pixels among those first ``num`` pixels.
-    total: scalar int32: positive pixels in all.
-    num: [M] int32: how many sorted pixels are mispredicted.
+    count: [...] int32: positive pixels among those first ``num`` pixels.
+    total: int32 broadcastable to ``count``: positive pixels in all.
+    num: int32 broadcastable to ``count``: how many sorted pixels are
+      mispredicted.
 
   Returns:
-    [M] float32 ``1 - |gt minus top| / |gt union top|``, and 0 where
+    [...] float32 ``1 - |gt minus top| / |gt union top|``, and 0 where
     ``num`` is 0 (nothing mispredicted, even with no positive pixel).
   """
   intersection = total - count
@@ -157,18 +158,15 @@ def lovasz_weights(errors: jax.Array, labels: jax.Array,
   before = jnp.concatenate(
       [jnp.zeros_like(labels[:1]), jnp.cumsum(at_start, axis=0)], axis=0)
   total = jnp.sum(labels, axis=0)  # [L]
-  num = jnp.arange(before.shape[0], dtype=jnp.int32)
-  jaccard = jax.vmap(_jaccard_after, in_axes=(1, 0, None), out_axes=1)(
-      before, total, num)  # [P + 1, L]
   # Within a block of ties the positives come first: n1 positives, then
   # the n0 others; each pixel gets the mean weight of its label's run.
   lo2, hi2 = lo[:, None], hi[:, None]
-  before_lo = jnp.take_along_axis(before, lo2, axis=0)
-  before_hi = jnp.take_along_axis(before, hi2, axis=0)
+  before_lo = before[lo]  # [P, L]
+  before_hi = before[hi]
   n1 = before_hi - before_lo
   n0 = hi2 - lo2 - n1
-  j_lo = jnp.take_along_axis(jaccard, lo2, axis=0)
-  j_hi = jnp.take_along_axis(jaccard, hi2, axis=0)
+  j_lo = _jaccard_after(before_lo, total, lo2)
+  j_hi = _jaccard_after(before_hi, total, hi2)
   j_mid = _jaccard_after(before_hi, total, lo2 + n1)
   weights = jnp.where(
       labels == 1, (j_mid - j_lo) / jnp.maximum(n1, 1).astype(jnp.float32),
