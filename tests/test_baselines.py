@@ -174,6 +174,29 @@ def test_loss_fn_matches_lovasz_with_ignore_and_weights():
     baselines.loss_fn(outputs=out, batch=batch, loss_config={"dice": 1.0})
 
 
+def test_loss_fn_per_image_lovasz_is_the_mean_of_each_image_loss():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(size=(2, 2, 8, 8, 1)).astype(np.float32)
+  masks = (rng.uniform(size=logits.shape) > 0.5).astype(np.float32)
+  # Image 3 shows a small object: the pooled loss hardly sees it.
+  masks[1, 1] = 0.0
+  masks[1, 1, 2:4, 2:4] = 1.0
+  valid = (rng.uniform(size=logits.shape) > 0.2).astype(np.float32)
+  out = baselines.BaselineOutput(mask_logits=jnp.asarray(logits))
+  batch = {"masks": masks, "valid": valid}
+  _, terms = baselines.loss_fn(outputs=out, batch=batch,
+                               loss_config={"lovasz_image": 1.0,
+                                            "lovasz": 1.0})
+  labels = np.where(valid > 0, masks, 255).reshape(4, 8, 8).astype(np.int32)
+  lov = losses.get_loss("lovasz_softmax_binary")
+  each = [lov(logits=logits.reshape(4, 8, 8)[i:i + 1], labels=labels[i:i + 1],
+              ignore=255) for i in range(4)]
+  np.testing.assert_allclose(terms["lovasz_image"], np.mean(each), rtol=1e-6)
+  pooled = lov(logits=logits.reshape(4, 8, 8), labels=labels, ignore=255)
+  np.testing.assert_allclose(terms["lovasz"], pooled, rtol=1e-6)
+  assert abs(float(terms["lovasz_image"]) - float(pooled)) > 1e-3
+
+
 def test_registered_and_refuse_an_unknown_dtype():
   # The registry's own errors are tested in test_models_registry.py.
   assert {"baseline", "mcat", "mmul"} <= set(models.available_methods())

@@ -21,8 +21,12 @@ vectors (for K = 2 this is exactly "the other image"). The decoder is
 foreground logit per pixel, computed and returned in float32.
 
 Loss: the paper trains with the Lovász-Softmax loss over the two classes
-{background, foreground} built from the single logit (term ``lovasz``); a
-pixel BCE term (``bce``) is available too. ``config.loss`` gives a weight per
+{background, foreground} built from the single logit (term ``lovasz``: one
+loss over all pixels of the batch, a surrogate of the pooled Jaccard index);
+``lovasz_image`` is the mean over images of each image's own Lovász loss, a
+surrogate of the per-image J that the co-segmentation benchmarks average (a
+small object weighs as much as a large one); a pixel BCE term (``bce``) is
+available too. ``config.loss`` gives a weight per
 term; only terms named there are computed, and an unknown name is an error.
 Pixels with ``valid == 0`` (void / padding) are ignored by both.
 """
@@ -41,7 +45,7 @@ from coseg_jax.models import registry
 from coseg_jax.nn import decoders
 
 EXCHANGES = ("none", "cat", "mul")
-LOSS_TERMS = ("lovasz", "bce")
+LOSS_TERMS = ("lovasz", "lovasz_image", "bce")
 IGNORE_LABEL = 255
 
 
@@ -154,7 +158,7 @@ def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],
     outputs: the model output (``mask_logits`` [B, K, H, W, 1]).
     batch: needs ``masks`` [B, K, H, W, 1] {0, 1} and ``valid`` (same shape,
       0 = ignore); ``valid`` defaults to all ones.
-    loss_config: term name ('lovasz', 'bce') -> weight.
+    loss_config: term name ('lovasz', 'lovasz_image', 'bce') -> weight.
 
   Returns:
     (total float32 scalar, weighted terms dict).
@@ -169,12 +173,13 @@ def loss_fn(*, outputs: BaselineOutput, batch: Mapping[str, jax.Array],
   flat_masks = masks.reshape(flat_logits.shape)
   flat_valid = valid.reshape(flat_logits.shape)
   terms = {}
-  if "lovasz" in loss_config:
-    labels = jnp.where(flat_valid > 0, flat_masks, IGNORE_LABEL).astype(
-        jnp.int32)
-    terms["lovasz"] = losses.get_loss("lovasz_softmax_binary")(
-        logits=flat_logits, labels=labels, per_image=False,
-        ignore=IGNORE_LABEL)
+  labels = jnp.where(flat_valid > 0, flat_masks, IGNORE_LABEL).astype(
+      jnp.int32)
+  for term, per_image in (("lovasz", False), ("lovasz_image", True)):
+    if term in loss_config:
+      terms[term] = losses.get_loss("lovasz_softmax_binary")(
+          logits=flat_logits, labels=labels, per_image=per_image,
+          ignore=IGNORE_LABEL)
   if "bce" in loss_config:
     terms["bce"] = losses.get_loss("sigmoid_bce")(
         logits=flat_logits, labels=flat_masks, valid=flat_valid)
