@@ -51,6 +51,7 @@ def get_config(arg=None):
   # score of each position). With it and 1.5 composite scenes per image the
   # unseen-class J rose from 0.41 to 0.47 (docs/results.md#cyclesegnet).
   m.match_score = True
+  m.feature_dropout = 0.0
 
   d = config.data
   d.sampler = "pairs"

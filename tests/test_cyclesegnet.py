@@ -406,6 +406,36 @@ def test_pairs_in_a_batch_are_independent():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_feature_dropout_zeroes_whole_channels_in_training_only():
+  dropped = _model(feature_dropout=0.5, crm_features=8)
+  v = dropped.init(jax.random.key(0), _images())
+  x = _images(b=2, k=2, size=64, seed=3)
+  # No parameters of its own; evaluation ignores it.
+  assert _count(v["params"]) == _count(_init(crm_features=8)[1]["params"])
+  np.testing.assert_array_equal(
+      dropped.apply(v, x).mask_logits,
+      _model(crm_features=8).apply(v, x).mask_logits)
+  seen = []
+
+  def spy(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout):
+      seen.append((np.asarray(args[0]), np.asarray(out)))
+    return out
+
+  with nn.intercept_methods(spy):
+    dropped.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                  mutable=["batch_stats"])
+  assert len(seen) == 1  # the one refined level (stride32)
+  ref, got = seen[0]
+  assert got.shape == ref.shape == (4, 2, 2, TINY_WIDTHS[-1])
+  kept = np.abs(got).sum(axis=(1, 2)) > 0  # [N, C]
+  assert 0 < kept.mean() < 1
+  # Whole channels: kept ones scaled by 1 / (1 - rate) at every position.
+  np.testing.assert_allclose(got, 2 * ref * kept[:, None, None, :],
+                             rtol=1e-6)
+
+
 def test_per_step_decoding_last_step_equals_mask_logits():
   model, variables = _init()
   x = _images(b=1, k=3, seed=3)

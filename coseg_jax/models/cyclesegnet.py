@@ -76,7 +76,9 @@ of ``config.model``):
   inference the last step's logits equal those of ``decode_all_steps=False``.
 
 Loss: Lovász-Softmax over {background, foreground} (Sec. 4.1; term
-``lovasz``), pixel BCE for comparison (``bce``), and ``deep_lovasz``: the mean
+``lovasz``, over all pixels of the batch; ``lovasz_image``, the mean of each
+image's own loss, which weighs every image alike as the benchmarks' per-image
+J does), pixel BCE for comparison (``bce``), and ``deep_lovasz``: the mean
 Lovász loss over all decoded steps (needs ``decode_all_steps``).
 """
 
@@ -103,7 +105,7 @@ EXCHANGES = ("cycle", "cross")
 SINGLE_LEVELS = ("stride32",)
 # res3, res4, res5 of ResNet (layer2..layer4); same names for every backbone.
 MULTI_LEVELS = ("stride8", "stride16", "stride32")
-LOSS_TERMS = ("lovasz", "bce", "deep_lovasz", "prior_bce")
+LOSS_TERMS = ("lovasz", "lovasz_image", "bce", "deep_lovasz", "prior_bce")
 # Output stride of every level a CRM may refine or the decoder may visit.
 _LEVEL_STRIDES = dict(decoders.DECODER_LEVELS, stride32=32)
 
@@ -222,6 +224,9 @@ class CycleSegNet(nn.Module):
     exchange: 'cycle' (Mcycle) or 'cross' (Mcross).
     num_steps: N, ConvLSTM refinement steps (paper: 7).
     crm_features: None (encoder width) or a projection width.
+    feature_dropout: in training, the probability of zeroing each channel
+      of each image's encoder level before the CRM (the same channel at
+      every position; not in the paper).
     lstm_kernel, forget_bias, peephole: ConvLSTM settings.
     region_size, regions, key_features, fuse_kernel, value_projection,
       scale_attention, match_score: RCM settings (``value_projection`` and
@@ -245,6 +250,7 @@ class CycleSegNet(nn.Module):
   exchange: str = "cycle"
   num_steps: int = 7
   crm_features: Optional[int] = None
+  feature_dropout: float = 0.0
   lstm_kernel: int = 3
   forget_bias: float = 0.0
   peephole: bool = False
@@ -387,6 +393,11 @@ class CycleSegNet(nn.Module):
         raise ValueError(f"backbone {self.backbone!r} returned no {level!r} "
                          f"features (got {sorted(feats)})")
       x = feats[level]
+      if self.feature_dropout:
+        # Channel dropout: frozen ImageNet features carry class-specific
+        # channels that heads trained on a few classes latch onto.
+        x = nn.Dropout(self.feature_dropout, broadcast_dims=(1, 2),
+                       deterministic=not train)(x)
       if self.crm_features:
         x = nn.Conv(self.crm_features, (1, 1), use_bias=False,
                     dtype=self.dtype, name=f"proj_{level}")(x)
@@ -490,6 +501,7 @@ def build_model(model_config: ml_collections.ConfigDict) -> CycleSegNet:
       exchange=exchange,
       num_steps=int(get("num_steps", 7)),
       crm_features=get("crm_features", None),
+      feature_dropout=float(get("feature_dropout", 0.0)),
       lstm_kernel=int(get("lstm_kernel", 3)),
       forget_bias=float(get("forget_bias", 0.0)),
       peephole=bool(get("peephole", False)),
@@ -523,9 +535,9 @@ def loss_fn(*, outputs: CycleSegNetOutput, batch: Mapping[str, jax.Array],
   Args:
     outputs: the model output.
     batch: ``masks`` [B, K, H, W, 1] {0, 1}, optional ``valid`` (0 = ignore).
-    loss_config: term -> weight; terms 'lovasz', 'bce' (last step, as the
-      baselines compute them) and 'deep_lovasz' (mean over the T decoded
-      steps; needs ``decode_all_steps``).
+    loss_config: term -> weight; terms 'lovasz', 'lovasz_image', 'bce' (last
+      step, as the baselines compute them) and 'deep_lovasz' (mean over the
+      T decoded steps; needs ``decode_all_steps``).
 
   Returns:
     (total float32 scalar, weighted terms dict).
