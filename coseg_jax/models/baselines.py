@@ -26,9 +26,9 @@ loss over all pixels of the batch, a surrogate of the pooled Jaccard index);
 ``lovasz_image`` is the mean over images of each image's own Lovász loss, a
 surrogate of the per-image J that the co-segmentation benchmarks average (a
 small object weighs as much as a large one); a pixel BCE term (``bce``) is
-available too. ``config.loss`` gives a weight per
-term; only terms named there are computed, and an unknown name is an error.
-Pixels with ``valid == 0`` (void / padding) are ignored by both.
+available too. ``config.loss`` gives a weight per term; only terms named
+there are computed, and an unknown name is an error. Pixels with
+``valid == 0`` (void / padding) are ignored by every term.
 """
 
 from typing import Any, Mapping, Optional, Sequence
