@@ -278,3 +278,35 @@ def test_lite_drop_connect_and_dropout_rates(name, blocks, dropout):
   with nn.intercept_methods(record):
     weights.abstract_variables(module)
   assert rates == {f"_blocks_{i}": 0.2 * i / blocks for i in range(blocks)}
+
+
+@pytest.mark.parametrize("name,level,first", [
+    ("efficientnet_lite0", "stride8", 5),
+    ("efficientnet_lite2", "stride16", 15)])
+def test_lite_resumes_a_forward_pass_from_a_stored_level(name, level, first):
+  """``input_level``: the later levels from a stored one equal the full
+  pass; only the later blocks' parameters exist; ``modules_through`` names
+  the rest."""
+  module = backbones.get_backbone(name)
+  x = jnp.asarray(np.random.RandomState(3).rand(2, 67, 67, 3), jnp.float32)
+  variables = jax.jit(module.init)(jax.random.PRNGKey(0), x)
+  # Non-trivial statistics, so that evaluation mode is exercised.
+  variables = jax.tree.map(
+      lambda v: v * 1.1 + 0.05 if v.ndim == 1 else v, variables)
+  full = module.apply(variables, x).features
+  out = module.apply(variables, full[level], input_level=level).features
+  later = [l for l in backbones.FEATURE_LEVELS
+           if backbones.FEATURE_LEVELS.index(l) >
+           backbones.FEATURE_LEVELS.index(level)]
+  assert sorted(out) == sorted(later)
+  for l in later:
+    np.testing.assert_allclose(out[l], full[l], rtol=1e-5, atol=1e-5)
+  top = jax.eval_shape(lambda f: module.init(
+      jax.random.PRNGKey(0), f, input_level=level), full[level])["params"]
+  bottom = module.modules_through(level)
+  assert bottom[-1] == f"_blocks_{first - 1}" and "_conv_stem" in bottom
+  assert sorted(top) == sorted(set(variables["params"]) - set(bottom))
+  with pytest.raises(ValueError, match="expects"):
+    module.apply(variables, x, input_level=level)
+  with pytest.raises(ValueError, match="input_level must be one of"):
+    module.apply(variables, full["stride16"], input_level="stride32")

@@ -55,7 +55,7 @@ pretrained model was trained that way.
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -80,6 +80,9 @@ INPUT_MEAN = (127.0 / 255.0,) * 3
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 _BN = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
+# Levels a forward pass can resume from (``input_level``): every block
+# output; 'stride32' is the head, after the last block.
+RESUMABLE_LEVELS = ("stride2", "stride4", "stride8", "stride16")
 
 
 def lite_normalize(images, dtype):
@@ -206,30 +209,79 @@ class EfficientNetLite(nn.Module):
   dropout_rate: float = 0.2
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, images, train: bool = False) -> base.BackboneOutput:
-    """Args: images [N, H, W, 3] in [0, 1]; train: BN stats, drop-connect.
+  def _block_specs(self):
+    """(kernel, stride, expand, out channels, nominal stride) per block.
 
-    Returns:
-      BackboneOutput: features {'stride2': [N, H/2, W/2, 16], 'stride4':
-      [.., 24], 'stride8': [.., 40 (Lite2: 48)], 'stride16': [.., 112
-      (Lite2: 120)], 'stride32': [N, H/32, W/32, 1280]} (sizes rounded up),
-      pooled [N, C_last] (1280 untruncated) and logits [N, num_classes] with
-      the head.
+    The nominal stride ignores dilation; it names the levels: a level is
+    the last block at its stride.
     """
-    last = base.check_call(self, images)
-    bn = functools.partial(_BN, use_running_average=not train, dtype=self.dtype)
-    x = lite_normalize(images, self.dtype)
-    x = nn.Conv(STEM_CHANNELS, (3, 3), strides=(2, 2), padding="SAME",
-                use_bias=False, dtype=self.dtype, name="_conv_stem")(x)
-    x = nn.relu6(bn(name="_bn0")(x))
-    # Flat block list with each block's nominal stride (ignoring dilation),
-    # which names the levels: a level is the last block at its stride.
     specs, nominal = [], 2
     for kernel, stride, expand, out_ch in lite_blocks(
         self.width_coefficient, self.depth_coefficient):
       nominal *= stride
       specs.append((kernel, stride, expand, out_ch, nominal))
+    return specs
+
+  def _level_end(self, level: str) -> int:
+    """Index of the block whose output is ``level`` ('stride2'..'stride16')."""
+    ends = [i for i, spec in enumerate(self._block_specs())
+            if f"stride{spec[4]}" == level]
+    if level == "stride32" or not ends:
+      raise ValueError(f"input_level must be one of {RESUMABLE_LEVELS}, got "
+                       f"{level!r}")
+    return ends[-1]
+
+  def modules_through(self, level: str) -> Tuple[str, ...]:
+    """Names of the submodules that compute ``level`` (stem and blocks).
+
+    The parameters that a frozen prefix of the network holds: what a run
+    that fine-tunes only the blocks past ``level`` keeps fixed.
+    """
+    end = self._level_end(level)
+    return ("_conv_stem", "_bn0") + tuple(f"_blocks_{i}"
+                                          for i in range(end + 1))
+
+  @nn.compact
+  def __call__(self, images, train: bool = False, *,
+               input_level: Optional[str] = None) -> base.BackboneOutput:
+    """Args: images [N, H, W, 3] in [0, 1]; train: BN stats, drop-connect.
+
+    With ``input_level`` (one of ``RESUMABLE_LEVELS``), ``images`` is
+    instead that level's feature map [N, h, w, C_level], as this network
+    computed it, and only the blocks after it run: the levels past it are
+    returned (the stem and earlier blocks are not called, so ``init`` with
+    it creates only the later parameters). This resumes a forward pass from
+    a stored level, e.g. to fine-tune the top of a network whose bottom is
+    frozen and cached.
+
+    Returns:
+      BackboneOutput: features {'stride2': [N, H/2, W/2, 16], 'stride4':
+      [.., 24], 'stride8': [.., 40 (Lite2: 48)], 'stride16': [.., 112
+      (Lite2: 120)], 'stride32': [N, H/32, W/32, 1280]} (sizes rounded up;
+      with ``input_level`` only the levels after it), pooled [N, C_last]
+      (1280 untruncated) and logits [N, num_classes] with the head.
+    """
+    bn = functools.partial(_BN, use_running_average=not train, dtype=self.dtype)
+    specs = self._block_specs()
+    if input_level is None:
+      last = base.check_call(self, images)
+      first_block = 0
+      x = lite_normalize(images, self.dtype)
+      x = nn.Conv(STEM_CHANNELS, (3, 3), strides=(2, 2), padding="SAME",
+                  use_bias=False, dtype=self.dtype, name="_conv_stem")(x)
+      x = nn.relu6(bn(name="_bn0")(x))
+    else:
+      last = base.check_level(self.truncate_at or base.FEATURE_LEVELS[-1])
+      first_block = self._level_end(input_level) + 1
+      want = specs[first_block - 1][3]
+      if images.ndim != 4 or images.shape[-1] != want:
+        raise ValueError(f"input_level={input_level!r} expects [N, h, w, "
+                         f"{want}] features, got {images.shape}")
+      if base.FEATURE_LEVELS.index(last) <= base.FEATURE_LEVELS.index(
+          input_level):
+        raise ValueError(f"input_level={input_level!r} is not before "
+                         f"truncate_at={self.truncate_at!r}")
+      x = images.astype(self.dtype)
     features = {}
     current_stride, dilation = 2, 1
     for index, (kernel, stride, expand, out_ch, nominal) in enumerate(specs):
@@ -238,6 +290,8 @@ class EfficientNetLite(nn.Module):
         dilation *= 2  # later blocks use the new dilation, this one the old
         stride = 1
       current_stride *= stride
+      if index < first_block:
+        continue
       x = MBConvLite(
           out_channels=out_ch, kernel=kernel, stride=stride,
           expand_ratio=expand,
