@@ -51,7 +51,8 @@ def get_config(arg=None):
   o.momentum = 0.9
   o.weight_decay = 0.0
   pascal_voc_coseg.apply_schedule(config)
-  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
+  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind,
+                                finetune=a.finetune)
   # CoSegNet's own evaluation adds the decision (positive and cross-class
   # negative pairs); the Table 5 base has no decision output.
   if a.variant == "cosegnet":

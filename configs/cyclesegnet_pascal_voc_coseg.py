@@ -65,7 +65,8 @@ def get_config(arg=None):
   pascal_voc_coseg.apply_schedule(config)
   config.eval.strategy = "pairs"
   config.predict.group_strategy = "all_pairs"
-  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
+  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind,
+                                finetune=a.finetune)
   if not a.blind:
     config.data.composites.per_record = 1.5
   if a.prior:

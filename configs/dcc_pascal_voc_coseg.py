@@ -45,7 +45,8 @@ def get_config(arg=None):
   d.augment.scale_max = 1.25
   config.optimizer.learning_rate = 1e-3
   pascal_voc_coseg.apply_schedule(config)
-  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind)
+  pascal_voc_coseg.apply_recipe(config, live=a.live, blind=a.blind,
+                                finetune=a.finetune)
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     m.decoder_widths = (16, 16, 8, 8, 8)

@@ -22,13 +22,15 @@ pascal_voc_coseg``. Protocols (the config argument's first token):
 Recipe flags (after the protocol): ``live`` trains from the live pipeline
 instead of the frozen-encoder feature cache; ``blind`` trains without the
 composite scenes that make the partner necessary (the partner-blind
-comparison); ``runlocal`` is a seconds-long variant for tests.
+comparison); ``finetune`` also fine-tunes the encoder's blocks past its
+stride-16 level from the cache (``finetune_top``); ``runlocal`` is a
+seconds-long variant for tests.
 """
 
 import ml_collections
 
 PROTOCOLS = ("disjoint", "split", "all")
-FLAGS = ("live", "blind", "runlocal")
+FLAGS = ("live", "blind", "finetune", "runlocal")
 NUM_CLASSES = 20
 # Composite scenes (two objects of different classes, a member of both)
 # per training image: they make the partner necessary (a partner-blind model
@@ -70,14 +72,56 @@ def frozen_pretrained_backbone(config: ml_collections.ConfigDict,
   return config
 
 
+# EfficientNet-Lite's blocks (coseg_jax/backbones/efficientnet_lite.py):
+# (index of the last block of each level, number of blocks). Configs do not
+# import the models; tests/test_configs.py checks this table against them.
+LITE_BLOCKS = {
+    "efficientnet_lite0": ({"stride8": 4, "stride16": 10}, 16),
+    "efficientnet_lite1": ({"stride8": 6, "stride16": 14}, 21),
+    "efficientnet_lite2": ({"stride8": 6, "stride16": 14}, 21),
+}
+# Learning-rate factor of the fine-tuned encoder blocks against the heads'.
+FINETUNE_LR_FACTOR = 1.0 / 3.0
+
+
+def finetune_top(config: ml_collections.ConfigDict, level: str = "stride16",
+                 factor: float = FINETUNE_LR_FACTOR):
+  """Fine-tunes an EfficientNet-Lite encoder past ``level`` from the cache.
+
+  The cache stores the levels up to ``level`` (the frozen bottom); the train
+  step runs the later blocks and the 1280-wide head conv with learning rate
+  factor ``factor``; BatchNorm stays on its ImageNet statistics.
+  """
+  backbone = config.model.backbone
+  if backbone not in LITE_BLOCKS:
+    raise ValueError(f"finetune_top: config.model.backbone must be one of "
+                     f"{sorted(LITE_BLOCKS)}, got {backbone!r}")
+  ends, count = LITE_BLOCKS[backbone]
+  if level not in ends:
+    raise ValueError(f"finetune_top: level must be one of {sorted(ends)}, "
+                     f"got {level!r}")
+  config.data.feature_cache.finetune_from = level
+  top = [f"_blocks_{i}" for i in range(ends[level] + 1, count)]
+  multipliers = {"backbone": 0.0}
+  for name in top + ["_conv_head", "_bn1"]:
+    multipliers[f"backbone/{name}"] = float(factor)
+  config.optimizer.lr_multipliers = multipliers
+  return config
+
+
 def apply_recipe(config: ml_collections.ConfigDict, *, live: bool,
-                 blind: bool):
+                 blind: bool, finetune: bool = False):
   """The CPU recipe's data side: the feature cache (unless ``live``),
   composite scenes (unless ``blind``), and the evaluators that show what
   the partner contributes."""
   d = config.data
   d.feature_cache.enabled = not live
   d.feature_cache.views = 4
+  if finetune:
+    if live:
+      raise ValueError("recipe flags: 'finetune' trains from the feature "
+                       "cache and cannot be combined with 'live'")
+    finetune_top(config)
   d.composites.per_record = 0.0 if blind else COMPOSITES_PER_RECORD
   d.composites.background = "inpaint"
   config.eval.evaluators = ("coseg", "partner", "composite")

@@ -77,7 +77,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     feature_cache.*: train from cached frozen-encoder features
       (``data_pipelines.feature_cache``): enabled, views (V), dir (None:
       ``<workdir>/feature_cache``), dtype (storage), chunk_size (scenes per
-      file), batch_size (encoder batch while building).
+      file), batch_size (encoder batch while building), finetune_from (a
+      level: cache up to it and train the encoder's later blocks).
     augment.enabled: random geometric augmentation in training.
     augment.scale_min / scale_max: zoom range (log-uniform).
     augment.max_rotation_deg: rotation range +- (degrees).
@@ -138,6 +139,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.feature_cache.dtype = "float16"  # storage: 'float16' | 'float32'
   c.feature_cache.chunk_size = 16  # scenes per chunk file
   c.feature_cache.batch_size = 16  # images per encoder call while building
+  # A level ('stride16'...): cache up to it, fine-tune the blocks after it
+  # (coseg_jax.runtime.feature_cache); None: the whole encoder frozen.
+  c.feature_cache.finetune_from = config_dict.placeholder(str)
 
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = True

@@ -23,7 +23,9 @@ from configs import cosegnet_pascal_voc_coseg
 from configs import cyclesegnet_pascal_voc_coseg
 from configs import dcc_pascal_voc_coseg
 from configs import pascal_voc_coseg
+from coseg_jax import backbones
 from coseg_jax import models
+from coseg_jax.backbones import efficientnet_lite
 from coseg_jax.runtime import evaluators
 from coseg_jax.runtime import stages
 from coseg_jax.runtime import state as state_lib
@@ -320,3 +322,26 @@ def test_the_absolute_path_check_sees_one():
              "http://host", "stride16", "<workdir>/masks/<class>/*.png",
              "{workdir}/x"):
     assert not ABSOLUTE.search(ok), ok
+
+
+@pytest.mark.parametrize("name", sorted(pascal_voc_coseg.LITE_BLOCKS))
+def test_the_recipes_lite_block_table_matches_the_backbones(name):
+  ends, count = pascal_voc_coseg.LITE_BLOCKS[name]
+  module = backbones.get_backbone(name)
+  assert len(efficientnet_lite.lite_blocks(
+      module.width_coefficient, module.depth_coefficient)) == count
+  for level, end in ends.items():
+    assert module.modules_through(level)[-1] == f"_blocks_{end}"
+
+
+def test_the_finetune_flag_trains_the_encoder_top_from_the_cache():
+  config = cyclesegnet_pascal_voc_coseg.get_config("disjoint,finetune")
+  assert config.data.feature_cache.finetune_from == "stride16"
+  multipliers = dict(config.optimizer.lr_multipliers)
+  assert multipliers.pop("backbone") == 0.0
+  assert sorted(multipliers) == sorted(
+      [f"backbone/_blocks_{i}" for i in range(15, 21)] +
+      ["backbone/_conv_head", "backbone/_bn1"])
+  assert set(multipliers.values()) == {pascal_voc_coseg.FINETUNE_LR_FACTOR}
+  with pytest.raises(ValueError, match="'finetune'.*'live'"):
+    cyclesegnet_pascal_voc_coseg.get_config("disjoint,live,finetune")

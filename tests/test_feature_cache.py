@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from configs import baselines_synthetic
+from configs import pascal_voc_coseg
+from coseg_jax import backbones
 from coseg_jax.runtime import feature_cache
 from coseg_jax.runtime import steps
 from coseg_jax.runtime.trainers import supervised
@@ -169,3 +171,95 @@ def test_the_trainer_trains_from_the_cache(tmp_path):
   root = str(tmp_path / "cache")
   assert any(cache_lib.is_complete(os.path.join(root, d))
              for d in os.listdir(root))
+
+
+def _finetune_config(tmp_path):
+  """Random EfficientNet-Lite0, the cache up to 'stride8', the blocks past
+  it fine-tuned (the recipes' ``finetune`` flag, at another level)."""
+  c = _config(tmp_path, dtype="float32")
+  c.model.backbone = "efficientnet_lite0"
+  pascal_voc_coseg.finetune_top(c, "stride8")
+  return c
+
+
+def test_finetuning_the_top_from_the_cache_equals_the_live_path(tmp_path):
+  config = _finetune_config(tmp_path)
+  program = steps.build_train_program(config)
+  assert program.thawed and ("backbone",) in program.frozen
+  directory, membership = feature_cache.build(config, program, str(tmp_path))
+  spec = cache_lib.read_spec(directory)
+  # The model reads stride32 and the skips; stride32 is recomputed.
+  assert spec["levels"] == ["stride2", "stride4", "stride8"]
+  assert spec["finetune_from"] == "stride8"
+  batch = next(iter(cache_lib.make_cached_dataset(
+      config.data, directory, membership, batch_size=2, seed=3)))
+  live = _live_batch(config, batch)
+  complete = feature_cache.make_completion(config, program.model)
+
+  def loss_and_grads(b):
+    images, feats = steps.model_inputs(b)
+
+    def loss(params):
+      params = steps.stop_gradient_at(params, program.frozen, program.thawed)
+      kwargs = {} if feats is None else {
+          "features": complete(params, program.state.batch_stats, feats)}
+      out, _ = program.model.apply(
+          {"params": params, "batch_stats": program.state.batch_stats},
+          images, train=True, mutable=["batch_stats"], **kwargs)
+      return program.spec.loss_fn(outputs=out, batch=b,
+                                  loss_config={"lovasz": 1.0})[0]
+
+    return jax.value_and_grad(loss)(program.state.params)
+
+  cached_loss, cached = loss_and_grads(jax.tree.map(jnp.asarray, batch))
+  live_loss, live_grads = loss_and_grads(jax.tree.map(jnp.asarray, live))
+  np.testing.assert_allclose(float(cached_loss), float(live_loss), rtol=1e-5)
+  top = ("_blocks_15", "_conv_head", "_bn1")
+  for name in ("decoder", "head"):
+    for a, b in zip(jax.tree.leaves(cached[name]),
+                    jax.tree.leaves(live_grads[name])):
+      np.testing.assert_allclose(a, b, rtol=1e-4,
+                                 atol=1e-4 * float(jnp.abs(b).max()))
+  for name in top:
+    for a, b in zip(jax.tree.leaves(cached["backbone"][name]),
+                    jax.tree.leaves(live_grads["backbone"][name])):
+      assert float(jnp.abs(b).max()) > 0
+      np.testing.assert_allclose(a, b, rtol=1e-4,
+                                 atol=1e-4 * float(jnp.abs(b).max()))
+  for name in ("_conv_stem", "_blocks_4"):
+    assert not any(np.any(g) for g in jax.tree.leaves(
+        cached["backbone"][name]))
+
+
+def test_the_trainer_finetunes_only_the_top_of_the_encoder(tmp_path):
+  config = _finetune_config(tmp_path)
+  config.train.num_steps = 2
+  start = steps.build_train_program(config).state.params["backbone"]
+  state = supervised.train_and_evaluate(config, str(tmp_path / "run"))
+  end = state.params["backbone"]
+  moved = {name: any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(start[name]), jax.tree.leaves(end[name])))
+           for name in start}
+  bottom = set(backbones.get_backbone(
+      "efficientnet_lite0").modules_through("stride8"))
+  assert not any(moved[n] for n in bottom)
+  assert all(moved[n] for n in moved if n not in bottom and n != "_bn1")
+  assert moved["_conv_head"] and moved["_blocks_15"]
+
+
+def test_finetuning_needs_a_frozen_bottom_and_a_trained_top(tmp_path):
+  config = _finetune_config(tmp_path)
+  config.optimizer.lr_multipliers = {"backbone": 0.0}
+  with pytest.raises(ValueError, match="nothing would be fine-tuned"):
+    feature_cache.check(config, steps.build_train_program(config))
+  config = _finetune_config(tmp_path)
+  config.optimizer.lr_multipliers["backbone/_blocks_3"] = 1.0
+  with pytest.raises(ValueError, match="must freeze it"):
+    feature_cache.check(config, steps.build_train_program(config))
+  config = _finetune_config(tmp_path)
+  config.data.feature_cache.finetune_from = "stride32"
+  with pytest.raises(ValueError, match="finetune_from: input_level"):
+    feature_cache.check(config, steps.build_train_program(config))
+  config = _config(tmp_path, finetune_from="stride8")
+  with pytest.raises(ValueError, match="cannot resume"):
+    feature_cache.check(config, steps.build_train_program(config))

@@ -190,6 +190,28 @@ def test_stop_gradient_at_nested_paths():
     steps.stop_gradient_at(params, [("x",)])
 
 
+def test_a_thawed_subtree_inside_a_frozen_one_keeps_its_gradient():
+  cfg = ml_collections.ConfigDict({"lr_multipliers": {
+      "enc": 0.0, "enc/top": 0.5, "enc/top/w": 0.0, "head": 1.0}})
+  assert optimizer.frozen_paths(cfg) == (("enc",), ("enc", "top", "w"))
+  assert optimizer.thawed_paths(cfg) == (("enc", "top"),)
+  params = {"enc": {"bottom": jnp.float32(2.0),
+                    "top": {"b": jnp.float32(3.0), "w": jnp.float32(5.0)}},
+            "head": jnp.float32(4.0)}
+  loss = lambda p: jnp.sum(jnp.asarray(jax.tree.leaves(
+      steps.stop_gradient_at(p, optimizer.frozen_paths(cfg),
+                             optimizer.thawed_paths(cfg)))) ** 2)
+  grads = jax.grad(loss)(params)
+  assert float(grads["enc"]["bottom"]) == 0.0
+  assert float(grads["enc"]["top"]["w"]) == 0.0
+  assert float(grads["enc"]["top"]["b"]) == 6.0
+  assert float(grads["head"]) == 8.0
+  # Without the thawed paths the whole encoder is a constant.
+  grads = jax.grad(lambda p: jnp.sum(jnp.asarray(jax.tree.leaves(
+      steps.stop_gradient_at(p, [("enc",)]))) ** 2))(params)
+  assert float(grads["enc"]["top"]["b"]) == 0.0
+
+
 class _TwoPart(nn.Module):
   """'backbone' conv -> ReLU -> 'head' conv, for freezing tests."""
 

@@ -141,7 +141,7 @@ def prepare(config):
   feature_shapes = None
   if feature_cache.enabled(config):
     feature_cache.check(config, program)
-    feature_shapes = feature_cache.feature_shapes(program, (h, w))
+    feature_shapes = feature_cache.feature_shapes(config, program, (h, w))
   host_batch = fake_batch(shape, int(config.train.seed), feature_shapes,
                           config.data.feature_cache.get("dtype", "float16"))
   if program.mesh is None:
@@ -206,6 +206,7 @@ def run_benchmark(config) -> Dict[str, Any]:
       "backbone": config.model.get("backbone"),
       "dtype": config.model.get("dtype", "float32"),
       "frozen": ["/".join(p) for p in program.frozen],
+      "thawed": ["/".join(p) for p in program.thawed],
       "inputs": "cached features" if cached else "images",
       "batch_shape": shape,
       "devices": f"{n_dev} x {jax.devices()[0].device_kind}",
@@ -232,6 +233,8 @@ def format_report(report: Dict[str, Any]) -> str:
   """The figures, one labelled line each."""
   frozen = (f", frozen {', '.join(report['frozen'])}" if report.get("frozen")
             else "")
+  if report.get("thawed"):
+    frozen += f" except {len(report['thawed'])} trained subtrees in it"
   lines = [f"benchmark: {report['method']} (backbone {report['backbone']}, "
            f"{report['dtype']}{frozen}, trains from {report['inputs']}), "
            f"batch {tuple(report['batch_shape'])} on {report['devices']}, "

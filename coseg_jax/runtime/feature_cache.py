@@ -25,12 +25,21 @@ augmentation and no encoder pass in the step.
   ``'backbone'``) and in evaluation mode (``model.backbone_eval_mode``), a
   model that reads precomputed features (``feature_levels``), a data set of
   image records. Anything else is a one-line error naming the field.
+* Fine-tuning the top of the encoder (``feature_cache.finetune_from``, a
+  level such as 'stride16'): the cache stores the levels up to that one,
+  computed by the frozen bottom of the backbone; the train step runs the
+  backbone's later blocks from the stored level (``make_completion``) with
+  their parameters trainable (a factor > 0 in ``lr_multipliers`` on each of
+  them, e.g. ``configs/pascal_voc_coseg.finetune_top``), still in evaluation
+  mode. Evaluation and prediction run the whole backbone on images, with
+  those fine-tuned blocks. The bottom's cost stays out of the step; only the
+  top's forward and backward pass are paid, at its small spatial sizes.
 """
 
 import hashlib
 import os
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -39,6 +48,7 @@ import numpy as np
 
 from coseg_jax import backbones
 from coseg_jax.runtime import console
+from coseg_jax.runtime import optimizer as optimizer_lib
 from data_pipelines import feature_cache as cache_lib
 from data_pipelines import pipeline
 from data_pipelines import scenes as scenes_lib
@@ -51,10 +61,80 @@ def enabled(config) -> bool:
   return bool(cache is not None and cache.get("enabled", False))
 
 
+def finetune_from(config) -> Optional[str]:
+  """The level the train step resumes the backbone from, or None (the whole
+  backbone frozen and cached)."""
+  if not enabled(config):
+    return None
+  return config.data.feature_cache.get("finetune_from") or None
+
+
+def stored_levels(config, model) -> Tuple[str, ...]:
+  """The levels the cache stores: the model's (``feature_levels``), or with
+  ``finetune_from`` those up to it plus that level itself."""
+  levels = tuple(model.feature_levels)
+  level = finetune_from(config)
+  if level is None:
+    return levels
+  order = backbones.FEATURE_LEVELS
+  below = {l for l in levels if order.index(l) < order.index(level)}
+  return tuple(sorted(below | {level}, key=order.index))
+
+
+def _backbone_module(model):
+  return backbones.get_backbone(model.backbone, dtype=model.dtype,
+                                **model.encoder_kwargs)
+
+
+def _frozen_modules(config, model) -> Tuple[str, ...]:
+  """Names of the backbone submodules that compute the stored levels, when
+  fine-tuning the top (else ())."""
+  level = finetune_from(config)
+  if level is None:
+    return ()
+  return tuple(_backbone_module(model).modules_through(level))
+
+
+def _check_finetune(config, program, level: str) -> None:
+  """Raises unless the backbone can resume from ``level`` and exactly its
+  bottom (the modules computing the stored levels) is frozen."""
+  module = _backbone_module(program.model)
+  field = "config.data.feature_cache.finetune_from"
+  if not hasattr(module, "modules_through"):
+    raise ValueError(f"{field}: backbone {program.model.backbone!r} cannot "
+                     f"resume a forward pass from a level (EfficientNet-Lite "
+                     f"can)")
+  try:
+    bottom = module.modules_through(level)
+  except ValueError as e:
+    raise ValueError(f"{field}: {e}") from None
+  multipliers = optimizer_lib.lr_multipliers(config.optimizer)
+
+  def factor(name):
+    path = ("backbone", name)
+    best = max((p for p in multipliers if path[:len(p)] == p), key=len,
+               default=None)
+    return 1.0 if best is None else multipliers[best]
+
+  thawed = [n for n in bottom if factor(n) != 0.0]
+  if thawed:
+    raise ValueError(f"{field}={level!r} caches what backbone/{thawed[0]} "
+                     f"computes, so config.optimizer.lr_multipliers must "
+                     f"freeze it (factor 0)")
+  top = [n for n in program.state.params["backbone"] if n not in bottom]
+  if not any(factor(n) > 0 for n in top):
+    raise ValueError(f"{field}={level!r}: no backbone module past it has a "
+                     f"factor > 0 in config.optimizer.lr_multipliers, so "
+                     f"nothing would be fine-tuned")
+
+
 def check(config, program) -> None:
   """Raises ValueError (one line, naming the field) when the run cannot
   train from cached features."""
-  if ("backbone",) not in program.frozen:
+  level = finetune_from(config)
+  if level is not None:
+    _check_finetune(config, program, level)
+  elif ("backbone",) not in program.frozen:
     raise ValueError("config.data.feature_cache needs a frozen backbone: set "
                      "config.optimizer.lr_multipliers={'backbone': 0.0}")
   if not config.model.get("backbone_eval_mode", False):
@@ -75,11 +155,15 @@ def check(config, program) -> None:
     raise ValueError("config.data.feature_cache.views must be >= 1")
 
 
-def weights_digest(program) -> str:
-  """sha256 of the backbone's parameters and statistics (its identity)."""
+def weights_digest(program, modules=()) -> str:
+  """sha256 of the backbone's parameters and statistics (its identity);
+  with ``modules``, of those submodules only (the frozen bottom that a
+  fine-tuning run caches, whose top changes as it trains)."""
   digest = hashlib.sha256()
   trees = [program.state.params["backbone"],
            (program.state.batch_stats or {}).get("backbone", {})]
+  if modules:
+    trees = [{k: v for k, v in t.items() if k in modules} for t in trees]
   for tree in trees:
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
     for path, leaf in sorted(leaves, key=lambda x: jax.tree_util.keystr(
@@ -102,7 +186,7 @@ def cache_spec(config, program, *, scene_ids) -> Dict[str, Any]:
     data["synthetic"] = d.synthetic.to_dict()
   model = program.model
   cache = d.feature_cache
-  return {
+  spec = {
       "format": FORMAT_VERSION,
       "data": data,
       "views": int(cache.views),
@@ -111,10 +195,14 @@ def cache_spec(config, program, *, scene_ids) -> Dict[str, Any]:
       "encoder": {"backbone": model.backbone,
                   "kwargs": dict(model.encoder_kwargs),
                   "dtype": str(jnp.dtype(model.dtype)),
-                  "weights": weights_digest(program)},
-      "levels": list(model.feature_levels),
+                  "weights": weights_digest(
+                      program, _frozen_modules(config, model))},
+      "levels": list(stored_levels(config, model)),
       "dtype": cache.get("dtype", "float16"),
   }
+  if finetune_from(config) is not None:
+    spec["finetune_from"] = finetune_from(config)
+  return spec
 
 
 def cache_root(config, workdir: str) -> str:
@@ -130,18 +218,17 @@ def training_scenes(config) -> scenes_lib.Scenes:
   return scenes_lib.Scenes(source, index, config.data, train=True)
 
 
-def _encoder(program):
+def _encoder(config, program):
   """Jitted images [N, H, W, 3] -> {level: [N, h, w, C]} of the frozen
-  backbone in evaluation mode."""
+  backbone in evaluation mode (the stored levels)."""
   model = program.model
-  module = backbones.get_backbone(model.backbone, dtype=model.dtype,
-                                  **model.encoder_kwargs)
+  module = _backbone_module(model)
   variables = {"params": program.state.params["backbone"]}
   stats = (program.state.batch_stats or {}).get("backbone")
   if stats:
     variables["batch_stats"] = stats
   variables = jax.device_get(variables)
-  levels = tuple(model.feature_levels)
+  levels = stored_levels(config, model)
 
   @jax.jit
   def run(images):
@@ -154,16 +241,47 @@ def _encoder(program):
   return run
 
 
-def feature_shapes(program, image_size) -> Dict[str, Tuple[int, ...]]:
+def feature_shapes(config, program,
+                   image_size) -> Dict[str, Tuple[int, ...]]:
   """{level: [h, w, C]} the cache stores for images of ``image_size``."""
-  model = program.model
-  module = backbones.get_backbone(model.backbone, dtype=model.dtype,
-                                  **model.encoder_kwargs)
+  module = _backbone_module(program.model)
   h, w = image_size
   shapes = jax.eval_shape(
       lambda x: module.init_with_output(jax.random.PRNGKey(0), x)[0].features,
       jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
-  return {l: tuple(shapes[l].shape[1:]) for l in model.feature_levels}
+  return {l: tuple(shapes[l].shape[1:])
+          for l in stored_levels(config, program.model)}
+
+
+def make_completion(config, model) -> Optional[Callable[..., Any]]:
+  """The train step's completion of cached features, or None without
+  ``finetune_from``.
+
+  Returns ``complete(params, batch_stats, features) -> features``: from the
+  stored level [B, K, h, w, C] of ``features``, runs the backbone's later
+  blocks with ``params['backbone']`` (and its statistics, evaluation mode)
+  and returns the levels the model reads, {level: [B, K, h', w', C']}. Run
+  inside the loss, so the gradient reaches those blocks.
+  """
+  level = finetune_from(config)
+  if level is None:
+    return None
+  module = _backbone_module(model)
+  wanted = tuple(model.feature_levels)
+
+  def complete(params, batch_stats, features):
+    x = features[level]
+    b, k = x.shape[:2]
+    variables = {"params": params["backbone"]}
+    stats = (batch_stats or {}).get("backbone")
+    if stats:
+      variables["batch_stats"] = stats
+    top = module.apply(variables, x.reshape(b * k, *x.shape[2:]),
+                       train=False, input_level=level).features
+    return {l: (features[l] if l in features else
+                top[l].reshape(b, k, *top[l].shape[1:])) for l in wanted}
+
+  return complete
 
 
 def build(config, program, workdir: str) -> Tuple[str, np.ndarray]:
@@ -190,7 +308,7 @@ def build(config, program, workdir: str) -> Tuple[str, np.ndarray]:
           if c % jax.process_count() == jax.process_index()
           and not os.path.exists(cache_lib.chunk_path(directory, c))]
   storage = np.dtype(spec["dtype"])
-  encode = _encoder(program)
+  encode = _encoder(config, program)
   batch = int(config.data.feature_cache.get("batch_size", 16))
   seed = int(config.data.get("seed", 0))
   start = time.time()

@@ -11,7 +11,8 @@ parameter subtree by its path, with ``/`` between nested names (``'backbone'``,
 decides a leaf's factor. A factor of 0 freezes the subtree: its updates are
 ``optax.set_to_zero()`` (so neither the moments nor weight decay move it, and
 no optimiser state is kept for it) and :func:`frozen_paths` tells the train
-step to treat it as a constant (no backward pass through a frozen encoder).
+step to treat it as a constant (no backward pass through a frozen encoder);
+a longer key with a factor > 0 inside it (:func:`thawed_paths`) trains.
 """
 
 from typing import Any, Dict, Mapping, Tuple
@@ -84,6 +85,18 @@ def frozen_paths(optimizer_config) -> Tuple[Tuple[str, ...], ...]:
   """Parameter subtree paths whose ``lr_multipliers`` factor is 0."""
   return tuple(sorted(p for p, f in lr_multipliers(optimizer_config).items()
                       if f == 0.0))
+
+
+def thawed_paths(optimizer_config) -> Tuple[Tuple[str, ...], ...]:
+  """Paths with a factor > 0 inside a frozen subtree (e.g. the top blocks of
+  a frozen encoder, ``{'backbone': 0, 'backbone/_blocks_20': 1}``): the
+  train step keeps their gradient (:func:`frozen_paths` alone would stop it
+  with the whole subtree)."""
+  multipliers = lr_multipliers(optimizer_config)
+  frozen = frozen_paths(optimizer_config)
+  return tuple(sorted(
+      p for p, f in multipliers.items()
+      if f > 0 and any(len(q) < len(p) and p[:len(q)] == q for q in frozen)))
 
 
 def _label(factor: float) -> str:

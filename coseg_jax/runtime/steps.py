@@ -12,7 +12,8 @@
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 import optax
 
 from coseg_jax import models
+from coseg_jax.runtime import feature_cache
 from coseg_jax.runtime import optimizer as optimizer_lib
 from coseg_jax.runtime import sharding as sharding_lib
 from coseg_jax.runtime import state as state_lib
@@ -32,23 +34,35 @@ def _as_path(p: PathLike) -> Tuple[str, ...]:
   return tuple(x for x in p.split("/") if x) if isinstance(p, str) else tuple(p)
 
 
-def stop_gradient_at(params, paths: Sequence[Tuple[str, ...]]):
-  """``params`` with ``lax.stop_gradient`` on the subtrees at ``paths``."""
+def stop_gradient_at(params, paths: Sequence[Tuple[str, ...]],
+                     keep: Sequence[Tuple[str, ...]] = ()):
+  """``params`` with ``lax.stop_gradient`` on the subtrees at ``paths``,
+  except the subtrees at ``keep`` inside them (which keep their gradient).
+
+  A leaf follows the longest of ``paths`` and ``keep`` that is a prefix of
+  its path, so a frozen path inside a kept one is frozen again.
+  """
   if not paths:
     return params
-  heads = {}
-  for p in paths:
-    heads.setdefault(p[0], []).append(p[1:])
-  out = dict(params)
-  for key, rests in heads.items():
-    if key not in out:
-      raise ValueError(f"frozen parameter subtree {key!r} is not in the "
-                       f"model's parameters {sorted(params)}")
-    if any(not r for r in rests):
-      out[key] = jax.lax.stop_gradient(out[key])
-    else:
-      out[key] = stop_gradient_at(out[key], [r for r in rests if r])
-  return out
+  paths, keep = [tuple(p) for p in paths], [tuple(p) for p in keep]
+  for kind, group in (("frozen", paths), ("trainable", keep)):
+    for p in group:
+      node = params
+      for i, key in enumerate(p):
+        if not isinstance(node, Mapping) or key not in node:
+          raise ValueError(f"{kind} parameter subtree {'/'.join(p[:i + 1])!r}"
+                           f" is not in the model's parameters "
+                           f"{sorted(node) if isinstance(node, Mapping) else []}")
+        node = node[key]
+  rules = [(p, True) for p in paths] + [(p, False) for p in keep]
+
+  def leaf(path, x):
+    keys = tuple(getattr(k, "key", str(k)) for k in path)
+    best = max((r for r in rules if keys[:len(r[0])] == r[0]),
+               key=lambda r: len(r[0]), default=None)
+    return jax.lax.stop_gradient(x) if best and best[1] else x
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 FEATURES_PREFIX = "features/"
@@ -71,7 +85,9 @@ def model_inputs(batch) -> Tuple[jax.Array, Optional[Dict[str, jax.Array]]]:
 
 def make_train_step(*, model, loss_fn, loss_config, mesh=None,
                     state_shardings=None, donate: bool = True,
-                    frozen: Sequence[PathLike] = ()):
+                    frozen: Sequence[PathLike] = (),
+                    thawed: Sequence[PathLike] = (),
+                    complete_features: Optional[Callable[..., Any]] = None):
   """The jitted ``(state, batch) -> (state, metrics)`` step.
 
   The loss is ``loss_fn(outputs=..., batch=..., loss_config=...)`` of the
@@ -87,10 +103,17 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
   forward pass (their BatchNorm statistics still update unless the model
   runs its backbone in evaluation mode, ``model.backbone_eval_mode``). The
   trainers pass :func:`optimizer.frozen_paths`, the subtrees whose
-  ``lr_multipliers`` factor is 0.
+  ``lr_multipliers`` factor is 0, and :func:`optimizer.thawed_paths`, the
+  subtrees inside them that train (``thawed``).
+
+  ``complete_features(params, batch_stats, features) -> features`` (from
+  ``feature_cache.make_completion``) turns a cached batch's stored levels
+  into the levels the model reads, inside the loss (so the encoder blocks
+  it runs get gradients).
   """
   loss_config = dict(loss_config)
   frozen = tuple(_as_path(p) for p in frozen)
+  thawed = tuple(_as_path(p) for p in thawed)
 
   def step_fn(state: state_lib.TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -100,7 +123,10 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
     kwargs = {} if feats is None else {"features": feats}
 
     def compute_loss(params):
-      variables = {"params": stop_gradient_at(params, frozen)}
+      variables = {"params": stop_gradient_at(params, frozen, thawed)}
+      if complete_features is not None and feats is not None:
+        kwargs["features"] = complete_features(
+            variables["params"], state.batch_stats, feats)
       if has_bs:
         variables["batch_stats"] = state.batch_stats
         outputs, new_vars = model.apply(
@@ -158,6 +184,7 @@ class TrainProgram:
     train_step: the jitted step (state donated).
     schedule: learning rate over optimiser updates.
     frozen: the frozen parameter paths.
+    thawed: the trainable paths inside them.
     example_extras: batch entries besides the data contract's that the step
       reads (e.g. the co-attention stage's ``mask_weight``), with example
       values; ``--mode benchmark`` adds them to its random batch.
@@ -171,6 +198,7 @@ class TrainProgram:
   train_step: Callable[..., Any]
   schedule: optax.Schedule
   frozen: Tuple[Tuple[str, ...], ...]
+  thawed: Tuple[Tuple[str, ...], ...] = ()
   example_extras: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -196,13 +224,15 @@ def build_train_program(config, *, mesh=None, apply_init: bool = True,
       config, model, tx=tx, mesh=mesh, param_rules=spec.param_sharding_rules,
       apply_init=apply_init)
   frozen = optimizer_lib.frozen_paths(config.optimizer)
+  thawed = optimizer_lib.thawed_paths(config.optimizer)
   train_step = make_train_step(
       model=model, loss_fn=loss_fn or spec.loss_fn,
       loss_config=loss_config_of(config, spec), mesh=mesh,
-      state_shardings=shardings, frozen=frozen)
+      state_shardings=shardings, frozen=frozen, thawed=thawed,
+      complete_features=feature_cache.make_completion(config, model))
   return TrainProgram(config=config, spec=spec, model=model, mesh=mesh,
                       state=state, shardings=shardings, train_step=train_step,
-                      schedule=schedule, frozen=frozen)
+                      schedule=schedule, frozen=frozen, thawed=thawed)
 
 
 def make_forward(config, model) -> Callable[[Any, jax.Array], jax.Array]:

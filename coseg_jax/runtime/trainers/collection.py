@@ -233,14 +233,15 @@ def build_program(config, *, mesh=None, group: Optional[int] = None,
   state, _ = state_lib.create_train_state(
       config, spec_model, tx=tx, sample_shape=(1, group, size[0], size[1], 3))
   frozen = optimizer_lib.frozen_paths(config.optimizer)
+  thawed = optimizer_lib.thawed_paths(config.optimizer)
   step = steps_lib.make_train_step(
       model=spec_model, loss_fn=staged_loss_fn(config),
       loss_config={"coattention": 1.0, "coattention_mask": 0.0},
-      frozen=frozen)
+      frozen=frozen, thawed=thawed)
   return steps_lib.TrainProgram(
       config=config, spec=models.get_method(config.method), model=spec_model,
       mesh=None, state=state, shardings=None, train_step=step,
-      schedule=schedule, frozen=frozen,
+      schedule=schedule, frozen=frozen, thawed=thawed,
       example_extras={"mask_weight": np.float32(
           config.coattention.mask_weight)})
 
