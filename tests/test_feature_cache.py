@@ -46,6 +46,28 @@ def _live_batch(config, batch):
   return live
 
 
+def _loss_and_grads(program, b, complete=None):
+  """The train step's loss and gradients for batch ``b`` (cached or live),
+  with the frozen subtrees as constants and ``complete`` (a fine-tuning
+  run's feature completion) applied to cached features."""
+  images, feats = steps.model_inputs(b)
+
+  def loss(params):
+    params = steps.stop_gradient_at(params, program.frozen, program.thawed)
+    if feats is not None and complete is not None:
+      kwargs = {"features": complete(params, program.state.batch_stats,
+                                     feats)}
+    else:
+      kwargs = {} if feats is None else {"features": feats}
+    out, _ = program.model.apply(
+        {"params": params, "batch_stats": program.state.batch_stats},
+        images, train=True, mutable=["batch_stats"], **kwargs)
+    return program.spec.loss_fn(outputs=out, batch=b,
+                                loss_config={"lovasz": 1.0})[0]
+
+  return jax.jit(jax.value_and_grad(loss))(program.state.params)
+
+
 @pytest.mark.parametrize("storage,rtol", [
     ("float32", 1e-5), pytest.param("float16", 2e-2, marks=pytest.mark.slow)])
 def test_cached_loss_and_head_gradients_equal_the_live_path(tmp_path,
@@ -58,23 +80,10 @@ def test_cached_loss_and_head_gradients_equal_the_live_path(tmp_path,
   assert batch[f"features/stride32"].dtype == np.dtype(storage)
   assert set(np.unique(batch["views"])) <= {0, 1}
   live = _live_batch(config, batch)
-
-  def loss_and_grads(b):
-    images, feats = steps.model_inputs(b)
-    kwargs = {} if feats is None else {"features": feats}
-
-    def loss(params):
-      out, _ = program.model.apply(
-          {"params": params, "batch_stats": program.state.batch_stats},
-          images, train=True, mutable=["batch_stats"], **kwargs)
-      return program.spec.loss_fn(outputs=out, batch=b,
-                                  loss_config={"lovasz": 1.0})[0]
-
-    return jax.value_and_grad(loss)(program.state.params)
-
-  cached_loss, cached_grads = loss_and_grads(
-      jax.tree.map(jnp.asarray, batch))
-  live_loss, live_grads = loss_and_grads(jax.tree.map(jnp.asarray, live))
+  cached_loss, cached_grads = _loss_and_grads(
+      program, jax.tree.map(jnp.asarray, batch))
+  live_loss, live_grads = _loss_and_grads(program,
+                                          jax.tree.map(jnp.asarray, live))
   np.testing.assert_allclose(float(cached_loss), float(live_loss), rtol=rtol)
   for name in ("decoder", "head"):
     for a, b in zip(jax.tree.leaves(cached_grads[name]),
@@ -195,24 +204,10 @@ def test_finetuning_the_top_from_the_cache_equals_the_live_path(tmp_path):
       config.data, directory, membership, batch_size=2, seed=3)))
   live = _live_batch(config, batch)
   complete = feature_cache.make_completion(config, program.model)
-
-  def loss_and_grads(b):
-    images, feats = steps.model_inputs(b)
-
-    def loss(params):
-      params = steps.stop_gradient_at(params, program.frozen, program.thawed)
-      kwargs = {} if feats is None else {
-          "features": complete(params, program.state.batch_stats, feats)}
-      out, _ = program.model.apply(
-          {"params": params, "batch_stats": program.state.batch_stats},
-          images, train=True, mutable=["batch_stats"], **kwargs)
-      return program.spec.loss_fn(outputs=out, batch=b,
-                                  loss_config={"lovasz": 1.0})[0]
-
-    return jax.value_and_grad(loss)(program.state.params)
-
-  cached_loss, cached = loss_and_grads(jax.tree.map(jnp.asarray, batch))
-  live_loss, live_grads = loss_and_grads(jax.tree.map(jnp.asarray, live))
+  cached_loss, cached = _loss_and_grads(
+      program, jax.tree.map(jnp.asarray, batch), complete)
+  live_loss, live_grads = _loss_and_grads(
+      program, jax.tree.map(jnp.asarray, live), complete)
   np.testing.assert_allclose(float(cached_loss), float(live_loss), rtol=1e-5)
   top = ("_blocks_15", "_conv_head", "_bn1")
   for name in ("decoder", "head"):
