@@ -111,9 +111,7 @@ def _check_finetune(config, program, level: str) -> None:
   multipliers = optimizer_lib.lr_multipliers(config.optimizer)
 
   def factor(name):
-    path = ("backbone", name)
-    best = max((p for p in multipliers if path[:len(p)] == p), key=len,
-               default=None)
+    best = optimizer_lib.longest_key(multipliers, ("backbone", name))
     return 1.0 if best is None else multipliers[best]
 
   thawed = [n for n in bottom if factor(n) != 0.0]

@@ -15,7 +15,7 @@ step to treat it as a constant (no backward pass through a frozen encoder);
 a longer key with a factor > 0 inside it (:func:`thawed_paths`) trains.
 """
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import optax
@@ -99,6 +99,13 @@ def thawed_paths(optimizer_config) -> Tuple[Tuple[str, ...], ...]:
       if f > 0 and any(len(q) < len(p) and p[:len(q)] == q for q in frozen)))
 
 
+def longest_key(keys, path: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+  """The longest of ``keys`` (path tuples) that is a prefix of ``path``, or
+  None: the key that decides a parameter's factor."""
+  return max((k for k in keys if tuple(path[:len(k)]) == tuple(k)), key=len,
+             default=None)
+
+
 def _label(factor: float) -> str:
   return "frozen" if factor == 0.0 else f"lr_x{factor:g}"
 
@@ -115,10 +122,7 @@ def subtree_labels(multipliers: Mapping[Tuple[str, ...], float]):
 
     def leaf_label(path, _):
       keys = tuple(getattr(k, "key", str(k)) for k in path)
-      best = None
-      for p in multipliers:
-        if keys[:len(p)] == p and (best is None or len(p) > len(best)):
-          best = p
+      best = longest_key(multipliers, keys)
       if best is None:
         return "default"
       seen.add(best)

@@ -54,13 +54,12 @@ def stop_gradient_at(params, paths: Sequence[Tuple[str, ...]],
                            f" is not in the model's parameters "
                            f"{sorted(node) if isinstance(node, Mapping) else []}")
         node = node[key]
-  rules = [(p, True) for p in paths] + [(p, False) for p in keep]
+  rules = {**{p: False for p in keep}, **{p: True for p in paths}}
 
   def leaf(path, x):
     keys = tuple(getattr(k, "key", str(k)) for k in path)
-    best = max((r for r in rules if keys[:len(r[0])] == r[0]),
-               key=lambda r: len(r[0]), default=None)
-    return jax.lax.stop_gradient(x) if best and best[1] else x
+    best = optimizer_lib.longest_key(rules, keys)
+    return jax.lax.stop_gradient(x) if best and rules[best] else x
 
   return jax.tree_util.tree_map_with_path(leaf, params)
 
