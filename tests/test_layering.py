@@ -1,8 +1,8 @@
 """The layers point one way, and imports sit at the top of modules.
 
 Layers (lowest first): the core (``coseg_jax.nn``, ``backbones``, ``losses``,
-``metrics``, ``postprocess``, ``proposals``, ``xla_defaults``) imports no
-other part of the project; the methods (``coseg_jax.models``) import only
+``metrics``, ``postprocess``, ``proposals``, ``common_selection``,
+``xla_defaults``) imports no other part of the project; the methods (``coseg_jax.models``) import only
 the core; the data stack (``data_pipelines``) imports nothing of ``coseg_jax``; the runtime
 (``coseg_jax.runtime``) imports the core, the methods and the data stack;
 ``coseg_jax.main`` sits on top; configs import only configs and the data
@@ -20,7 +20,7 @@ PACKAGES = ("coseg_jax", "data_pipelines", "configs", "experiments")
 
 CORE = ("coseg_jax.nn", "coseg_jax.backbones", "coseg_jax.losses",
         "coseg_jax.metrics", "coseg_jax.postprocess", "coseg_jax.proposals",
-        "coseg_jax.xla_defaults")
+        "coseg_jax.common_selection", "coseg_jax.xla_defaults")
 LAYERS = (
     # (layer name, module prefixes, what it may import)
     ("core", CORE, CORE),
