@@ -12,6 +12,7 @@
 """
 
 import dataclasses
+import functools
 from typing import (Any, Callable, Dict, Mapping, Optional, Sequence, Tuple,
                     Union)
 
@@ -21,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from coseg_jax import common_selection
 from coseg_jax import models
 from coseg_jax.runtime import feature_cache
 from coseg_jax.runtime import optimizer as optimizer_lib
@@ -271,11 +273,43 @@ def make_predict_batch(*, config, model, variables, mesh=None
   axis)."""
   run = make_inference(config, model, mesh)
   sharding = None if mesh is None else sharding_lib.data_sharding(mesh)
+  selection = common_selection_of(config)
 
   def predict_batch(images):
     images = np.asarray(images, np.float32)
-    if sharding is not None:
-      images = jax.device_put(images, sharding)
-    return np.asarray(jax.device_get(run(variables, images)))
+    placed = images if sharding is None else jax.device_put(images, sharding)
+    probs = np.asarray(jax.device_get(run(variables, placed)))
+    if selection is not None:
+      describe, settings = selection
+      selected, _ = common_selection.select_common_batch(
+          images, probs[..., 0], describe, settings)
+      probs = selected[..., None]
+    return probs
 
   return predict_batch
+
+
+@functools.lru_cache(maxsize=2)
+def _describer(backbone: str, path: str):
+  return common_selection.make_describer(backbone, path or None)
+
+
+def common_selection_of(config):
+  """(describer, ``SelectionConfig``) of ``config.eval.common_selection``,
+  or None when it is off or absent.
+
+  Raises:
+    ValueError: naming an unknown field of ``config.eval.common_selection``.
+  """
+  options = (config.get("eval", None) or {}).get("common_selection", None)
+  if not options or not options.get("enabled", False):
+    return None
+  fields = {f.name for f in dataclasses.fields(common_selection.SelectionConfig)}
+  unknown = sorted(set(options) - fields - {"enabled", "backbone", "path"})
+  if unknown:
+    raise ValueError(f"config.eval.common_selection: unknown field(s) "
+                     f"{unknown}")
+  settings = common_selection.SelectionConfig(
+      **{k: options[k] for k in fields if k in options})
+  return (_describer(str(options.get("backbone", "efficientnet_lite2")),
+                     str(options.get("path", "") or "")), settings)
