@@ -640,6 +640,10 @@ def test_registered_and_built_from_configs():
       "efficientnet_lite2", True, 3)
   assert cyclesegnet_pascal_voc_coseg.get_config().to_json() == (
       disjoint.to_json())  # disjoint is the default protocol
+  # Common-object selection after the model, whatever the protocol/flags.
+  for arg in ("disjoint", "all", "split,blind", "disjoint,runlocal"):
+    assert cyclesegnet_pascal_voc_coseg.get_config(
+        arg).eval.common_selection.enabled, arg
   d = demo.get_config()
   assert d.method == "cyclesegnet" and d.visualise.num_groups > 0
   demo_set = synthetic.Builder.builder_configs[d.data.builder_config]
