@@ -32,7 +32,8 @@ config_flags.DEFINE_config_file("config", None, "Config file[:arg].",
 flags.DEFINE_string("workdir", None, "Run directory with a checkpoint.")
 flags.DEFINE_string("out", None, "Output prefix: <out>_groups.png and "
                     "<out>_composite<i>.png.")
-flags.DEFINE_integer("groups", 4, "Evaluation groups on the contact sheet.")
+flags.DEFINE_integer("groups", 4, "Evaluation groups on the contact sheet "
+                     "(0: no contact sheet).")
 flags.DEFINE_string("composites", "0", "Indices of the evaluation composites "
                     "to draw ('' for none).")
 
@@ -42,13 +43,14 @@ def main(argv):
   console.setup()
   config = FLAGS.config
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:
-    written = figures.write_figures(config=config, workdir=FLAGS.workdir,
-                                    out_dir=tmp, num_groups=FLAGS.groups)
-    sheet = FLAGS.out + "_groups.png"
-    shutil.copy(next(p for p in written if p.endswith("contact_sheet.png")),
-                sheet)
-  console.info(f"wrote {sheet}")
+  if FLAGS.groups > 0:
+    with tempfile.TemporaryDirectory() as tmp:
+      written = figures.write_figures(config=config, workdir=FLAGS.workdir,
+                                      out_dir=tmp, num_groups=FLAGS.groups)
+      sheet = FLAGS.out + "_groups.png"
+      shutil.copy(next(p for p in written
+                       if p.endswith("contact_sheet.png")), sheet)
+    console.info(f"wrote {sheet}")
   indices = [int(s) for s in FLAGS.composites.split(",") if s]
   if indices and "composite" in tuple(config.eval.evaluators):
     model = models.get_method(config.method).build_model(config.model)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from coseg_jax.runtime import figures
 from coseg_jax.runtime import viz
 
 
@@ -103,3 +104,8 @@ def test_step_strip_shapes_and_heat_order():
   np.testing.assert_array_equal(strip[38, 1 + 30], 0)  # the black image
   with pytest.raises(ValueError, match="step logits"):
     viz.step_strip(np.zeros((8, 12)))
+
+
+def test_write_figures_needs_a_group():
+  with pytest.raises(ValueError, match="num_groups must be >= 1, got 0"):
+    figures.write_figures(config=None, workdir="", out_dir="", num_groups=0)

@@ -75,6 +75,9 @@ def write_figures(*, config, workdir: str, out_dir: str, num_groups: int = 4,
     result: the trainer's result (a train state) or None.
     split: default ``config.eval.split``.
   """
+  if num_groups < 1:
+    raise ValueError(f"write_figures: num_groups must be >= 1, got "
+                     f"{num_groups}")
   split = split or config.eval.split
   data = common.eval_data_config(config)
   model = models.get_method(config.method).build_model(config.model)
@@ -84,7 +87,10 @@ def write_figures(*, config, workdir: str, out_dir: str, num_groups: int = 4,
                                 k=int(config.eval.group_size), seed=0)
   groups, _, _, _ = coseg.select_groups(tuples, num_groups)
   source = pipeline.load_source(data, split)
-  forward = jax.jit(steps.make_forward(config, model))
+  # Through make_predict_batch, so the figures show what eval and predict
+  # score (with eval.common_selection when the config enables it).
+  predict_batch = steps.make_predict_batch(config=config, model=model,
+                                           variables=variables)
   hook = FIGURE_HOOKS.get(config.method)
   binarize = common.binarizer(config.eval)
   os.makedirs(out_dir, exist_ok=True)
@@ -93,7 +99,7 @@ def write_figures(*, config, workdir: str, out_dir: str, num_groups: int = 4,
     images = np.stack([augment.preprocess_image(
         source[i]["image"], image_size=data.image_size,
         resize=data.get("resize", "stretch"))[0] for i in group])
-    probs = np.asarray(forward(variables, images[None]))[0, ..., 0]
+    probs = predict_batch(images[None])[0, ..., 0]
     extra = hook(config, model, variables, images) if hook else {}
     for k in range(len(group)):
       mask = np.asarray(binarize(images[k], probs[k]), bool)
