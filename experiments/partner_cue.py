@@ -17,6 +17,12 @@ A model can pick the right object only as often as some cue in its features
 does, so these shares bound what partner-conditional training on a frozen
 encoder can reach (the composite evaluator's wrong-object rate).
 
+With ``--cutout`` it also scores the cue of ``coseg_jax.common_selection``
+(row level ``cut-out``): each ground-truth object and the partner's
+ground-truth object cut out on their own (``common_selection.cut_out``),
+described by the encoder's ImageNet probabilities, and compared by
+``same_class_probability``; the margin is then in probability, not cosine.
+
   python -m experiments.partner_cue \
       --config configs/cyclesegnet_pascal_voc_coseg.py:disjoint \
       --levels stride8,stride16,stride32 --out /tmp/exp/partner_cue.json
@@ -33,6 +39,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from coseg_jax import backbones
+from coseg_jax import common_selection
 from coseg_jax.nn import partner_similarity
 from coseg_jax.runtime import console
 from coseg_jax.runtime.evaluators import composite
@@ -52,6 +59,8 @@ def define_flags():
   flags.DEFINE_integer("count", 100, "Composites (each with two partners).")
   flags.DEFINE_integer("batch_size", 20, "Images per encoder call.")
   flags.DEFINE_string("out", None, "Optional JSON output path.")
+  flags.DEFINE_bool("cutout", False, "Also score the common-selection cue "
+                    "on ground-truth cut-outs.")
   flags.mark_flag_as_required("config")
 
 
@@ -86,6 +95,25 @@ def cue_scores(composite_feats, partner_feats, partner_mask):
                                            keepdims=True) + 1e-6)
   s_oracle = unit @ (proto / (np.linalg.norm(proto) + 1e-6))
   return {"max": s_max, "oracle": s_oracle}
+
+
+def cutout_choice(describe, canvas, class_map, target, other, partner,
+                  partner_mask, *, pad: float = 0.1, size: int = 224):
+  """(right choice?, margin) of the common-selection cue on one case:
+  the target and the other object (class map labels ``target``/``other``)
+  cut out of ``canvas``, the partner's object (``partner_mask``) out of
+  ``partner``, scored by ``same_class_probability``."""
+  crops = np.stack([
+      common_selection.cut_out(canvas, class_map == target, pad=pad,
+                               size=size),
+      common_selection.cut_out(canvas, class_map == other, pad=pad,
+                               size=size),
+      common_selection.cut_out(partner, partner_mask > 0.5, pad=pad,
+                               size=size)])
+  q = describe(crops)
+  on_t = float(common_selection.same_class_probability(q[0], q[2]))
+  on_o = float(common_selection.same_class_probability(q[1], q[2]))
+  return on_t > on_o, on_t - on_o
 
 
 def main(argv):
@@ -144,6 +172,17 @@ def main(argv):
                    "correct": float(np.mean(correct[cue])),
                    "margin": float(np.mean(margins[cue])),
                    "cases": len(correct[cue])})
+  if FLAGS.cutout:
+    describe = common_selection.make_describer(
+        config.model.backbone,
+        config.init.pretrained.backbone.get("path", None) or None)
+    choices = [cutout_choice(describe, canvases[i // 2], class_maps[i // 2],
+                             target, other, partners[i], partner_masks[i])
+               for i, (target, other) in enumerate(targets)]
+    rows.append({"level": "cut-out", "cue": "same class",
+                 "correct": float(np.mean([c for c, _ in choices])),
+                 "margin": float(np.mean([m for _, m in choices])),
+                 "cases": len(choices)})
   lines = ["| level | cue | partner's object scores higher | mean margin |",
            "|---|---|---|---|"]
   lines += [f"| {r['level']} | {r['cue']} | {100 * r['correct']:.0f}% | "

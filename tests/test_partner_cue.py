@@ -24,3 +24,28 @@ def test_cue_scores_pick_the_partners_object():
 def test_object_mask():
   m = partner_cue.object_mask(np.array([[0, 3], [255, 1]], np.uint8))
   np.testing.assert_array_equal(m, [[0, 1], [0, 1]])
+
+
+def test_cutout_choice_compares_the_cut_outs():
+  """A describer that tells red from green: the target (red) matches a red
+  partner object; the margin is the difference of same-class
+  probabilities."""
+  def describe(crops):
+    red = (crops[..., 0] > 0.7).sum((1, 2)) + 1.0
+    green = (crops[..., 1] > 0.7).sum((1, 2)) + 1.0
+    return np.stack([red, green], -1) / (red + green)[:, None]
+
+  canvas = np.full((16, 16, 3), 0.5, np.float32)
+  class_map = np.zeros((16, 16), np.uint8)
+  canvas[1:6, 1:6], class_map[1:6, 1:6] = (1, 0, 0), 3
+  canvas[9:15, 9:15], class_map[9:15, 9:15] = (0, 1, 0), 7
+  partner = np.full((16, 16, 3), 0.5, np.float32)
+  partner[4:12, 4:12] = (1, 0, 0)
+  mask = np.zeros((16, 16), np.float32)
+  mask[4:12, 4:12] = 1
+  right, margin = partner_cue.cutout_choice(describe, canvas, class_map, 3,
+                                            7, partner, mask, size=8)
+  assert right and margin > 0.5
+  wrong, margin = partner_cue.cutout_choice(describe, canvas, class_map, 7,
+                                            3, partner, mask, size=8)
+  assert not wrong and margin < -0.5
