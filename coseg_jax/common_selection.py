@@ -27,18 +27,18 @@ images (not from any of the five papers; an option of every config,
 
 Why cut-outs and a classifier rather than features pooled from the image's
 own feature map: at 224 px the receptive field of a deep position spans most
-of the image, so a region pooled from the map mixes in its neighbours. On
-the unseen-class PASCAL-VOC composites (two objects of different classes,
-ground-truth regions) the frozen EfficientNet-Lite2 picks the partner's
-object from its stride-16 map in 80 % of cases, and from separate cut-outs'
-ImageNet probabilities in 86 % (docs/results.md#cyclesegnet).
+of the image, so the map of one object carries its neighbour too. On the
+unseen-class PASCAL-VOC composites (two objects of different classes,
+ground-truth regions) the frozen EfficientNet-Lite2's stride-16 map prefers
+the partner's object in 76-78 % of cases, separate cut-outs' ImageNet
+probabilities in 86 % (``experiments.partner_cue --cutout``;
+docs/results.md#cyclesegnet).
 
-Why sum_c q_c p_c rather than a distance between whole distributions: on
-training-class composites cut out along a trained model's masks, it picked
-the partner's object in 85 % of the cases where the mask had a component on
-each object, the Bhattacharyya coefficient sum_c sqrt(q_c p_c) in 78 %; the
-coefficient gives as much weight to agreeing on the hundreds of unlikely
-classes as on the likely ones.
+Why sum_c q_c p_c rather than a distance between whole distributions such
+as the Bhattacharyya coefficient sum_c sqrt(q_c p_c): the coefficient gives
+as much weight to agreeing on the hundreds of unlikely classes as on the
+likely ones; on the training classes' composites it reached a lower
+conditional J at its best ratio (docs/results.md#cyclesegnet).
 
 What it cannot do: split one component that covers two touching objects,
 or recover an object the model missed.
