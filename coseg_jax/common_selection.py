@@ -201,8 +201,10 @@ def select_common(images: np.ndarray, probs: np.ndarray,
 
   Returns:
     (float32 [K, H, W] probabilities, zero on the dropped components; per
-    image a dict: judged ``components`` (0 when fewer than two), ``dropped``
-    and their ``scores``).
+    image a dict: its number of judged ``components``, how many were
+    ``dropped`` and their ``scores``, largest component first; an image
+    with fewer than two judged components is not scored: ``dropped`` 0,
+    ``scores`` empty).
   """
   out, infos = select_common_batch(np.asarray(images)[None],
                                    np.asarray(probs)[None], describe, config)
