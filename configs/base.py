@@ -130,6 +130,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval.postprocess = "threshold"
   # Options of that conversion (e.g. {'iterations': 10} for 'crf').
   config.eval.postprocess_kwargs = ml_collections.ConfigDict()
+  # Test-time augmentation: average the probabilities of each group and of
+  # its horizontal mirror (steps.make_forward; twice the inference cost).
+  config.eval.flip = False
   # Common-object selection after the model (coseg_jax.common_selection,
   # ours): each image keeps the foreground components whose cut-out the
   # describer's ImageNet probabilities find in its partners (score >= ratio

@@ -240,16 +240,28 @@ def make_forward(config, model) -> Callable[[Any, jax.Array], jax.Array]:
   """Pure ``(variables, images [B,K,h,w,3]) -> probabilities [B,K,h,w,1]``.
 
   Uses the method's ``predict_fn`` when it has one (e.g. CoSegNet's decision
-  gate), else ``sigmoid(mask_logits)`` in float32.
+  gate), else ``sigmoid(mask_logits)`` in float32. With ``config.eval.flip``
+  the probabilities are the mean of the group's and of its horizontal
+  mirror's (every image of the group mirrored together, so that pairs stay
+  pairs; the mirror's map is mirrored back): a test-time augmentation that
+  makes the output exactly mirror-equivariant, at twice the cost.
   """
   spec = models.get_method(config.method)
+  flip = bool((config.get("eval", None) or {}).get("flip", False))
 
-  def forward(variables, images):
+  def probabilities(variables, images):
     outputs = model.apply(variables, images, train=False)
     if spec.predict_fn is not None:
       return spec.predict_fn(outputs=outputs, batch={"images": images},
                              config=config)
     return jax.nn.sigmoid(outputs.mask_logits.astype(jnp.float32))
+
+  def forward(variables, images):
+    probs = probabilities(variables, images)
+    if flip:
+      mirrored = probabilities(variables, jnp.flip(images, axis=3))
+      probs = 0.5 * (probs + jnp.flip(mirrored, axis=3))
+    return probs
 
   return forward
 
