@@ -189,3 +189,38 @@ def test_composite_score_known_case():
   # Given b's partner, covering 8 px of a and 4 of b is the wrong object.
   assert r["wrong_object_rate"] == 0.5
   assert r["per_class"] == {"a": 8 / 12, "b": 4 / 12}
+  # One 12-px component over both objects, in both cases.
+  assert r["layout_rates"] == {"separate": 0.0, "merged": 1.0, "one": 0.0,
+                               "neither": 0.0}
+  assert "merged 100.0%" in composite.format_results(dict(r, rule="t"))
+
+
+def test_layout_of_a_mask_on_two_objects():
+  """Each case of composite.layout on a 10 x 10 canvas: object a in the
+  left columns, object b in the right ones."""
+  target = np.zeros((10, 10), bool)
+  other = np.zeros((10, 10), bool)
+  target[2:8, 0:4] = True  # 24 px
+  other[2:8, 6:10] = True  # 24 px
+  empty = np.zeros((10, 10), bool)
+  assert composite.layout(empty, target, other) == "neither"
+  # 5 of 24 px (< a quarter) of one object is not covering it.
+  speck = empty.copy()
+  speck[2, 0:5] = True
+  assert composite.layout(speck, target, other) == "neither"
+  assert composite.layout(target, target, other) == "one"
+  assert composite.layout(other, target, other) == "one"
+  # Two components, one on each object.
+  assert composite.layout(target | other, target, other) == "separate"
+  # A bridge joins them into one component that lies on neither.
+  bridged = target | other
+  bridged[4, 4:6] = True
+  assert composite.layout(bridged, target, other) == "merged"
+  # One component, mostly on the target (24 of 42 px), that reaches a
+  # quarter of the other object: both covered, none lies on the other.
+  lopsided = target.copy()
+  lopsided[2:8, 4:7] = True
+  assert composite.layout(lopsided, target, other) == "merged"
+  # A separate blob on the other object makes it 'separate'.
+  lopsided[2:8, 9] = True
+  assert composite.layout(lopsided, target, other) == "separate"

@@ -16,7 +16,14 @@ canvas is ``data.image_size``; partners are preprocessed as in evaluation):
 * ``both_rate``: share of masks that cover at least half of each object;
 * ``mask_iou_between_partners``: mean IoU of a composite's two masks (1:
   the partner changes nothing);
-* ``per_class``: conditional J by target class.
+* ``per_class``: conditional J by target class;
+* ``layout_rates``: how the masks lie on the two objects (:func:`layout`):
+  shares of ``separate`` (a connected component on each object),
+  ``merged`` (both objects covered, but by components that each straddle
+  them or lie on one object only), ``one`` (one object covered) and
+  ``neither``. Scored with the common-object selection off, it says how
+  often the model's own masks leave the selection a choice
+  (``separate``); with it on, ``separate`` is how often it kept both.
 
 Deterministic: composites and partners are drawn with ``config.eval.seed``
 from the evaluation data (``config.eval.data``), so the unseen classes of a
@@ -27,6 +34,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from coseg_jax import common_selection
 from coseg_jax.runtime import steps
 from coseg_jax.runtime.evaluators import common
 from data_pipelines import augment
@@ -35,6 +43,12 @@ from data_pipelines import pipeline
 from data_pipelines import scenes as scenes_lib
 
 DEFAULT_COUNT = 100
+# An object counts as covered when the mask holds this share of it.
+COVERED = 0.25
+# Components below this share of the image are ignored by :func:`layout`
+# (the common-object selection's default ``min_area``).
+MIN_COMPONENT = 0.01
+LAYOUTS = ("separate", "merged", "one", "neither")
 
 
 def composite_cases(config, *, count: int = None) -> Tuple[list, Any, Any]:
@@ -105,9 +119,29 @@ def predictions(*, config, model, variables, cases, scenes, data,
   return items
 
 
+def layout(mask: np.ndarray, target: np.ndarray, other: np.ndarray) -> str:
+  """How a bool [H, W] mask lies on a composite's two objects (bool
+  [H, W] each): 'separate' when it covers >= ``COVERED`` of each and has a
+  connected component (8-connected, >= ``MIN_COMPONENT`` of the image)
+  with most of its pixels on each object; 'merged' when it covers both
+  without such a pair; 'one' when it covers one; else 'neither'."""
+  covered = [np.sum(mask & obj) >= COVERED * max(int(obj.sum()), 1)
+             for obj in (target, other)]
+  if not any(covered):
+    return "neither"
+  if not all(covered):
+    return "one"
+  labels, judged = common_selection.components(mask, min_area=MIN_COMPONENT)
+  sizes = [np.sum(labels == j) for j in judged]
+  on = [[np.sum((labels == j) & obj) > 0.5 * n for j, n in zip(judged, sizes)]
+        for obj in (target, other)]
+  return "separate" if any(on[0]) and any(on[1]) else "merged"
+
+
 def score(items, binarize, class_names) -> Dict[str, Any]:
   """The figures of the module docstring from :func:`predictions`."""
   js, wrong, both, per_class = [], [], [], {}
+  layouts = {name: 0 for name in LAYOUTS}
   masks = {}
   for it in items:
     spec, t = it["spec"], it["target"]
@@ -121,6 +155,7 @@ def score(items, binarize, class_names) -> Dict[str, Any]:
     both.append(np.sum(pred & target) >= 0.5 * max(target.sum(), 1) and
                 np.sum(pred & other) >= 0.5 * max(other.sum(), 1))
     per_class.setdefault(class_names[spec.classes[t]], []).append(j)
+    layouts[layout(pred, target, other)] += 1
     masks.setdefault(id(spec), []).append(pred)
   ious = []
   for pair in masks.values():
@@ -134,6 +169,7 @@ def score(items, binarize, class_names) -> Dict[str, Any]:
       "mask_iou_between_partners": float(np.mean(ious)),
       "per_class": {c: float(np.mean(v)) for c, v in sorted(
           per_class.items())},
+      "layout_rates": {name: n / len(items) for name, n in layouts.items()},
       "num_composites": len(masks),
   }
 
@@ -149,9 +185,11 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
 
 
 def format_results(results: Dict[str, Any]) -> str:
+  rates = results["layout_rates"]
+  layouts = ", ".join(f"{name} {100 * rates[name]:.1f}%" for name in LAYOUTS)
   return (f"{results['num_composites']} composites x 2 partners: conditional "
           f"J {results['conditional_J']:.3f}, wrong object "
           f"{100 * results['wrong_object_rate']:.1f}%, both objects "
           f"{100 * results['both_rate']:.1f}%, IoU of the two masks "
-          f"{results['mask_iou_between_partners']:.3f} "
-          f"({results['rule']})")
+          f"{results['mask_iou_between_partners']:.3f}; masks on the two "
+          f"objects: {layouts} ({results['rule']})")
