@@ -133,6 +133,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Test-time augmentation: average the probabilities of each group and of
   # its horizontal mirror (steps.make_forward; twice the inference cost).
   config.eval.flip = False
+  # More test-time augmentation: also run each group resized by these
+  # factors and average the maps resized back (with flip: every scale
+  # mirrored too). (1.0,) is one pass.
+  config.eval.scales = (1.0,)
   # Common-object selection after the model (coseg_jax.common_selection,
   # ours): each image keeps the foreground components whose cut-out the
   # describer's ImageNet probabilities find in its partners (score >= ratio

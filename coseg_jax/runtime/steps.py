@@ -240,14 +240,22 @@ def make_forward(config, model) -> Callable[[Any, jax.Array], jax.Array]:
   """Pure ``(variables, images [B,K,h,w,3]) -> probabilities [B,K,h,w,1]``.
 
   Uses the method's ``predict_fn`` when it has one (e.g. CoSegNet's decision
-  gate), else ``sigmoid(mask_logits)`` in float32. With ``config.eval.flip``
-  the probabilities are the mean of the group's and of its horizontal
-  mirror's (every image of the group mirrored together, so that pairs stay
-  pairs; the mirror's map is mirrored back): a test-time augmentation that
-  makes the output exactly mirror-equivariant, at twice the cost.
+  gate), else ``sigmoid(mask_logits)`` in float32. Test-time augmentation
+  (``config.eval``): with ``flip`` the probabilities are the mean of the
+  group's and of its horizontal mirror's (every image of the group mirrored
+  together, so that pairs stay pairs; the mirror's map is mirrored back),
+  which makes the output exactly mirror-equivariant; with ``scales`` other
+  than ``(1.0,)`` the group is also run resized by each factor (bilinear,
+  antialiased when shrinking) and each map is resized back to h x w before
+  the mean. The cost is one forward pass per scale and mirror.
   """
   spec = models.get_method(config.method)
-  flip = bool((config.get("eval", None) or {}).get("flip", False))
+  options = config.get("eval", None) or {}
+  flip = bool(options.get("flip", False))
+  scales = tuple(float(s) for s in options.get("scales", (1.0,)))
+  if not scales or min(scales) <= 0:
+    raise ValueError(f"config.eval.scales must be positive factors, got "
+                     f"{scales}")
 
   def probabilities(variables, images):
     outputs = model.apply(variables, images, train=False)
@@ -256,12 +264,23 @@ def make_forward(config, model) -> Callable[[Any, jax.Array], jax.Array]:
                              config=config)
     return jax.nn.sigmoid(outputs.mask_logits.astype(jnp.float32))
 
+  def at_scale(variables, images, scale):
+    if scale == 1.0:
+      return probabilities(variables, images)
+    b, k, h, w, c = images.shape
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    probs = probabilities(variables, jax.image.resize(
+        images, (b, k) + size + (c,), "linear"))
+    return jax.image.resize(probs, (b, k, h, w, probs.shape[-1]), "linear")
+
   def forward(variables, images):
-    probs = probabilities(variables, images)
-    if flip:
-      mirrored = probabilities(variables, jnp.flip(images, axis=3))
-      probs = 0.5 * (probs + jnp.flip(mirrored, axis=3))
-    return probs
+    maps = []
+    for scale in scales:
+      maps.append(at_scale(variables, images, scale))
+      if flip:
+        mirrored = at_scale(variables, jnp.flip(images, axis=3), scale)
+        maps.append(jnp.flip(mirrored, axis=3))
+    return maps[0] if len(maps) == 1 else sum(maps) / len(maps)
 
   return forward
 
