@@ -24,6 +24,7 @@ import optax
 
 from coseg_jax import common_selection
 from coseg_jax import models
+from coseg_jax.nn import resize
 from coseg_jax.runtime import feature_cache
 from coseg_jax.runtime import optimizer as optimizer_lib
 from coseg_jax.runtime import sharding as sharding_lib
@@ -269,9 +270,11 @@ def make_forward(config, model) -> Callable[[Any, jax.Array], jax.Array]:
       return probabilities(variables, images)
     b, k, h, w, c = images.shape
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    probs = probabilities(variables, jax.image.resize(
-        images, (b, k) + size + (c,), "linear"))
-    return jax.image.resize(probs, (b, k, h, w, probs.shape[-1]), "linear")
+    resized = resize.bilinear_resize(images.reshape((b * k, h, w, c)), size)
+    probs = probabilities(variables, resized.reshape((b, k) + size + (c,)))
+    back = resize.bilinear_resize(
+        probs.reshape((b * k,) + probs.shape[2:]), (h, w))
+    return back.reshape((b, k, h, w, probs.shape[-1]))
 
   def forward(variables, images):
     maps = []
