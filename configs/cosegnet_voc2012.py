@@ -65,7 +65,12 @@ def get_config(arg=None):
   m.metric_layer = "cT9"  # Sec. 3 / Table 6
   m.metric_widths = (128, 64)  # FC128-ReLU-FC64
   m.decision_hidden = 32  # FC32-ReLU-FC1-sigmoid
+  m.decision_input = "concat"  # [e_0 ; e_j]; 'abs_difference' is ours
+  m.skip_levels = ()  # the paper's decoder reads only f (stride 32)
   m.decision_threshold = 0.5
+  # True: the threshold applies to the posterior the weighted decision BCE
+  # implies (cosegnet.decision_cut; ours).
+  m.decision_reweight = False
   m.gate_masks = True  # False: ungated decoder masks (a diagnostic)
   # Eq. 2-4 sum over pixels, images and the batch; 'mean' is the earlier
   # per-pixel / per-batch average (see the module docstring).

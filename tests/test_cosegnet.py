@@ -83,6 +83,88 @@ def test_base_variant_parameter_count():
   assert _count(params["decoder"]) == decoder
 
 
+def test_skip_levels_join_the_decoder_at_their_size():
+  """Each skip level's channels are added to the input of the layer after
+  the upsampling that reaches its size (cT1 for stride 16, cT4 for 8, cT7
+  for 4, cT10 for 2); the model then reads those levels too."""
+  levels = ("stride16", "stride8", "stride4")
+  plain = abstract(cosegnet.CoSegNet(), (1, 2, 224, 224, 3))["params"]
+  model = cosegnet.CoSegNet(skip_levels=levels)
+  params = abstract(model, (1, 2, 224, 224, 3))["params"]
+  vgg_channels = {"stride16": 512, "stride8": 512, "stride4": 256}
+  for level, layer in zip(levels, ("cT1", "cT4", "cT7")):
+    extra = params["decoder"][layer]["kernel"].shape[2] - plain["decoder"][
+        layer]["kernel"].shape[2]
+    assert extra == vgg_channels[level], layer
+  for layer in ("cT2", "cT3", "cT5", "cT10", "cT13"):
+    assert (params["decoder"][layer]["kernel"].shape
+            == plain["decoder"][layer]["kernel"].shape)
+  assert model.feature_levels == ("stride32",) + levels
+  assert cosegnet.CoSegNet().feature_levels == ("stride32",)
+
+
+def test_skips_carry_the_encoder_levels_into_the_mask():
+  """With skips, changing only the stride-4 features (given as
+  precomputed features) changes the mask; without, it cannot."""
+  rng = np.random.default_rng(0)
+  images = jnp.zeros((1, 2, 32, 32, 3))
+  feats = {"stride32": rng.normal(size=(1, 2, 1, 1, 16)),
+           "stride4": rng.normal(size=(1, 2, 8, 8, 8))}
+  feats = {k: jnp.asarray(v, jnp.float32) for k, v in feats.items()}
+  other = dict(feats, stride4=feats["stride4"] + 1.0)
+  for levels, moves in (((), False), (("stride4",), True)):
+    model = cosegnet.CoSegNet(skip_levels=levels, **TINY)
+    variables = model.init(jax.random.PRNGKey(0), images, features=feats)
+    a = model.apply(variables, images, features=feats).mask_logits
+    b = model.apply(variables, images, features=other).mask_logits
+    assert bool(jnp.any(jnp.abs(a - b) > 1e-6)) == moves, levels
+
+
+def test_skip_and_decision_options_reject_bad_values():
+  images = jnp.zeros((1, 2, 32, 32, 3))
+  with pytest.raises(ValueError, match="skip_levels entry"):
+    cosegnet.CoSegNet(skip_levels=("stride64",), **TINY).init(
+        jax.random.PRNGKey(0), images)
+  with pytest.raises(ValueError, match="decision_input"):
+    cosegnet.CoSegNet(decision_input="sum", **TINY).init(
+        jax.random.PRNGKey(0), images)
+  decoder = cosegnet.CoSegNetDecoder(widths=(4,) * 12 + (1,))
+  x = jnp.zeros((1, 1, 1, 8))
+  with pytest.raises(ValueError, match="spatial size"):
+    decoder.init(jax.random.PRNGKey(0), x, output_size=(32, 32),
+                 skips={"stride16": jnp.zeros((1, 3, 3, 4))})
+
+
+@pytest.mark.parametrize("decision_input", ["concat", "abs_difference"])
+def test_decision_input_numpy_reference(decision_input):
+  """The decision logit from the embeddings, by hand: FC32-ReLU-FC1 on
+  [e_0 ; e_j] or on |e_0 - e_j|; the difference form is symmetric."""
+  model = cosegnet.CoSegNet(decision_input=decision_input, **TINY)
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.uniform(size=(2, 3, 32, 32, 3)), jnp.float32)
+  variables = np_init(model, images.shape, 1)
+  out = model.apply(variables, images)
+  e = np.asarray(out.embeddings, np.float64)
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), variables["params"])
+  assert p["decision_fc1"]["kernel"].shape[0] == (
+      128 if decision_input == "concat" else 64)
+  for j in (1, 2):
+    if decision_input == "concat":
+      x = np.concatenate([e[:, 0], e[:, j]], axis=-1)
+    else:
+      x = np.abs(e[:, 0] - e[:, j])
+    hidden = np.maximum(x @ p["decision_fc1"]["kernel"]
+                        + p["decision_fc1"]["bias"], 0)
+    want = (hidden @ p["decision_fc2"]["kernel"]
+            + p["decision_fc2"]["bias"])[:, 0]
+    np.testing.assert_allclose(out.decision_logits[:, j - 1], want,
+                               rtol=1e-4, atol=1e-5)
+  if decision_input == "abs_difference":
+    swapped = model.apply(variables, images[:, (1, 0, 2)]).decision_logits
+    np.testing.assert_allclose(swapped[:, 0], out.decision_logits[:, 0],
+                               rtol=1e-5, atol=1e-6)
+
+
 def _tiny_setup(metric_layer="cT9", k=3, hw=(32, 32), seed=0):
   model = cosegnet.CoSegNet(metric_layer=metric_layer, **TINY)
   rng = np.random.default_rng(seed)
@@ -309,6 +391,51 @@ def test_gate_numpy_reference():
   keep = np.concatenate([yes.any(1, keepdims=True), yes], 1)
   np.testing.assert_array_equal(got, probs * keep[:, :, None, None, None])
   assert np.all(got[1] == 0) and np.all(got[0, 2] == 0)
+
+
+def test_decision_cut_is_the_weighted_bce_minimiser_at_the_threshold():
+  """With ``decision_reweight`` the cut is the sigmoid that minimises the
+  weighted decision BCE for a pair whose posterior equals the threshold
+  (found here by a grid search); without it, the threshold itself."""
+  config = cosegnet_voc2012.get_config()
+  assert cosegnet.decision_cut(config) == 0.5
+  config.model.decision_reweight = True
+  q = np.linspace(1e-4, 1 - 1e-4, 200_001)
+  for t, loss in ((0.5, None), (0.7, None),
+                  (0.5, {"decision_pos": 1.0, "decision_neg": 3.0})):
+    config.model.decision_threshold = t
+    config.loss = loss or dict(cosegnet.PAPER_LOSS)
+    w_pos, w_neg = config.loss["decision_pos"], config.loss["decision_neg"]
+    risk = -(w_pos * t * np.log(q) + w_neg * (1 - t) * np.log(1 - q))
+    assert cosegnet.decision_cut(config) == pytest.approx(
+        q[np.argmin(risk)], abs=1e-4)
+  config.model.decision_threshold = 0.5
+  config.loss = dict(cosegnet.PAPER_LOSS)
+  assert cosegnet.decision_cut(config) == pytest.approx(0.33 / 0.83)
+  config.loss = {"decision_pos": 1.0}
+  with pytest.raises(ValueError, match="decision_neg"):
+    cosegnet.decision_cut(config)
+  config.model.decision_threshold = 1.0
+  with pytest.raises(ValueError, match="decision_threshold"):
+    cosegnet.decision_cut(config)
+
+
+def test_reweighted_cut_gates_the_predicted_masks():
+  """A pair at sigmoid 0.45 is gated away at the plain 0.5 and kept at the
+  paper weights' reweighted cut (0.398)."""
+  model, variables, images, _ = _tiny_setup(k=2)
+  params = jax.tree.map(lambda x: x, variables["params"])
+  params["decision_fc2"]["kernel"] = jnp.zeros_like(
+      params["decision_fc2"]["kernel"])
+  params["decision_fc2"]["bias"] = jnp.full((1,), np.log(0.45 / 0.55))
+  out = model.apply({**variables, "params": params}, images, train=False)
+  config = cosegnet_voc2012.get_config()
+  assert np.all(np.asarray(cosegnet.predict_fn(
+      outputs=out, batch=None, config=config)) == 0)
+  config.model.decision_reweight = True
+  np.testing.assert_array_equal(
+      np.asarray(cosegnet.predict_fn(outputs=out, batch=None, config=config)),
+      np.asarray(jax.nn.sigmoid(out.mask_logits)))
 
 
 class _Cfg(dict):

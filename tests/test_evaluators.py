@@ -579,9 +579,36 @@ def test_decision_accuracy_equals_a_hand_count(tiny_data_dir):
   assert results["positive_accuracy"] == pytest.approx(right[1] / total[1])
   assert results["negative_accuracy"] == pytest.approx(right[0] / total[0])
   assert results["threshold"] == 0.7
+  # The AUC by ranks (the same pairs): the mean rank of the positives.
+  logits, labels = [], []
+  for batch in pipeline.make_dataset(data, split="test", batch_size=1,
+                                     train=False, seed=3):
+    image1, image2 = batch["images"][0].astype(np.float64)
+    logits.append(20.0 * (image1.mean() - image2.mean()))
+    labels.append(int(batch["has_common"][0]))
+  ranks = np.argsort(np.argsort(logits)) + 1.0  # no ties among these
+  pos = np.asarray(labels) == 1
+  n1, n0 = pos.sum(), (~pos).sum()
+  auc = (ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+  assert results["auc"] == pytest.approx(auc)
   assert "decision accuracy" in decision.format_results(results)
+  assert "ROC AUC" in decision.format_results(results)
   with pytest.raises(ValueError, match="needs a method with a decision"):
     decision.evaluate(config=config, model=_MatchingModel(), variables={})
+
+
+def test_roc_auc_known_values():
+  assert decision.roc_auc(np.array([3.0, 2.0, 1.0, 0.0]),
+                          np.array([1, 1, 0, 0])) == 1.0
+  assert decision.roc_auc(np.array([3.0, 2.0, 1.0, 0.0]),
+                          np.array([0, 0, 1, 1])) == 0.0
+  # One positive above both negatives, one between them: 3 of 4 pairs.
+  assert decision.roc_auc(np.array([5.0, 2.0, 3.0, 1.0]),
+                          np.array([1, 1, 0, 0])) == 0.75
+  # A tie counts half: every score equal gives 0.5.
+  assert decision.roc_auc(np.zeros(5), np.array([1, 0, 1, 0, 0])) == 0.5
+  with pytest.raises(ValueError, match="positive and negative"):
+    decision.roc_auc(np.zeros(3), np.ones(3))
 
 
 # TSS layout: two 21x21 pairs. With align_corners normalisation a unit of

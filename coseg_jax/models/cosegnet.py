@@ -86,6 +86,15 @@ Choices the paper leaves open, all config fields (``config.model``):
 * ``metric_layer``: 'f' (encoder output), 'cT3', 'cT6', 'cT9' (default),
   'cT11' (Table 6).
 * ``decision_threshold``: 0.5 on sigmoid(decision logit).
+* ``decision_reweight`` (ours; default False): apply the threshold to the
+  pair's posterior instead of to the raw sigmoid. The decision BCE weighs
+  a positive pair by w3+ and a negative one by w3- (0.33 and 0.5 in the
+  paper), and each triplet holds one of each, so the sigmoid that
+  minimises it is q = w+ p / (w+ p + w- (1 - p)) for a posterior p: a pair
+  the net finds as likely common as not (p = 0.5) gets q = 0.4 and is
+  called negative. With the option on, p > t is tested as q > w+ t /
+  (w+ t + w- (1 - t)) (:func:`decision_cut`), a threshold read off the
+  loss weights, not fitted to any data.
 * ``gate_masks``: True (the paper's test-time masks); False returns the
   decoder's masks ungated, to see whether the decoder or the decision is
   what fails (``--mode eval --config.model.gate_masks=False``).
@@ -95,6 +104,21 @@ Choices the paper leaves open, all config fields (``config.model``):
 * ``backbone``: 'vgg16' (paper); any registered backbone works (its
   'stride32' map is ``f``), e.g. 'efficientnet_lite0' with real ImageNet
   weights for CPU runs, 'tiny' for tests.
+
+Two options that are ours, off by default (the paper's form):
+
+* ``skip_levels``: encoder levels ('stride16', 'stride8', 'stride4',
+  'stride2') concatenated to the decoder right after the upsampling that
+  reaches their size (before cT1, cT4, cT7, cT10). The paper fine-tunes
+  VGG16, whose 7x7 output it can teach to keep the object's outline; a
+  frozen encoder's stride-32 map does not, and a decoder that sees only
+  that map draws blobs at 1/32 of the image's resolution.
+* ``decision_input``: 'concat' (the paper: [e_0 ; e_j]) or
+  'abs_difference' (|e_0 - e_j|, element-wise). The concatenation lets
+  the decision net learn which training classes the two images belong
+  to; the difference can only read how far apart the two embeddings lie,
+  per embedding axis, which is what the triplet loss shapes for every
+  class, seen in training or not. It is also symmetric in the two images.
 """
 
 import functools
@@ -113,6 +137,10 @@ from coseg_jax.models import registry
 from coseg_jax.models.baselines import other_mean
 
 METRIC_LAYERS = ("f", "cT3", "cT6", "cT9", "cT11")
+# Encoder level -> the decoder layer (0-based) whose input it joins: the
+# upsampling before that layer reaches the level's size.
+SKIP_BEFORE = {"stride16": 0, "stride8": 3, "stride4": 6, "stride2": 9}
+DECISION_INPUTS = ("concat", "abs_difference")
 DECODER_WIDTHS = (512, 512, 512, 512, 512, 256, 256, 256, 256, 128, 128, 64, 1)
 # A nearest-neighbour x2 upsampling precedes these decoder layers (0-based).
 UPSAMPLE_BEFORE = (0, 3, 6, 9, 11)
@@ -164,8 +192,11 @@ class CoSegNetDecoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, output_size):
-    """Args: x [N, h, w, C] encoder output; output_size (H, W).
+  def __call__(self, x: jax.Array, *, output_size,
+               skips: Optional[Mapping[str, jax.Array]] = None):
+    """Args: x [N, h, w, C] encoder output; output_size (H, W); skips
+    {level: [N, ceil(H/S), ceil(W/S), C_S]} for levels of ``SKIP_BEFORE``,
+    each concatenated after the upsampling that reaches its size.
 
     Returns:
       (logits [N, H, W, widths[-1]] float32, taps {'cT1'..'cT13': activation
@@ -176,6 +207,12 @@ class CoSegNetDecoder(nn.Module):
                        f"{len(self.widths)}")
     h, w = output_size
     n_up = len(UPSAMPLE_BEFORE)
+    skips = dict(skips or {})
+    unknown = sorted(set(skips) - set(SKIP_BEFORE))
+    if unknown:
+      raise ValueError(f"CoSegNetDecoder: skip level(s) {unknown} unknown; "
+                       f"known: {list(SKIP_BEFORE)}")
+    joins = {SKIP_BEFORE[level]: level for level in skips}
     taps = {}
     for i, width in enumerate(self.widths):
       if i in UPSAMPLE_BEFORE:
@@ -183,6 +220,13 @@ class CoSegNetDecoder(nn.Module):
         size = (math.ceil(h / 2**s), math.ceil(w / 2**s))
         x = jax.image.resize(x, (x.shape[0], *size, x.shape[-1]),
                              method="nearest")
+      if i in joins:
+        skip = skips[joins[i]]
+        if skip.shape[1:3] != x.shape[1:3]:
+          raise ValueError(f"CoSegNetDecoder: skip {joins[i]!r} has spatial "
+                           f"size {skip.shape[1:3]}, expected "
+                           f"{x.shape[1:3]}")
+        x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
       last = i == len(self.widths) - 1
       x = nn.ConvTranspose(width, (3, 3), padding="SAME",
                            dtype=jnp.float32 if last else self.dtype,
@@ -209,6 +253,10 @@ class CoSegNet(nn.Module):
     metric_layer: 'f', 'cT3', 'cT6', 'cT9' or 'cT11'.
     metric_widths: the metric net's FC widths (128, 64).
     decision_hidden: the decision net's hidden FC width (32).
+    decision_input: 'concat' (paper) or 'abs_difference' (ours; module
+      docstring).
+    skip_levels: encoder levels joined to the decoder (ours; module
+      docstring); () is the paper's decoder.
     loss_reduction: 'sum' (the paper's eq. 1-4) or 'mean'; see the module
       docstring. No parameter depends on it.
     dtype: computation dtype (parameters float32).
@@ -222,6 +270,8 @@ class CoSegNet(nn.Module):
   metric_layer: str = "cT9"
   metric_widths: Sequence[int] = (128, 64)
   decision_hidden: int = 32
+  decision_input: str = "concat"
+  skip_levels: Sequence[str] = ()
   loss_reduction: str = "sum"
   dtype: Any = jnp.float32
 
@@ -233,7 +283,7 @@ class CoSegNet(nn.Module):
   @property
   def feature_levels(self):
     """The backbone levels the model reads (what a feature cache stores)."""
-    return ("stride32",)
+    return ("stride32",) + tuple(self.skip_levels)
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False,
@@ -245,9 +295,15 @@ class CoSegNet(nn.Module):
     common.check_choice("variant", self.variant, VARIANTS)
     common.check_choice("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
     common.check_choice("metric_layer", self.metric_layer, METRIC_LAYERS)
+    common.check_choice("decision_input", self.decision_input,
+                        DECISION_INPUTS)
+    for level in self.skip_levels:
+      common.check_choice("skip_levels entry", level, tuple(SKIP_BEFORE))
     b, k, h, w, _ = images.shape
-    f = common.encode_group(self, images, train=train,
-                            features=features)["stride32"]
+    encoded = common.encode_group(self, images, train=train,
+                                  features=features)
+    f = encoded["stride32"]
+    skips = {level: encoded[level] for level in self.skip_levels}
     x = f
     if self.variant == "concat":
       fh, fw, fc = f.shape[1:]
@@ -255,7 +311,8 @@ class CoSegNet(nn.Module):
       x = jnp.concatenate([f, others.astype(f.dtype)], axis=-1)
     widths = scaled_widths(self.decoder_widths, self.width_multiplier)
     logits, taps = CoSegNetDecoder(widths=widths, dtype=self.dtype,
-                                   name="decoder")(x, output_size=(h, w))
+                                   name="decoder")(x, output_size=(h, w),
+                                                   skips=skips)
     mask_logits = logits.astype(jnp.float32).reshape(b, k, h, w, -1)
     if self.variant == "concat":
       return CoSegNetOutput(mask_logits=mask_logits,
@@ -268,7 +325,10 @@ class CoSegNet(nn.Module):
     e = nn.relu(nn.Dense(m1, name="metric_fc1")(g))
     e = nn.Dense(m2, name="metric_fc2")(e).reshape(b, k, m2)
     anchor = jnp.broadcast_to(e[:, :1], (b, k - 1, m2))
-    pair = jnp.concatenate([anchor, e[:, 1:]], axis=-1)
+    if self.decision_input == "concat":
+      pair = jnp.concatenate([anchor, e[:, 1:]], axis=-1)
+    else:
+      pair = jnp.abs(anchor - e[:, 1:])
     d = nn.relu(nn.Dense(self.decision_hidden, name="decision_fc1")(pair))
     d = nn.Dense(1, name="decision_fc2")(d)[..., 0]
     return CoSegNetOutput(mask_logits=mask_logits, embeddings=e,
@@ -290,6 +350,8 @@ def build_model(model_config: ml_collections.ConfigDict,
       metric_layer=get("metric_layer", "cT9"),
       metric_widths=tuple(get("metric_widths", (128, 64))),
       decision_hidden=int(get("decision_hidden", 32)),
+      decision_input=str(get("decision_input", "concat")),
+      skip_levels=tuple(get("skip_levels", ()) or ()),
       loss_reduction=str(get("loss_reduction", "sum")),
       dtype=registry.config_dtype(get("dtype", "float32")))
 
@@ -391,6 +453,36 @@ def gate(*, mask_probs: jax.Array, decision_logits: jax.Array,
   return mask_probs * keep[:, :, None, None, None]
 
 
+def decision_cut(config: ml_collections.ConfigDict) -> float:
+  """The threshold on sigmoid(decision logit) that the config asks for.
+
+  ``config.model.decision_threshold`` (t, default 0.5) as is, or with
+  ``config.model.decision_reweight`` the same threshold on the posterior
+  that the weighted decision BCE implies (module docstring): w+ t / (w+ t
+  + w- (1 - t)) with w+ = ``config.loss['decision_pos']`` and w- =
+  ``config.loss['decision_neg']`` (the paper's weights when ``config.loss``
+  is empty).
+
+  Raises:
+    ValueError: on a threshold outside (0, 1), or with the reweighting on
+      and a decision weight that is not positive.
+  """
+  t = float(config.model.get("decision_threshold", 0.5))
+  if not 0.0 < t < 1.0:
+    raise ValueError(f"config.model.decision_threshold must lie in (0, 1), "
+                     f"got {t}")
+  if not config.model.get("decision_reweight", False):
+    return t
+  loss = dict(config.get("loss", None) or PAPER_LOSS)
+  w_pos = float(loss.get("decision_pos", 0.0))
+  w_neg = float(loss.get("decision_neg", 0.0))
+  if w_pos <= 0.0 or w_neg <= 0.0:
+    raise ValueError(f"config.model.decision_reweight needs positive "
+                     f"config.loss weights decision_pos and decision_neg, "
+                     f"got {w_pos} and {w_neg}")
+  return w_pos * t / (w_pos * t + w_neg * (1.0 - t))
+
+
 def predict_fn(*, outputs: CoSegNetOutput, batch, config) -> jax.Array:
   """Test-time masks: decoder probability gated by the decision."""
   del batch
@@ -398,7 +490,7 @@ def predict_fn(*, outputs: CoSegNetOutput, batch, config) -> jax.Array:
   if (outputs.decision_logits is None
       or not config.model.get("gate_masks", True)):
     return probs
-  threshold = float(config.model.get("decision_threshold", 0.5))
+  threshold = decision_cut(config)
   return gate(mask_probs=probs, decision_logits=outputs.decision_logits,
               threshold=threshold)
 

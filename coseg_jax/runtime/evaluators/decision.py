@@ -5,10 +5,18 @@ Pairs come from ``config.data`` (its classes and evaluation split) through
 the training pipeline's pair sampler with half of them negatives (two images
 with no class in common), without augmentation: ``config.eval.
 decision_pairs`` pairs, seed ``config.eval.seed``. A pair is called positive
-when sigmoid(decision logit) > ``config.model.decision_threshold`` (0.5).
+when sigmoid(decision logit) exceeds the threshold the masks are gated with
+(``cosegnet.decision_cut``: ``config.model.decision_threshold``, 0.5,
+optionally reweighted by the decision loss's weights).
 
 Figures: ``accuracy`` over all pairs, ``positive_accuracy`` and
-``negative_accuracy`` (each side's share called right), the counts.
+``negative_accuracy`` (each side's share called right), the counts, and
+``auc``: the area under the ROC curve of the decision logits, the
+probability that a random positive pair gets a higher logit than a random
+negative one (ties count half). The AUC does not depend on the threshold:
+a decision net that ranks the pairs well but sits on the wrong side of
+0.5 (as one trained on other classes can) shows a high AUC and a low
+accuracy.
 """
 
 from typing import Any, Dict
@@ -16,9 +24,28 @@ from typing import Any, Dict
 import jax
 import numpy as np
 
+from coseg_jax.models import cosegnet
 from coseg_jax.runtime import sharding as sharding_lib
 from coseg_jax.runtime.evaluators import common
 from data_pipelines import pipeline
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Area under the ROC curve: P(score of a positive > score of a negative),
+  ties counting half (the Mann-Whitney U statistic over n+ n- pairs).
+
+  Args:
+    scores: [N] float scores (higher = more positive).
+    labels: [N] 0/1 labels, both present.
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels).astype(bool)
+  pos, neg = scores[labels], scores[~labels]
+  if not len(pos) or not len(neg):
+    raise ValueError("roc_auc needs positive and negative labels")
+  greater = (pos[:, None] > neg[None, :]).sum()
+  ties = (pos[:, None] == neg[None, :]).sum()
+  return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
 def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
@@ -37,7 +64,7 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
   dataset = pipeline.make_dataset(
       d, split=config.eval.split,
       batch_size=batch_size, train=False, seed=int(config.eval.get("seed", 0)))
-  threshold = float(config.model.get("decision_threshold", 0.5))
+  threshold = cosegnet.decision_cut(config)
 
   def decide(v, x):
     out = model.apply(v, x, train=False)
@@ -49,6 +76,7 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
   run = jax.jit(decide)
   right = {0: 0, 1: 0}
   total = {0: 0, 1: 0}
+  all_logits, all_labels = [], []
   for batch in dataset:
     n = batch["images"].shape[0]
     images = batch["images"]
@@ -59,6 +87,8 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
       images = jax.device_put(images, sharding_lib.data_sharding(mesh))
     logits = np.asarray(jax.device_get(run(variables, images)))[:n]
     said = 1.0 / (1.0 + np.exp(-logits)) > threshold
+    all_logits.extend(logits.tolist())
+    all_labels.extend(int(label) for label in batch["has_common"])
     for yes, label in zip(said, batch["has_common"]):
       total[int(label)] += 1
       right[int(label)] += int(bool(yes) == bool(label))
@@ -69,11 +99,14 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
           "positive_accuracy": right[1] / max(total[1], 1),
           "negative_accuracy": right[0] / max(total[0], 1),
           "num_positive": total[1], "num_negative": total[0],
-          "threshold": threshold}
+          "threshold": threshold,
+          "auc": (roc_auc(np.asarray(all_logits), np.asarray(all_labels))
+                  if total[0] and total[1] else float("nan"))}
 
 
 def format_results(results: Dict[str, Any]) -> str:
   return (f"decision accuracy {results['accuracy']:.3f} (positive pairs "
           f"{results['positive_accuracy']:.3f} of {results['num_positive']}, "
           f"negative pairs {results['negative_accuracy']:.3f} of "
-          f"{results['num_negative']}; sigmoid > {results['threshold']:g})")
+          f"{results['num_negative']}; sigmoid > {results['threshold']:.3g}); "
+          f"ROC AUC {results['auc']:.3f}")
