@@ -216,8 +216,15 @@ def _assert_outputs_parity(name, fields, **kwargs):
 
 
 @pytest.mark.slow
-def test_cosegnet_output_parity():
-  _assert_outputs_parity("cosegnet", ("embeddings", "decision_logits"))
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"skip_levels": ("stride16", "stride8", "stride4", "stride2"),
+     "decision_input": "abs_difference", "metric_layer": "f"}])
+def test_cosegnet_output_parity(overrides):
+  """The paper's form and the recipe's options (encoder skips, the
+  symmetric decision input)."""
+  _assert_outputs_parity("cosegnet", ("embeddings", "decision_logits"),
+                         overrides=overrides)
 
 
 @pytest.mark.slow

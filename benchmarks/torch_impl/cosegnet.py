@@ -6,8 +6,9 @@ EfficientNet-Lite, whose 'stride32' is its 1280-channel head, or the tiny
 test CNN), the 13-layer decoder of 3x3 stride-1 transposed convs
 cT1..cT13 with a nearest-neighbour x2 upsampling (half-pixel centres,
 ``nearest-exact`` = ``jax.image.resize(..., 'nearest')``) before cT1, cT4,
-cT7, cT10 and cT12, the metric net on the GAP of the tap layer (FC128-ReLU-
-FC64) and the decision net on [e_0 ; e_j] (FC32-ReLU-FC1).
+cT7, cT10 and cT12, optional encoder levels joined after the upsamplings
+(``skip_levels``), the metric net on the GAP of the tap layer (FC128-ReLU-
+FC64) and the decision net on [e_0 ; e_j] or |e_0 - e_j| (FC32-ReLU-FC1).
 
 Training step on triplets (K = 3: anchor, positive, negative), the paper's
 weights (``PAPER_LOSS``): pixel BCE of the positive pair's masks, triplet
@@ -28,6 +29,9 @@ from benchmarks.torch_impl import blocks
 
 DECODER_WIDTHS = (512, 512, 512, 512, 512, 256, 256, 256, 256, 128, 128, 64, 1)
 UPSAMPLE_BEFORE = (0, 3, 6, 9, 11)
+SKIP_BEFORE = {"stride16": 0, "stride8": 3, "stride4": 6, "stride2": 9}
+VGG_CHANNELS = {"stride2": 128, "stride4": 256, "stride8": 512,
+                "stride16": 512, "stride32": 512}
 PAPER_LOSS = {"mask_pos": 0.33, "triplet_pos": 0.33, "decision_pos": 0.33,
               "mask_neg": 0.0, "triplet_neg": 0.5, "decision_neg": 0.5}
 
@@ -39,30 +43,36 @@ def scaled_widths(widths: Sequence[int], multiplier: float) -> tuple:
 
 
 def make_encoder(name: str, kwargs=None):
-  """(headless encoder returning {'stride32': ...}, channels, normaliser);
-  ``kwargs``: the Flax ``backbone_kwargs`` (Lite)."""
+  """(headless encoder returning {level: ...}, {level: channels},
+  normaliser); ``kwargs``: the Flax ``backbone_kwargs`` (Lite)."""
   if name == "vgg16":
-    return backbones.VGG(with_head=False), 512, blocks.imagenet_normalize
+    return (backbones.VGG(with_head=False), dict(VGG_CHANNELS),
+            blocks.imagenet_normalize)
   if name == "tiny":
-    return backbones.TinyCNN(), 64, lambda x: x
+    tiny = backbones.TinyCNN()
+    return tiny, dict(zip(tiny.levels, tiny.widths)), lambda x: x
   if name.startswith("efficientnet_lite"):
-    model, widths, normalize = backbones.headless_lite(name, kwargs)
-    return model, widths["stride32"], normalize
+    return backbones.headless_lite(name, kwargs)
   raise ValueError(f"torch CoSegNet: unsupported backbone {name!r}")
 
 
 class Decoder(nn.Module):
   """cT1..cT13; ``forward(x, size)`` -> (logits [N, 1, H, W], taps)."""
 
-  def __init__(self, cin: int, widths: Sequence[int]):
+  def __init__(self, cin: int, widths: Sequence[int],
+               skip_channels: Optional[Mapping[str, int]] = None):
     super().__init__()
     self.widths = tuple(widths)
+    skip_channels = dict(skip_channels or {})
+    self.joins = {SKIP_BEFORE[level]: level for level in skip_channels}
     c = cin
     for i, w in enumerate(self.widths):
+      if i in self.joins:
+        c += skip_channels[self.joins[i]]
       setattr(self, f"cT{i + 1}", nn.ConvTranspose2d(c, w, 3, 1, 1))
       c = w
 
-  def forward(self, x, output_size):
+  def forward(self, x, output_size, skips=None):
     h, w = output_size
     n_up = len(UPSAMPLE_BEFORE)
     taps = {}
@@ -71,6 +81,8 @@ class Decoder(nn.Module):
         s = n_up - 1 - UPSAMPLE_BEFORE.index(i)
         x = F.interpolate(x, size=(math.ceil(h / 2**s), math.ceil(w / 2**s)),
                           mode="nearest-exact")
+      if i in self.joins:
+        x = torch.cat([x, skips[self.joins[i]].to(x.dtype)], 1)
       layer = getattr(self, f"cT{i + 1}")
       if i == len(self.widths) - 1:
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -90,33 +102,45 @@ class CoSegNet(blocks.FrozenBackboneMixin, nn.Module):
                width_multiplier: float = 1.0, metric_layer: str = "cT9",
                metric_widths: Sequence[int] = (128, 64),
                decision_hidden: int = 32, loss_reduction: str = "sum",
+               decision_input: str = "concat",
+               skip_levels: Sequence[str] = (),
                backbone_kwargs: Optional[Mapping[str, Any]] = None,
                backbone_eval_mode: bool = False, **unused: Any):
     super().__init__()
     self.loss_reduction = loss_reduction
     self.backbone_eval_mode = backbone_eval_mode
-    self.backbone, cin, self._normalize = make_encoder(backbone,
-                                                       backbone_kwargs)
+    self.backbone, channels, self._normalize = make_encoder(backbone,
+                                                            backbone_kwargs)
+    cin = channels["stride32"]
+    self.skip_levels = tuple(skip_levels)
+    self.decision_input = decision_input
     widths = scaled_widths(decoder_widths, width_multiplier)
-    self.decoder = Decoder(cin, widths)
+    self.decoder = Decoder(cin, widths,
+                           {lv: channels[lv] for lv in self.skip_levels})
     self.metric_layer = metric_layer
     tap_ch = cin if metric_layer == "f" else widths[int(metric_layer[2:]) - 1]
     m1, m2 = metric_widths
     self.metric_fc1 = nn.Linear(tap_ch, m1)
     self.metric_fc2 = nn.Linear(m1, m2)
-    self.decision_fc1 = nn.Linear(2 * m2, decision_hidden)
+    self.decision_fc1 = nn.Linear(
+        2 * m2 if decision_input == "concat" else m2, decision_hidden)
     self.decision_fc2 = nn.Linear(decision_hidden, 1)
 
   def forward(self, images):
     b, k, _, h, w = images.shape
     feats = self.encode_group(images)
     f = feats["stride32"]
-    logits, taps = self.decoder(f, (h, w))
+    logits, taps = self.decoder(f, (h, w),
+                                {lv: feats[lv] for lv in self.skip_levels})
     taps["f"] = f
     g = taps[self.metric_layer].float().mean((2, 3))
     with torch.autocast(device_type=images.device.type, enabled=False):
       e = self.metric_fc2(F.relu(self.metric_fc1(g))).reshape(b, k, -1)
-      pair = torch.cat([e[:, :1].expand(b, k - 1, e.shape[-1]), e[:, 1:]], -1)
+      anchor = e[:, :1].expand(b, k - 1, e.shape[-1])
+      if self.decision_input == "concat":
+        pair = torch.cat([anchor, e[:, 1:]], -1)
+      else:
+        pair = (anchor - e[:, 1:]).abs()
       d = self.decision_fc2(F.relu(self.decision_fc1(pair)))[..., 0]
     return logits.float().reshape(b, k, 1, h, w), e, d
 
