@@ -12,9 +12,10 @@ One cell per call (see ``benchmarks/common.py``)::
 
 CPU recipe size (``--size cpu224 --encoder lite0|lite2``): the model of
 ``configs/cosegnet_pascal_voc_coseg.py`` (decoder widths x 0.25 on the
-encoder's 1280-channel head, metric and decision nets, per-pixel mean loss,
-Adam) with the encoder trained (the recipe freezes it), 224x224, batch 4
-triplets.
+encoder's 1280-channel head with its stride-16, 8 and 4 maps joined, the
+metric net on the pooled encoder output, the decision on |e_0 - e_j|, the
+paper's summed loss, Adam) with the encoder trained (the recipe freezes
+it), 224x224, batch 4 triplets.
 
 Reduced sizes: ``small`` = VGG16 with decoder widths / 4, 64x64, batch 1
 triplet; ``tiny`` = the tiny test CNN encoder, decoder widths / 16, 32x32.
