@@ -74,8 +74,6 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
     return out.decision_logits[:, 0]
 
   run = jax.jit(decide)
-  right = {0: 0, 1: 0}
-  total = {0: 0, 1: 0}
   all_logits, all_labels = [], []
   for batch in dataset:
     n = batch["images"].shape[0]
@@ -85,23 +83,21 @@ def evaluate(*, config, model, variables, mesh=None) -> Dict[str, Any]:
                                                  batch_size - n, 0)])
     if mesh is not None:
       images = jax.device_put(images, sharding_lib.data_sharding(mesh))
-    logits = np.asarray(jax.device_get(run(variables, images)))[:n]
-    said = 1.0 / (1.0 + np.exp(-logits)) > threshold
-    all_logits.extend(logits.tolist())
-    all_labels.extend(int(label) for label in batch["has_common"])
-    for yes, label in zip(said, batch["has_common"]):
-      total[int(label)] += 1
-      right[int(label)] += int(bool(yes) == bool(label))
-  n = total[0] + total[1]
-  if not n:
+    all_logits.append(np.asarray(jax.device_get(run(variables, images)))[:n])
+    all_labels.append(np.asarray(batch["has_common"]).astype(bool))
+  if not all_labels:
     raise ValueError("the 'decision' evaluator drew no pairs (empty split?)")
-  return {"accuracy": (right[0] + right[1]) / n,
-          "positive_accuracy": right[1] / max(total[1], 1),
-          "negative_accuracy": right[0] / max(total[0], 1),
-          "num_positive": total[1], "num_negative": total[0],
+  logits, labels = np.concatenate(all_logits), np.concatenate(all_labels)
+  said = 1.0 / (1.0 + np.exp(-logits)) > threshold
+  right = said == labels
+  n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+  return {"accuracy": float(right.mean()),
+          "positive_accuracy": float(right[labels].sum()) / max(n_pos, 1),
+          "negative_accuracy": float(right[~labels].sum()) / max(n_neg, 1),
+          "num_positive": n_pos, "num_negative": n_neg,
           "threshold": threshold,
-          "auc": (roc_auc(np.asarray(all_logits), np.asarray(all_labels))
-                  if total[0] and total[1] else float("nan"))}
+          "auc": (roc_auc(logits, labels) if n_pos and n_neg
+                  else float("nan"))}
 
 
 def format_results(results: Dict[str, Any]) -> str:
