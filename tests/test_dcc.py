@@ -249,6 +249,36 @@ def test_loss_is_ce_a_plus_ce_b():
                 batch={"masks": jnp.asarray(masks)}, loss_config={"bce": 1.})
 
 
+def test_loss_lovasz_term_known_values_and_weights():
+  rng = np.random.default_rng(1)
+  masks = (rng.uniform(size=(2, 2, 8, 9, 1)) > 0.5).astype(np.float32)
+  valid = (rng.uniform(size=masks.shape) > 0.2).astype(np.float32)
+  batch = {"masks": jnp.asarray(masks), "valid": jnp.asarray(valid)}
+
+  def lovasz(logits):
+    return float(dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)),
+                             batch=batch,
+                             loss_config={"lovasz": 1.0})[1]["lovasz"])
+
+  # Confident and right: every image's J is 1, the surrogate 0. Confident
+  # and wrong everywhere: J 0, the surrogate's softmax errors are all ~1.
+  assert lovasz(20.0 * (2 * masks - 1)) < 1e-6
+  assert lovasz(-20.0 * (2 * masks - 1)) > 0.99
+  # Void pixels do not count: flipping them changes nothing.
+  logits = rng.normal(size=masks.shape).astype(np.float32)
+  flipped = np.where(valid > 0, logits, -logits)
+  assert lovasz(logits) == pytest.approx(lovasz(flipped), abs=1e-6)
+  total, terms = dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)),
+                             batch=batch,
+                             loss_config={"ce": 2.0, "lovasz": 3.0})
+  ce = dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)), batch=batch,
+                   loss_config={"ce": 1.0})[0]
+  np.testing.assert_allclose(float(terms["lovasz"]), 3.0 * lovasz(logits),
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(total), 2.0 * float(ce) +
+                             3.0 * lovasz(logits), rtol=1e-6)
+
+
 def test_registered():
   spec = models.get_method("dcc")
   assert spec.default_loss == {"ce": 1.0}

@@ -81,6 +81,7 @@ import ml_collections
 from coseg_jax import losses
 from coseg_jax.models import common
 from coseg_jax.models import registry
+from coseg_jax.models import baselines
 from coseg_jax.models.baselines import other_mean
 from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
@@ -88,7 +89,7 @@ from coseg_jax.nn import resize
 
 COMBINES = ("concat", "sum", "mean", "max")
 MATCH_NORMS = ("none", "rms", "batchnorm")
-LOSS_TERMS = ("ce",)
+LOSS_TERMS = ("ce", "lovasz")
 # The matched map's per-channel variances are ~1e-7 (L2-normalised features,
 # responses divided by k*k): a BatchNorm epsilon of 1e-5 would swallow them.
 MATCH_BN_EPSILON = 1e-10
@@ -281,25 +282,40 @@ def build_model(model_config: ml_collections.ConfigDict) -> DCCNet:
 
 def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
             loss_config: Mapping[str, float]):
-  """CE_A + CE_B: per-image mean pixel BCE, summed over the K images.
+  """CE_A + CE_B (eq. B1), optionally with a Lovász term beside it.
+
+  ``ce`` is the paper's loss: the per-image mean pixel BCE, summed over the
+  K images. ``lovasz`` (not in the paper) is the Lovász-Softmax surrogate
+  of the batch's foreground Jaccard index, as CycleSegNet trains with
+  (``baselines.loss_fn``): pixel BCE leaves the objects a frozen encoder
+  is unsure of below probability 0.5, where a J surrogate pushes them over.
 
   Args:
     outputs: ``mask_logits`` [B, K, H, W, 1].
     batch: ``masks`` [B, K, H, W, 1] {0, 1}; optional ``valid`` (0 = void).
-    loss_config: {'ce': weight}.
+    loss_config: {'ce': weight, 'lovasz': weight}, either or both.
 
   Returns:
     (total float32 scalar, weighted terms).
   """
   common.check_loss_terms(loss_config, LOSS_TERMS, "dcc")
-  logits = outputs.mask_logits.astype(jnp.float32)
-  masks = batch["masks"].astype(jnp.float32)
-  valid = batch.get("valid")
-  valid = jnp.ones_like(masks) if valid is None else valid.astype(jnp.float32)
-  bce = losses.get_loss("sigmoid_bce")
-  ce = sum(bce(logits=logits[:, i], labels=masks[:, i], valid=valid[:, i])
-           for i in range(logits.shape[1]))
-  return losses.compute_total_loss({"ce": ce}, dict(loss_config))
+  terms = {}
+  if "ce" in loss_config:
+    logits = outputs.mask_logits.astype(jnp.float32)
+    masks = batch["masks"].astype(jnp.float32)
+    valid = batch.get("valid")
+    valid = (jnp.ones_like(masks) if valid is None
+             else valid.astype(jnp.float32))
+    bce = losses.get_loss("sigmoid_bce")
+    terms["ce"] = sum(
+        bce(logits=logits[:, i], labels=masks[:, i], valid=valid[:, i])
+        for i in range(logits.shape[1]))
+  if "lovasz" in loss_config:
+    # Unit weight gives the raw term; the config's weight applies below.
+    terms["lovasz"] = baselines.loss_fn(
+        outputs=baselines.BaselineOutput(mask_logits=outputs.mask_logits),
+        batch=batch, loss_config={"lovasz": 1.0})[1]["lovasz"]
+  return losses.compute_total_loss(terms, dict(loss_config))
 
 
 registry.register_method("dcc", registry.MethodSpec(
