@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import dcc_pascal_voc_coseg
 from configs import dcc_voc2012
 from coseg_jax import models
 from coseg_jax.models import dcc
@@ -277,6 +278,26 @@ def test_loss_lovasz_term_known_values_and_weights():
                              rtol=1e-6)
   np.testing.assert_allclose(float(total), 2.0 * float(ce) +
                              3.0 * lovasz(logits), rtol=1e-6)
+
+
+def test_pascal_recipe_loss_cut_and_selection():
+  """The real-photo recipe: CE + Lovász, the 0.45 cut, and common-object
+  selection finding its components at that same cut, for every protocol;
+  the paper config keeps CE alone at 0.5."""
+  for arg in ("disjoint", "split", "all,live", "disjoint,runlocal"):
+    c = dcc_pascal_voc_coseg.get_config(arg)
+    assert dict(c.loss) == {"ce": 1.0, "lovasz": 1.0}, arg
+    assert c.eval.threshold == 0.45, arg
+    assert c.eval.common_selection.enabled, arg
+    assert c.eval.common_selection.threshold == c.eval.threshold, arg
+  paper = dcc_voc2012.get_config()
+  assert dict(paper.loss) == {"ce": 1.0} and paper.eval.threshold == 0.5
+  assert not paper.eval.common_selection.enabled
+  logits = jnp.zeros((1, 2, 4, 4, 1))
+  batch = {"masks": jnp.ones((1, 2, 4, 4, 1))}
+  _, terms = dcc.loss_fn(outputs=dcc.DCCOutput(logits), batch=batch,
+                         loss_config=dict(c.loss))
+  assert set(terms) == {"ce", "lovasz"}
 
 
 def test_registered():
