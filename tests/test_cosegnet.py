@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import cosegnet_pascal_voc_coseg
 from configs import cosegnet_voc2012
 from coseg_jax import models
 from coseg_jax.models import cosegnet
@@ -597,3 +598,18 @@ def test_metric_path_fits_fixed_training_triplets():
   first, last = np.mean(trip[:20]), np.mean(trip[-50:])
   assert first > 0.8, (first, last)  # starts near the margin
   assert last < 0.4, (first, last)
+
+
+def test_pascal_recipe_cut_and_selection():
+  """The real-photo recipe cuts the gated masks at 0.4 and runs
+  common-object selection at that cut, for every protocol; the Table 5
+  base and the paper config keep the 0.5 cut and no selection."""
+  for arg in ("disjoint", "split", "all,live", "disjoint,runlocal"):
+    c = cosegnet_pascal_voc_coseg.get_config(arg)
+    assert c.eval.threshold == 0.4, arg
+    assert c.eval.common_selection.enabled, arg
+    assert c.eval.common_selection.threshold == c.eval.threshold, arg
+  for c in (cosegnet_pascal_voc_coseg.get_config("disjoint,base"),
+            cosegnet_voc2012.get_config()):
+    assert c.eval.threshold == 0.5
+    assert not c.eval.common_selection.enabled
