@@ -106,6 +106,12 @@ def test_cpu224_configs():
   assert coatt.model.extractor == "efficientnet_lite0"
   coseg = common.make_config(bench_of("cosegnet"), size="cpu224")
   assert coseg.data.sampler == "triplets"
+  # The PyTorch port of DCC computes CE_A + CE_B only, so the JAX cell
+  # leaves out the recipe's Lovász term too.
+  dcc = common.make_config(bench_of("dcc"), size="cpu224", encoder="lite2")
+  assert dict(dcc.loss) == {"ce": 1.0}
+  assert not dcc.model.backbone_eval_mode
+  assert not dcc.data.feature_cache.enabled
 
 
 def test_group_size_reaches_both_inputs():
