@@ -8,8 +8,8 @@ and flags: ``configs/pascal_voc_coseg.py``).
 
 The recipe: EfficientNet-Lite2 with its ImageNet weights, frozen and in
 evaluation mode; depth-wise cross-correlation of the stride-16 maps at kernel
-sizes 1, 3, 5; the bilinear decoder with encoder skips; CE_A + CE_B; Adam
-with a cosine schedule; CE_A + CE_B with a Lovász term beside them; at
+sizes 1, 3, 5; the bilinear decoder with encoder skips; Adam with a cosine
+schedule; CE_A + CE_B with a Lovász term beside them; at
 evaluation and prediction, the mean of each pair's and its mirror image's
 probabilities (``--config.eval.flip=False`` scores one pass), foreground
 where it is >= 0.45, then common-object selection

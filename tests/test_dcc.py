@@ -248,6 +248,9 @@ def test_loss_is_ce_a_plus_ce_b():
   with pytest.raises(ValueError, match="unknown term"):
     dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)),
                 batch={"masks": jnp.asarray(masks)}, loss_config={"bce": 1.})
+  with pytest.raises(ValueError, match="names no term"):
+    dcc.loss_fn(outputs=dcc.DCCOutput(jnp.asarray(logits)),
+                batch={"masks": jnp.asarray(masks)}, loss_config={})
 
 
 def test_loss_lovasz_term_known_values_and_weights():

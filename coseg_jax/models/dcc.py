@@ -79,9 +79,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from coseg_jax import losses
+from coseg_jax.models import baselines
 from coseg_jax.models import common
 from coseg_jax.models import registry
-from coseg_jax.models import baselines
 from coseg_jax.models.baselines import other_mean
 from coseg_jax.nn import correlation
 from coseg_jax.nn import decoders
@@ -299,6 +299,9 @@ def loss_fn(*, outputs: DCCOutput, batch: Mapping[str, jax.Array],
     (total float32 scalar, weighted terms).
   """
   common.check_loss_terms(loss_config, LOSS_TERMS, "dcc")
+  if not loss_config:
+    raise ValueError(f"config.loss for dcc names no term; known: "
+                     f"{list(LOSS_TERMS)}")
   terms = {}
   if "ce" in loss_config:
     logits = outputs.mask_logits.astype(jnp.float32)
