@@ -141,10 +141,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # ours): each image keeps the foreground components whose cut-out the
   # describer's ImageNet probabilities find in its partners (score >= ratio
   # x the image's best), the others are zeroed. Used by --mode eval and
-  # --mode predict; off by default.
+  # --mode predict; off by default. Its threshold None is eval.threshold.
   config.eval.common_selection = ml_collections.ConfigDict({
       "enabled": False, "backbone": "efficientnet_lite2", "path": "",
-      "threshold": 0.5, "min_area": 0.01, "ratio": 0.3, "pad": 0.1,
+      "threshold": None, "min_area": 0.01, "ratio": 0.3, "pad": 0.1,
       "crop_size": 224})
   config.eval.max_groups = -1  # -1 = all
   # > 0: evaluate that many images per class (a seeded draw), e.g. to run

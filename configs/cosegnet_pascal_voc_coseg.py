@@ -89,9 +89,7 @@ def get_config(arg=None):
     # and wrong object 19.5 % -> 9 %, for gated single-object J 0.670 ->
     # 0.662 (docs/results.md#cosegnet).
     config.eval.common_selection.enabled = True
-    config.eval.common_selection.threshold = config.eval.threshold
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     m.width_multiplier = 1 / 16
-    config.eval.common_selection.crop_size = 64
   return config

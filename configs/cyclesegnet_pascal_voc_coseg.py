@@ -98,5 +98,4 @@ def get_config(arg=None):
     m.crm_features = 16
     m.num_steps = 2
     m.decoder_widths = (16, 16, 8, 8, 8)
-    config.eval.common_selection.crop_size = 64
   return config

@@ -72,9 +72,7 @@ def get_config(arg=None):
   # 0.456 (wrong object 50 % -> 30.5 %) for single-object J 0.630 -> 0.622
   # (at its default 0.5 it reached 0.387; docs/results.md#dcc).
   config.eval.common_selection.enabled = True
-  config.eval.common_selection.threshold = config.eval.threshold
   if a.runlocal:
     pascal_voc_coseg.runlocal(config)
     m.decoder_widths = (16, 16, 8, 8, 8)
-    config.eval.common_selection.crop_size = 64
   return config

@@ -165,5 +165,7 @@ def runlocal(config: ml_collections.ConfigDict):
   config.eval.partner_pairs = 4
   config.eval.composites = 2
   config.data.feature_cache.views = 2
+  # The common-object selection's cut-outs, when a recipe turns it on.
+  config.eval.common_selection.crop_size = 64
   return config
 

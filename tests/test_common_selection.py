@@ -180,6 +180,12 @@ def test_common_selection_of_config(monkeypatch):
   assert describer == ("efficientnet_lite0", "")
   assert settings == common_selection.SelectionConfig(ratio=0.3,
                                                       min_area=0.02)
+  # Its threshold follows the evaluation's cut unless given.
+  config = _config(enabled=True, threshold=None)
+  config.eval.threshold = 0.45
+  assert steps.common_selection_of(config)[1].threshold == 0.45
+  config.eval.common_selection.threshold = 0.6
+  assert steps.common_selection_of(config)[1].threshold == 0.6
 
 
 def test_make_predict_batch_applies_the_selection(monkeypatch):

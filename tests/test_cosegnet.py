@@ -600,15 +600,17 @@ def test_metric_path_fits_fixed_training_triplets():
   assert last < 0.4, (first, last)
 
 
-def test_pascal_recipe_cut_and_selection():
+def test_pascal_recipe_cut_and_selection(monkeypatch):
   """The real-photo recipe cuts the gated masks at 0.4 and runs
   common-object selection at that cut, for every protocol; the Table 5
   base and the paper config keep the 0.5 cut and no selection."""
+  monkeypatch.setattr(steps, "_describer", lambda backbone, path: None)
   for arg in ("disjoint", "split", "all,live", "disjoint,runlocal"):
     c = cosegnet_pascal_voc_coseg.get_config(arg)
     assert c.eval.threshold == 0.4, arg
     assert c.eval.common_selection.enabled, arg
-    assert c.eval.common_selection.threshold == c.eval.threshold, arg
+    _, settings = steps.common_selection_of(c)
+    assert settings.threshold == c.eval.threshold, arg
   for c in (cosegnet_pascal_voc_coseg.get_config("disjoint,base"),
             cosegnet_voc2012.get_config()):
     assert c.eval.threshold == 0.5

@@ -12,6 +12,7 @@ from configs import dcc_pascal_voc_coseg
 from configs import dcc_voc2012
 from coseg_jax import models
 from coseg_jax.models import dcc
+from coseg_jax.runtime import steps
 from coseg_jax.runtime.evaluators import coseg
 from numeric_helpers import abstract
 from numeric_helpers import np_init
@@ -283,16 +284,18 @@ def test_loss_lovasz_term_known_values_and_weights():
                              3.0 * lovasz(logits), rtol=1e-6)
 
 
-def test_pascal_recipe_loss_cut_and_selection():
+def test_pascal_recipe_loss_cut_and_selection(monkeypatch):
   """The real-photo recipe: CE + Lovász, the 0.45 cut, and common-object
   selection finding its components at that same cut, for every protocol;
   the paper config keeps CE alone at 0.5."""
+  monkeypatch.setattr(steps, "_describer", lambda backbone, path: None)
   for arg in ("disjoint", "split", "all,live", "disjoint,runlocal"):
     c = dcc_pascal_voc_coseg.get_config(arg)
     assert dict(c.loss) == {"ce": 1.0, "lovasz": 1.0}, arg
     assert c.eval.threshold == 0.45, arg
     assert c.eval.common_selection.enabled, arg
-    assert c.eval.common_selection.threshold == c.eval.threshold, arg
+    _, settings = steps.common_selection_of(c)
+    assert settings.threshold == c.eval.threshold, arg
   paper = dcc_voc2012.get_config()
   assert dict(paper.loss) == {"ce": 1.0} and paper.eval.threshold == 0.5
   assert not paper.eval.common_selection.enabled

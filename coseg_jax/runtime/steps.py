@@ -332,6 +332,11 @@ def common_selection_of(config):
   """(describer, ``SelectionConfig``) of ``config.eval.common_selection``,
   or None when it is off or absent.
 
+  Its ``threshold`` left at None (or absent) is the evaluation's cut,
+  ``config.eval.threshold`` (0.5 when unset): components found at a
+  higher threshold than the masks are cut at would leave the pixels
+  between the two foreground without being judged.
+
   Raises:
     ValueError: naming an unknown field of ``config.eval.common_selection``.
   """
@@ -343,7 +348,9 @@ def common_selection_of(config):
   if unknown:
     raise ValueError(f"config.eval.common_selection: unknown field(s) "
                      f"{unknown}")
-  settings = common_selection.SelectionConfig(
-      **{k: options[k] for k in fields if k in options})
+  kwargs = {k: options[k] for k in fields if k in options}
+  if kwargs.get("threshold") is None:
+    kwargs["threshold"] = float(config.eval.get("threshold", 0.5))
+  settings = common_selection.SelectionConfig(**kwargs)
   return (_describer(str(options.get("backbone", "efficientnet_lite2")),
                      str(options.get("path", "") or "")), settings)
