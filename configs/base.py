@@ -99,6 +99,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
   config.train.seed = 0
+  # > 0: keep an exponential moving average of the parameters with this
+  # decay (ramped in over the first steps) and evaluate, checkpoint for
+  # prediction and export the average instead of the last iterate
+  # (coseg_jax.runtime.state.ema_update). 0 keeps none.
+  config.train.ema_decay = 0.0
   # Deterministic XLA reductions (GPU); CPU is deterministic already.
   config.train.deterministic = False
   config.train.progress_bar = True

@@ -190,6 +190,10 @@ def validate(config: ml_collections.ConfigDict, *, mode: str,
   if mode in ("train", "eval"):
     _validate_data(config.data)
   if mode == "train":
+    try:
+      state_lib.ema_decay_of(config)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
     for name in stages.stage_names(config)[:-1]:
       overrides = config[name].get("data")
       if overrides:  # a pre-stage that reads other data

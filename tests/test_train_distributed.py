@@ -49,8 +49,10 @@ RUNNER = HERE / "train_runner.py"
 STEPS = 6
 BATCH = 4
 EQ_STEPS = 4
+# The parameters' moving average rides along: it must shard, restore on
+# another device count and reduce across processes like the parameters.
 EQ_ARGS = ("--optimizer", "sgd", "--lr", "0.001", "--loss", "bce",
-           "--checkpoint_every", "2")
+           "--checkpoint_every", "2", "--ema_decay", "0.5")
 TIMEOUT = 420
 
 
@@ -134,6 +136,12 @@ def root(tmp_path_factory):
   assert len(set(losses)) == STEPS  # it trains: every step's loss differs
   _run(root, root / "reference_eq", out=root / "reference_eq.npz",
        steps=EQ_STEPS, extra=EQ_ARGS)
+  ref = _load(root / "reference_eq.npz")
+  ema = {k: v for k, v in ref.items() if k.startswith("ema")}
+  assert ema and len(ema) * 2 == len(ref)
+  # The average lags the parameters: it is not a copy of them.
+  assert max(float(np.max(np.abs(v - ref[k[3:]])))
+             for k, v in ema.items()) > 1e-6
   return root
 
 

@@ -6,10 +6,12 @@ Usage (the tests build the command line):
       [--out params.npz] [--method baseline] [--batch 4] [--devices 1]
       [--coordinator 127.0.0.1:PORT --num_processes 2 --process_id I]
       [--optimizer adam] [--lr 0.01] [--checkpoint_every 2] [--loss lovasz]
+      [--ema_decay 0.9]
 
 Prints ``STEP <n> loss <x>`` (flushed) after every training step so the parent can
 kill it at a chosen step, and ``DONE <n>`` at the end. Writes the final
-params (flattened, float32) to ``--out`` on process 0. Fake CPU devices come
+params (flattened, float32; with ``--ema_decay``, their moving average too,
+under ``ema`` keys) to ``--out`` on process 0. Fake CPU devices come
 from XLA_FLAGS, set by the parent before this process starts.
 """
 
@@ -25,7 +27,7 @@ from coseg_jax.runtime.trainers import supervised
 
 def tiny_config(*, data_dir, steps, method="baseline", batch=4, devices=-1,
                 optimizer="adam", lr=0.01, checkpoint_every=2, seed=0,
-                loss="lovasz"):
+                loss="lovasz", ema_decay=0.0):
   """The smallest real configuration: tiny backbone, 32 px synthetic pairs."""
   c = base.get_base_config()
   c.method = method
@@ -45,6 +47,7 @@ def tiny_config(*, data_dir, steps, method="baseline", batch=4, devices=-1,
   c.train.keep_checkpoints = 2
   c.train.eval_every = 0
   c.train.seed = seed
+  c.train.ema_decay = ema_decay
   c.train.progress_bar = False
   c.mesh.data = devices
   return c
@@ -72,6 +75,7 @@ def main():
   p.add_argument("--lr", type=float, default=0.01)
   p.add_argument("--checkpoint_every", type=int, default=2)
   p.add_argument("--loss", default="lovasz", choices=("lovasz", "bce"))
+  p.add_argument("--ema_decay", type=float, default=0.0)
   p.add_argument("--coordinator", default=None)
   p.add_argument("--num_processes", type=int, default=None)
   p.add_argument("--process_id", type=int, default=None)
@@ -83,7 +87,7 @@ def main():
                        method=args.method, batch=args.batch,
                        devices=args.devices, optimizer=args.optimizer,
                        lr=args.lr, checkpoint_every=args.checkpoint_every,
-                       loss=args.loss)
+                       loss=args.loss, ema_decay=args.ema_decay)
   if args.coordinator:
     config.mesh.coordinator_address = args.coordinator
     config.mesh.num_processes = args.num_processes
@@ -96,6 +100,9 @@ def main():
   state = supervised.train_and_evaluate(config, args.workdir,
                                         step_hooks=[report])
   params = flat_params(state.params)
+  if state.ema_params:
+    params.update({f"ema{k}": v
+                   for k, v in flat_params(state.ema_params).items()})
   if args.out and jax.process_index() == 0:
     np.savez(args.out, **params)
   print(f"DONE {int(jax.device_get(state.step))}", flush=True)

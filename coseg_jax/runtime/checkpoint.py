@@ -4,7 +4,8 @@ A checkpoint at step N lives in ``<workdir>/checkpoints/<N>/`` and holds three
 items of one ``orbax.checkpoint.CheckpointManager``:
 
 * ``state``: the train state's arrays (step, params, batch_stats, opt_state,
-  rng) via ``StandardSave``. Restoring passes a target whose leaves carry the
+  rng, and ema_params when the run keeps a moving average of its
+  parameters) via ``StandardSave``. Restoring passes a target whose leaves carry the
   *current* mesh's shardings (``StandardRestore``), so a run saved on 4
   devices resumes on 1 or 8 (data parallelism: every leaf is replicated or
   sharded by the method's own rules, never tied to a device count).
@@ -42,10 +43,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 STATE_KEYS = ("step", "params", "batch_stats", "opt_state", "rng")
+# Saved only when non-empty, so that a run without a moving average writes
+# (and reads) the same items as before it existed.
+OPTIONAL_STATE_KEYS = ("ema_params",)
 
 
 def _state_dict(state) -> Dict[str, Any]:
-  return {k: getattr(state, k) for k in STATE_KEYS}
+  out = {k: getattr(state, k) for k in STATE_KEYS}
+  for k in OPTIONAL_STATE_KEYS:
+    if getattr(state, k):
+      out[k] = getattr(state, k)
+  return out
 
 
 def _abstract(tree, shardings=None):
@@ -169,7 +177,9 @@ def load_variables(workdir: str, *, step: Optional[int] = None
   """Params and batch_stats of another run's checkpoint (host numpy arrays).
 
   Used by ``config.init.from_checkpoint`` (fine-tuning from another run) and
-  by evaluation: the optimiser state is not read.
+  by evaluation: the optimiser state is not read. A run that kept a moving
+  average of its parameters (``config.train.ema_decay``) gives the average,
+  as ``TrainState.variables`` does during training.
 
   Returns:
     ({'params': ..., 'batch_stats': ...}, step).
@@ -182,7 +192,7 @@ def load_variables(workdir: str, *, step: Optional[int] = None
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   state = restored["state"]
   ckpt.close()
-  return {"params": state["params"],
+  return {"params": state.get("ema_params") or state["params"],
           "batch_stats": state.get("batch_stats") or {}}, step
 
 

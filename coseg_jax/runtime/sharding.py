@@ -160,13 +160,17 @@ def param_shardings(params: Any, mesh: Mesh,
 
 def state_shardings(state: Any, mesh: Mesh,
                     rules: Optional[Callable[[Any, Mesh], Any]] = None) -> Any:
-  """Shardings for a whole TrainState: params by ``rules``, the rest
-  replicated (optimiser moments of non-replicated params follow them only
-  when ``rules`` is None; methods with rules should shard their own state)."""
+  """Shardings for a whole TrainState: params and their moving average by
+  ``rules``, the rest replicated (optimiser moments of non-replicated params
+  follow them only when ``rules`` is None; methods with rules should shard
+  their own state)."""
   shardings = jax.tree.map(lambda _: replicated(mesh), state)
   if rules is not None:
     shardings = shardings.replace(
         params=param_shardings(state.params, mesh, rules))
+    if state.ema_params:
+      shardings = shardings.replace(
+          ema_params=param_shardings(state.ema_params, mesh, rules))
   return shardings
 
 

@@ -53,6 +53,8 @@ class TrainState:
     opt_state: optax state.
     rng: PRNG key (raw uint32[2]) the per-step keys are folded from.
     tx: the optax transformation (static).
+    ema_params: the exponential moving average of ``params``
+      (``config.train.ema_decay`` > 0), or {} when the run keeps none.
   """
   step: jax.Array
   params: Any
@@ -60,10 +62,16 @@ class TrainState:
   opt_state: Any
   rng: jax.Array
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  ema_params: Any = flax.struct.field(default_factory=dict)
 
   def variables(self) -> Dict[str, Any]:
-    """The ``variables`` dict for ``model.apply`` (inference)."""
-    out = {"params": self.params}
+    """The ``variables`` dict for ``model.apply`` (inference).
+
+    A run that keeps a moving average of its parameters is evaluated,
+    checkpointed for prediction and exported with the average: that is
+    the model it produces; ``params`` are only the optimiser's iterate.
+    """
+    out = {"params": self.ema_params or self.params}
     if self.batch_stats:
       out["batch_stats"] = self.batch_stats
     return out
@@ -222,6 +230,39 @@ def init_variables(config, params, batch_stats) -> Tuple[Any, Any]:
   return params, batch_stats
 
 
+def ema_decay_of(config) -> float:
+  """``config.train.ema_decay`` (0 when unset), checked to lie in [0, 1)."""
+  decay = float((config.get("train") or {}).get("ema_decay", 0.0) or 0.0)
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f"config.train.ema_decay must be in [0, 1) (0 keeps no "
+                     f"moving average), got {decay}")
+  return decay
+
+
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """One step of the parameters' exponential moving average.
+
+  ``ema + (1 - d) * (params - ema)`` with ``d = min(decay, (1 + step) /
+  (10 + step))``: the ramp keeps the first updates from being dominated by
+  the initial values on short runs (the ``num_updates`` form of
+  TensorFlow's ExponentialMovingAverage), and the difference form leaves a
+  parameter that did not move (a frozen encoder) exactly unchanged.
+
+  Args:
+    ema: the average, a params-shaped pytree.
+    params: the parameters after this step's update.
+    step: int scalar, the number of updates done before this one.
+    decay: the target decay in [0, 1).
+
+  Returns:
+    The new average (``params``' dtypes).
+  """
+  step = jnp.asarray(step, jnp.float32)
+  d = jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+  return jax.tree.map(
+      lambda e, p: (e + (1.0 - d) * (p - e)).astype(p.dtype), ema, params)
+
+
 def _place(tree, shardings):
   """Host/device arrays -> global arrays with ``shardings`` (multi-host safe:
   each process supplies its addressable shards of the same values)."""
@@ -276,9 +317,12 @@ def create_train_state(config, model, *, tx: Optional[Any] = None,
                                          flax.core.unfreeze(batch_stats))
   params = jax.tree.map(jnp.asarray, params)
   batch_stats = jax.tree.map(jnp.asarray, batch_stats)
+  # A separate copy: the step donates both trees.
+  ema = (jax.tree.map(jnp.array, params) if ema_decay_of(config) > 0
+         else {})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      batch_stats=batch_stats, opt_state=tx.init(params),
-                     rng=train_rng, tx=tx)
+                     rng=train_rng, tx=tx, ema_params=ema)
   if mesh is None:
     return state, None
   shardings = sharding_lib.state_shardings(state, mesh, param_rules)

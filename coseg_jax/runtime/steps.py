@@ -89,7 +89,8 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
                     state_shardings=None, donate: bool = True,
                     frozen: Sequence[PathLike] = (),
                     thawed: Sequence[PathLike] = (),
-                    complete_features: Optional[Callable[..., Any]] = None):
+                    complete_features: Optional[Callable[..., Any]] = None,
+                    ema_decay: float = 0.0):
   """The jitted ``(state, batch) -> (state, metrics)`` step.
 
   The loss is ``loss_fn(outputs=..., batch=..., loss_config=...)`` of the
@@ -112,12 +113,22 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
   ``feature_cache.make_completion``) turns a cached batch's stored levels
   into the levels the model reads, inside the loss (so the encoder blocks
   it runs get gradients).
+
+  ``ema_decay`` > 0 (``config.train.ema_decay``) updates the state's
+  ``ema_params`` after every step (:func:`state.ema_update`); the state
+  must have been created with the same setting.
   """
   loss_config = dict(loss_config)
+  ema_decay = float(ema_decay)
   frozen = tuple(_as_path(p) for p in frozen)
   thawed = tuple(_as_path(p) for p in thawed)
 
   def step_fn(state: state_lib.TrainState, batch):
+    if bool(state.ema_params) != (ema_decay > 0):
+      raise ValueError(
+          f"config.train.ema_decay={ema_decay} does not match the train "
+          f"state, which {'keeps' if state.ema_params else 'has no'} moving "
+          f"average of its parameters (create both from the same config)")
     rng = jax.random.fold_in(state.rng, state.step)
     has_bs = bool(state.batch_stats)
 
@@ -150,6 +161,9 @@ def make_train_step(*, model, loss_fn, loss_config, mesh=None,
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         batch_stats=new_vars.get("batch_stats", state.batch_stats))
+    if ema_decay > 0:
+      new_state = new_state.replace(ema_params=state_lib.ema_update(
+          state.ema_params, params, state.step, ema_decay))
     metrics = {"loss": loss, "grad_norm": grad_norm,
                "finite": jnp.logical_and(jnp.isfinite(loss),
                                          jnp.isfinite(grad_norm)).astype(
@@ -231,7 +245,8 @@ def build_train_program(config, *, mesh=None, apply_init: bool = True,
       model=model, loss_fn=loss_fn or spec.loss_fn,
       loss_config=loss_config_of(config, spec), mesh=mesh,
       state_shardings=shardings, frozen=frozen, thawed=thawed,
-      complete_features=feature_cache.make_completion(config, model))
+      complete_features=feature_cache.make_completion(config, model),
+      ema_decay=state_lib.ema_decay_of(config))
   return TrainProgram(config=config, spec=spec, model=model, mesh=mesh,
                       state=state, shardings=shardings, train_step=train_step,
                       schedule=schedule, frozen=frozen, thawed=thawed)

@@ -237,7 +237,8 @@ def build_program(config, *, mesh=None, group: Optional[int] = None,
   step = steps_lib.make_train_step(
       model=spec_model, loss_fn=staged_loss_fn(config),
       loss_config={"coattention": 1.0, "coattention_mask": 0.0},
-      frozen=frozen, thawed=thawed)
+      frozen=frozen, thawed=thawed,
+      ema_decay=state_lib.ema_decay_of(config))
   return steps_lib.TrainProgram(
       config=config, spec=models.get_method(config.method), model=spec_model,
       mesh=None, state=state, shardings=None, train_step=step,
@@ -286,9 +287,11 @@ class CollectionTrainer:
   def fresh_state(self) -> state_lib.TrainState:
     """A new TrainState from the initial variables (new device buffers)."""
     params, batch_stats, rng = jax.tree.map(jnp.array, self._init)
+    ema = (jax.tree.map(jnp.array, self._init[0])
+           if state_lib.ema_decay_of(self.config) > 0 else {})
     return state_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-        opt_state=self.tx.init(params), rng=rng, tx=self.tx)
+        opt_state=self.tx.init(params), rng=rng, tx=self.tx, ema_params=ema)
 
   def predict(self, variables, images: np.ndarray) -> np.ndarray:
     """Maps S float32 [N, H, W] for images [N, H, W, 3], a group at a time."""
