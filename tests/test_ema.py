@@ -155,3 +155,15 @@ def test_trainer_evaluates_with_the_average(tmp_path):
   assert step == 4
   jax.tree.map(np.testing.assert_array_equal, variables["params"],
                jax.device_get(final.ema_params))
+
+
+def test_initial_ema_is_a_separate_copy_or_empty():
+  params = {"w": jnp.arange(4.0)}
+  config = rh.toy_config()
+  assert state_lib.initial_ema(config, params) == {}
+  config.train.ema_decay = 0.5
+  ema = state_lib.initial_ema(config, params)
+  np.testing.assert_array_equal(ema["w"], params["w"])
+  # Its own buffer: donating the parameters must not delete the average.
+  assert (ema["w"].unsafe_buffer_pointer() !=
+          params["w"].unsafe_buffer_pointer())

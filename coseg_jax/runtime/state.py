@@ -239,6 +239,15 @@ def ema_decay_of(config) -> float:
   return decay
 
 
+def initial_ema(config, params: Any) -> Any:
+  """The moving average a fresh state starts with: a copy of ``params``
+  (its own buffers: the train step donates both trees) when
+  ``config.train.ema_decay`` > 0, else {}."""
+  if ema_decay_of(config) > 0:
+    return jax.tree.map(jnp.array, params)
+  return {}
+
+
 def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
   """One step of the parameters' exponential moving average.
 
@@ -248,10 +257,14 @@ def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
   TensorFlow's ExponentialMovingAverage), and the difference form leaves a
   parameter that did not move (a frozen encoder) exactly unchanged.
 
+  The train step calls it at every micro-batch step, so with gradient
+  accumulation over k micro-batches the parameters change once per k calls
+  and the decay per optimiser update is d**k.
+
   Args:
     ema: the average, a params-shaped pytree.
     params: the parameters after this step's update.
-    step: int scalar, the number of updates done before this one.
+    step: int scalar, the number of micro-batch steps done before this one.
     decay: the target decay in [0, 1).
 
   Returns:
@@ -317,12 +330,10 @@ def create_train_state(config, model, *, tx: Optional[Any] = None,
                                          flax.core.unfreeze(batch_stats))
   params = jax.tree.map(jnp.asarray, params)
   batch_stats = jax.tree.map(jnp.asarray, batch_stats)
-  # A separate copy: the step donates both trees.
-  ema = (jax.tree.map(jnp.array, params) if ema_decay_of(config) > 0
-         else {})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      batch_stats=batch_stats, opt_state=tx.init(params),
-                     rng=train_rng, tx=tx, ema_params=ema)
+                     rng=train_rng, tx=tx,
+                     ema_params=initial_ema(config, params))
   if mesh is None:
     return state, None
   shardings = sharding_lib.state_shardings(state, mesh, param_rules)

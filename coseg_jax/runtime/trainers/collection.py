@@ -287,11 +287,10 @@ class CollectionTrainer:
   def fresh_state(self) -> state_lib.TrainState:
     """A new TrainState from the initial variables (new device buffers)."""
     params, batch_stats, rng = jax.tree.map(jnp.array, self._init)
-    ema = (jax.tree.map(jnp.array, self._init[0])
-           if state_lib.ema_decay_of(self.config) > 0 else {})
     return state_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-        opt_state=self.tx.init(params), rng=rng, tx=self.tx, ema_params=ema)
+        opt_state=self.tx.init(params), rng=rng, tx=self.tx,
+        ema_params=state_lib.initial_ema(self.config, params))
 
   def predict(self, variables, images: np.ndarray) -> np.ndarray:
     """Maps S float32 [N, H, W] for images [N, H, W, 3], a group at a time."""
