@@ -29,6 +29,7 @@ from absl import flags
 import numpy as np
 
 from coseg_jax import metrics
+from coseg_jax.runtime import console
 from data_pipelines import io
 
 FLAGS = flags.FLAGS
@@ -117,10 +118,11 @@ def format_scores(scores: Dict) -> str:
 
 def main(argv: Sequence[str]):
   del argv
+  console.setup(None)
   if not FLAGS.pred or not FLAGS.truth:
     raise app.UsageError("--pred and --truth are required")
   scores = score_folders(FLAGS.pred, FLAGS.truth)
-  print(format_scores(scores))
+  console.info(format_scores(scores))
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:
       json.dump(scores, f, indent=1)
