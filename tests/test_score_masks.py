@@ -45,7 +45,7 @@ def test_scores_known_values(folders):
   assert "mean J 0.250" in text and "not scored): c" in text
 
 
-def test_truth_threshold_and_prediction_values(folders):
+def test_truth_is_thresholded_at_128(folders):
   pred, truth = folders
   # Intermediate truth values are thresholded at 128 (the data stack's rule).
   t = np.array([[0, 127, 128, 255]], np.uint8)
@@ -54,28 +54,21 @@ def test_truth_threshold_and_prediction_values(folders):
   # pred a: columns 0-2; truth a: columns 2-5.
   assert {r["name"]: r["J"] for r in scores["images"]}["a"] == (
       pytest.approx(4 / 24))
-  # A prediction holding values other than {0, 255} / {0, 1} is refused.
-  _write(pred, "a.png", np.full((4, 6), 7, np.uint8))
-  with pytest.raises(ValueError, match=r"a\.png"):
-    score_masks.score_folders(pred, truth)
 
 
-def test_missing_truth_names_file(folders):
+@pytest.mark.parametrize("side,name,mask,match", [
+    # A prediction with no truth mask.
+    ("pred", "d.png", np.zeros((2, 2), np.uint8), "for d"),
+    # A prediction holding values other than {0, 255} / {0, 1}.
+    ("pred", "a.png", np.full((4, 6), 7, np.uint8), r"pred.a\.png"),
+    # Sizes differ: both files named.
+    ("truth", "a.png", np.zeros((5, 6), np.uint8),
+     r"a\.png is 6x4 but .*a\.png is 6x5"),
+    # Two truth files of one name.
+    ("truth", "a.bmp", np.zeros((4, 6), np.uint8), "two files named 'a'"),
+])
+def test_bad_input_names_the_file(folders, side, name, mask, match):
   pred, truth = folders
-  _write(pred, "d.png", np.zeros((2, 2), np.uint8))
-  with pytest.raises(ValueError, match="for d"):
-    score_masks.score_folders(pred, truth)
-
-
-def test_size_mismatch_names_both_files(folders):
-  pred, truth = folders
-  _write(truth, "a.png", np.zeros((5, 6), np.uint8))
-  with pytest.raises(ValueError, match=r"a\.png is 6x4 but .*a\.png is 6x5"):
-    score_masks.score_folders(pred, truth)
-
-
-def test_duplicate_stem_refused(folders):
-  pred, truth = folders
-  _write(truth, "a.bmp", np.zeros((4, 6), np.uint8))
-  with pytest.raises(ValueError, match="two files named 'a'"):
+  _write(pred if side == "pred" else truth, name, mask)
+  with pytest.raises(ValueError, match=match):
     score_masks.score_folders(pred, truth)
