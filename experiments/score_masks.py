@@ -22,11 +22,10 @@ intersections / sum of unions).
 
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from coseg_jax import metrics
 from coseg_jax.runtime import console
@@ -78,8 +77,9 @@ def score_folders(pred_dir: str, truth_dir: str) -> Dict:
   if missing:
     raise ValueError(f"score_masks: no truth mask in {truth_dir} for "
                      f"{', '.join(missing)}")
-  rows: List[Dict] = []
-  inter = union = 0.0
+  # Each photo is its own "class" of the accumulator, which then gives the
+  # per-photo rows, the mean over photos and the pooled J.
+  acc = metrics.CosegAccumulator()
   for name, path in preds.items():
     pred = io.read_mask(path, mode="binary").astype(bool)
     truth = io.read_mask(truths[name], mode="threshold")
@@ -87,16 +87,16 @@ def score_folders(pred_dir: str, truth_dir: str) -> Dict:
       raise ValueError(f"score_masks: {path} is {pred.shape[1]}x"
                        f"{pred.shape[0]} but {truths[name]} is "
                        f"{truth.shape[1]}x{truth.shape[0]}")
-    s = metrics.score_mask(pred=pred, gt=truth)
-    rows.append({"name": name, "J": s["jaccard"], "P": s["precision"]})
-    inter += s["intersection"]
-    union += s["union"]
+    acc.update(class_names=name,
+               scores=metrics.score_mask(pred=pred, gt=truth))
+  r = acc.result()
   return {
-      "images": rows,
-      "num_images": len(rows),
-      "mean_J": float(np.mean([r["J"] for r in rows])),
-      "mean_P": float(np.mean([r["P"] for r in rows])),
-      "pooled_J": inter / union if union > 0 else 1.0,
+      "images": [{"name": n, "J": c["J"], "P": c["P"]}
+                 for n, c in r["per_class"].items()],
+      "num_images": r["num_images"],
+      "mean_J": r["image_mean_J"],
+      "mean_P": r["image_mean_P"],
+      "pooled_J": r["pooled_J"],
       "unscored_truth": sorted(n for n in truths if n not in preds),
   }
 
