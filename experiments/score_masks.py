@@ -83,10 +83,7 @@ def score_folders(pred_dir: str, truth_dir: str) -> Dict:
   for name, path in preds.items():
     pred = io.read_mask(path, mode="binary").astype(bool)
     truth = io.read_mask(truths[name], mode="threshold")
-    if pred.shape != truth.shape:
-      raise ValueError(f"score_masks: {path} is {pred.shape[1]}x"
-                       f"{pred.shape[0]} but {truths[name]} is "
-                       f"{truth.shape[1]}x{truth.shape[0]}")
+    io.check_same_size(path, pred.shape, truths[name], truth.shape)
     acc.update(class_names=name,
                scores=metrics.score_mask(pred=pred, gt=truth))
   r = acc.result()

@@ -63,7 +63,8 @@ def test_truth_is_thresholded_at_128(folders):
     ("pred", "a.png", np.full((4, 6), 7, np.uint8), r"pred.a\.png"),
     # Sizes differ: both files named.
     ("truth", "a.png", np.zeros((5, 6), np.uint8),
-     r"a\.png is 6x4 but .*a\.png is 6x5"),
+     r"pred.a\.png is \(4, 6\) \(H, W\) but mask .*truth.a\.png is "
+     r"\(5, 6\)"),
     # Two truth files of one name.
     ("truth", "a.bmp", np.zeros((4, 6), np.uint8), "two files named 'a'"),
 ])
