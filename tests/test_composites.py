@@ -181,6 +181,7 @@ def test_composite_score_known_case():
   r = composite.score(items, lambda image, prob: prob >= 0.5, ("a", "b"))
   assert r["conditional_J"] == 1.0 and r["wrong_object_rate"] == 0.0
   assert r["both_rate"] == 0.0 and r["mask_iou_between_partners"] == 0.0
+  assert r["oracle_component_J"] == 1.0
   items = [dict(it, prob=both) for it in items]
   r = composite.score(items, lambda image, prob: prob >= 0.5, ("a", "b"))
   # Both objects every time: J 8/12 and 4/12; the masks are equal.
@@ -189,10 +190,34 @@ def test_composite_score_known_case():
   # Given b's partner, covering 8 px of a and 4 of b is the wrong object.
   assert r["wrong_object_rate"] == 0.5
   assert r["per_class"] == {"a": 8 / 12, "b": 4 / 12}
+  # The one component lies more on a: the truth keeps it for a's partner
+  # (J 8/12) and drops it for b's (J 0).
+  assert np.isclose(r["oracle_component_J"], (8 / 12 + 0.0) / 2)
   # One 12-px component over both objects, in both cases.
   assert r["layout_rates"] == {"separate": 0.0, "merged": 1.0, "one": 0.0,
                                "neither": 0.0}
   assert "merged 100.0%" in composite.format_results(dict(r, rule="t"))
+
+
+def test_oracle_components_keep_what_lies_on_the_target():
+  target = np.zeros((10, 10), bool)
+  other = np.zeros((10, 10), bool)
+  target[2:8, 0:4] = True
+  other[2:8, 6:10] = True
+  mask = np.zeros((10, 10), bool)
+  mask[2:8, 1:3] = True  # on the target
+  mask[2:8, 7:9] = True  # on the other object
+  mask[0, 5] = True  # background speck, on neither: dropped
+  mask[9, 2:8] = True  # below both, touching neither: dropped
+  kept = composite.oracle_components(mask, target, other)
+  np.testing.assert_array_equal(kept, mask & target)
+  # A component with 3 px on each object is kept (a tie goes to the target).
+  bridge = np.zeros((10, 10), bool)
+  bridge[5, 1:9] = True
+  np.testing.assert_array_equal(
+      composite.oracle_components(bridge, target, other), bridge)
+  assert not composite.oracle_components(np.zeros((10, 10), bool), target,
+                                         other).any()
 
 
 def test_layout_of_a_mask_on_two_objects():

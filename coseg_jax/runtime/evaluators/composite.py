@@ -23,7 +23,13 @@ canvas is ``data.image_size``; partners are preprocessed as in evaluation):
   them or lie on one object only), ``one`` (one object covered) and
   ``neither``. Scored with the common-object selection off, it says how
   often the model's own masks leave the selection a choice
-  (``separate``); with it on, ``separate`` is how often it kept both.
+  (``separate``); with it on, ``separate`` is how often it kept both;
+* ``oracle_component_J``: conditional J when each mask keeps only its
+  connected components that lie more on the target than on the other
+  object (:func:`oracle_components`), chosen with the ground truth.
+  Scored with the common-object selection off, it is the most that any
+  choice among the model's own components can reach: what is left above it
+  is mask quality, not the partner.
 
 Deterministic: composites and partners are drawn with ``config.eval.seed``
 from the evaluation data (``config.eval.data``), so the unseen classes of a
@@ -138,9 +144,28 @@ def layout(mask: np.ndarray, target: np.ndarray, other: np.ndarray) -> str:
   return "separate" if any(on[0]) and any(on[1]) else "merged"
 
 
+def oracle_components(mask: np.ndarray, target: np.ndarray,
+                      other: np.ndarray) -> np.ndarray:
+  """bool [H, W]: the 8-connected components of ``mask`` (every size)
+  that hold some of ``target`` and at least as much of it as of ``other``
+  (all bool [H, W]): the best component choice the ground truth allows."""
+  labels, _ = common_selection.components(mask, min_area=0.0)
+  count = int(labels.max())
+  on_target = np.bincount(labels[target], minlength=count + 1)
+  on_other = np.bincount(labels[other], minlength=count + 1)
+  keep = (on_target > 0) & (on_target >= on_other)
+  keep[0] = False
+  return keep[labels]
+
+
+def _jaccard(pred: np.ndarray, target: np.ndarray) -> float:
+  union = np.sum(pred | target)
+  return float(np.sum(pred & target) / union) if union else 1.0
+
+
 def score(items, binarize, class_names) -> Dict[str, Any]:
   """The figures of the module docstring from :func:`predictions`."""
-  js, wrong, both, per_class = [], [], [], {}
+  js, oracle_js, wrong, both, per_class = [], [], [], [], {}
   layouts = {name: 0 for name in LAYOUTS}
   masks = {}
   for it in items:
@@ -148,9 +173,10 @@ def score(items, binarize, class_names) -> Dict[str, Any]:
     target = it["class_map"] == spec.classes[t] + 1
     other = it["class_map"] == spec.classes[1 - t] + 1
     pred = np.asarray(binarize(it["canvas"], it["prob"]), bool)
-    union = np.sum(pred | target)
-    j = float(np.sum(pred & target) / union) if union else 1.0
+    j = _jaccard(pred, target)
     js.append(j)
+    oracle_js.append(_jaccard(oracle_components(pred, target, other),
+                              target))
     wrong.append(np.sum(pred & other) > np.sum(pred & target))
     both.append(np.sum(pred & target) >= 0.5 * max(target.sum(), 1) and
                 np.sum(pred & other) >= 0.5 * max(other.sum(), 1))
@@ -164,6 +190,7 @@ def score(items, binarize, class_names) -> Dict[str, Any]:
       ious.append(float(np.sum(pair[0] & pair[1]) / u) if u else 1.0)
   return {
       "conditional_J": float(np.mean(js)),
+      "oracle_component_J": float(np.mean(oracle_js)),
       "wrong_object_rate": float(np.mean(wrong)),
       "both_rate": float(np.mean(both)),
       "mask_iou_between_partners": float(np.mean(ious)),
@@ -191,5 +218,6 @@ def format_results(results: Dict[str, Any]) -> str:
           f"J {results['conditional_J']:.3f}, wrong object "
           f"{100 * results['wrong_object_rate']:.1f}%, both objects "
           f"{100 * results['both_rate']:.1f}%, IoU of the two masks "
-          f"{results['mask_iou_between_partners']:.3f}; masks on the two "
-          f"objects: {layouts} ({results['rule']})")
+          f"{results['mask_iou_between_partners']:.3f}, J of the best "
+          f"component choice {results['oracle_component_J']:.3f}; masks on "
+          f"the two objects: {layouts} ({results['rule']})")
