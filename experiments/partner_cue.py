@@ -22,6 +22,10 @@ With ``--cutout`` it also scores the cue of ``coseg_jax.common_selection``
 ground-truth object cut out on their own (``common_selection.cut_out``),
 described by the encoder's ImageNet probabilities, and compared by
 ``same_class_probability``; the margin is then in probability, not cosine.
+``--cutout_backbones`` names the classifiers that describe the cut-outs
+(several: their probabilities are averaged) and ``--cutout_pad`` the
+bounding-box growth, to find how far any frozen ImageNet classifier
+installed here can take this cue.
 
   python -m experiments.partner_cue \
       --config configs/cyclesegnet_pascal_voc_coseg.py:disjoint \
@@ -61,6 +65,11 @@ def define_flags():
   flags.DEFINE_string("out", None, "Optional JSON output path.")
   flags.DEFINE_bool("cutout", False, "Also score the common-selection cue "
                     "on ground-truth cut-outs.")
+  flags.DEFINE_list("cutout_backbones", [], "Classifiers describing the "
+                    "cut-outs, probabilities averaged (default: the "
+                    "config's backbone with its pretrained weights).")
+  flags.DEFINE_float("cutout_pad", 0.1, "Bounding-box growth of the "
+                     "cut-outs, a share of the box on each side.")
   flags.mark_flag_as_required("config")
 
 
@@ -114,6 +123,22 @@ def cutout_choice(describe, canvas, class_map, target, other, partner,
   on_t = float(common_selection.same_class_probability(q[0], q[2]))
   on_o = float(common_selection.same_class_probability(q[1], q[2]))
   return on_t > on_o, on_t - on_o
+
+
+def cutout_describer(config, backbones_: list):
+  """Cut-outs [N, S, S, 3] -> [N, 1000]: the mean ImageNet probabilities of
+  ``backbones_`` (the installed packages' weights), or of the config's
+  backbone and checkpoint when the list is empty."""
+  # One call per case holds exactly its three cut-outs: a batch of 3
+  # compiles once and pads nothing (the default 16 would pad 13).
+  if not backbones_:
+    return common_selection.make_describer(
+        config.model.backbone,
+        config.init.pretrained.backbone.get("path", None) or None,
+        batch_size=3)
+  describers = [common_selection.make_describer(name, batch_size=3)
+                for name in backbones_]
+  return lambda crops: np.mean([d(crops) for d in describers], axis=0)
 
 
 def main(argv):
@@ -173,16 +198,14 @@ def main(argv):
                    "margin": float(np.mean(margins[cue])),
                    "cases": len(correct[cue])})
   if FLAGS.cutout:
-    # One call per case holds exactly its three cut-outs: a batch of 3
-    # compiles once and pads nothing (the default 16 would pad 13).
-    describe = common_selection.make_describer(
-        config.model.backbone,
-        config.init.pretrained.backbone.get("path", None) or None,
-        batch_size=3)
+    describe = cutout_describer(config, FLAGS.cutout_backbones)
     choices = [cutout_choice(describe, canvases[i // 2], class_maps[i // 2],
-                             target, other, partners[i], partner_masks[i])
+                             target, other, partners[i], partner_masks[i],
+                             pad=FLAGS.cutout_pad)
                for i, (target, other) in enumerate(targets)]
-    rows.append({"level": "cut-out", "cue": "same class",
+    names = "+".join(FLAGS.cutout_backbones or [config.model.backbone])
+    rows.append({"level": f"cut-out ({names}, pad {FLAGS.cutout_pad:g})",
+                 "cue": "same class",
                  "correct": float(np.mean([c for c, _ in choices])),
                  "margin": float(np.mean([m for _, m in choices])),
                  "cases": len(choices)})

@@ -1,5 +1,6 @@
 """experiments.partner_cue: the two cues on hand-made feature maps."""
 
+import ml_collections
 import numpy as np
 
 from experiments import partner_cue
@@ -49,3 +50,27 @@ def test_cutout_choice_compares_the_cut_outs():
   wrong, margin = partner_cue.cutout_choice(describe, canvas, class_map, 7,
                                             3, partner, mask, size=8)
   assert not wrong and margin < -0.5
+
+
+def test_cutout_describer_averages_the_named_classifiers(monkeypatch):
+  """Several named classifiers: their probabilities are averaged; none
+  named: the config's backbone and checkpoint path."""
+  made = []
+
+  def fake_make_describer(name, path=None, *, batch_size=16):
+    made.append((name, path, batch_size))
+    one_hot = np.eye(3, dtype=np.float32)[len(made) - 1]
+    return lambda crops: np.tile(one_hot, (len(crops), 1))
+
+  monkeypatch.setattr(partner_cue.common_selection, "make_describer",
+                      fake_make_describer)
+  config = ml_collections.ConfigDict({
+      "model": {"backbone": "efficientnet_lite2"},
+      "init": {"pretrained": {"backbone": {"path": "/ckpt"}}}})
+  describe = partner_cue.cutout_describer(config, ["a", "b"])
+  np.testing.assert_allclose(describe(np.zeros((2, 8, 8, 3))),
+                             [[0.5, 0.5, 0.0]] * 2)
+  assert made == [("a", None, 3), ("b", None, 3)]
+  describe = partner_cue.cutout_describer(config, [])
+  assert made[-1] == ("efficientnet_lite2", "/ckpt", 3)
+  np.testing.assert_allclose(describe(np.zeros((1, 8, 8, 3))), [[0, 0, 1]])
