@@ -186,8 +186,7 @@ def score(items, binarize, class_names) -> Dict[str, Any]:
   ious = []
   for pair in masks.values():
     if len(pair) == 2:
-      u = np.sum(pair[0] | pair[1])
-      ious.append(float(np.sum(pair[0] & pair[1]) / u) if u else 1.0)
+      ious.append(_jaccard(pair[0], pair[1]))
   return {
       "conditional_J": float(np.mean(js)),
       "oracle_component_J": float(np.mean(oracle_js)),
